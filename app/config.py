@@ -1,0 +1,249 @@
+"""Settings: one JSON file, typed with msgspec, environment overrides on top.
+
+An Infernet ``config.json`` must load unchanged, so the keys that only the Infernet node
+uses are dropped (and reported once) before the strict conversion; every other unknown
+key is an error that names it, because a typo in a config silently ignored is worse
+than a node that refuses to start.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///jobnode.db"
+
+#: Top-level keys of an Infernet config that jobnode accepts and ignores.
+INFERNET_TOP_LEVEL_KEYS = ("chain", "redis", "forward_stats", "snapshot_sync", "log", "log_path", "startup_wait")
+#: Container keys of an Infernet config that only matter on chain.
+INFERNET_CONTAINER_KEYS = ("allowed_addresses", "allowed_delegate_addresses", "accepted_payments")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the offending key."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class RateLimit(_Section):
+    num_requests: int = 600
+    period: float = 60.0
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 4000
+    rate_limit: RateLimit | None = msgspec.field(default_factory=RateLimit)
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    max_body_bytes: int = 1_048_576
+    max_batch: int = 1000
+    max_ids: int = 1000
+    operator_token: str | None = None
+    workers: int = 1
+
+
+class DatabaseSettings(_Section):
+    url: str = DEFAULT_DATABASE_URL
+    pool_size: int = 10
+    connect_timeout: float = 5.0
+
+
+class SchedulerSettings(_Section):
+    max_concurrent_jobs: int = 64
+    lease_seconds: float = 30.0
+    max_attempts: int = 3
+    poll_interval: float = 1.0
+    shutdown_grace: float = 10.0
+    #: Stable identity of this node; a restarted node with the same id takes its own
+    #: orphaned jobs back at once. Defaults to ``hostname:port``.
+    node_id: str | None = None
+
+
+class RetentionSettings(_Section):
+    finished_jobs_days: float = 30.0
+
+
+class DockerSettings(_Section):
+    url: str | None = None
+    network_mode: Literal["bridge", "host"] = "bridge"
+    username: str | None = None
+    password: str | None = None
+    stop_containers_on_shutdown: bool = True
+
+
+class ContainerSettings(_Section):
+    id: str
+    image: str = ""
+    build: str | None = None
+    description: str = ""
+    external: bool = True
+    port: int | None = None
+    url: str | None = None
+    bearer: str | None = None
+    command: str | list[str] | None = None
+    env: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    volumes: list[str] = msgspec.field(default_factory=list)
+    gpu: bool = False
+    allowed_ips: list[str] = msgspec.field(default_factory=list)
+    generates_proofs: bool = False
+    concurrency: int = 16
+    timeout: float = 180.0
+    retries: int = 0
+    health_path: str | None = None
+    startup_timeout: float = 60.0
+
+    @property
+    def managed_by_node(self) -> bool:
+        """A container with a ``url`` runs elsewhere; the node only calls it."""
+        return self.url is None
+
+
+class Settings(_Section):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    scheduler: SchedulerSettings = msgspec.field(default_factory=SchedulerSettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    manage_containers: bool = True
+    docker: DockerSettings = msgspec.field(default_factory=DockerSettings)
+    containers: list[ContainerSettings] = msgspec.field(default_factory=list)
+    log_level: str = "INFO"
+
+    #: Keys of an Infernet config that were present and ignored (filled by the loader).
+    ignored_keys: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def node_id(self) -> str:
+        return self.scheduler.node_id or f"{socket.gethostname()}:{self.server.port}"
+
+    def container(self, container_id: str) -> ContainerSettings | None:
+        for container in self.containers:
+            if container.id == container_id:
+                return container
+        return None
+
+
+def parse_networks(values: list[str], key: str) -> list[IpNetwork]:
+    """Addresses and CIDR ranges; a plain address is a /32 (or /128) network."""
+    networks: list[IpNetwork] = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ConfigError(f"{key}: {value!r} is not an IP address or CIDR range") from None
+    return networks
+
+
+def _strip_infernet_keys(raw: dict[str, Any]) -> list[str]:
+    ignored = [key for key in INFERNET_TOP_LEVEL_KEYS if key in raw]
+    for key in ignored:
+        raw.pop(key)
+    containers = raw.get("containers")
+    if isinstance(containers, list):
+        for index, container in enumerate(containers):
+            if isinstance(container, dict):
+                for key in INFERNET_CONTAINER_KEYS:
+                    if key in container:
+                        container.pop(key)
+                        ignored.append(f"containers[{index}].{key}")
+    return ignored
+
+
+def _positive(value: float, key: str, minimum: float = 1) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key}: must be at least {minimum}, got {value}")
+
+
+def _validate_numbers(settings: Settings) -> None:
+    server, scheduler = settings.server, settings.scheduler
+    if not 0 <= server.port <= 65535:
+        raise ConfigError(f"server.port: {server.port} is not a TCP port")
+    for key in ("max_body_bytes", "max_batch", "max_ids", "workers"):
+        _positive(getattr(server, key), f"server.{key}")
+    if server.rate_limit is not None:
+        _positive(server.rate_limit.num_requests, "server.rate_limit.num_requests")
+        _positive(server.rate_limit.period, "server.rate_limit.period", minimum=0.001)
+    _positive(scheduler.max_concurrent_jobs, "scheduler.max_concurrent_jobs")
+    _positive(scheduler.max_attempts, "scheduler.max_attempts")
+    _positive(scheduler.lease_seconds, "scheduler.lease_seconds", minimum=0.1)
+    _positive(scheduler.poll_interval, "scheduler.poll_interval", minimum=0.001)
+    _positive(settings.database.pool_size, "database.pool_size")
+    _positive(settings.retention.finished_jobs_days, "retention.finished_jobs_days", minimum=0)
+
+
+def _validate_containers(settings: Settings) -> None:
+    seen: set[str] = set()
+    used_ports = {c.port for c in settings.containers if c.port is not None}
+    next_port = 3000
+    for index, container in enumerate(settings.containers):
+        key = f"containers[{index}]"
+        if not container.id:
+            raise ConfigError(f"{key}.id: must not be empty")
+        if container.id in seen:
+            raise ConfigError(f"{key}.id: duplicate container id {container.id!r}")
+        seen.add(container.id)
+        if settings.manage_containers and container.managed_by_node and not (container.image or container.build):
+            raise ConfigError(f"{key}.image: required for a container the node manages (or set url)")
+        if container.url is not None and not container.url.startswith(("http://", "https://")):
+            raise ConfigError(f"{key}.url: {container.url!r} is not an http(s) URL")
+        parse_networks(container.allowed_ips, f"{key}.allowed_ips")
+        _positive(container.concurrency, f"{key}.concurrency")
+        _positive(container.timeout, f"{key}.timeout", minimum=0.001)
+        _positive(container.retries, f"{key}.retries", minimum=0)
+        if container.port is None:
+            while next_port in used_ports:
+                next_port += 1
+            container.port = next_port
+            used_ports.add(next_port)
+        elif not 1 <= container.port <= 65535:
+            raise ConfigError(f"{key}.port: {container.port} is not a TCP port")
+
+
+def settings_from_dict(raw: dict[str, Any], *, environ: dict[str, str] | None = None) -> Settings:
+    """Validate a decoded config object and apply the environment overrides."""
+    if not isinstance(raw, dict):
+        raise ConfigError("the configuration must be a JSON object")
+    raw = msgspec.json.decode(msgspec.json.encode(raw))  # a private copy to strip keys from
+    ignored = _strip_infernet_keys(raw)
+    try:
+        settings = msgspec.convert(raw, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc).replace("$.", "").replace("`$`", "the top level")) from None
+    settings.ignored_keys = ignored
+    env = os.environ if environ is None else environ
+    if env.get("JOBNODE_DATABASE_URL"):
+        settings.database.url = env["JOBNODE_DATABASE_URL"]
+    if env.get("JOBNODE_PORT"):
+        try:
+            settings.server.port = int(env["JOBNODE_PORT"])
+        except ValueError:
+            raise ConfigError(f"JOBNODE_PORT: {env['JOBNODE_PORT']!r} is not a port number") from None
+    _validate_numbers(settings)
+    parse_networks(settings.server.trusted_proxies, "server.trusted_proxies")
+    _validate_containers(settings)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, *, environ: dict[str, str] | None = None) -> Settings:
+    """Read the file named by ``path`` or ``JOBNODE_CONFIG``; no file means all defaults."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("JOBNODE_CONFIG")
+    if not path:
+        return settings_from_dict({}, environ=env)
+    try:
+        text = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = msgspec.json.decode(text)
+    except msgspec.DecodeError as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+    return settings_from_dict(raw, environ=env)

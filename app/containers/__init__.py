@@ -1,0 +1,1 @@
+"""The container runtime: Docker lifecycle (aiodocker) and the container protocol client."""

@@ -1,0 +1,1 @@
+"""Persistence: the schema, engines per dialect, migrations, cross-process wake-ups."""

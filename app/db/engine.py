@@ -1,0 +1,98 @@
+"""Engines per dialect.
+
+PostgreSQL gets one pooled engine. SQLite gets two: many readers (WAL lets them run
+beside a writer) and a single writer connection whose transactions start with
+``BEGIN IMMEDIATE``, so that writes queue in the pool instead of failing with
+"database is locked" halfway through a read-then-write transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _json_dumps(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in (
+        "PRAGMA journal_mode=WAL",
+        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        # FULL: a committed job survives a power cut too, not just a process crash.
+        "PRAGMA synchronous=FULL",
+        "PRAGMA foreign_keys=ON",
+    ):
+        cursor.execute(pragma)
+    cursor.close()
+
+
+def _take_over_begin(engine: AsyncEngine, begin_sql: str) -> None:
+    """SQLAlchemy's documented recipe: let us emit BEGIN instead of the driver."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        _sqlite_pragmas(dbapi_connection, record)
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql(begin_sql)
+
+
+class Database:
+    """The node's handle on its database: ``read()`` and ``write()`` connections."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+        self.url = make_url(url)
+        self.dialect = self.url.get_backend_name()
+        common: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": msgspec.json.decode}
+        if self.dialect == "sqlite":
+            self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, **common)
+            _take_over_begin(self.writer, "BEGIN IMMEDIATE")
+            self.reader = create_async_engine(self.url, pool_size=pool_size, max_overflow=0, **common)
+            _take_over_begin(self.reader, "BEGIN")
+        else:
+            connect_args: dict[str, Any] = {}
+            if self.url.get_driver_name() == "asyncpg":
+                connect_args = {"timeout": connect_timeout, "command_timeout": 60}
+            self.writer = self.reader = create_async_engine(
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                pool_pre_ping=True,
+                pool_timeout=connect_timeout,
+                connect_args=connect_args,
+                **common,
+            )
+
+    @property
+    def is_postgresql(self) -> bool:
+        return self.dialect == "postgresql"
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One write transaction, committed on exit."""
+        async with self.writer.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A consistent snapshot for a read (one transaction, rolled back on exit)."""
+        async with self.reader.connect() as conn:
+            yield conn
+
+    async def dispose(self) -> None:
+        await self.writer.dispose()
+        if self.reader is not self.writer:
+            await self.reader.dispose()

@@ -1,0 +1,43 @@
+"""Apply or inspect the Alembic history from inside the node."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection
+
+from app.db.engine import Database
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def alembic_config() -> Config:
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    return config
+
+
+async def upgrade(database: Database, revision: str = "head") -> None:
+    """Migrate through the writer engine (on SQLite: under its write lock)."""
+    config = alembic_config()
+
+    def _upgrade(connection: Connection) -> None:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+    async with database.writer.connect() as connection:
+        await connection.run_sync(_upgrade)
+        await connection.commit()
+
+
+async def current_revision(database: Database) -> str | None:
+    async with database.reader.connect() as connection:
+        return await connection.run_sync(lambda c: MigrationContext.configure(c).get_current_revision())
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()

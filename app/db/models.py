@@ -1,0 +1,170 @@
+"""The schema operators read: ``jobs`` and ``job_steps``.
+
+Every API query is served by an index declared here, and the Alembic history in
+``migrations/`` must produce exactly this (a test compares them).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: Job ids are canonical UUID strings in Python; PostgreSQL stores them natively.
+JobIdType = String(36).with_variant(PG_UUID(as_uuid=False), "postgresql")
+#: JSON documents; JSONB on PostgreSQL so operators can query into them.
+JsonType = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+#: An autoincrement key: SQLite only autoincrements an INTEGER PRIMARY KEY.
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timestamps are UTC everywhere; SQLite drops the zone, so it is put back on read."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime written to a UTC column")
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
+
+
+class JobStatus:
+    """The states of SPEC §5; the API shows pending and running both as ``running``."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    UNFINISHED = (PENDING, RUNNING)
+    FINISHED = (SUCCESS, FAILED, CANCELLED)
+
+
+_UNFINISHED_SQL = "status IN ('pending', 'running')"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    #: Monotonic insertion order: "oldest first" and keyset pagination use it, since
+    #: the jobs of one batch share a timestamp.
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(JobIdType, nullable=False)
+    client: Mapped[str] = mapped_column(String(64), nullable=False)
+    source: Mapped[str] = mapped_column(String(16), nullable=False, default="offchain")
+    containers: Mapped[list[str]] = mapped_column(JsonType, nullable=False)
+    input: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    requires_proof: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.PENDING)
+    #: Claims so far; a graceful hand-back gives one back.
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: A job owned by one node outside the scheduler (the streaming endpoint).
+    stream: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    lease_owner: Mapped[str | None] = mapped_column(String(255))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    run_after: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("id", name="uq_jobs_id"),
+        # A client's history, oldest first, and keyset pages of it.
+        Index("ix_jobs_client_seq", "client", "seq"),
+        # A client's unfinished jobs (pending=true) without walking its whole history.
+        Index(
+            "ix_jobs_client_unfinished",
+            "client",
+            "seq",
+            postgresql_where=text(_UNFINISHED_SQL),
+            sqlite_where=text(_UNFINISHED_SQL),
+        ),
+        # The claim query: oldest runnable pending job first.
+        Index(
+            "ix_jobs_claim",
+            "run_after",
+            "seq",
+            postgresql_where=text("status = 'pending'"),
+            sqlite_where=text("status = 'pending'"),
+        ),
+        # Pending counts by source for /info.
+        Index(
+            "ix_jobs_unfinished_source",
+            "source",
+            postgresql_where=text(_UNFINISHED_SQL),
+            sqlite_where=text(_UNFINISHED_SQL),
+        ),
+        # The reaper: running jobs whose lease expired.
+        Index(
+            "ix_jobs_lease",
+            "lease_expires_at",
+            postgresql_where=text("status = 'running'"),
+            sqlite_where=text("status = 'running'"),
+        ),
+        # The pruner: finished jobs by age.
+        Index(
+            "ix_jobs_finished_at",
+            "finished_at",
+            postgresql_where=text("finished_at IS NOT NULL"),
+            sqlite_where=text("finished_at IS NOT NULL"),
+        ),
+    )
+
+
+class JobStep(Base):
+    """One container call of a job: its output or its error, committed on its own."""
+
+    __tablename__ = "job_steps"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        JobIdType, ForeignKey("jobs.id", ondelete="CASCADE", name="fk_job_steps_job_id"), nullable=False
+    )
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    container: Mapped[str] = mapped_column(String(255), nullable=False)
+    output: Mapped[Any | None] = mapped_column(JsonType)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    node: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (
+        # One committed result per step: a resumed job can never record a step twice.
+        UniqueConstraint("job_id", "position", name="uq_job_steps_job_position"),
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

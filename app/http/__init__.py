@@ -1,0 +1,1 @@
+"""The HTTP layer: Litestar app, controllers, client identity, error shapes."""

@@ -1,0 +1,59 @@
+"""The Litestar application: routes, dependencies, error shapes, limits."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from app import __version__
+from app.config import ServerSettings, parse_networks
+from app.containers.state import ContainerStates
+from app.http.client import ClientIdentity
+from app.http.controllers.jobs import JobsController
+from app.http.controllers.node import NodeController
+from app.http.errors import exception_handlers
+from app.http.ratelimit import rate_limit_config
+from app.jobs.service import JobService
+
+
+def _constant(value: Any) -> Provide:
+    def provide() -> Any:
+        return value
+
+    return Provide(provide, use_cache=True, sync_to_thread=False)
+
+
+def create_app(
+    server: ServerSettings,
+    jobs: JobService,
+    containers: ContainerStates,
+    lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
+) -> Litestar:
+    identity = ClientIdentity(parse_networks(server.trusted_proxies, "server.trusted_proxies"))
+    middleware = []
+    if server.rate_limit is not None:
+        limit = rate_limit_config(server.rate_limit.num_requests, server.rate_limit.period, identity.address)
+        middleware.append(limit.middleware)
+    return Litestar(
+        route_handlers=[NodeController, JobsController],
+        dependencies={
+            "jobs": _constant(jobs),
+            "containers": _constant(containers),
+            "identity": _constant(identity),
+            "server": _constant(server),
+        },
+        middleware=middleware,
+        exception_handlers=exception_handlers(server.max_body_bytes),
+        request_max_body_size=server.max_body_bytes,
+        lifespan=list(lifespan),
+        openapi_config=OpenAPIConfig(
+            title="jobnode", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin()]
+        ),
+        debug=False,
+    )

@@ -1,0 +1,111 @@
+"""``/api/jobs``: submit, batch, and read back a client's jobs.
+
+Bodies and query strings are parsed here by hand (with msgspec) because their error
+messages are part of the contract.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from litestar import Controller, MediaType, Request, get, post
+from litestar.datastructures import MultiDict
+
+from app.config import ServerSettings
+from app.http.client import ClientIdentity
+from app.http.errors import ApiError
+from app.http.structs import JobId, JobResult
+from app.jobs.requests import JobRejected, decode_batch, decode_job_request
+from app.jobs.service import JobService, UnknownCursor
+
+MAX_PAGE = 100_000
+
+
+def _flag(query: MultiDict[str], name: str) -> bool | None:
+    value = query.get(name)
+    if value is None:
+        return None
+    if value in ("true", "false"):
+        return value == "true"
+    raise ApiError(400, "Invalid parameter", {"name": name, "value": value})
+
+
+def _job_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(400, "Invalid job id", {"id": value}) from None
+
+
+def _limit(query: MultiDict[str]) -> int | None:
+    value = query.get("limit")
+    if value is None:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise ApiError(400, "Invalid parameter", {"name": "limit", "value": value})
+    return int(value)
+
+
+def _after(query: MultiDict[str]) -> str | None:
+    value = query.get("after")
+    if value is None:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(400, "Invalid parameter", {"name": "after", "value": value}) from None
+
+
+class JobsController(Controller):
+    path = "/api/jobs"
+    tags = ["jobs"]
+
+    @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job")
+    async def submit(self, request: Request[Any, Any, Any], jobs: JobService, identity: ClientIdentity) -> JobId:
+        try:
+            job_request = decode_job_request(await request.body())
+        except JobRejected as rejected:
+            raise ApiError(400, rejected.error, rejected.params) from None
+        (answer,) = await jobs.submit(identity.address(request), [job_request])
+        if "error" in answer:
+            raise ApiError(400, answer["error"], answer.get("params"))
+        return JobId(answer["id"])
+
+    @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction")
+    async def batch(
+        self, request: Request[Any, Any, Any], jobs: JobService, identity: ClientIdentity, server: ServerSettings
+    ) -> list[dict[str, Any]]:
+        try:
+            items = decode_batch(await request.body())
+        except JobRejected as rejected:
+            raise ApiError(400, rejected.error) from None
+        if len(items) > server.max_batch:
+            raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(items)})
+        requests: list[Any] = []
+        for item in items:
+            try:
+                requests.append(decode_job_request(item))
+            except JobRejected as rejected:
+                requests.append(rejected)
+        return await jobs.submit(identity.address(request), requests)
+
+    @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids")
+    async def read(
+        self, request: Request[Any, Any, Any], jobs: JobService, identity: ClientIdentity, server: ServerSettings
+    ) -> list[JobResult] | list[str]:
+        query = request.query_params
+        raw_ids = query.getall("id", [])
+        client = identity.address(request)
+        if raw_ids:
+            if len(raw_ids) > server.max_ids:
+                raise ApiError(400, "Too many ids", {"limit": server.max_ids})
+            ids = [_job_id(value) for value in raw_ids]
+            intermediate = _flag(query, "intermediate") or False
+            return await jobs.results(client, ids, intermediate)  # type: ignore[return-value]
+        pending = _flag(query, "pending")
+        limit, after = _limit(query), _after(query)
+        try:
+            return await jobs.job_ids(client, pending, after, limit)
+        except UnknownCursor:
+            raise ApiError(400, "Invalid parameter", {"name": "after", "value": after}) from None

@@ -1,0 +1,47 @@
+"""``/health`` and ``/info``: is the node usable, and what can it run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, MediaType, Response, get
+
+from app import __version__
+from app.containers.state import ContainerStates
+from app.http.structs import Health, NodeInfo
+from app.jobs.service import JobService
+
+
+class NodeController(Controller):
+    tags = ["node"]
+
+    @get("/health", media_type=MediaType.JSON, summary="Database reachable?")
+    async def health(self, jobs: JobService, containers: ContainerStates) -> Response[Health]:
+        not_ready = containers.not_ready()
+        extra: dict[str, Any] = {"containers": not_ready} if not_ready else {}
+        try:
+            await jobs.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to answer means unhealthy
+            return Response(Health(status="unhealthy", database=f"unreachable: {type(exc).__name__}", **extra),
+                            status_code=503)
+        return Response(Health(status="healthy", **extra))
+
+    @get("/info", media_type=MediaType.JSON, summary="Ready containers and pending job counts")
+    async def info(self, jobs: JobService, containers: ContainerStates) -> dict[str, Any]:
+        pending = await jobs.pending_counts()
+        return {
+            "version": __version__,
+            "containers": [
+                {
+                    "id": s.settings.id,
+                    "image": s.settings.image,
+                    "external": s.settings.external,
+                    "description": s.settings.description,
+                }
+                for s in containers.ready()
+            ],
+            "pending": pending,
+            "chain": {"enabled": False, "address": ""},
+        }
+
+    info.__annotations__["return"] = NodeInfo

@@ -1,0 +1,63 @@
+"""Response shapes of the compatible surface, for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class ErrorBody(msgspec.Struct):
+    error: str
+    params: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
+
+
+class JobId(msgspec.Struct):
+    id: str
+
+
+class ContainerOutput(msgspec.Struct):
+    container: str
+    output: Any
+
+
+class ContainerError(msgspec.Struct):
+    container: str
+    error: str
+
+
+class JobResult(msgspec.Struct):
+    id: str
+    status: str
+    result: dict[str, Any] | None
+    intermediate_results: list[dict[str, Any]] | msgspec.UnsetType = msgspec.UNSET
+
+
+class ContainerInfo(msgspec.Struct):
+    id: str
+    image: str
+    external: bool
+    description: str
+
+
+class PendingCounts(msgspec.Struct):
+    offchain: int
+    onchain: int
+
+
+class ChainInfo(msgspec.Struct):
+    enabled: bool
+    address: str
+
+
+class NodeInfo(msgspec.Struct):
+    version: str
+    containers: list[ContainerInfo]
+    pending: PendingCounts
+    chain: ChainInfo
+
+
+class Health(msgspec.Struct):
+    status: str
+    database: str | msgspec.UnsetType = msgspec.UNSET
+    containers: dict[str, str] | msgspec.UnsetType = msgspec.UNSET

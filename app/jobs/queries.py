@@ -1,0 +1,49 @@
+"""The SQL the API runs, each statement shaped to use one of the indexes in ``models``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy.sql.elements import ColumnElement
+
+from app.db.models import Job, JobStatus, JobStep
+
+
+def status_in(statuses: Sequence[str]) -> ColumnElement[bool]:
+    """Statuses rendered as literals, so that PostgreSQL can match partial-index predicates
+    even in prepared (generic) plans."""
+    return Job.status.in_(bindparam(None, list(statuses), expanding=True, literal_execute=True))
+
+
+def client_job_ids(client: str, pending: bool | None, after_seq: int | None, limit: int | None) -> Select[Any]:
+    stmt = select(Job.id).where(Job.client == client)
+    if pending is True:
+        stmt = stmt.where(status_in(JobStatus.UNFINISHED))
+    elif pending is False:
+        stmt = stmt.where(status_in(JobStatus.FINISHED))
+    if after_seq is not None:
+        stmt = stmt.where(Job.seq > after_seq)
+    stmt = stmt.order_by(Job.seq)
+    return stmt if limit is None else stmt.limit(limit)
+
+
+def client_job_seq(client: str, job_id: str) -> Select[Any]:
+    return select(Job.seq).where(Job.id == job_id, Job.client == client)
+
+
+def client_jobs_by_id(client: str, job_ids: Sequence[str]) -> Select[Any]:
+    return select(Job.id, Job.status, Job.containers).where(Job.id.in_(job_ids), Job.client == client)
+
+
+def steps_of(job_ids: Sequence[str]) -> Select[Any]:
+    return (
+        select(JobStep.job_id, JobStep.position, JobStep.container, JobStep.output, JobStep.error)
+        .where(JobStep.job_id.in_(job_ids))
+        .order_by(JobStep.job_id, JobStep.position)
+    )
+
+
+def unfinished_counts_by_source() -> Select[Any]:
+    return select(Job.source, func.count()).where(status_in(JobStatus.UNFINISHED)).group_by(Job.source)

@@ -1,0 +1,101 @@
+"""What the API does with jobs: accept them durably and read them back per client."""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import insert, select
+
+from app.db.engine import Database
+from app.db.models import Job, JobStatus, utcnow
+from app.db.signal import JobSignal
+from app.jobs import queries
+from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
+from app.jobs.results import job_result, step_result
+
+
+class UnknownCursor(LookupError):
+    """``after`` names no job of this client."""
+
+
+class JobService:
+    def __init__(self, database: Database, catalog: ContainerCatalog, signal: JobSignal) -> None:
+        self.database = database
+        self.catalog = catalog
+        self.signal = signal
+
+    def _row(self, request: JobRequest, client: str, now: Any) -> dict[str, Any]:
+        return {
+            "id": str(uuid.uuid4()),
+            "client": client,
+            "source": "offchain",
+            "containers": request.containers,
+            "input": request.data,
+            "requires_proof": request.requires_proof,
+            "status": JobStatus.PENDING,
+            "attempts": 0,
+            "stream": False,
+            "run_after": now,
+            "created_at": now,
+        }
+
+    async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
+        """Check each request, store the accepted ones in one transaction, answer in order.
+
+        Ids are returned only after the commit: an id a client holds is a stored job.
+        """
+        now = utcnow()
+        answers: list[dict[str, Any]] = []
+        rows: list[dict[str, Any]] = []
+        for request in requests:
+            try:
+                if isinstance(request, JobRejected):
+                    raise request
+                self.catalog.check(request, client)
+            except JobRejected as rejected:
+                answers.append(rejected.body())
+                continue
+            row = self._row(request, client, now)
+            rows.append(row)
+            answers.append({"id": row["id"]})
+        if rows:
+            async with self.database.write() as conn:
+                await conn.execute(insert(Job), rows)
+                await self.signal.notify_other_nodes(conn)
+            self.signal.jobs_added()
+        return answers
+
+    async def results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
+        """Results in the order asked; ids that are not this client's are left out."""
+        unique_ids = list(dict.fromkeys(job_ids))
+        async with self.database.read() as conn:
+            jobs = {row.id: row for row in await conn.execute(queries.client_jobs_by_id(client, unique_ids))}
+            steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            if jobs:
+                for step in await conn.execute(queries.steps_of(list(jobs))):
+                    steps[step.job_id].append(step_result(step.container, step.output, step.error))
+        return [
+            job_result(job_id, jobs[job_id].status, steps[job_id], intermediate) for job_id in job_ids if job_id in jobs
+        ]
+
+    async def job_ids(self, client: str, pending: bool | None, after: str | None, limit: int | None) -> list[str]:
+        async with self.database.read() as conn:
+            after_seq = None
+            if after is not None:
+                after_seq = (await conn.execute(queries.client_job_seq(client, after))).scalar()
+                if after_seq is None:
+                    raise UnknownCursor(after)
+            rows = await conn.execute(queries.client_job_ids(client, pending, after_seq, limit))
+            return [str(job_id) for (job_id,) in rows]
+
+    async def pending_counts(self) -> dict[str, int]:
+        async with self.database.read() as conn:
+            counts = dict((await conn.execute(queries.unfinished_counts_by_source())).all())
+        return {"offchain": counts.get("offchain", 0), "onchain": counts.get("onchain", 0)}
+
+    async def ping(self) -> None:
+        async with self.database.read() as conn:
+            await conn.execute(select(1))

@@ -58,6 +58,8 @@ class DatabaseSettings(_Section):
 
 
 class SchedulerSettings(_Section):
+    #: False: this node serves the API and claims no jobs (others on the database run them).
+    enabled: bool = True
     max_concurrent_jobs: int = 64
     lease_seconds: float = 30.0
     max_attempts: int = 3

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from litestar.di import NamedDependency
 from litestar import Controller, MediaType, Request, get, post
 from litestar.datastructures import MultiDict
 
@@ -62,7 +63,7 @@ class JobsController(Controller):
     tags = ["jobs"]
 
     @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job")
-    async def submit(self, request: Request[Any, Any, Any], jobs: JobService, identity: ClientIdentity) -> JobId:
+    async def submit(self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity]) -> JobId:
         try:
             job_request = decode_job_request(await request.body())
         except JobRejected as rejected:
@@ -74,7 +75,7 @@ class JobsController(Controller):
 
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction")
     async def batch(
-        self, request: Request[Any, Any, Any], jobs: JobService, identity: ClientIdentity, server: ServerSettings
+        self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity], server: NamedDependency[ServerSettings]
     ) -> list[dict[str, Any]]:
         try:
             items = decode_batch(await request.body())
@@ -92,7 +93,7 @@ class JobsController(Controller):
 
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids")
     async def read(
-        self, request: Request[Any, Any, Any], jobs: JobService, identity: ClientIdentity, server: ServerSettings
+        self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity], server: NamedDependency[ServerSettings]
     ) -> list[JobResult] | list[str]:
         query = request.query_params
         raw_ids = query.getall("id", [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from litestar.di import NamedDependency
 from litestar import Controller, MediaType, Response, get
 
 from app import __version__
@@ -16,7 +17,7 @@ class NodeController(Controller):
     tags = ["node"]
 
     @get("/health", media_type=MediaType.JSON, summary="Database reachable?")
-    async def health(self, jobs: JobService, containers: ContainerStates) -> Response[Health]:
+    async def health(self, jobs: NamedDependency[JobService], containers: NamedDependency[ContainerStates]) -> Response[Health]:
         not_ready = containers.not_ready()
         extra: dict[str, Any] = {"containers": not_ready} if not_ready else {}
         try:
@@ -27,7 +28,7 @@ class NodeController(Controller):
         return Response(Health(status="healthy", **extra))
 
     @get("/info", media_type=MediaType.JSON, summary="Ready containers and pending job counts")
-    async def info(self, jobs: JobService, containers: ContainerStates) -> dict[str, Any]:
+    async def info(self, jobs: NamedDependency[JobService], containers: NamedDependency[ContainerStates]) -> dict[str, Any]:
         pending = await jobs.pending_counts()
         return {
             "version": __version__,

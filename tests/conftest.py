@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.db import migrate
+from app.db.engine import Database
+from tests.support import (
+    RunningNode,
+    create_pg_database,
+    drop_pg_database,
+    node_settings,
+    serve_node,
+    unavailable,
+)
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+async def _migrated(url: str) -> None:
+    database = Database(url)
+    try:
+        await migrate.upgrade(database)
+    finally:
+        await database.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    """One fresh PostgreSQL database for the whole run, dropped at the end."""
+    try:
+        url = asyncio.run(create_pg_database())
+    except Exception as exc:  # noqa: BLE001
+        unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
+    try:
+        asyncio.run(_migrated(url))
+        yield url
+    finally:
+        asyncio.run(drop_pg_database(url))
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobnode.db'}"
+    asyncio.run(_migrated(url))
+    return url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """The conformance suite runs unchanged on each backend."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
+_addresses = itertools.count(1)
+_run_octet = random.randrange(1, 250)
+
+
+@pytest.fixture
+def client_address() -> str:
+    """A loopback address of this test's own: tests share a database, not a client."""
+    n = next(_addresses)
+    return f"127.{_run_octet}.{n // 250}.{n % 250 + 1}"
+
+
+@pytest.fixture
+def make_node(database_url: str) -> Callable[..., AbstractAsyncContextManager[RunningNode]]:
+    def factory(config: dict[str, Any] | None = None) -> AbstractAsyncContextManager[RunningNode]:
+        return serve_node(node_settings(database_url, config))
+
+    return factory
+
+
+@pytest.fixture
+async def node(make_node: Callable[..., AbstractAsyncContextManager[RunningNode]]) -> AsyncIterator[RunningNode]:
+    async with make_node(STANDARD_CONFIG) as running:
+        yield running
+
+
+#: Unmanaged containers (nothing listens at their url: issue 2 only stores jobs).
+STANDARD_CONFIG: dict[str, Any] = {
+    "scheduler": {"enabled": False},
+    "containers": [
+        {"id": "echo", "url": "http://127.0.0.1:9", "description": "returns its input"},
+        {"id": "inner", "url": "http://127.0.0.1:9", "external": False},
+        {"id": "prover", "url": "http://127.0.0.1:9", "generates_proofs": True},
+        {"id": "private", "url": "http://127.0.0.1:9", "allowed_ips": ["10.1.0.0/16", "::2"]},
+        {"id": "local", "url": "http://127.0.0.1:9", "allowed_ips": ["127.0.0.0/8"]},
+    ],
+}
+
+
+@pytest.fixture
+def root() -> Path:
+    return Path(__file__).resolve().parents[1]

@@ -1,0 +1,115 @@
+"""Real parts for the tests: databases, a node served over real sockets, clients bound
+to chosen loopback addresses.
+
+``JOBNODE_REQUIRE_SERVICES=1`` (set by ``.ci/run``) turns "PostgreSQL/Docker is not
+here" from a skip into a failure, so CI cannot pass without running those tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from app.config import Settings, settings_from_dict
+from app.node import Node
+
+PG_ADMIN_URL = os.environ.get("JOBNODE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+REQUIRE_SERVICES = os.environ.get("JOBNODE_REQUIRE_SERVICES", "") not in ("", "0", "false")
+
+
+def unavailable(what: str, why: str) -> None:
+    """Skip locally, fail in CI."""
+    message = f"{what} is not available: {why}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (JOBNODE_REQUIRE_SERVICES is set, so this is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def create_pg_database(admin_url: str = PG_ADMIN_URL) -> str:
+    """A fresh database for this test run; returns its SQLAlchemy URL."""
+    import asyncpg
+
+    name = f"jobnode_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+async def drop_pg_database(url: str, admin_url: str = PG_ADMIN_URL) -> None:
+    import asyncpg
+
+    name = url.rsplit("/", 1)[1]
+    conn = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def node_settings(database_url: str, config: dict[str, Any] | None = None) -> Settings:
+    raw: dict[str, Any] = {"manage_containers": False, "containers": []}
+    raw.update(config or {})
+    raw.setdefault("database", {})["url"] = database_url
+    return settings_from_dict(raw, environ={})
+
+
+class RunningNode:
+    """A node served by uvicorn on a dual-stack socket: IPv4 peers arrive IPv4-mapped."""
+
+    def __init__(self, node: Node, port: int) -> None:
+        self.node = node
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.url6 = f"http://[::1]:{port}"
+
+    def client(self, address: str = "127.0.0.1", **kwargs: Any) -> httpx.AsyncClient:
+        """An HTTP client whose requests come from ``address`` (any 127.x.y.z, or ::1)."""
+        base = self.url6 if ":" in address else self.url
+        transport = httpx.AsyncHTTPTransport(local_address=address)
+        return httpx.AsyncClient(base_url=base, transport=transport, timeout=30, **kwargs)
+
+
+@asynccontextmanager
+async def serve_node(settings: Settings) -> AsyncIterator[RunningNode]:
+    node = Node(settings)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("::", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(node.app(), proxy_headers=False, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("node did not start")
+        await asyncio.sleep(0.01)
+    try:
+        yield RunningNode(node, port)
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()

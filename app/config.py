@@ -49,6 +49,8 @@ class ServerSettings(_Section):
     max_ids: int = 1000
     operator_token: str | None = None
     workers: int = 1
+    #: Where managed containers (and unmanaged ones without a ``url``) are reached.
+    container_host: str = "127.0.0.1"
 
 
 class DatabaseSettings(_Section):
@@ -80,6 +82,8 @@ class DockerSettings(_Section):
     username: str | None = None
     password: str | None = None
     stop_containers_on_shutdown: bool = True
+    #: Extra labels put on every container the node creates (the node adds its own).
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class ContainerSettings(_Section):
@@ -104,9 +108,9 @@ class ContainerSettings(_Section):
     startup_timeout: float = 60.0
 
     @property
-    def managed_by_node(self) -> bool:
+    def runs_elsewhere(self) -> bool:
         """A container with a ``url`` runs elsewhere; the node only calls it."""
-        return self.url is None
+        return self.url is not None
 
 
 class Settings(_Section):
@@ -131,6 +135,16 @@ class Settings(_Section):
             if container.id == container_id:
                 return container
         return None
+
+    def managed(self, container: ContainerSettings) -> bool:
+        """Does this node run the container on the Docker Engine?"""
+        return self.manage_containers and not container.runs_elsewhere
+
+    def base_url(self, container: ContainerSettings) -> str:
+        """Where the container protocol is spoken (SPEC §3)."""
+        if container.url is not None:
+            return container.url.rstrip("/")
+        return f"http://{self.server.container_host}:{container.port}"
 
 
 def parse_networks(values: list[str], key: str) -> list[IpNetwork]:
@@ -192,7 +206,7 @@ def _validate_containers(settings: Settings) -> None:
         if container.id in seen:
             raise ConfigError(f"{key}.id: duplicate container id {container.id!r}")
         seen.add(container.id)
-        if settings.manage_containers and container.managed_by_node and not (container.image or container.build):
+        if settings.manage_containers and not container.runs_elsewhere and not (container.image or container.build):
             raise ConfigError(f"{key}.image: required for a container the node manages (or set url)")
         if container.url is not None and not container.url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}.url: {container.url!r} is not an http(s) URL")

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 from litestar import Litestar
 
 from app.config import Settings
+from app.containers.protocol import ContainerClient
 from app.containers.state import ContainerStates
 from app.db import migrate
 from app.db.engine import Database
@@ -20,6 +22,14 @@ from app.db.signal import JobSignal
 from app.http.app import create_app
 from app.jobs.requests import ContainerCatalog
 from app.jobs.service import JobService
+from app.jobs.stream import StreamService
+from app.containers.resources import ResourceService
+from app.jobs.transitions import JobStore
+from app.scheduler.chain import ChainRunner
+from app.scheduler.scheduler import Scheduler
+
+if TYPE_CHECKING:
+    from app.containers.docker import ContainerRuntime
 
 log = logging.getLogger("jobnode")
 
@@ -34,17 +44,41 @@ class Node:
         )
         self.signal = JobSignal()
         self.containers = ContainerStates(settings)
-        self.jobs = JobService(self.database, ContainerCatalog(settings), self.signal)
+        self.client = ContainerClient()
+        catalog = ContainerCatalog(settings)
+        self.jobs = JobService(self.database, catalog, self.signal)
+        store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds)
+        self.streams = StreamService(store, catalog, self.containers, self.client)
+        self.resources = ResourceService(self.containers, self.client)
+        self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client), self.signal)
+        self.runtime: ContainerRuntime | None = None
+
+    def _needs_runtime(self) -> bool:
+        """Docker only when something is managed; probes only when a health_path is set."""
+        return any(state.managed or state.settings.health_path for state in self.containers)
 
     @asynccontextmanager
     async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
         if self.settings.ignored_keys:
             log.warning("config keys ignored (Infernet-only): %s", ", ".join(self.settings.ignored_keys))
-        await migrate.upgrade(self.database)
-        try:
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(self.database.dispose)
+            await migrate.upgrade(self.database)
+            stack.push_async_callback(self.client.close)
+            if self._needs_runtime():
+                from app.containers.docker import ContainerRuntime
+
+                self.runtime = ContainerRuntime(self.settings, self.containers)
+                await self.runtime.start()
+                stack.push_async_callback(self.runtime.stop)
+            if self.settings.scheduler.enabled:
+                await self.scheduler.start()
+                stack.push_async_callback(self.scheduler.stop)
             yield
-        finally:
-            await self.database.dispose()
 
     def app(self) -> Litestar:
-        return create_app(self.settings.server, self.jobs, self.containers, lifespan=[self.lifespan])
+        return create_app(
+            self.settings.server,
+            {"jobs": self.jobs, "containers": self.containers, "streams": self.streams, "resources": self.resources},
+            lifespan=[self.lifespan],
+        )

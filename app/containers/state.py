@@ -1,12 +1,15 @@
 """The live state of each configured container, shared by the runtime and the API.
 
-The runtime writes it (starting, ready, failed, restarts); the HTTP layer only reads it,
-so that ``/info`` lists a container once it can take work and ``/health`` can say why
-one cannot.
+The runtime writes it (starting, ready, failed, restarts); the HTTP layer and the
+scheduler only read it, so that ``/info`` lists a container once it can take work,
+``/health`` can say why one cannot, and a job waits for its container instead of
+calling into a container that is being restarted.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -23,6 +26,8 @@ class Readiness(StrEnum):
 @dataclass
 class ContainerState:
     settings: ContainerSettings
+    base_url: str
+    managed: bool
     readiness: Readiness = Readiness.STARTING
     last_error: str | None = None
     restarts: int = 0
@@ -30,28 +35,45 @@ class ContainerState:
     done: int = 0
     failed: int = 0
     docker_id: str | None = field(default=None, repr=False)
+    _ready_event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
     def ready(self) -> bool:
         return self.readiness is Readiness.READY
 
     def mark(self, readiness: Readiness, error: str | None = None) -> None:
+        """Record a transition; ``error`` says why a container is not ready."""
         self.readiness = readiness
-        if error is not None or readiness is Readiness.READY:
-            self.last_error = error
+        if readiness is Readiness.READY:
+            self.last_error = None
+            self._ready_event.set()
+        else:
+            if error is not None:
+                self.last_error = error
+            self._ready_event.clear()
+
+    async def wait_ready(self, timeout: float) -> bool:
+        if self.ready:
+            return True
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        except TimeoutError:
+            return False
+        return self.ready
 
 
 class ContainerStates:
     def __init__(self, settings: Settings) -> None:
-        self._states = {c.id: ContainerState(c) for c in settings.containers}
-        if not settings.manage_containers:
-            # Nothing to start: a container the node does not manage is ready as configured
-            # (one with a health_path is probed by the runtime instead).
-            for state in self._states.values():
-                if state.settings.health_path is None:
-                    state.mark(Readiness.READY)
+        self._states = {
+            c.id: ContainerState(c, base_url=settings.base_url(c), managed=settings.managed(c))
+            for c in settings.containers
+        }
+        for state in self._states.values():
+            if not state.managed and state.settings.health_path is None:
+                # Run by someone else and nothing to probe: ready as configured.
+                state.mark(Readiness.READY)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ContainerState]:
         return iter(self._states.values())
 
     def get(self, container_id: str) -> ContainerState | None:

@@ -19,7 +19,8 @@ class JobSignal:
     def __init__(self) -> None:
         self._event = asyncio.Event()
 
-    def jobs_added(self) -> None:
+    def notify(self) -> None:
+        """Work may be waiting: jobs were added, or a busy scheduler freed a slot."""
         self._event.set()
 
     async def notify_other_nodes(self, conn: AsyncConnection) -> None:
@@ -28,7 +29,7 @@ class JobSignal:
             await conn.execute(select(func.pg_notify(CHANNEL, "")))
 
     async def wait(self, timeout: float) -> bool:
-        """Block until jobs were added or ``timeout`` passed; True when woken by jobs."""
+        """Block until notified or ``timeout`` passed; True when notified."""
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:

@@ -13,13 +13,12 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 
 from app import __version__
 from app.config import ServerSettings, parse_networks
-from app.containers.state import ContainerStates
 from app.http.client import ClientIdentity
 from app.http.controllers.jobs import JobsController
 from app.http.controllers.node import NodeController
+from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
 from app.http.ratelimit import rate_limit_config
-from app.jobs.service import JobService
 
 
 def _constant(value: Any) -> Provide:
@@ -31,20 +30,19 @@ def _constant(value: Any) -> Provide:
 
 def create_app(
     server: ServerSettings,
-    jobs: JobService,
-    containers: ContainerStates,
+    services: dict[str, Any],
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
 ) -> Litestar:
+    """``services`` are injected by name into the controllers (``jobs``, ``containers``…)."""
     identity = ClientIdentity(parse_networks(server.trusted_proxies, "server.trusted_proxies"))
     middleware = []
     if server.rate_limit is not None:
         limit = rate_limit_config(server.rate_limit.num_requests, server.rate_limit.period, identity.address)
         middleware.append(limit.middleware)
     return Litestar(
-        route_handlers=[NodeController, JobsController],
+        route_handlers=[NodeController, JobsController, StreamController],
         dependencies={
-            "jobs": _constant(jobs),
-            "containers": _constant(containers),
+            **{name: _constant(service) for name, service in services.items()},
             "identity": _constant(identity),
             "server": _constant(server),
         },

@@ -17,6 +17,10 @@ def status_in(statuses: Sequence[str]) -> ColumnElement[bool]:
     return Job.status.in_(bindparam(None, list(statuses), expanding=True, literal_execute=True))
 
 
+def status_is(status: str) -> ColumnElement[bool]:
+    return Job.status == bindparam(None, status, literal_execute=True)
+
+
 def client_job_ids(client: str, pending: bool | None, after_seq: int | None, limit: int | None) -> Select[Any]:
     stmt = select(Job.id).where(Job.client == client)
     if pending is True:

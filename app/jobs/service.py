@@ -65,7 +65,7 @@ class JobService:
             async with self.database.write() as conn:
                 await conn.execute(insert(Job), rows)
                 await self.signal.notify_other_nodes(conn)
-            self.signal.jobs_added()
+            self.signal.notify()
         return answers
 
     async def results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:

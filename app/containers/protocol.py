@@ -1,0 +1,123 @@
+"""The container protocol client (SPEC §3): one pooled aiohttp session for every call.
+
+Every way a call can go wrong becomes a ``StepFailed`` whose text says what happened,
+and whether the container may have received the request: only a failure *before*
+the request reached it may be retried without running the work twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from app.config import ContainerSettings
+
+BODY_EXCERPT = 200
+
+
+class StepFailed(Exception):
+    def __init__(self, error: str, *, delivered: bool) -> None:
+        super().__init__(error)
+        self.error = error
+        #: False when the container cannot have seen the request (safe to re-send).
+        self.delivered = delivered
+
+
+def _excerpt(raw: bytes) -> str:
+    text = raw[:BODY_EXCERPT].decode("utf-8", errors="replace")
+    return text + ("…" if len(raw) > BODY_EXCERPT else "")
+
+
+class ContainerClient:
+    def __init__(self, limit: int = 0) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30, enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @staticmethod
+    def _headers(container: ContainerSettings) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if container.bearer:
+            headers["Authorization"] = f"Bearer {container.bearer}"
+        return headers
+
+    @staticmethod
+    def _body(data: Any, requires_proof: bool) -> bytes:
+        return msgspec.json.encode({"source": 1, "destination": 1, "data": data, "requires_proof": requires_proof})
+
+    @asynccontextmanager
+    async def _post(self, container: ContainerSettings, base_url: str, body: bytes) -> AsyncIterator[
+        aiohttp.ClientResponse
+    ]:
+        timeout = aiohttp.ClientTimeout(total=container.timeout)
+        try:
+            async with self.session.post(
+                f"{base_url}/service_output", data=body, headers=self._headers(container), timeout=timeout
+            ) as response:
+                yield response
+        except TimeoutError:
+            raise StepFailed(f"timed out after {container.timeout:g} s", delivered=True) from None
+        except aiohttp.ClientConnectorError as exc:
+            refused = isinstance(exc.os_error, ConnectionRefusedError)
+            raise StepFailed("connection refused" if refused else f"cannot connect: {exc.os_error}",
+                             delivered=False) from None
+        except aiohttp.ServerDisconnectedError:
+            raise StepFailed("connection closed by the container before it answered", delivered=True) from None
+        except aiohttp.ClientError as exc:
+            raise StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True) from None
+
+    async def call(self, container: ContainerSettings, base_url: str, data: Any, requires_proof: bool) -> Any:
+        """POST /service_output and return the container's JSON output."""
+        body = self._body(data, requires_proof)
+        for attempt in range(container.retries + 1):
+            try:
+                async with self._post(container, base_url, body) as response:
+                    raw = await response.read()
+                    status = response.status
+                break
+            except StepFailed as failed:
+                if failed.delivered or attempt == container.retries:
+                    raise
+                await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        if not 200 <= status < 300:
+            raise StepFailed(f"HTTP {status}: {_excerpt(raw)}", delivered=True)
+        try:
+            return msgspec.json.decode(raw)
+        except msgspec.DecodeError:
+            raise StepFailed(f"not valid JSON: {_excerpt(raw)}", delivered=True) from None
+
+    async def stream(self, container: ContainerSettings, base_url: str, data: Any,
+                     requires_proof: bool) -> AsyncIterator[bytes]:
+        """Yield the raw response body as it arrives (POST /api/jobs/stream)."""
+        async with self._post(container, base_url, self._body(data, requires_proof)) as response:
+            if not 200 <= response.status < 300:
+                raw = await response.content.read(BODY_EXCERPT + 1)
+                raise StepFailed(f"HTTP {response.status}: {_excerpt(raw)}", delivered=True)
+            try:
+                async for chunk in response.content.iter_any():
+                    yield chunk
+            except TimeoutError:
+                raise StepFailed(f"timed out after {container.timeout:g} s", delivered=True) from None
+            except aiohttp.ClientError as exc:
+                raise StepFailed(f"stream broken: {type(exc).__name__}", delivered=True) from None
+
+    async def get_json(self, url: str, timeout: float = 5.0) -> Any:
+        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+            response.raise_for_status()
+            return msgspec.json.decode(await response.read())

@@ -1,0 +1,37 @@
+"""``POST /api/jobs/stream`` and ``GET /resources``: the calls Infernet clients make that
+go straight to a container."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Controller, MediaType, Request, get, post
+from litestar.di import NamedDependency
+from litestar.response import Stream
+
+from app.containers.resources import ResourceService
+from app.http.client import ClientIdentity
+from app.http.errors import ApiError
+from app.jobs.requests import JobRejected, decode_job_request
+from app.jobs.stream import StreamService
+
+
+class StreamController(Controller):
+    tags = ["containers"]
+
+    @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output")
+    async def stream(
+        self, request: Request[Any, Any, Any], streams: NamedDependency[StreamService],
+        identity: NamedDependency[ClientIdentity],
+    ) -> Stream:
+        try:
+            job = await streams.open(identity.address(request), decode_job_request(await request.body()))
+        except JobRejected as rejected:
+            raise ApiError(400, rejected.error, rejected.params) from None
+        return Stream(streams.run(job), media_type=MediaType.TEXT)
+
+    @get("/resources", media_type=MediaType.JSON, summary="Each container's service resources")
+    async def resources(
+        self, resources: NamedDependency[ResourceService], model_id: str | None = None
+    ) -> dict[str, Any]:
+        return await resources.collect(model_id)

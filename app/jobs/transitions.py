@@ -1,0 +1,221 @@
+"""Every change of a job's state, in one place (SPEC §5).
+
+pending → running (claim) → success | failed, and back to pending when a lease expires
+or a node hands its jobs back. Each write that a running job makes is guarded by
+``status = 'running' AND lease_owner = <this node>`` and checks its row count, so a node
+that lost its lease can no longer write anything for that job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+
+from app.db.engine import Database
+from app.db.models import Job, JobStatus, JobStep, utcnow
+from app.jobs.queries import status_is
+
+
+class LeaseLost(Exception):
+    """This node no longer owns the job (its lease expired, or it was cancelled)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedJob:
+    id: str
+    containers: list[str]
+    input: dict[str, Any]
+    requires_proof: bool
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedStep:
+    position: int
+    output: Any
+    error: str | None
+
+
+class JobStore:
+    """The scheduler's side of the database, for one node identity."""
+
+    def __init__(self, database: Database, node_id: str, lease_seconds: float) -> None:
+        self.database = database
+        self.node_id = node_id
+        self.lease = timedelta(seconds=lease_seconds)
+
+    def _owned(self, job_id: str) -> Any:
+        return (Job.id == job_id, status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id)
+
+    async def claim(self, limit: int) -> list[ClaimedJob]:
+        """Take up to ``limit`` runnable jobs in one statement.
+
+        The candidates are locked in a CTE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so
+        that the LIMIT is applied once; on SQLite the writer's ``BEGIN IMMEDIATE``
+        serialises claims instead.
+        """
+        now = utcnow()
+        candidates = (
+            select(Job.seq)
+            .where(status_is(JobStatus.PENDING), Job.run_after <= now)
+            .order_by(Job.run_after, Job.seq)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .cte("claimable")
+        )
+        stmt = (
+            update(Job)
+            .where(Job.seq == candidates.c.seq)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                lease_owner=self.node_id,
+                lease_expires_at=now + self.lease,
+                started_at=func.coalesce(Job.started_at, now),
+            )
+            .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts)
+        )
+        async with self.database.write() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [ClaimedJob(str(r.id), r.containers, r.input, r.requires_proof, r.attempts) for r in rows]
+
+    async def committed_steps(self, job_id: str) -> list[CommittedStep]:
+        stmt = select(JobStep.position, JobStep.output, JobStep.error).where(JobStep.job_id == job_id)
+        async with self.database.read() as conn:
+            rows = (await conn.execute(stmt.order_by(JobStep.position))).all()
+        return [CommittedStep(r.position, r.output, r.error) for r in rows]
+
+    async def record_step(
+        self,
+        job: ClaimedJob,
+        position: int,
+        started_at: datetime,
+        *,
+        output: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """Commit one step's result; the job finishes in the same transaction when it ends here."""
+        now = utcnow()
+        last = position == len(job.containers) - 1
+        values: dict[str, Any] = {"lease_expires_at": now + self.lease}
+        if error is not None or last:
+            status = JobStatus.FAILED if error is not None else JobStatus.SUCCESS
+            values = {"status": status, "finished_at": now, "lease_owner": None, "lease_expires_at": None}
+        async with self.database.write() as conn:
+            result = await conn.execute(update(Job).where(*self._owned(job.id)).values(**values))
+            if result.rowcount != 1:
+                raise LeaseLost(job.id)
+            await conn.execute(
+                insert(JobStep).values(
+                    job_id=job.id,
+                    position=position,
+                    container=job.containers[position],
+                    output=output,
+                    error=error,
+                    attempt=job.attempts,
+                    node=self.node_id,
+                    started_at=started_at,
+                    finished_at=now,
+                )
+            )
+
+    async def renew(self, job_ids: list[str]) -> int:
+        """Heartbeat: extend the leases of the jobs this node is still running."""
+        if not job_ids:
+            return 0
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(job_ids), status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id)
+            .values(lease_expires_at=utcnow() + self.lease)
+        )
+        async with self.database.write() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+    async def release(self, job_ids: list[str]) -> int:
+        """Graceful hand-back: the jobs go back to pending, the claim not counted."""
+        if not job_ids:
+            return 0
+        stmt = (
+            update(Job)
+            .where(Job.id.in_(job_ids), status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id)
+            .values(status=JobStatus.PENDING, attempts=Job.attempts - 1, lease_owner=None, lease_expires_at=None)
+        )
+        async with self.database.write() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+    async def take_back_orphans(self) -> int:
+        """A node restarted under the same identity re-queues what its previous life was running,
+        without waiting for those leases to expire (the claim it lost still counts)."""
+        stmt = (
+            update(Job)
+            .where(status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id, Job.stream.is_(False))
+            .values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
+        )
+        async with self.database.write() as conn:
+            return (await conn.execute(stmt)).rowcount
+
+    async def reap(self, max_attempts: int, batch: int = 100) -> tuple[int, int]:
+        """Jobs whose lease expired go back to pending, or fail once they used every attempt.
+
+        Returns (requeued, failed).
+        """
+        now = utcnow()
+        expired = (
+            select(Job.id, Job.attempts, Job.containers, Job.stream)
+            .where(status_is(JobStatus.RUNNING), Job.lease_expires_at < now)
+            .order_by(Job.lease_expires_at)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
+        )
+        requeued = failed = 0
+        async with self.database.write() as conn:
+            for row in (await conn.execute(expired)).all():
+                if row.stream or row.attempts >= max_attempts:
+                    reason = (
+                        "the node streaming this job stopped before it finished"
+                        if row.stream
+                        else f"gave up after {row.attempts} attempts: the lease expired each time "
+                        f"(the node running the job stopped or lost the database)"
+                    )
+                    await self._fail_expired(conn, str(row.id), row.containers, reason, now)
+                    failed += 1
+                else:
+                    await conn.execute(
+                        update(Job)
+                        .where(Job.id == row.id)
+                        .values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
+                    )
+                    requeued += 1
+        return requeued, failed
+
+    async def _fail_expired(self, conn: Any, job_id: str, containers: list[str], reason: str, now: datetime) -> None:
+        position = (
+            await conn.execute(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id))
+        ).scalar_one()
+        position = min(position, len(containers) - 1)
+        await conn.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None)
+        )
+        await conn.execute(
+            insert(JobStep).values(
+                job_id=job_id, position=position, container=containers[position], error=reason,
+                attempt=0, node=self.node_id, started_at=now, finished_at=now,
+            )
+        )
+
+    async def prune(self, older_than: datetime, batch: int = 500) -> int:
+        """Delete one small batch of finished jobs (steps go with them by cascade)."""
+        victims = (
+            select(Job.seq)
+            .where(Job.finished_at.is_not(None), Job.finished_at < older_than)
+            .order_by(Job.finished_at)
+            .limit(batch)
+            .scalar_subquery()
+        )
+        async with self.database.write() as conn:
+            return (await conn.execute(delete(Job).where(Job.seq.in_(victims)))).rowcount

@@ -1,0 +1,1 @@
+"""The scheduler: claims pending jobs and runs their chains. No HTTP here."""

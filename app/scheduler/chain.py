@@ -1,0 +1,62 @@
+"""Run one claimed job's chain, resuming after its last committed step (SPEC §3, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from app.containers.protocol import ContainerClient, StepFailed
+from app.containers.state import ContainerState, ContainerStates
+from app.db.models import utcnow
+from app.jobs.transitions import ClaimedJob, JobStore
+
+log = logging.getLogger("jobnode.scheduler")
+
+
+class ChainRunner:
+    def __init__(self, store: JobStore, states: ContainerStates, client: ContainerClient) -> None:
+        self.store = store
+        self.states = states
+        self.client = client
+        # Each container's ``concurrency`` bounds the calls in flight to it.
+        self._slots = {state.settings.id: asyncio.Semaphore(state.settings.concurrency) for state in states}
+
+    async def run(self, job: ClaimedJob) -> None:
+        """Raises ``LeaseLost`` when another node (or a cancel) took the job over."""
+        steps = await self.store.committed_steps(job.id)
+        data: Any = steps[-1].output if steps else job.input
+        for position in range(len(steps), len(job.containers)):
+            started = utcnow()
+            try:
+                data = await self._call(job, position, data)
+            except StepFailed as failed:
+                log.info("job %s step %d (%s) failed: %s", job.id, position, job.containers[position], failed.error)
+                await self.store.record_step(job, position, started, error=failed.error)
+                return
+            await self.store.record_step(job, position, started, output=data)
+
+    async def _call(self, job: ClaimedJob, position: int, data: Any) -> Any:
+        container_id = job.containers[position]
+        state = self.states.get(container_id)
+        if state is None:
+            raise StepFailed(f"container {container_id} is not configured on this node", delivered=False)
+        async with self._slots[container_id]:
+            await self._wait_ready(state)
+            state.in_flight += 1
+            try:
+                output = await self.client.call(state.settings, state.base_url, data, job.requires_proof)
+            except StepFailed:
+                state.failed += 1
+                raise
+            finally:
+                state.in_flight -= 1
+            state.done += 1
+            return output
+
+    @staticmethod
+    async def _wait_ready(state: ContainerState) -> None:
+        """A container being (re)started is waited for, within its startup timeout, not called."""
+        if not await state.wait_ready(state.settings.startup_timeout):
+            reason = f": {state.last_error}" if state.last_error else ""
+            raise StepFailed(f"container not ready ({state.readiness.value}{reason})", delivered=False)

@@ -1,0 +1,134 @@
+"""Claim as much work as there is free capacity, run it, keep its leases alive.
+
+One loop claims (woken at once by a submit in this process or a NOTIFY from another
+node, with a slow poll as the fallback), one renews leases, one reaps expired leases
+and prunes old jobs. A graceful stop stops claiming, lets running steps finish within
+the grace period and hands the rest back to ``pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+from app.config import Settings
+from app.db.errors import is_database_unavailable
+from app.db.models import utcnow
+from app.db.signal import JobSignal
+from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost
+from app.scheduler.chain import ChainRunner
+
+log = logging.getLogger("jobnode.scheduler")
+
+
+class Scheduler:
+    def __init__(self, settings: Settings, store: JobStore, runner: ChainRunner, signal: JobSignal) -> None:
+        self.config = settings.scheduler
+        self.retention_days = settings.retention.finished_jobs_days
+        self.store = store
+        self.runner = runner
+        self.signal = signal
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self._loops: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        taken = await self.store.take_back_orphans()
+        if taken:
+            log.info("took back %d jobs this node was running before it restarted", taken)
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="jobnode-claim"),
+            asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew), name="jobnode-lease"),
+            asyncio.create_task(self._every(max(0.5, self.config.lease_seconds / 2), self._maintain),
+                                name="jobnode-reaper"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._loops:
+            self._loops[0].cancel()
+        if self.running:
+            log.info("waiting up to %g s for %d running jobs", self.config.shutdown_grace, len(self.running))
+            await asyncio.wait(list(self.running.values()), timeout=self.config.shutdown_grace)
+        unfinished = list(self.running)
+        for task in self.running.values():
+            task.cancel()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if unfinished:
+            released = await self.store.release(unfinished)
+            log.info("handed %d unfinished jobs back to pending", released)
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.config.max_concurrent_jobs - len(self.running)
+            claimed: list[ClaimedJob] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim(free)
+                except Exception as exc:
+                    if not is_database_unavailable(exc):
+                        log.exception("claim failed")
+                    else:
+                        log.warning("database unavailable, claiming paused: %s", exc)
+                    await asyncio.sleep(self.config.poll_interval)
+                    continue
+            for job in claimed:
+                self._spawn(job)
+            if claimed and len(claimed) == free:
+                continue  # there may be more: claim again once capacity frees up
+            await self.signal.wait(self.config.poll_interval)
+
+    def _spawn(self, job: ClaimedJob) -> None:
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self.running[job.id] = task
+
+    async def _run(self, job: ClaimedJob) -> None:
+        try:
+            await self.runner.run(job)
+        except LeaseLost:
+            log.warning("job %s: lease lost, another node or a cancel took it over", job.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # The job keeps its lease until it expires and is then retried (or failed) by the reaper.
+            if is_database_unavailable(exc):
+                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, exc)
+            else:
+                log.exception("job %s: unexpected error", job.id)
+        finally:
+            self.running.pop(job.id, None)
+            self.signal.notify()
+
+    async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await action()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    log.warning("%s: database unavailable: %s", action.__name__, exc)
+                else:
+                    log.exception("%s failed", action.__name__)
+
+    async def _renew(self) -> None:
+        await self.store.renew(list(self.running))
+
+    async def _maintain(self) -> None:
+        requeued, failed = await self.store.reap(self.config.max_attempts)
+        if requeued or failed:
+            log.info("expired leases: %d jobs re-queued, %d failed after %d attempts",
+                     requeued, failed, self.config.max_attempts)
+            self.signal.notify()
+        if self.retention_days > 0:
+            cutoff = utcnow() - timedelta(days=self.retention_days)
+            while (deleted := await self.store.prune(cutoff)) > 0:
+                log.info("pruned %d finished jobs older than %g days", deleted, self.retention_days)
+                await asyncio.sleep(0)
+

@@ -13,6 +13,7 @@ import pytest
 from app.db import migrate
 from app.db.engine import Database
 from tests.support import (
+    HostService,
     RunningNode,
     create_pg_database,
     drop_pg_database,
@@ -100,3 +101,19 @@ STANDARD_CONFIG: dict[str, Any] = {
 @pytest.fixture
 def root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def host_service() -> Iterator[Callable[..., HostService]]:
+    """Start test services as host processes; all are killed after the test."""
+    started: list[HostService] = []
+
+    def start(mode: str, **env: str | float) -> HostService:
+        service = HostService(mode, **env)
+        started.append(service)
+        service.wait_ready()
+        return service
+
+    yield start
+    for service in started:
+        service.stop()

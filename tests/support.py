@@ -8,11 +8,16 @@ here" from a skip into a failure, so CI cannot pass without running those tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -113,3 +118,57 @@ async def serve_node(settings: Settings) -> AsyncIterator[RunningNode]:
         server.should_exit = True
         await task
         sock.close()
+
+
+SERVICE = Path(__file__).resolve().parent / "services" / "server.py"
+
+
+class HostService:
+    """The container-protocol test service run as a plain process (an unmanaged container)."""
+
+    def __init__(self, mode: str, **env: str | float) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {**os.environ, "MODE": mode, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        environment.update({k: str(v) for k, v in env.items()})
+        self.process = subprocess.Popen([sys.executable, str(SERVICE)], env=environment,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"test service on {self.port} did not start")
+
+    def calls(self) -> dict[str, int]:
+        return httpx.get(f"{self.url}/calls", timeout=5).json()
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait(5)
+
+
+async def wait_finished(http: httpx.AsyncClient, job_ids: list[str], timeout: float = 30.0,
+                        intermediate: bool = True) -> dict[str, dict[str, Any]]:
+    """Poll until every job left ``running``; returns the results by id."""
+    deadline = time.monotonic() + timeout
+    pending = list(job_ids)
+    done: dict[str, dict[str, Any]] = {}
+    while pending:
+        for start in range(0, len(pending), 500):
+            params = [("id", i) for i in pending[start:start + 500]]
+            if intermediate:
+                params.append(("intermediate", "true"))
+            response = await http.get("/api/jobs", params=params)
+            assert response.status_code == 200, response.text
+            for result in response.json():
+                if result["status"] != "running":
+                    done[result["id"]] = result
+        pending = [i for i in pending if i not in done]
+        if pending:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{len(pending)} jobs still running after {timeout} s")
+            await asyncio.sleep(0.02)
+    return done

@@ -27,32 +27,33 @@ class ChainRunner:
         steps = await self.store.committed_steps(job.id)
         data: Any = steps[-1].output if steps else job.input
         for position in range(len(steps), len(job.containers)):
+            container_id = job.containers[position]
+            state = self.states.get(container_id)
             started = utcnow()
             try:
-                data = await self._call(job, position, data)
+                if state is None:
+                    raise StepFailed(f"container {container_id} is not configured on this node", delivered=False)
+                async with self._slots[container_id]:
+                    await self._wait_ready(state)
+                    started = utcnow()
+                    data = await self._call(state, job, data)
             except StepFailed as failed:
-                log.info("job %s step %d (%s) failed: %s", job.id, position, job.containers[position], failed.error)
+                log.info("job %s step %d (%s) failed: %s", job.id, position, container_id, failed.error)
                 await self.store.record_step(job, position, started, error=failed.error)
                 return
             await self.store.record_step(job, position, started, output=data)
 
-    async def _call(self, job: ClaimedJob, position: int, data: Any) -> Any:
-        container_id = job.containers[position]
-        state = self.states.get(container_id)
-        if state is None:
-            raise StepFailed(f"container {container_id} is not configured on this node", delivered=False)
-        async with self._slots[container_id]:
-            await self._wait_ready(state)
-            state.in_flight += 1
-            try:
-                output = await self.client.call(state.settings, state.base_url, data, job.requires_proof)
-            except StepFailed:
-                state.failed += 1
-                raise
-            finally:
-                state.in_flight -= 1
-            state.done += 1
-            return output
+    async def _call(self, state: ContainerState, job: ClaimedJob, data: Any) -> Any:
+        state.in_flight += 1
+        try:
+            output = await self.client.call(state.settings, state.base_url, data, job.requires_proof)
+        except StepFailed:
+            state.failed += 1
+            raise
+        finally:
+            state.in_flight -= 1
+        state.done += 1
+        return output
 
     @staticmethod
     async def _wait_ready(state: ContainerState) -> None:

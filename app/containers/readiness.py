@@ -1,0 +1,90 @@
+"""Readiness checks: is a container answering? Checked, never slept.
+
+A container with a ``health_path`` is ready when ``GET base_url + health_path`` answers
+2xx; one without is ready when its port accepts a TCP connection. Each probe returns
+``None`` when ready, else a short reason ("connection refused", "HTTP 503", ...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+
+import aiohttp
+
+from app.config import ContainerSettings, Settings
+
+PROBE_TIMEOUT = 2.0
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+async def probe_tcp(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> str | None:
+    try:
+        _reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return _os_reason(exc)
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except OSError:
+        pass
+    return None
+
+
+async def probe_http(
+    session: aiohttp.ClientSession, url: str, timeout: float = PROBE_TIMEOUT, headers: dict[str, str] | None = None
+) -> str | None:
+    try:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False
+        ) as response:
+            await response.read()
+            if 200 <= response.status < 300:
+                return None
+            return f"HTTP {response.status}"
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except aiohttp.ClientConnectorError as exc:
+        return _os_reason(exc.os_error)
+    except aiohttp.ClientError as exc:
+        return str(exc) or type(exc).__name__
+
+
+class Prober:
+    """Probes containers for one runtime; owns the HTTP session used for health paths."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._session: aiohttp.ClientSession | None = None
+
+    def target(self, container: ContainerSettings) -> str:
+        """What is probed, for messages: ``GET http://…/health`` or ``127.0.0.1:3000``."""
+        if container.health_path:
+            return f"GET {self._url(container)}"
+        return f"{self._settings.server.container_host}:{container.port}"
+
+    def _url(self, container: ContainerSettings) -> str:
+        path = container.health_path or "/"
+        return self._settings.base_url(container) + (path if path.startswith("/") else "/" + path)
+
+    async def probe(self, container: ContainerSettings) -> str | None:
+        if container.health_path:
+            if self._session is None or self._session.closed:
+                # No pooled keep-alive: a probe must see a restarted server, not a stale socket.
+                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+            headers = {"Authorization": f"Bearer {container.bearer}"} if container.bearer else None
+            return await probe_http(self._session, self._url(container), headers=headers)
+        assert container.port is not None
+        return await probe_tcp(self._settings.server.container_host, container.port)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

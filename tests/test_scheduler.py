@@ -1,0 +1,231 @@
+"""Jobs run: chains through real container-protocol services (run as host processes and
+configured by ``url``, i.e. unmanaged containers), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncio
+
+from sqlalchemy import insert, select
+
+from app.db.models import Job, JobStep, utcnow
+from tests.helpers import assert_error, job, submit
+from tests.support import free_port, wait_finished
+
+
+def _config(*containers: dict[str, Any], **scheduler: Any) -> dict[str, Any]:
+    return {"scheduler": {"poll_interval": 0.2, **scheduler}, "containers": list(containers)}
+
+
+def _container(cid: str, url: str, **extra: Any) -> dict[str, Any]:
+    return {"id": cid, "url": url, **extra}
+
+
+async def _run(node, http, body: dict[str, Any]) -> dict[str, Any]:
+    job_id = await submit(http, body)
+    return (await wait_finished(http, [job_id]))[job_id]
+
+
+async def test_chain_of_one_and_three(make_node, host_service, client_address):
+    echo, double, triple = host_service("echo"), host_service("transform"), host_service("transform", FACTOR=3, NAME="x3")
+    config = _config(_container("echo", echo.url), _container("double", double.url, external=False),
+                     _container("triple", triple.url))
+    async with make_node(config) as node, node.client(client_address) as http:
+        one = await _run(node, http, job("echo", data={"value": 7}))
+        assert one == {"id": one["id"], "status": "success", "result": {"container": "echo", "output": {"value": 7}},
+                       "intermediate_results": []}
+        three = await _run(node, http, job("echo", "double", "triple", data={"value": 2}))
+        assert three["status"] == "success"
+        assert three["result"] == {"container": "triple", "output": {"value": 12, "seen": ["transform", "x3"]}}
+        assert three["intermediate_results"] == [
+            {"container": "echo", "output": {"value": 2}},
+            {"container": "double", "output": {"value": 4, "seen": ["transform"]}},
+        ]
+        plain = (await http.get("/api/jobs", params={"id": three["id"]})).json()
+        assert plain == [{"id": three["id"], "status": "success", "result": three["result"]}]
+
+
+async def test_each_kind_of_container_error(make_node, host_service, client_address):
+    fail, bad, slow, exits = (host_service("fail"), host_service("badjson"), host_service("slow", DELAY=5),
+                              host_service("exit"))
+    nobody = f"http://127.0.0.1:{free_port()}"
+    config = _config(
+        _container("fail", fail.url), _container("bad", bad.url), _container("slow", slow.url, timeout=0.3),
+        _container("exits", exits.url), _container("nobody", nobody),
+    )
+    expected = {
+        "fail": 'HTTP 500: {"detail": "boom"}',
+        "bad": "not valid JSON: not json",
+        "slow": "timed out after 0.3 s",
+        "exits": "connection closed by the container before it answered",
+        "nobody": "connection refused",
+    }
+    async with make_node(config) as node, node.client(client_address) as http:
+        for container, error in expected.items():
+            result = await _run(node, http, job(container))
+            assert result["status"] == "failed", result
+            assert result["result"] == {"container": container, "error": error}
+            assert result["intermediate_results"] == []
+
+
+async def test_failure_mid_chain_stops_the_chain(make_node, host_service, client_address):
+    first, fail, last = host_service("transform"), host_service("fail"), host_service("count")
+    config = _config(_container("first", first.url), _container("fail", fail.url), _container("last", last.url))
+    async with make_node(config) as node, node.client(client_address) as http:
+        result = await _run(node, http, job("first", "fail", "last", data={"value": 1}))
+    assert result["status"] == "failed"
+    assert result["result"] == {"container": "fail", "error": 'HTTP 500: {"detail": "boom"}'}
+    assert result["intermediate_results"] == [{"container": "first", "output": {"value": 2, "seen": ["transform"]}}]
+    assert last.calls() == {}, "a container after the failing one was called"
+
+
+async def test_progress_is_visible_while_running(make_node, host_service, client_address):
+    echo, slow = host_service("echo"), host_service("slow", DELAY=2)
+    config = _config(_container("echo", echo.url), _container("slow", slow.url))
+    async with make_node(config) as node, node.client(client_address) as http:
+        job_id = await submit(http, job("echo", "slow", data={"n": 1}))
+        seen: list[Any] = []
+        for _ in range(400):
+            (result,) = (await http.get("/api/jobs", params={"id": job_id, "intermediate": "true"})).json()
+            if result["status"] == "running" and result["intermediate_results"]:
+                seen = result["intermediate_results"]
+                break
+            await asyncio.sleep(0.01)
+        assert seen == [{"container": "echo", "output": {"n": 1}}]
+        assert result["result"] is None
+        final = (await wait_finished(http, [job_id]))[job_id]
+        assert final["result"] == {"container": "slow", "output": {"n": 1}}
+
+
+async def _max_overlap(node, job_ids: list[str]) -> int:
+    async with node.node.database.read() as conn:
+        rows = (await conn.execute(select(JobStep.started_at, JobStep.finished_at)
+                                   .where(JobStep.job_id.in_(job_ids)))).all()
+    events = sorted([(r.started_at, 1) for r in rows] + [(r.finished_at, -1) for r in rows], key=lambda e: (e[0], e[1]))
+    level = peak = 0
+    for _, delta in events:
+        level += delta
+        peak = max(peak, level)
+    return peak
+
+
+async def test_container_concurrency_bounds_calls_in_flight(make_node, host_service, client_address):
+    slow = host_service("slow", DELAY=0.3)
+    config = _config(_container("slow", slow.url, concurrency=2))
+    async with make_node(config) as node, node.client(client_address) as http:
+        ids = [a["id"] for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i})
+                                                                          for i in range(8)])).json()]
+        results = await wait_finished(http, ids)
+        assert {r["status"] for r in results.values()} == {"success"}
+        assert await _max_overlap(node, ids) == 2
+
+
+async def test_max_concurrent_jobs_bounds_the_node(make_node, host_service, client_address):
+    slow = host_service("slow", DELAY=0.3)
+    config = _config(_container("slow", slow.url, concurrency=16), max_concurrent_jobs=3)
+    async with make_node(config) as node, node.client(client_address) as http:
+        ids = [a["id"] for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i})
+                                                                          for i in range(9)])).json()]
+        await wait_finished(http, ids)
+        assert await _max_overlap(node, ids) == 3
+
+
+async def test_many_jobs_each_run_once(make_node, host_service, client_address):
+    counter = host_service("count")
+    config = _config(_container("count", counter.url, concurrency=8), max_concurrent_jobs=16)
+    async with make_node(config) as node, node.client(client_address) as http:
+        body = [job("count", data={"job": f"{client_address}-{i}"}) for i in range(200)]
+        ids = [a["id"] for a in (await http.post("/api/jobs/batch", json=body)).json()]
+        results = await wait_finished(http, ids)
+    assert all(r["status"] == "success" for r in results.values())
+    assert counter.calls() == {f"{client_address}-{i}": 1 for i in range(200)}
+
+
+async def test_delivered_failures_are_not_retried(make_node, host_service, client_address):
+    fail = host_service("fail")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    config = _config(_container("fail", fail.url, retries=3), _container("nobody", nobody, retries=2))
+    async with make_node(config) as node, node.client(client_address) as http:
+        assert (await _run(node, http, job("fail", data={"job": "r"})))["status"] == "failed"
+        refused = await _run(node, http, job("nobody"))
+    assert fail.calls() == {"r": 1}
+    assert refused["result"] == {"container": "nobody", "error": "connection refused"}
+
+
+async def test_a_new_job_does_not_wait_for_the_poll(make_node, host_service, client_address):
+    echo = host_service("echo")
+    config = _config(_container("echo", echo.url), poll_interval=60)
+    async with make_node(config) as node, node.client(client_address) as http:
+        job_id = await submit(http, job("echo"))
+        # With a 60 s poll, only the wake-up after the commit can finish it within this bound.
+        assert (await wait_finished(http, [job_id], timeout=10))[job_id]["status"] == "success"
+
+
+async def test_resume_skips_committed_steps(make_node, host_service, client_address):
+    """A job that already committed step 0 (as after a crash) runs only the steps after it."""
+    first, second = host_service("count"), host_service("transform")
+    config = _config(_container("first", first.url), _container("second", second.url))
+    async with make_node({**config, "scheduler": {"enabled": False}}) as node:
+        job_id = "5f0a3c1e-8a4b-4c6d-9e2f-" + client_address.replace(".", "")[-12:].rjust(12, "0")
+        now = utcnow()
+        async with node.node.database.write() as conn:
+            await conn.execute(insert(Job).values(
+                id=job_id, client=client_address, source="offchain", containers=["first", "second"],
+                input={"value": 1}, requires_proof=False, status="pending", attempts=1, stream=False,
+                run_after=now, created_at=now))
+            await conn.execute(insert(JobStep).values(
+                job_id=job_id, position=0, container="first", output={"value": 5}, attempt=1,
+                started_at=now, finished_at=now))
+    async with make_node(config) as node, node.client(client_address) as http:
+        result = (await wait_finished(http, [job_id]))[job_id]
+        async with node.node.database.read() as conn:
+            attempts = (await conn.execute(select(Job.attempts).where(Job.id == job_id))).scalar_one()
+    assert first.calls() == {}
+    assert result["result"] == {"container": "second", "output": {"value": 10, "seen": ["transform"]}}
+    assert result["intermediate_results"] == [{"container": "first", "output": {"value": 5}}]
+    assert attempts == 2
+
+
+async def test_stream(make_node, host_service, client_address):
+    transform = host_service("transform")
+    config = _config(_container("t", transform.url), _container("u", transform.url))
+    async with make_node(config) as node, node.client(client_address) as http:
+        async with http.stream("POST", "/api/jobs/stream", json=job("t", data={"value": 4})) as response:
+            assert response.status_code == 200
+            chunks = [chunk async for chunk in response.aiter_bytes()]
+        text = b"".join(chunks).decode()
+        job_id, body = text.split("\n", 1)
+        assert chunks[0] == f"{job_id}\n".encode(), "the id must come first, as its own chunk"
+        assert body == '{"value": 8, "seen": ["transform"]}'
+        result = (await wait_finished(http, [job_id]))[job_id]
+        assert result["result"] == {"container": "t", "output": {"output": body}}
+        assert_error(await http.post("/api/jobs/stream", json=job("t", "u")), 400, "Streaming supports one container")
+        assert_error(await http.post("/api/jobs/stream", json=job("zzz")), 400, "Container not supported",
+                     {"container": "zzz"})
+
+
+async def test_resources_fan_out(make_node, host_service, client_address):
+    echo = host_service("echo", NAME="e")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    config = _config(_container("echo", echo.url), _container("nobody", nobody))
+    async with make_node(config) as node, node.client(client_address) as http:
+        assert (await http.get("/resources")).json() == {"echo": {"mode": "echo", "name": "e"}}
+        with_model = (await http.get("/resources", params={"model_id": "m1"})).json()
+        assert with_model == {"echo": {"mode": "echo", "name": "e", "model_id": "m1"}}
+
+
+async def test_unmanaged_container_with_health_path_is_probed(make_node, host_service, client_address):
+    echo = host_service("echo")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    config = _config(_container("up", echo.url, health_path="/health"),
+                     _container("down", nobody, health_path="/health", startup_timeout=0.5))
+    async with make_node(config) as node, node.client(client_address) as http:
+        for _ in range(200):
+            ids = [c["id"] for c in (await http.get("/info")).json()["containers"]]
+            if ids == ["up"]:
+                break
+            await asyncio.sleep(0.02)
+        assert ids == ["up"]
+        health = (await http.get("/health")).json()
+        assert health["status"] == "healthy" and "down" in health["containers"]

@@ -18,6 +18,7 @@ from app.containers.protocol import ContainerClient
 from app.containers.state import ContainerStates
 from app.db import migrate
 from app.db.engine import Database
+from app.db.listen import NodeConnection
 from app.db.signal import JobSignal
 from app.http.app import create_app
 from app.jobs.requests import ContainerCatalog
@@ -50,7 +51,11 @@ class Node:
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds)
         self.streams = StreamService(store, catalog, self.containers, self.client)
         self.resources = ResourceService(self.containers, self.client)
-        self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client), self.signal)
+        self.connection = NodeConnection(self.database, self.signal) if self.database.is_postgresql else None
+        self.scheduler = Scheduler(
+            settings, store, ChainRunner(store, self.containers, self.client), self.signal,
+            **({"is_leader": self.connection.is_leader} if self.connection else {}),
+        )
         self.runtime: ContainerRuntime | None = None
 
     def _needs_runtime(self) -> bool:
@@ -72,6 +77,9 @@ class Node:
                 await self.runtime.start()
                 stack.push_async_callback(self.runtime.stop)
             if self.settings.scheduler.enabled:
+                if self.connection is not None:
+                    await self.connection.start()
+                    stack.push_async_callback(self.connection.stop)
                 await self.scheduler.start()
                 stack.push_async_callback(self.scheduler.stop)
             yield

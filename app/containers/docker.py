@@ -281,6 +281,9 @@ class ContainerRuntime:
             error = f"Docker Engine error: {_docker_message(exc)}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"Docker Engine error: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave it STARTING forever
+            log.exception("container %s: bring-up failed", container.id)
+            error = f"unexpected error: {type(exc).__name__}: {exc}"
         if error is None:
             rec.up = True
             rec.state.mark(Readiness.READY)
@@ -507,6 +510,9 @@ class ContainerRuntime:
             error = f"Docker Engine error: {_docker_message(exc)}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"Docker Engine error: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001
+            log.exception("container %s: recovery failed", rec.settings.id)
+            error = f"unexpected error: {type(exc).__name__}: {exc}"
         if error is None:
             rec.up = True
             rec.state.mark(Readiness.READY)

@@ -23,13 +23,26 @@ from app.scheduler.chain import ChainRunner
 log = logging.getLogger("jobnode.scheduler")
 
 
+async def _always_leader() -> bool:
+    return True
+
+
 class Scheduler:
-    def __init__(self, settings: Settings, store: JobStore, runner: ChainRunner, signal: JobSignal) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        runner: ChainRunner,
+        signal: JobSignal,
+        is_leader: Callable[[], Awaitable[bool]] = _always_leader,
+    ) -> None:
         self.config = settings.scheduler
         self.retention_days = settings.retention.finished_jobs_days
         self.store = store
         self.runner = runner
         self.signal = signal
+        #: Reaping and pruning run on one node at a time (SQLite: the only node).
+        self.is_leader = is_leader
         self.running: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -121,6 +134,8 @@ class Scheduler:
         await self.store.renew(list(self.running))
 
     async def _maintain(self) -> None:
+        if not await self.is_leader():
+            return
         requeued, failed = await self.store.reap(self.config.max_attempts)
         if requeued or failed:
             log.info("expired leases: %d jobs re-queued, %d failed after %d attempts",

@@ -1,0 +1,88 @@
+"""One dedicated asyncpg connection per node on PostgreSQL, for two things a pool cannot do:
+
+* ``LISTEN`` for new jobs submitted on other nodes (their submit sends ``NOTIFY``);
+* a session-level advisory lock that elects the one node running the reaper and pruner.
+  When that node dies its connection closes, PostgreSQL frees the lock, and another
+  node takes it at its next try.
+
+It reconnects by itself; while it is down the scheduler still polls and no node leads
+(maintenance simply waits), so losing it costs latency, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import asyncpg
+
+from app.db.engine import Database
+from app.db.signal import CHANNEL, JobSignal
+
+log = logging.getLogger("jobnode.db")
+
+#: Advisory lock key of the maintenance leader ("jobnode-leader" in spirit).
+LEADER_LOCK_KEY = 0x6A6E6C656164
+
+
+class NodeConnection:
+    def __init__(self, database: Database, signal: JobSignal, retry_seconds: float = 1.0) -> None:
+        self.dsn = database.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.signal = signal
+        self.retry_seconds = retry_seconds
+        self._conn: asyncpg.Connection | None = None
+        self._leader = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._keep_connected(), name="jobnode-listen")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close()
+
+    async def is_leader(self) -> bool:
+        """True while this node holds the maintenance lock; tries to take it when free."""
+        conn = self._conn
+        if conn is None or conn.is_closed():
+            self._leader = False
+            return False
+        if not self._leader:
+            try:
+                self._leader = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
+            except (asyncpg.PostgresError, OSError):
+                self._leader = False
+        return self._leader
+
+    def _on_notify(self, *_: Any) -> None:
+        self.signal.notify()
+
+    async def _keep_connected(self) -> None:
+        while True:
+            try:
+                self._conn = await asyncpg.connect(self.dsn, timeout=5)
+                await self._conn.add_listener(CHANNEL, self._on_notify)
+                log.info("listening for new jobs on %s", CHANNEL)
+                self.signal.notify()  # jobs may have arrived while we were not listening
+                while not self._conn.is_closed():
+                    await asyncio.sleep(self.retry_seconds)
+                    await self._conn.execute("SELECT 1")
+            except asyncio.CancelledError:
+                raise
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("listen connection lost (%s); retrying", exc)
+            finally:
+                self._leader = False
+                await self._close()
+            await asyncio.sleep(self.retry_seconds)
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.is_closed():
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=2)

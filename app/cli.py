@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 
 import click
@@ -21,6 +22,10 @@ def _settings(config_path: str | None) -> Settings:
         return load_settings(config_path)
     except ConfigError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
+
+
+def _exit_cleanly(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 @click.group()
@@ -45,6 +50,10 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         settings.server.port = port
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     node = Node(settings)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with
+    # the handler that was installed before it: make that one a clean exit (status 0).
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _exit_cleanly)
     uvicorn.run(
         node.app(),
         host=settings.server.host,

@@ -170,6 +170,10 @@ def _strip_infernet_keys(raw: dict[str, Any]) -> list[str]:
                     if key in container:
                         container.pop(key)
                         ignored.append(f"containers[{index}].{key}")
+                # Infernet configs write a container's port as a string ("3000").
+                port = container.get("port")
+                if isinstance(port, str) and port.isdigit():
+                    container["port"] = int(port)
     return ignored
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -172,3 +173,50 @@ async def wait_finished(http: httpx.AsyncClient, job_ids: list[str], timeout: fl
                 raise AssertionError(f"{len(pending)} jobs still running after {timeout} s")
             await asyncio.sleep(0.02)
     return done
+
+
+JOBNODE = Path(sys.executable).parent / "jobnode"
+
+
+class NodeProcess:
+    """``jobnode serve`` as a real process, for crash, restart and multi-node tests."""
+
+    def __init__(self, directory: Path, config: dict[str, Any], name: str = "node", port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config = {**config, "server": {**config.get("server", {}), "port": self.port}}
+        self.config_path = directory / f"{name}.json"
+        self.config_path.write_text(json.dumps(self.config))
+        self.log_path = directory / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> NodeProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([str(JOBNODE), "serve", "--config", str(self.config_path)],
+                                        stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"node exited with {self.process.returncode}: {self.log()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        raise RuntimeError(f"node did not become healthy: {self.log()[-2000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        self.process.terminate()
+        return self.process.wait(timeout)
+
+    def client(self, address: str = "127.0.0.1") -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=address, retries=3)
+        return httpx.AsyncClient(base_url=self.url, transport=transport, timeout=30)

@@ -160,6 +160,7 @@ class ContainerRuntime:
         self._image_ids: dict[tuple[str, str | None], str] = {}
         self._stopping = False
         self._started = False
+        self._published = settings.docker.network_mode == "bridge"
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -246,7 +247,7 @@ class ContainerRuntime:
                 reason = f"Docker Engine unreachable at {where}: {message}"
                 self._fail_all(reason)
                 if not warned:
-                    log.error("%s; managed containers are FAILED, retrying every %d s at most", reason, 30)
+                    log.error("%s; managed containers are FAILED; retrying (backoff up to 30 s)", reason)
                     warned = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -380,7 +381,7 @@ class ContainerRuntime:
         baseline: int | None = None
         interval = 0.05
         while True:
-            reason = await self._prober.probe(rec.settings)
+            reason = await self._prober.probe(rec.settings, published=self._published)
             if reason is None:
                 return None
             info = await handle.show()
@@ -402,11 +403,16 @@ class ContainerRuntime:
 
     async def _give_up(self, handle: DockerContainer, why: str) -> str:
         tail = await self._logs_tail(handle)
+        # Stopped in the background: FAILED is reported now, not after the stop timeout
+        # of a process that ignores SIGTERM.
+        self._spawn(self._stop_quietly(handle), f"stop {handle.id[:12]}")
+        return why + tail
+
+    async def _stop_quietly(self, handle: DockerContainer) -> None:
         try:
             await handle.stop(t=STOP_TIMEOUT)
         except DockerError as exc:
             log.debug("cannot stop %s: %s", handle.id[:12], _docker_message(exc))
-        return why + tail
 
     # -- events and recovery ----------------------------------------------------------
     async def _stop_events(self, docker: aiodocker.Docker) -> None:
@@ -424,9 +430,15 @@ class ContainerRuntime:
 
     async def _watch_events(self, docker: aiodocker.Docker) -> None:
         filters = {"type": ["container"], "event": ["die"], "label": [f"{LABEL_NODE}={self._settings.node_id}"]}
-        delay = 1.0
+        delay, reconnect = 1.0, False
         while True:
             subscriber = docker.events.subscribe(filters=filters)
+            if reconnect:
+                # Deaths while the stream was down were not seen: look at the containers.
+                try:
+                    await self._reconcile(docker)
+                except Exception:  # noqa: BLE001 - the engine may still be away; try again later
+                    log.debug("reconciling containers failed", exc_info=True)
             while True:
                 event = await subscriber.get()
                 if event is None:
@@ -440,9 +452,7 @@ class ContainerRuntime:
             await self._stop_events(docker)
             log.warning("docker events stream ended; reconnecting in %g s", delay)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-            # Deaths while the stream was down were not seen: look at the containers.
-            await self._reconcile(docker)
+            delay, reconnect = min(delay * 2, 30.0), True
 
     def _on_event(self, docker: aiodocker.Docker, event: dict[str, Any]) -> None:
         if self._stopping or event.get("Type") != "container" or event.get("Action") != "die":

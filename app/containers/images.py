@@ -9,7 +9,6 @@ stream and surfaces as an :class:`ImageError` whose text is the engine's own mes
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import io
 import os
 import re
@@ -35,37 +34,79 @@ def image_ref(container: ContainerSettings) -> str:
     return f"jobnode/{name}:latest"
 
 
-def _ignore_patterns(context: Path) -> list[str]:
-    """``.dockerignore`` patterns (plain globs; ``!`` exceptions are not supported)."""
+def _ignore_rules(context: Path) -> list[tuple[bool, re.Pattern[str]]]:
+    """``.dockerignore`` as (exception, regex) rules; the last rule that matches wins."""
     path = context / ".dockerignore"
     if not path.is_file():
         return []
-    patterns = []
+    rules = []
     for line in path.read_text().splitlines():
         line = line.strip()
-        if line and not line.startswith(("#", "!")):
-            patterns.append(line.strip("/").removeprefix("./"))
-    return patterns
+        if not line or line.startswith("#"):
+            continue
+        exception = line.startswith("!")
+        pattern = os.path.normpath(line.removeprefix("!").strip()).strip("/")
+        rules.append((exception, re.compile(_glob_to_regex(pattern))))
+    return rules
+
+
+def _glob_to_regex(pattern: str) -> str:
+    """Docker's globs: ``*`` and ``?`` stay within one path element, ``**`` crosses them;
+    a pattern also matches everything below a directory it matches."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            if pattern.startswith("/", i):
+                out.append("/?")
+                i += 1
+            continue
+        if char == "*":
+            out.append("[^/]*")
+        elif char == "?":
+            out.append("[^/]")
+        elif char == "[":
+            close = pattern.find("]", i)
+            if close == -1:
+                out.append(re.escape(char))
+            else:
+                out.append(pattern[i : close + 1].replace("[!", "[^"))
+                i = close
+        else:
+            out.append(re.escape(char))
+        i += 1
+    return "^" + "".join(out) + "(/.*)?$"
 
 
 def tar_context(context: Path) -> io.BytesIO:
-    """The build context as an uncompressed tar archive (blocking: run it in a thread)."""
-    patterns = _ignore_patterns(context)
+    """The build context as an uncompressed tar archive (blocking: run it in a thread).
+
+    ``.dockerignore`` is honoured like the docker CLI does (globs, ``**``, ``!``
+    exceptions); the Dockerfile and ``.dockerignore`` are always sent.
+    """
+    rules = _ignore_rules(context)
+    has_exceptions = any(exception for exception, _ in rules)
 
     def ignored(relative: str) -> bool:
-        parts = relative.split("/")
-        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-        return any(fnmatch.fnmatch(prefix, pattern) for pattern in patterns for prefix in prefixes)
+        result = False
+        for exception, regex in rules:
+            if regex.match(relative):
+                result = not exception
+        return result
 
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for root, dirs, files in os.walk(context):
             rel_root = os.path.relpath(root, context)
             rel_root = "" if rel_root == "." else rel_root + "/"
-            dirs[:] = sorted(d for d in dirs if not ignored(rel_root + d))
+            dirs.sort()
+            if not has_exceptions:  # without exceptions nothing below an ignored dir comes back
+                dirs[:] = [d for d in dirs if not ignored(rel_root + d)]
             for name in sorted(files):
                 relative = rel_root + name
-                if relative != "Dockerfile" and ignored(relative):
+                if relative not in ("Dockerfile", ".dockerignore") and ignored(relative):
                     continue
                 tar.add(os.path.join(root, name), arcname=relative, recursive=False)
     buffer.seek(0)

@@ -57,6 +57,22 @@ async def probe_http(
         return str(exc) or type(exc).__name__
 
 
+async def probe_http_any(session: aiohttp.ClientSession, url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Ready when anything answers HTTP at all, whatever the status."""
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as response:
+            await response.read()
+            return None
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except aiohttp.ClientConnectorError as exc:
+        return _os_reason(exc.os_error)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):  # closed or reset after accept
+        return "connection closed without an HTTP answer"
+    except aiohttp.ClientError as exc:
+        return str(exc) or type(exc).__name__
+
+
 class Prober:
     """Probes containers for one runtime; owns the HTTP session used for health paths."""
 
@@ -74,13 +90,21 @@ class Prober:
         path = container.health_path or "/"
         return self._settings.base_url(container) + (path if path.startswith("/") else "/" + path)
 
-    async def probe(self, container: ContainerSettings) -> str | None:
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            # No pooled keep-alive: a probe must see a restarted server, not a stale socket.
+            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+        return self._session
+
+    async def probe(self, container: ContainerSettings, *, published: bool = False) -> str | None:
+        """``published``: the port is published by Docker (bridge networking). Docker's
+        userland proxy accepts connections on it before anything listens in the container,
+        so a TCP connect proves nothing there; any HTTP answer (even a 404) is asked for."""
         if container.health_path:
-            if self._session is None or self._session.closed:
-                # No pooled keep-alive: a probe must see a restarted server, not a stale socket.
-                self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
             headers = {"Authorization": f"Bearer {container.bearer}"} if container.bearer else None
-            return await probe_http(self._session, self._url(container), headers=headers)
+            return await probe_http(self._http(), self._url(container), headers=headers)
+        if published:
+            return await probe_http_any(self._http(), self._settings.base_url(container) + "/")
         assert container.port is not None
         return await probe_tcp(self._settings.server.container_host, container.port)
 

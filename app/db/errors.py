@@ -1,31 +1,44 @@
-"""Which exceptions mean "the database is not there right now"."""
+"""Which exceptions mean "the database is not there right now" (→ 503, retry later)."""
 
 from __future__ import annotations
 
 import sqlalchemy.exc
+from asyncpg.exceptions import (
+    CannotConnectNowError,
+    ConnectionDoesNotExistError,
+    InterfaceError,
+    InternalClientError,
+    PostgresConnectionError,
+)
 
-try:  # asyncpg may raise its own errors while the server restarts
-    from asyncpg.exceptions import CannotConnectNowError, PostgresConnectionError
-    _ASYNCPG_ERRORS: tuple[type[BaseException], ...] = (CannotConnectNowError, PostgresConnectionError)
-except ImportError:  # pragma: no cover - asyncpg is a dependency
-    _ASYNCPG_ERRORS = ()
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
+    sqlalchemy.exc.TimeoutError,  # no pool connection in time
+    sqlalchemy.exc.InterfaceError,
+    CannotConnectNowError,
+    PostgresConnectionError,
+    ConnectionDoesNotExistError,
+    InterfaceError,
+    InternalClientError,  # asyncpg: a connection broken in the middle of an operation
+)
 
 _UNAVAILABLE_MESSAGES = (
-    "connection", "terminat", "shutting down", "starting up", "database is locked",
+    "connection", "terminating", "shutting down", "starting up", "database is locked",
     "unable to open database", "the database system is",
 )
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
     """True for failures of reaching the database, not for bugs in a query."""
-    if isinstance(exc, sqlalchemy.exc.TimeoutError | OSError | _ASYNCPG_ERRORS):
+    if isinstance(exc, _UNREACHABLE):
         return True
     if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sqlalchemy.exc.InterfaceError):
+        if exc.connection_invalidated:
             return True
-        if isinstance(exc.orig, OSError | _ASYNCPG_ERRORS):
+        cause = exc.orig.__cause__ if exc.orig is not None else None
+        if isinstance(exc.orig, _UNREACHABLE) or isinstance(cause, _UNREACHABLE):
             return True
-        if isinstance(exc, sqlalchemy.exc.OperationalError):
+        if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InternalError):
             text = str(exc.orig).lower()
             return any(message in text for message in _UNAVAILABLE_MESSAGES)
     return False

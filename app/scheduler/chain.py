@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from datetime import datetime
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
+from app.db.errors import is_database_unavailable
 from app.db.models import utcnow
 from app.jobs.transitions import ClaimedJob, JobStore
 
 log = logging.getLogger("jobnode.scheduler")
+
+DATABASE_RETRY_SECONDS = 0.5
+T = TypeVar("T")
 
 
 class ChainRunner:
@@ -24,7 +31,7 @@ class ChainRunner:
 
     async def run(self, job: ClaimedJob) -> None:
         """Raises ``LeaseLost`` when another node (or a cancel) took the job over."""
-        steps = await self.store.committed_steps(job.id)
+        steps = await self._outlasting_outages(job, lambda: self.store.committed_steps(job.id))
         data: Any = steps[-1].output if steps else job.input
         for position in range(len(steps), len(job.containers)):
             container_id = job.containers[position]
@@ -39,9 +46,28 @@ class ChainRunner:
                     data = await self._call(state, job, data)
             except StepFailed as failed:
                 log.info("job %s step %d (%s) failed: %s", job.id, position, container_id, failed.error)
-                await self.store.record_step(job, position, started, error=failed.error)
+                await self._record(job, position, started, error=failed.error)
                 return
-            await self.store.record_step(job, position, started, output=data)
+            await self._record(job, position, started, output=data)
+
+    async def _record(self, job: ClaimedJob, position: int, started: datetime, **result: Any) -> None:
+        await self._outlasting_outages(job, lambda: self.store.record_step(job, position, started, **result))
+
+    async def _outlasting_outages(self, job: ClaimedJob, action: Callable[[], Awaitable[T]]) -> T:
+        """Wait out a database outage rather than give the job up (or call a container again).
+
+        Writes are guarded by lease ownership, not by the clock: if another node's reaper
+        re-queued the job meanwhile, the write fails with ``LeaseLost`` and writes nothing.
+        """
+        deadline = time.monotonic() + 2 * self.store.lease.total_seconds()
+        while True:
+            try:
+                return await action()
+            except Exception as exc:
+                if not is_database_unavailable(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("job %s: database unavailable, retrying: %s", job.id, type(exc).__name__)
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
 
     async def _call(self, state: ContainerState, job: ClaimedJob, data: Any) -> Any:
         state.in_flight += 1

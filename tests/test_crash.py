@@ -1,0 +1,238 @@
+"""Restart safety with real processes: SIGKILL, SIGTERM, several nodes, a PostgreSQL restart.
+
+Services count their calls per job (key ``data["job"]``), one service per chain
+position, so "no committed step ran again" is checked against what the containers saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import migrate
+from app.db.engine import Database
+from app.db.models import Job, JobStep
+from tests.support import NodeProcess, create_pg_database, drop_pg_database, unavailable, wait_finished
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: nodes claim any pending job, so nothing is shared."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'crash.db'}"
+        return
+    try:
+        url = asyncio.run(create_pg_database())
+    except Exception as exc:  # noqa: BLE001
+        unavailable("PostgreSQL", str(exc))
+    yield url
+    asyncio.run(drop_pg_database(url))
+
+
+@pytest.fixture
+async def database(fresh_url: str) -> AsyncIterator[Database]:
+    db = Database(fresh_url)
+    await migrate.upgrade(db)
+    yield db
+    await db.dispose()
+
+
+def _config(url: str, services: list[Any], **scheduler: Any) -> dict[str, Any]:
+    return {
+        "database": {"url": url},
+        "manage_containers": False,
+        "server": {"rate_limit": None},
+        "scheduler": {"max_concurrent_jobs": 16, "lease_seconds": 3, "poll_interval": 0.2, **scheduler},
+        "containers": [{"id": f"s{i}", "url": s.url, "concurrency": 16} for i, s in enumerate(services)],
+    }
+
+
+async def _submit(node: NodeProcess, count: int, chain: list[str]) -> list[str]:
+    async with node.client() as http:
+        ids: list[str] = []
+        for start in range(0, count, 500):
+            body = [{"containers": chain, "data": {"job": str(i)}} for i in range(start, min(count, start + 500))]
+            response = await http.post("/api/jobs/batch", json=body)
+            assert response.status_code == 200, response.text
+            ids += [answer["id"] for answer in response.json()]
+    return ids
+
+
+async def _count_finished(database: Database) -> int:
+    async with database.read() as conn:
+        stmt = select(func.count()).select_from(Job).where(Job.finished_at.is_not(None))
+        return (await conn.execute(stmt)).scalar_one()
+
+
+async def _wait_progress(database: Database, at_least: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while await _count_finished(database) < at_least:
+        assert time.monotonic() < deadline, "no progress"
+        await asyncio.sleep(0.05)
+
+
+async def _committed_steps(database: Database) -> set[tuple[str, int]]:
+    async with database.read() as conn:
+        return {(str(r.job_id), r.position) for r in await conn.execute(select(JobStep.job_id, JobStep.position))}
+
+
+async def _wait_all(node: NodeProcess, ids: list[str], timeout: float = 120) -> dict[str, dict[str, Any]]:
+    async with node.client() as http:
+        return await wait_finished(http, ids, timeout=timeout, intermediate=False)
+
+
+def _check_calls(services: list[Any], ids: list[str], committed_before: set[tuple[str, int]],
+                 allowed_reruns: int) -> None:
+    """A step committed before the crash was called once; only steps in flight may run twice."""
+    reruns = 0
+    for position, service in enumerate(services):
+        calls = service.calls()
+        for i, job_id in enumerate(ids):
+            count = calls.get(str(i), 0)
+            if (job_id, position) in committed_before:
+                assert count == 1, f"committed step {position} of job {i} ran {count} times"
+            else:
+                assert count in (1, 2), f"step {position} of job {i} ran {count} times"
+                reruns += count - 1
+    assert reruns <= allowed_reruns
+
+
+async def test_sigkill_mid_run_then_restart(fresh_url, database, tmp_path, host_service):
+    services = [host_service("count", DELAY=0.002) for _ in range(3)]
+    node = NodeProcess(tmp_path, _config(fresh_url, services, node_id="crashy"))
+    try:
+        node.start()
+        ids = await _submit(node, 300, ["s0", "s1", "s2"])
+        await _wait_progress(database, 40)
+        node.kill()
+        committed = await _committed_steps(database)
+        assert 0 < len(committed) < 900, "the kill must land in the middle of the work"
+        node.start()  # same identity: its orphaned jobs are taken back at once
+        results = await _wait_all(node, ids)
+    finally:
+        node.kill()
+    assert {r["status"] for r in results.values()} == {"success"}
+    assert all(r["result"] == {"container": "s2", "output": {"job": str(i)}}
+               for i, r in enumerate(results[i] for i in ids))
+    _check_calls(services, ids, committed, allowed_reruns=16)
+
+
+async def test_sigterm_hands_jobs_back_and_exits_within_grace(fresh_url, database, tmp_path, host_service):
+    services = [host_service("count", DELAY=0.4)]
+    grace = 2.0
+    node = NodeProcess(tmp_path, _config(fresh_url, services, max_concurrent_jobs=4, shutdown_grace=grace))
+    try:
+        node.start()
+        ids = await _submit(node, 40, ["s0"])
+        await _wait_progress(database, 4)
+        started = time.monotonic()
+        code = node.terminate(timeout=30)
+        elapsed = time.monotonic() - started
+        assert code == 0, node.log()[-2000:]
+        assert elapsed < 2 * grace + 5, f"shutdown took {elapsed:.1f} s"
+        async with database.read() as conn:
+            statuses = dict((await conn.execute(select(Job.status, func.count()).group_by(Job.status))).all())
+            leftover = (await conn.execute(select(func.max(Job.attempts)).where(Job.status == "pending"))).scalar()
+        assert "running" not in statuses, f"jobs left running after a graceful stop: {statuses}"
+        assert statuses.get("pending", 0) > 0
+        assert (leftover or 0) == 0, "a job handed back at shutdown must not use up an attempt"
+        node.start()
+        results = await _wait_all(node, ids)
+    finally:
+        node.kill()
+    assert {r["status"] for r in results.values()} == {"success"}
+    calls = services[0].calls()
+    assert all(calls.get(str(i)) == 1 for i in range(40)), "a step that finished before SIGTERM ran again"
+
+
+@pytest.fixture
+def pg_fresh_url(fresh_url: str) -> str:
+    if not fresh_url.startswith("postgresql"):
+        pytest.skip("several nodes share PostgreSQL only")
+    return fresh_url
+
+
+async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, database, tmp_path, host_service):
+    services = [host_service("count") for _ in range(2)]
+    config = _config(pg_fresh_url, services)
+    nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"n{k}"}}, f"n{k}")
+             for k in range(3)]
+    try:
+        for node in nodes:
+            node.start()
+        ids = await _submit(nodes[0], 2000, ["s0", "s1"])
+        results = await _wait_all(nodes[1], ids, timeout=180)
+    finally:
+        for node in nodes:
+            node.kill()
+    assert {r["status"] for r in results.values()} == {"success"}
+    for service in services:
+        assert service.calls() == {str(i): 1 for i in range(2000)}
+    async with database.read() as conn:
+        by_node = dict((await conn.execute(select(JobStep.node, func.count()).group_by(JobStep.node))).all())
+    assert set(by_node) == {"n0", "n1", "n2"}, f"work not spread: {by_node}"
+
+
+async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, database, tmp_path, host_service):
+    services = [host_service("count", DELAY=0.005) for _ in range(2)]
+    config = _config(pg_fresh_url, services, lease_seconds=2)
+    nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"k{k}"}}, f"k{k}")
+             for k in range(2)]
+    try:
+        for node in nodes:
+            node.start()
+        ids = await _submit(nodes[0], 400, ["s0", "s1"])
+        await _wait_progress(database, 50)
+        nodes[1].kill()
+        committed = await _committed_steps(database)
+        results = await _wait_all(nodes[0], ids, timeout=120)
+    finally:
+        for node in nodes:
+            node.kill()
+    assert {r["status"] for r in results.values()} == {"success"}
+    _check_calls(services, ids, committed, allowed_reruns=32)
+
+
+def _pg_ctl(action: str) -> None:
+    version = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True).stdout.split()[0]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True,
+                   capture_output=True, timeout=60)
+
+
+async def test_postgresql_restart_under_load(pg_fresh_url, database, tmp_path, host_service):
+    if subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode != 0:
+        unavailable("pg_ctlcluster", "cannot restart the PostgreSQL server from this test")
+    services = [host_service("count", DELAY=0.01)]
+    node = NodeProcess(tmp_path, _config(pg_fresh_url, services))
+    statuses_during_outage: list[int] = []
+    try:
+        node.start()
+        ids = await _submit(node, 300, ["s0"])
+        _pg_ctl("stop")
+        try:
+            async with node.client() as http:
+                for _ in range(3):
+                    statuses_during_outage.append((await http.get("/api/jobs")).status_code)
+                    health = await http.get("/health")
+                    assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+                response = await http.post("/api/jobs", json={"containers": ["s0"], "data": {"job": "x"}})
+                assert response.status_code == 503
+                assert response.json() == {"error": "Database unavailable"}
+        finally:
+            _pg_ctl("start")
+        await asyncio.sleep(1)
+        ids += await _submit(node, 50, ["s0"])  # the API recovered without a node restart
+        results = await _wait_all(node, ids)
+    finally:
+        node.kill()
+    assert set(statuses_during_outage) == {503}
+    assert {r["status"] for r in results.values()} == {"success"}

@@ -117,3 +117,11 @@ def host_service() -> Iterator[Callable[..., HostService]]:
     yield start
     for service in started:
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[None]:
+    """The real Docker Engine, the test image built once, no test container left behind."""
+    from tests.docker_support import docker_session
+
+    yield from docker_session()

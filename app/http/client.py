@@ -40,8 +40,22 @@ class ClientIdentity:
         if not self.trusted_proxies or not self._trusted(peer):
             return peer
         # Walk the chain from the nearest hop back; the first untrusted hop is the client.
+        # A hop that is not an IP address ends the walk: the trusted hop that reported it
+        # is the client (a client is always an address, never text from a header).
         hops = [normalize_address(h) for h in ",".join(connection.headers.getall("x-forwarded-for", [])).split(",")]
+        reported_by = peer
         for hop in reversed([h for h in hops if h]):
+            if not _is_address(hop):
+                return reported_by
             if not self._trusted(hop):
                 return hop
+            reported_by = hop
         return peer
+
+
+def _is_address(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True

@@ -16,7 +16,9 @@ from sqlalchemy import delete, func, insert, select, update
 
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, utcnow
-from app.jobs.queries import status_is
+from app.jobs.queries import status_in, status_is
+
+CANCELLED_ERROR = "cancelled"
 
 
 class LeaseLost(Exception):
@@ -122,17 +124,22 @@ class JobStore:
                 )
             )
 
-    async def renew(self, job_ids: list[str]) -> int:
-        """Heartbeat: extend the leases of the jobs this node is still running."""
+    async def renew(self, job_ids: list[str]) -> set[str]:
+        """Heartbeat: extend the leases of the jobs this node is still running.
+
+        Returns the ids still held; a job missing from it was cancelled or taken over,
+        and its running step should be abandoned.
+        """
         if not job_ids:
-            return 0
+            return set()
         stmt = (
             update(Job)
             .where(Job.id.in_(job_ids), status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id)
             .values(lease_expires_at=utcnow() + self.lease)
+            .returning(Job.id)
         )
         async with self.database.write() as conn:
-            return (await conn.execute(stmt)).rowcount
+            return {str(job_id) for (job_id,) in await conn.execute(stmt)}
 
     async def release(self, job_ids: list[str]) -> int:
         """Graceful hand-back: the jobs go back to pending, the claim not counted."""
@@ -180,7 +187,12 @@ class JobStore:
                         else f"gave up after {row.attempts} attempts: the lease expired each time "
                         f"(the node running the job stopped or lost the database)"
                     )
-                    await self._fail_expired(conn, str(row.id), row.containers, reason, now)
+                    await conn.execute(
+                        update(Job)
+                        .where(Job.id == row.id)
+                        .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None)
+                    )
+                    await self._record_failure(conn, str(row.id), row.containers, reason, now)
                     failed += 1
                 else:
                     await conn.execute(
@@ -191,22 +203,52 @@ class JobStore:
                     requeued += 1
         return requeued, failed
 
-    async def _fail_expired(self, conn: Any, job_id: str, containers: list[str], reason: str, now: datetime) -> None:
+    async def _record_failure(self, conn: Any, job_id: str, containers: list[str], reason: str,
+                              now: datetime) -> None:
+        """A job that ends without a container error still ends on an error step: the one
+        for the container it had reached, so its result reads like any other failure."""
         position = (
             await conn.execute(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id))
         ).scalar_one()
         position = min(position, len(containers) - 1)
-        await conn.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None)
-        )
         await conn.execute(
             insert(JobStep).values(
                 job_id=job_id, position=position, container=containers[position], error=reason,
                 attempt=0, node=self.node_id, started_at=now, finished_at=now,
             )
         )
+
+    async def cancel(self, job_id: str) -> bool:
+        """End an unfinished job as ``cancelled``, recording "cancelled" for the container it
+        had reached. A node running it loses the right to write and abandons the step."""
+        now = utcnow()
+        async with self.database.write() as conn:
+            row = (
+                await conn.execute(
+                    update(Job)
+                    .where(Job.id == job_id, status_in(JobStatus.UNFINISHED))
+                    .values(status=JobStatus.CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None)
+                    .returning(Job.containers)
+                )
+            ).first()
+            if row is None:
+                return False
+            await self._record_failure(conn, job_id, row.containers, CANCELLED_ERROR, now)
+        return True
+
+    async def requeue(self, job_id: str) -> bool:
+        """Run a failed or cancelled job again from the step that failed (its error row goes)."""
+        now = utcnow()
+        async with self.database.write() as conn:
+            result = await conn.execute(
+                update(Job)
+                .where(Job.id == job_id, status_in((JobStatus.FAILED, JobStatus.CANCELLED)))
+                .values(status=JobStatus.PENDING, attempts=0, finished_at=None, run_after=now)
+            )
+            if result.rowcount != 1:
+                return False
+            await conn.execute(delete(JobStep).where(JobStep.job_id == job_id, JobStep.error.is_not(None)))
+        return True
 
     async def prune(self, older_than: datetime, batch: int = 500) -> int:
         """Delete one small batch of finished jobs (steps go with them by cascade)."""

@@ -106,7 +106,8 @@ class Scheduler:
         except LeaseLost:
             log.warning("job %s: lease lost, another node or a cancel took it over", job.id)
         except asyncio.CancelledError:
-            raise
+            if self._stopping:
+                raise  # shutdown: stop() hands the job back
         except Exception as exc:
             # The job keeps its lease until it expires and is then retried (or failed) by the reaper.
             if is_database_unavailable(exc):
@@ -131,7 +132,13 @@ class Scheduler:
                     log.exception("%s failed", action.__name__)
 
     async def _renew(self) -> None:
-        await self.store.renew(list(self.running))
+        held = list(self.running)
+        still_held = await self.store.renew(held)
+        for job_id in set(held) - still_held:
+            task = self.running.get(job_id)
+            if task is not None:  # cancelled, or taken over by another node: abandon its step
+                log.info("job %s is no longer ours (cancelled or re-queued); abandoning it", job_id)
+                task.cancel()
 
     async def _maintain(self) -> None:
         if not await self.is_leader():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 from sqlalchemy import func, insert, select, update
 
+from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, utcnow
-from tests.support import RunningNode
+from tests.support import create_pg_database, drop_pg_database, unavailable
 
 #: A param value that ``assert_error`` reads as "the body has no params key".
 NO_PARAMS: Any = object()
@@ -88,16 +92,16 @@ async def results(http: httpx.AsyncClient, *ids: str, **params: Any) -> list[dic
     return r.json()
 
 
-async def jobs_of_client(node: RunningNode, client: str) -> int:
+async def jobs_of_client(database: Database, client: str) -> int:
     """How many rows the database holds for ``client`` (straight from SQL)."""
-    async with node.node.database.read() as conn:
+    async with database.read() as conn:
         return (await conn.execute(select(func.count()).select_from(Job).where(Job.client == client))).scalar_one()
 
 
-async def finish(node: RunningNode, job_id: str, status: str, steps: list[dict[str, Any]]) -> None:
+async def finish(database: Database, job_id: str, status: str, steps: list[dict[str, Any]]) -> None:
     """Write what the scheduler would have: a status and step rows ``{"container", "output"|"error"}``."""
     now = utcnow()
-    async with node.node.database.write() as conn:
+    async with database.write() as conn:
         finished_at = now if status in JobStatus.FINISHED else None
         await conn.execute(update(Job).where(Job.id == job_id).values(status=status, finished_at=finished_at))
         if steps:
@@ -117,3 +121,20 @@ async def finish(node: RunningNode, job_id: str, status: str, steps: list[dict[s
                     for position, step in enumerate(steps)
                 ],
             )
+
+
+@asynccontextmanager
+async def fresh_database(backend: str, directory: Path) -> AsyncIterator[str]:
+    """The URL of a database with nothing in it: a new SQLite file, or a new PostgreSQL
+    database that is dropped afterwards."""
+    if backend == "sqlite":
+        yield f"sqlite+aiosqlite:///{directory / 'fresh.db'}"
+        return
+    try:
+        url = await create_pg_database()
+    except Exception as exc:  # noqa: BLE001
+        unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
+    try:
+        yield url
+    finally:
+        await drop_pg_database(url)

@@ -48,7 +48,7 @@ async def test_mixed_items_are_answered_in_order_and_the_valid_ones_stored(node,
 
         assert await listed(http) == accepted
         assert await results(http, *accepted) == [{"id": i, "status": "running", "result": None} for i in accepted]
-    assert await jobs_of_client(node, client_address) == 3
+    assert await jobs_of_client(node.node.database, client_address) == 3
 
 
 async def test_a_batch_of_only_rejections_stores_nothing(node, client_address):
@@ -60,7 +60,8 @@ async def test_a_batch_of_only_rejections_stores_nothing(node, client_address):
 
 
 async def test_a_body_that_is_not_a_list(node, client_address):
-    bodies = [b'{"containers": ["echo"], "data": {}}', b'"[]"', b"42", b"null", b"[{", b"not json", b""]
+    too_deep = b'[{"containers": ["echo"], "data": {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}]"
+    bodies = [b'{"containers": ["echo"], "data": {}}', b'"[]"', b"42", b"null", b"[{", b"not json", b"", too_deep]
     async with node.client(client_address) as http:
         for body in bodies:
             r = await http.post("/api/jobs/batch", content=body, headers={"content-type": "application/json"})

@@ -67,7 +67,7 @@ async def test_rate_limit_per_client(make_node, client_address):
                 r = await http.get("/health")
                 assert (r.status_code, r.json()) == (200, {"status": "healthy"})
         # The refused submit stored nothing.
-        assert await jobs_of_client(node, client_address) == 1
+        assert await jobs_of_client(node.node.database, client_address) == 1
         async with node.client(other_address(client_address)) as other:
             for _ in range(3):
                 assert await listed(other) == []
@@ -87,58 +87,58 @@ def proxy_config(*proxies: str) -> dict:
     return {**STANDARD_CONFIG, "server": {"trusted_proxies": list(proxies)}}
 
 
-async def test_trusted_proxy_names_the_client(make_node, client_address):
+def via(chain: str) -> dict[str, str]:
+    return {"x-forwarded-for": chain}
+
+
+def not_allowed(container: str, address: str) -> tuple:
+    return 400, "Container not allowed for address", {"container": container, "address": address}
+
+
+async def test_a_trusted_proxy_names_the_client(make_node, client_address):
     _, _, c, d = client_address.split(".")
     behind = f"10.1.{c}.{d}"  # allowed for "private" (10.1.0.0/16), and this test's own
     async with make_node(proxy_config(f"{client_address}/32", "192.0.2.0/24")) as node:
         async with node.client(client_address) as proxy:
-            def xff(value: str) -> dict:
-                return {"headers": {"x-forwarded-for": value}}
+            job_id = await submit(proxy, job("private"), headers=via(behind))
+            assert_error(await proxy.post("/api/jobs", json=job("private"), headers=via("10.9.9.9")),
+                         *not_allowed("private", "10.9.9.9"))
+            # The nearest untrusted hop is the client; trusted hops are skipped; an
+            # IPv4-mapped IPv6 address is its IPv4 address.
+            for chain in (f"{behind}, 192.0.2.7", f"198.51.100.1, {behind}, {client_address}", f"::ffff:{behind}"):
+                assert_error(await proxy.post("/api/jobs", json=job("local"), headers=via(chain)),
+                             *not_allowed("local", behind))
+            # An IPv6 client behind the proxy ("private" allows ::2).
+            v6_job = await submit(proxy, job("private"), headers=via("::2"))
 
-            job_id = await submit(proxy, job("private"), **xff(behind))
-            assert_error(
-                await proxy.post("/api/jobs", json=job("private"), headers={"x-forwarded-for": "10.9.9.9"}),
-                400, "Container not allowed for address", {"container": "private", "address": "10.9.9.9"},
-            )
-            # The nearest untrusted hop is the client; trusted hops are skipped.
-            for chain in (f"{behind}, 192.0.2.7", f"198.51.100.1, {behind}, {client_address}"):
-                assert_error(
-                    await proxy.post("/api/jobs", json=job("local"), headers={"x-forwarded-for": chain}),
-                    400, "Container not allowed for address", {"container": "local", "address": behind},
-                )
-            # IPv6 client behind the proxy ("private" allows ::2).
-            v6_job = await submit(proxy, job("private"), **xff("::2"))
-
-            # Without the header the proxy is a client of its own, with no jobs.
-            assert await listed(proxy) == []
-            r = await proxy.get("/api/jobs", headers={"x-forwarded-for": behind})
-            assert r.json() == [job_id]
-            r = await proxy.get("/api/jobs", params={"id": job_id}, headers={"x-forwarded-for": "10.9.9.9"})
-            assert r.json() == []
-            r = await proxy.get("/api/jobs", params={"id": v6_job}, headers={"x-forwarded-for": "::2"})
+            assert await listed(proxy) == []  # the proxy itself, without the header
+            assert (await proxy.get("/api/jobs", headers=via(behind))).json() == [job_id]
+            assert (await proxy.get("/api/jobs", headers=via(f"::ffff:{behind}"))).json() == [job_id]
+            assert (await proxy.get("/api/jobs", params={"id": job_id}, headers=via("10.9.9.9"))).json() == []
+            r = await proxy.get("/api/jobs", params={"id": v6_job}, headers=via("::2"))
             assert r.json() == [{"id": v6_job, "status": "running", "result": None}]
+            # A hop that is not an address ends the walk: the hop that reported it is the client.
+            for chain in ("not-an-ip", "x" * 100, f"unknown, {client_address}", f"{behind}:1234"):
+                assert_error(await proxy.post("/api/jobs", json=job("private"), headers=via(chain)),
+                             *not_allowed("private", client_address))
+            own_job = await submit(proxy, headers=via("x" * 100))
+            assert await listed(proxy) == [own_job]
         # A peer that is not a trusted proxy cannot name a client.
         untrusted = other_address(client_address)
         async with node.client(untrusted) as http:
-            assert_error(
-                await http.post("/api/jobs", json=job("private"), headers={"x-forwarded-for": behind}),
-                400, "Container not allowed for address", {"container": "private", "address": untrusted},
-            )
-            r = await http.get("/api/jobs", headers={"x-forwarded-for": behind})
-            assert r.json() == []
+            assert_error(await http.post("/api/jobs", json=job("private"), headers=via(behind)),
+                         *not_allowed("private", untrusted))
+            assert (await http.get("/api/jobs", headers=via(behind))).json() == []
 
 
 async def test_forwarded_for_is_ignored_without_trusted_proxies(node, client_address):
-    spoofed = {"x-forwarded-for": "10.1.2.3"}
     async with node.client(client_address) as http:
-        assert_error(
-            await http.post("/api/jobs", json=job("private"), headers=spoofed),
-            400, "Container not allowed for address", {"container": "private", "address": client_address},
-        )
-        job_id = await submit(http, headers=spoofed)
+        assert_error(await http.post("/api/jobs", json=job("private"), headers=via("10.1.2.3")),
+                     *not_allowed("private", client_address))
+        job_id = await submit(http, headers=via("10.1.2.3"))
         assert await listed(http) == [job_id]
-        assert (await http.get("/api/jobs", headers=spoofed)).json() == [job_id]
-    assert await jobs_of_client(node, "10.1.2.3") == 0
+        assert (await http.get("/api/jobs", headers=via("10.1.2.3"))).json() == [job_id]
+    assert await jobs_of_client(node.node.database, "10.1.2.3") == 0
 
 
 async def make_unreachable(node: RunningNode, tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ async def make_unreachable(node: RunningNode, tmp_path: Path) -> None:
     database.writer, database.reader = unreachable.writer, unreachable.reader
 
 
-async def test_database_unavailable_is_503(node, client_address, tmp_path):
+async def test_database_unavailable_is_503(node, database_url, client_address, tmp_path):
     async with node.client(client_address) as http:
         job_id = await submit(http)
         await make_unreachable(node, tmp_path)
@@ -174,3 +174,9 @@ async def test_database_unavailable_is_503(node, client_address, tmp_path):
         r = await http.get("/health")
         assert r.status_code == 503
         assert r.json()["status"] == "unhealthy"
+    # A 503 on submit means the job was not accepted.
+    database = Database(database_url)
+    try:
+        assert await jobs_of_client(database, client_address) == 1
+    finally:
+        await database.dispose()

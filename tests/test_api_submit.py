@@ -40,6 +40,7 @@ MALFORMED: list[tuple[bytes, str | None]] = [
     (b'{"containers": ["echo"], "data": null}', "data"),
     (b'{"containers": ["echo"], "data": {}, "requires_proof": "true"}', "requires_proof"),
     (b'{"containers": ["echo"], "data": {}, "requires_proof": 1}', "requires_proof"),
+    (b'{"containers": ["echo"], "data": {"deep": ' + b"[" * 5000 + b"]" * 5000 + b"}}", None),
 ]
 
 
@@ -70,7 +71,7 @@ async def test_malformed_bodies_are_invalid_job_requests_naming_the_field(node, 
             assert r.status_code == 400, (body, r.status_code, r.text)
             assert_invalid_request(r.json(), field)
         assert await listed(http) == []
-    assert await jobs_of_client(node, client_address) == 0
+    assert await jobs_of_client(node.node.database, client_address) == 0
 
 
 async def test_each_rejection_of_the_table(node, client_address):
@@ -201,6 +202,7 @@ async def test_content_type_is_not_required_and_unknown_keys_are_ignored(node, c
         ids = []
         for headers in ({}, {"content-type": "text/plain"}, {"content-type": "application/x-www-form-urlencoded"}):
             r = await http.post("/api/jobs", content=body, headers=headers)
+            assert r.request.headers.get("content-type") == headers.get("content-type")
             assert r.status_code == 200, (headers, r.text)
             ids.append(r.json()["id"])
         extra = job("echo", requires_proof=False, callback="http://example.invalid", priority=9, meta={"k": [1]})

@@ -45,13 +45,15 @@ def decode_job_request(body: bytes | msgspec.Raw) -> JobRequest:
         return msgspec.json.decode(body, type=JobRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _invalid(exc) from None
+    except RecursionError:  # msgspec's limit on nesting depth
+        raise JobRejected("Invalid job request", {"reason": "JSON is nested too deeply"}) from None
 
 
 def decode_batch(body: bytes) -> list[msgspec.Raw]:
     """The items stay raw so that each is decoded, and rejected, on its own."""
     try:
         return msgspec.json.decode(body, type=list[msgspec.Raw])
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         raise JobRejected("Expected a list") from None
 
 

@@ -194,9 +194,16 @@ class NodeProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> NodeProcess:
+        return self.spawn().wait_healthy(timeout)
+
+    def spawn(self) -> NodeProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen([str(JOBNODE), "serve", "--config", str(self.config_path)],
                                         stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_healthy(self, timeout: float = 60.0) -> NodeProcess:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

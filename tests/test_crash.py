@@ -167,8 +167,10 @@ async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, database, t
     nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"n{k}"}}, f"n{k}")
              for k in range(3)]
     try:
+        for node in nodes:  # all at once: migrations on a fresh database must serialise
+            node.spawn()
         for node in nodes:
-            node.start()
+            node.wait_healthy()
         ids = await _submit(nodes[0], 2000, ["s0", "s1"])
         results = await _wait_all(nodes[1], ids, timeout=180)
     finally:
@@ -180,6 +182,7 @@ async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, database, t
     async with database.read() as conn:
         by_node = dict((await conn.execute(select(JobStep.node, func.count()).group_by(JobStep.node))).all())
     assert set(by_node) == {"n0", "n1", "n2"}, f"work not spread: {by_node}"
+    assert await migrate.current_revision(database) == migrate.head_revision()
 
 
 async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, database, tmp_path, host_service):

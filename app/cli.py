@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
 import click
 
 from app.config import ConfigError, Settings, load_settings
+from app.logging import configure_logging
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), envvar="JOBNODE_CONFIG",
@@ -48,7 +48,10 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         settings.server.host = host
     if port is not None:
         settings.server.port = port
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        configure_logging(settings.log_level)
+    except ValueError as exc:
+        raise click.ClickException(f"invalid configuration: {exc}") from None
     node = Node(settings)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with
     # the handler that was installed before it: make that one a clean exit (status 0).
@@ -64,6 +67,7 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         server_header=False,
         access_log=False,
         log_level=settings.log_level.lower(),
+        log_config=None,  # app.logging formats uvicorn's records too
         timeout_graceful_shutdown=settings.scheduler.shutdown_grace,
     )
 

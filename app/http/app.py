@@ -54,4 +54,6 @@ def create_app(
             title="jobnode", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin()]
         ),
         debug=False,
+        # Logging is configured once, by app.logging (jobnode serve), not by Litestar.
+        logging_config=None,
     )

@@ -32,6 +32,8 @@ class ClaimedJob:
     input: dict[str, Any]
     requires_proof: bool
     attempts: int
+    #: When the job was (re)queued, for the queued-to-started metric; None when unknown.
+    queued_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,11 +80,11 @@ class JobStore:
                 lease_expires_at=now + self.lease,
                 started_at=func.coalesce(Job.started_at, now),
             )
-            .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts)
+            .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after)
         )
         async with self.database.write() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [ClaimedJob(str(r.id), r.containers, r.input, r.requires_proof, r.attempts) for r in rows]
+        return [ClaimedJob(str(r.id), r.containers, r.input, r.requires_proof, r.attempts, r.run_after) for r in rows]
 
     async def committed_steps(self, job_id: str) -> list[CommittedStep]:
         stmt = select(JobStep.position, JobStep.output, JobStep.error).where(JobStep.job_id == job_id)

@@ -9,6 +9,7 @@ from datetime import datetime
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from app import metrics
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
 from app.db.errors import is_database_unavailable
@@ -45,10 +46,13 @@ class ChainRunner:
                     started = utcnow()
                     data = await self._call(state, job, data)
             except StepFailed as failed:
-                log.info("job %s step %d (%s) failed: %s", job.id, position, container_id, failed.error)
+                metrics.step_failed(job, position, container_id, state, failed, started)
                 await self._record(job, position, started, error=failed.error)
+                metrics.job_finished(job, "failed", container_id)
                 return
+            metrics.step_done(job, position, state, started)
             await self._record(job, position, started, output=data)
+        metrics.job_finished(job, "success")
 
     async def _record(self, job: ClaimedJob, position: int, started: datetime, **result: Any) -> None:
         await self._outlasting_outages(job, lambda: self.store.record_step(job, position, started, **result))
@@ -66,7 +70,8 @@ class ChainRunner:
             except Exception as exc:
                 if not is_database_unavailable(exc) or time.monotonic() > deadline:
                     raise
-                log.warning("job %s: database unavailable, retrying: %s", job.id, type(exc).__name__)
+                log.warning("job %s: database unavailable, retrying: %s", job.id, type(exc).__name__,
+                            extra={"job_id": job.id, "container": None})
                 await asyncio.sleep(DATABASE_RETRY_SECONDS)
 
     async def _call(self, state: ContainerState, job: ClaimedJob, data: Any) -> Any:

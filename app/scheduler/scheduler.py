@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from app import metrics
 from app.config import Settings
 from app.db.errors import is_database_unavailable
 from app.db.models import utcnow
@@ -51,6 +52,7 @@ class Scheduler:
         taken = await self.store.take_back_orphans()
         if taken:
             log.info("took back %d jobs this node was running before it restarted", taken)
+            metrics.jobs_rescued(taken_back=taken)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="jobnode-claim"),
             asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew), name="jobnode-lease"),
@@ -99,21 +101,23 @@ class Scheduler:
     def _spawn(self, job: ClaimedJob) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self.running[job.id] = task
+        metrics.job_claimed(job)
 
     async def _run(self, job: ClaimedJob) -> None:
         try:
             await self.runner.run(job)
         except LeaseLost:
-            log.warning("job %s: lease lost, another node or a cancel took it over", job.id)
+            metrics.job_abandoned(job.id, "lease lost: another node or a cancel took it over")
         except asyncio.CancelledError:
             if self._stopping:
                 raise  # shutdown: stop() hands the job back
         except Exception as exc:
             # The job keeps its lease until it expires and is then retried (or failed) by the reaper.
             if is_database_unavailable(exc):
-                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, exc)
+                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, exc,
+                            extra={"job_id": job.id, "container": None})
             else:
-                log.exception("job %s: unexpected error", job.id)
+                log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id, "container": None})
         finally:
             self.running.pop(job.id, None)
             self.signal.notify()
@@ -137,13 +141,14 @@ class Scheduler:
         for job_id in set(held) - still_held:
             task = self.running.get(job_id)
             if task is not None:  # cancelled, or taken over by another node: abandon its step
-                log.info("job %s is no longer ours (cancelled or re-queued); abandoning it", job_id)
+                metrics.job_abandoned(job_id, "no longer ours (cancelled or re-queued)")
                 task.cancel()
 
     async def _maintain(self) -> None:
         if not await self.is_leader():
             return
         requeued, failed = await self.store.reap(self.config.max_attempts)
+        metrics.jobs_rescued(requeued=requeued, failed=failed)
         if requeued or failed:
             log.info("expired leases: %d jobs re-queued, %d failed after %d attempts",
                      requeued, failed, self.config.max_attempts)

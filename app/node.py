@@ -22,6 +22,7 @@ from app.db.listen import NodeConnection
 from app.db.signal import JobSignal
 from app.http.app import create_app
 from app.jobs.requests import ContainerCatalog
+from app.jobs.operator import OperatorService
 from app.jobs.service import JobService
 from app.jobs.stream import StreamService
 from app.containers.resources import ResourceService
@@ -51,6 +52,7 @@ class Node:
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds)
         self.streams = StreamService(store, catalog, self.containers, self.client)
         self.resources = ResourceService(self.containers, self.client)
+        self.operator = OperatorService(self.database, store, self.signal, self.containers)
         self.connection = NodeConnection(self.database, self.signal) if self.database.is_postgresql else None
         self.scheduler = Scheduler(
             settings, store, ChainRunner(store, self.containers, self.client), self.signal,
@@ -69,6 +71,8 @@ class Node:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self.database.dispose)
             await migrate.upgrade(self.database)
+            await self.operator.start()
+            stack.push_async_callback(self.operator.stop)
             stack.push_async_callback(self.client.close)
             if self._needs_runtime():
                 from app.containers.docker import ContainerRuntime
@@ -87,6 +91,7 @@ class Node:
     def app(self) -> Litestar:
         return create_app(
             self.settings.server,
-            {"jobs": self.jobs, "containers": self.containers, "streams": self.streams, "resources": self.resources},
+            {"jobs": self.jobs, "containers": self.containers, "streams": self.streams, "resources": self.resources,
+             "operator": self.operator},
             lifespan=[self.lifespan],
         )

@@ -7,6 +7,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from litestar import Litestar
+from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
@@ -14,10 +15,15 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from app import __version__
 from app.config import ServerSettings, parse_networks
 from app.http.client import ClientIdentity
+from app.http.controllers.dashboard import DashboardController
 from app.http.controllers.jobs import JobsController
+from app.http.controllers.metrics import MetricsController
 from app.http.controllers.node import NodeController
+from app.http.controllers.operator import ContainersController, OperatorJobsController
 from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
+from app.http.operator_auth import STATE_KEY, OperatorAuth
+from app.http.prometheus import prometheus_config
 from app.http.ratelimit import rate_limit_config
 
 
@@ -33,14 +39,19 @@ def create_app(
     services: dict[str, Any],
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
 ) -> Litestar:
-    """``services`` are injected by name into the controllers (``jobs``, ``containers``…)."""
+    """``services`` are injected by name into the controllers (``jobs``, ``containers``,
+    ``operator``…)."""
     identity = ClientIdentity(parse_networks(server.trusted_proxies, "server.trusted_proxies"))
-    middleware = []
+    middleware: list[Any] = [prometheus_config().middleware]  # HTTP request metrics
     if server.rate_limit is not None:
         limit = rate_limit_config(server.rate_limit.num_requests, server.rate_limit.period, identity.address)
         middleware.append(limit.middleware)
     return Litestar(
-        route_handlers=[NodeController, JobsController, StreamController],
+        route_handlers=[
+            NodeController, JobsController, StreamController,
+            OperatorJobsController, ContainersController, MetricsController, DashboardController,
+        ],
+        state=State({STATE_KEY: OperatorAuth(server.operator_token, identity)}),
         dependencies={
             **{name: _constant(service) for name, service in services.items()},
             "identity": _constant(identity),

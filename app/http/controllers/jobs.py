@@ -16,6 +16,7 @@ from litestar.datastructures import MultiDict
 from app.config import ServerSettings
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
+from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import JobId, JobResult
 from app.jobs.requests import JobRejected, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
@@ -62,7 +63,8 @@ class JobsController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
-    @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job")
+    @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
+          responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
     async def submit(self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity]) -> JobId:
         try:
             job_request = decode_job_request(await request.body())
@@ -73,7 +75,9 @@ class JobsController(Controller):
             raise ApiError(400, answer["error"], answer.get("params"))
         return JobId(answer["id"])
 
-    @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction")
+    @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
+          responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
+                           RATE_LIMITED, DATABASE))
     async def batch(
         self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity], server: NamedDependency[ServerSettings]
     ) -> list[dict[str, Any]]:
@@ -91,7 +95,8 @@ class JobsController(Controller):
                 requests.append(rejected)
         return await jobs.submit(identity.address(request), requests)
 
-    @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids")
+    @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
+         responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE))
     async def read(
         self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity], server: NamedDependency[ServerSettings]
     ) -> list[JobResult] | list[str]:

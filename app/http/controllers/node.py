@@ -6,9 +6,11 @@ from typing import Any
 
 from litestar.di import NamedDependency
 from litestar import Controller, MediaType, Response, get
+from litestar.openapi import ResponseSpec
 
 from app import __version__
 from app.containers.state import ContainerStates
+from app.http.openapi import DATABASE, RATE_LIMITED, errors
 from app.http.structs import Health, NodeInfo
 from app.jobs.service import JobService
 
@@ -16,7 +18,8 @@ from app.jobs.service import JobService
 class NodeController(Controller):
     tags = ["node"]
 
-    @get("/health", media_type=MediaType.JSON, summary="Database reachable?")
+    @get("/health", media_type=MediaType.JSON, summary="Database reachable?",
+         responses={503: ResponseSpec(Health, description='Database unreachable: {"status": "unhealthy", ...}')})
     async def health(self, jobs: NamedDependency[JobService], containers: NamedDependency[ContainerStates]) -> Response[Health]:
         not_ready = containers.not_ready()
         extra: dict[str, Any] = {"containers": not_ready} if not_ready else {}
@@ -27,7 +30,8 @@ class NodeController(Controller):
                             status_code=503)
         return Response(Health(status="healthy", **extra))
 
-    @get("/info", media_type=MediaType.JSON, summary="Ready containers and pending job counts")
+    @get("/info", media_type=MediaType.JSON, summary="Ready containers and pending job counts",
+         responses=errors(RATE_LIMITED, DATABASE))
     async def info(self, jobs: NamedDependency[JobService], containers: NamedDependency[ContainerStates]) -> dict[str, Any]:
         pending = await jobs.pending_counts()
         return {

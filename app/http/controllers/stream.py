@@ -12,6 +12,7 @@ from litestar.response import Stream
 from app.containers.resources import ResourceService
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
+from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
 from app.jobs.requests import JobRejected, decode_job_request
 from app.jobs.stream import StreamService
 
@@ -19,7 +20,8 @@ from app.jobs.stream import StreamService
 class StreamController(Controller):
     tags = ["containers"]
 
-    @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output")
+    @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output",
+          responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, RATE_LIMITED, DATABASE))
     async def stream(
         self, request: Request[Any, Any, Any], streams: NamedDependency[StreamService],
         identity: NamedDependency[ClientIdentity],
@@ -30,7 +32,8 @@ class StreamController(Controller):
             raise ApiError(400, rejected.error, rejected.params) from None
         return Stream(streams.run(job), media_type=MediaType.TEXT)
 
-    @get("/resources", media_type=MediaType.JSON, summary="Each container's service resources")
+    @get("/resources", media_type=MediaType.JSON, summary="Each container's service resources",
+         responses=errors(RATE_LIMITED))
     async def resources(
         self, resources: NamedDependency[ResourceService], model_id: str | None = None
     ) -> dict[str, Any]:

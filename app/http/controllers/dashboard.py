@@ -1,0 +1,58 @@
+"""``/dashboard``: the operator's page, and the JSON it polls.
+
+The page takes the operator token once as ``?token=``: it answers with the cookie of
+``app.http.operator_auth`` and a redirect to itself without the token.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from litestar import Controller, MediaType, Request, Response, get
+from litestar.datastructures import Cookie
+from litestar.di import NamedDependency
+from litestar.response import Redirect
+
+from app.http import dashboard_page
+from app.http.openapi import DATABASE, OPERATOR, RATE_LIMITED, errors
+from app.http.operator_auth import ACCEPTS_QUERY_TOKEN, COOKIE, STATE_KEY, OperatorAuth, operator_guard
+from app.jobs.operator import OperatorService
+
+
+def _csp(nonce: str) -> str:
+    return (
+        f"default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    )
+
+
+class DashboardController(Controller):
+    path = "/dashboard"
+    tags = ["operator"]
+    guards = [operator_guard]
+
+    @get("/", media_type=MediaType.HTML, summary="Operator dashboard (HTML)",
+         description="Queue depth and throughput, containers, recent and failed jobs with their steps; refreshed "
+                     "every 2 s. `?token=` sets an HTTP-only cookie and redirects here without it.",
+         opt={ACCEPTS_QUERY_TOKEN: True}, responses=errors(OPERATOR, RATE_LIMITED, DATABASE))
+    async def page(self, request: Request[Any, Any, Any], operator: NamedDependency[OperatorService]) -> Response[Any]:
+        auth: OperatorAuth = request.app.state[STATE_KEY]
+        if auth.token is not None and "token" in request.query_params:  # checked by the guard
+            cookie = Cookie(key=COOKIE, value=auth.cookie_value(), path="/", httponly=True, samesite="strict")
+            return Redirect("/dashboard", status_code=303, cookies=[cookie])
+        nonce = secrets.token_urlsafe(16)
+        body = dashboard_page.render(await operator.dashboard(), nonce)
+        return Response(body, media_type=MediaType.HTML, headers={
+            "Content-Security-Policy": _csp(nonce),
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        })
+
+    @get("/data", media_type=MediaType.JSON, summary="The dashboard's data",
+         description="Queue (pending, running, oldest pending), queue depth samples, throughput per minute for "
+                     "the last 10 minutes, containers, recent jobs and recently failed jobs with their error.",
+         responses=errors(OPERATOR, RATE_LIMITED, DATABASE))
+    async def data(self, operator: NamedDependency[OperatorService]) -> dict[str, Any]:
+        return await operator.dashboard()

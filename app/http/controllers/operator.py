@@ -1,0 +1,87 @@
+"""Operator endpoints: one job in full, cancel, re-queue, the containers' live state.
+
+Guarded by ``operator_guard`` (token or loopback, see ``app.http.operator_auth``); the
+compatible surface of ``/api/jobs`` stays open to clients as before.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import msgspec
+from litestar import Controller, MediaType, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+
+from app.http.errors import ApiError
+from app.http.openapi import DATABASE, OPERATOR, RATE_LIMITED, errors
+from app.http.operator_auth import operator_guard
+from app.http.operator_structs import ContainerLiveState, JobDetail
+from app.jobs.operator import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JobConflict, JobNotFound, OperatorService
+
+JOB_NOT_FOUND = "Job not found"
+INVALID_JOB_ID = "Invalid job id"
+
+_READ = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND]}, OPERATOR, RATE_LIMITED, DATABASE)
+_CANCEL = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_ALREADY_FINISHED]}, OPERATOR,
+                 RATE_LIMITED, DATABASE)
+_RETRY = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_NOT_FAILED]}, OPERATOR,
+                RATE_LIMITED, DATABASE)
+
+
+def _job_id(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ApiError(400, INVALID_JOB_ID, {"id": value}) from None
+
+
+async def _detail(action: object) -> JobDetail:
+    try:
+        detail = await action  # type: ignore[misc]
+    except JobNotFound:
+        raise ApiError(404, JOB_NOT_FOUND) from None
+    except JobConflict as conflict:
+        raise ApiError(409, conflict.message) from None
+    return msgspec.convert(detail, JobDetail)
+
+
+class OperatorJobsController(Controller):
+    path = "/api/jobs/{job_id:str}"
+    tags = ["operator"]
+    guards = [operator_guard]
+
+    @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts",
+         responses=_READ)
+    async def show(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+        return await _detail(operator.job(_job_id(job_id)))
+
+    @delete("/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished",
+            responses=_CANCEL)
+    async def remove(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+        return await _detail(operator.cancel(_job_id(job_id)))
+
+    @post("/cancel", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished",
+          description="The same as DELETE /api/jobs/{job_id}: the job ends `cancelled` (shown as `failed` with "
+                      "error \"cancelled\" on the compatible surface); its running step is abandoned.",
+          responses=_CANCEL)
+    async def cancel(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+        return await _detail(operator.cancel(_job_id(job_id)))
+
+    @post("/retry", media_type=MediaType.JSON, status_code=200, summary="Re-queue a failed or cancelled job",
+          description="It resumes at the step that failed: steps that succeeded are not run again.",
+          responses=_RETRY)
+    async def retry(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+        return await _detail(operator.retry(_job_id(job_id)))
+
+
+class ContainersController(Controller):
+    tags = ["operator"]
+    guards = [operator_guard]
+
+    @get("/api/containers", media_type=MediaType.JSON, summary="Each container's live state on this node",
+         description="Readiness, restarts, last error, calls in flight, done and failed counts since the node "
+                     "started, and the mean and p95 duration of its last calls (in-memory samples of this node).",
+         responses=errors(OPERATOR, RATE_LIMITED))
+    async def containers(self, operator: NamedDependency[OperatorService]) -> list[ContainerLiveState]:
+        return msgspec.convert(operator.container_states(), list[ContainerLiveState])

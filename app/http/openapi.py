@@ -1,0 +1,50 @@
+"""Error responses for the OpenAPI document: every handler lists its ``{"error", "params"?}``
+bodies with the messages it can answer, e.g. ``responses=errors({404: [JOB_NOT_FOUND]})``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from litestar.openapi import ResponseSpec
+from litestar.openapi.spec import Example
+
+from app.http.errors import DATABASE_UNAVAILABLE
+from app.http.structs import ErrorBody
+
+_TITLES = {
+    400: "Bad request",
+    401: "Operator token missing or wrong",
+    403: "Not allowed for this client",
+    404: "Not found",
+    409: "Conflict with the job's state",
+    413: "Request body too large",
+    429: "Too many requests (see Retry-After)",
+    503: "Database unavailable",
+}
+
+#: What every endpoint that reads or writes the database can also answer.
+DATABASE = {503: [DATABASE_UNAVAILABLE]}
+RATE_LIMITED = {429: ["Too many requests"]}
+JOB_REQUEST = {400: ["Invalid job request", "No containers specified", "Container not supported",
+                    "First container must be external", "Container does not generate proof",
+                    "Container not allowed for address"],
+               413: ["Request body too large"]}
+OPERATOR = {401: ["Operator token required", "Invalid operator token"],
+            403: ["Operator endpoints answer loopback clients only"]}
+
+
+def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
+    """Merge ``{status: [message, …]}`` groups into ``responses=`` for a route handler."""
+    merged: dict[int, list[str]] = {}
+    for group in groups:
+        for status, messages in group.items():
+            merged.setdefault(status, []).extend(m for m in messages if m not in merged.get(status, []))
+    return {
+        status: ResponseSpec(
+            ErrorBody,
+            generate_examples=False,
+            description=f"{_TITLES.get(status, 'Error')}: " + "; ".join(f'"{m}"' for m in messages),
+            examples=[Example(summary=message, value={"error": message}) for message in messages],
+        )
+        for status, messages in sorted(merged.items())
+    }

@@ -1,0 +1,67 @@
+"""Response shapes of the operator endpoints, for the OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class StepDetail(msgspec.Struct):
+    position: int
+    container: str
+    output: Any
+    error: str | None
+    attempt: int
+    node: str | None
+    started_at: str
+    finished_at: str
+    duration_seconds: float
+
+
+class JobDetail(msgspec.Struct):
+    """One job in full. ``status`` is the stored state (pending, running, success, failed,
+    cancelled); ``api_status`` is how the compatible surface shows it."""
+
+    id: str
+    status: str
+    api_status: str
+    client: str
+    source: str
+    containers: list[str]
+    input: dict[str, Any]
+    requires_proof: bool
+    stream: bool
+    attempts: int
+    node: str | None
+    container: str | None
+    lease_expires_at: str | None
+    created_at: str
+    run_after: str
+    started_at: str | None
+    finished_at: str | None
+    queued_seconds: float | None
+    duration_seconds: float | None
+    result: dict[str, Any] | None
+    steps: list[StepDetail]
+
+
+class ContainerLiveState(msgspec.Struct):
+    """``mean_seconds``/``p95_seconds``: over this node's last calls (in memory)."""
+
+    id: str
+    image: str
+    url: str
+    managed: bool
+    external: bool
+    state: str
+    ready: bool
+    restarts: int
+    last_error: str | None
+    in_flight: int
+    concurrency: int
+    done: int
+    failed: int
+    samples: int
+    mean_seconds: float | None
+    p95_seconds: float | None

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
 import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import click
 
 from app.config import ConfigError, Settings, load_settings
 from app.logging import configure_logging
+
+T = TypeVar("T")
 
 config_option = click.option(
     "--config", "config_path", type=click.Path(dir_okay=False), envvar="JOBNODE_CONFIG",
@@ -110,6 +118,269 @@ def current(config_path: str | None) -> None:
             await database.dispose()
 
     click.echo(f"database: {asyncio.run(run())}  code head: {migrate.head_revision()}")
+
+
+# -- operators: jobs and the queue, against the database straight -----------------------
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Plain aligned columns (numbers right-aligned)."""
+    cells = [[("" if v is None else str(v)) for v in row] for row in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    numeric = [bool(rows) and all(isinstance(r[i], int | float) for r in rows) for i in range(len(headers))]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _short(text: str | None, width: int = 60) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(iso: str | None) -> str:
+    return iso[:19].replace("T", " ") if iso else ""
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awaitable[T]]) -> T:
+    """Run ``action(operator, settings)`` with an ``OperatorService`` on the configured database."""
+    from app.db.engine import Database
+    from app.db.errors import is_database_unavailable
+    from app.jobs.operator import JobConflict, JobNotFound, OperatorService
+    from app.jobs.transitions import JobStore
+
+    settings = _settings(config_path)
+
+    async def run() -> T:
+        database = Database(settings.database.url, pool_size=2, connect_timeout=settings.database.connect_timeout)
+        store = JobStore(database, f"cli@{socket.gethostname()}", settings.scheduler.lease_seconds)
+        try:
+            return await action(OperatorService(database, store), settings)
+        finally:
+            await database.dispose()
+
+    try:
+        return asyncio.run(run())
+    except JobNotFound:
+        raise click.ClickException("Job not found") from None
+    except JobConflict as conflict:
+        raise click.ClickException(conflict.message) from None
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise click.ClickException(f"database unavailable: {type(exc).__name__}: {exc}") from None
+        raise
+
+
+def _job_id_argument(value: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise click.BadParameter("Invalid job id (not a UUID)") from None
+
+
+def _end_progress() -> None:
+    """Off a terminal click prints only the progress bar's label: end its line."""
+    if not sys.stderr.isatty():
+        click.echo("", err=True)
+
+
+STATES = ("pending", "running", "success", "failed", "cancelled")
+
+
+@main.group()
+def jobs() -> None:
+    """Jobs in the database: list, show, cancel, retry."""
+
+
+@jobs.command("list")
+@config_option
+@click.option("--status", type=click.Choice(STATES), default=None, help="Only jobs in this state.")
+@click.option("--client", default=None, help="Only jobs of this client address.")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
+def jobs_list(config_path: str | None, status: str | None, client: str | None, limit: int, as_json: bool) -> None:
+    """The newest jobs first."""
+    rows = _operator_run(config_path, lambda op, _: op.list_jobs(status, client, limit))
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no jobs")
+        return
+    click.echo(_table(
+        ["ID", "STATUS", "CLIENT", "CONTAINERS", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
+        [[r["id"], r["status"], r["client"], ",".join(r["containers"]), r["attempts"], _when(r["created_at"]),
+          _short(r["error"], 50)] for r in rows],
+    ))
+
+
+@jobs.command("show")
+@config_option
+@click.argument("job_id", callback=lambda _c, _p, v: _job_id_argument(v))
+@click.option("--json", "as_json", is_flag=True, help="The job as JSON (the shape of GET /api/jobs/{id}).")
+def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
+    """One job in full: input, every step's output or error, timings."""
+    detail = _operator_run(config_path, lambda op, _: op.job(job_id))
+    if as_json:
+        click.echo(json.dumps(detail, indent=2))
+        return
+    fields = [
+        ("id", detail["id"]), ("status", f"{detail['status']} (API: {detail['api_status']})"),
+        ("client", detail["client"]), ("source", detail["source"]),
+        ("containers", " -> ".join(detail["containers"])), ("attempts", detail["attempts"]),
+        ("node", detail["node"] or "-"), ("created", _when(detail["created_at"])),
+        ("started", _when(detail["started_at"]) or "-"), ("finished", _when(detail["finished_at"]) or "-"),
+        ("queued for", _age(detail["queued_seconds"])), ("ran for", _age(detail["duration_seconds"])),
+        ("input", json.dumps(detail["input"])),
+    ]
+    width = max(len(k) for k, _ in fields)
+    for key, value in fields:
+        click.echo(f"{key.ljust(width)}  {value}")
+    click.echo("")
+    if not detail["steps"]:
+        click.echo("no step finished yet")
+        return
+    click.echo(_table(
+        ["#", "CONTAINER", "RESULT", "DURATION", "ATTEMPT", "NODE"],
+        [[s["position"], s["container"],
+          _short(f"error: {s['error']}" if s["error"] is not None else json.dumps(s["output"]), 70),
+          _age(s["duration_seconds"]), s["attempt"], s["node"] or ""] for s in detail["steps"]],
+    ))
+
+
+@jobs.command("cancel")
+@config_option
+@click.argument("job_id", callback=lambda _c, _p, v: _job_id_argument(v))
+def jobs_cancel(config_path: str | None, job_id: str) -> None:
+    """Cancel a job that has not finished (a node running it abandons the step)."""
+    detail = _operator_run(config_path, lambda op, _: op.cancel(job_id))
+    click.echo(f"cancelled {detail['id']} (at container {detail['container']})")
+
+
+@jobs.command("retry")
+@config_option
+@click.argument("job_id", required=False, callback=lambda _c, _p, v: None if v is None else _job_id_argument(v))
+@click.option("--all-failed", is_flag=True, help="Re-queue every failed or cancelled job.")
+def jobs_retry(config_path: str | None, job_id: str | None, all_failed: bool) -> None:
+    """Re-queue a failed or cancelled job (it resumes at the step that failed)."""
+    if (job_id is None) == (not all_failed):
+        raise click.UsageError("give a JOB_ID or --all-failed (not both)")
+    if job_id is not None:
+        detail = _operator_run(config_path, lambda op, _: op.retry(job_id))
+        click.echo(f"re-queued {detail['id']}")
+        return
+
+    async def retry_all(op: Any, _: Settings) -> tuple[int, int]:
+        ids = await op.retryable_ids()
+        requeued = 0
+        with click.progressbar(length=len(ids), label=f"re-queueing {len(ids)} jobs", file=sys.stderr) as bar:
+            for one in ids:
+                requeued += await op.store.requeue(one)
+                bar.update(1)
+        _end_progress()
+        if requeued:
+            await op.wake_schedulers()
+        return requeued, len(ids)
+
+    requeued, found = _operator_run(config_path, retry_all)
+    click.echo(f"re-queued {requeued} of {found} failed or cancelled jobs")
+
+
+@main.command()
+@click.option("--url", default="http://127.0.0.1:4000", show_default=True, help="A running node.")
+@click.option("--token", envvar="JOBNODE_OPERATOR_TOKEN", default=None,
+              help="server.operator_token of that node (or env JOBNODE_OPERATOR_TOKEN).")
+def containers(url: str, token: str | None) -> None:
+    """Each container's live state, from a running node's /api/containers."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = httpx.get(url.rstrip("/") + "/api/containers", headers=headers, timeout=10)
+    except httpx.HTTPError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code != 200:
+        error = body.get("error") if isinstance(body, dict) else response.text[:200]
+        raise click.ClickException(f"{url} answered {response.status_code}: {error}")
+    if not body:
+        click.echo("no containers configured")
+        return
+    click.echo(_table(
+        ["CONTAINER", "STATE", "IN FLIGHT", "DONE", "FAILED", "RESTARTS", "MEAN", "P95", "LAST ERROR"],
+        [[c["id"], c["state"], f"{c['in_flight']}/{c['concurrency']}", c["done"], c["failed"], c["restarts"],
+          _age(c["mean_seconds"]), _age(c["p95_seconds"]), _short(c["last_error"], 50)] for c in body],
+    ))
+
+
+@main.command()
+@config_option
+def stats(config_path: str | None) -> None:
+    """Jobs by state, the oldest pending job, throughput over the last minute (from SQL)."""
+    numbers = _operator_run(config_path, lambda op, _: op.stats())
+    click.echo(_table(["STATE", "JOBS"], [[state, count] for state, count in numbers["jobs"].items()]))
+    click.echo("")
+    click.echo(f"queue depth             {numbers['queue_depth']}")
+    oldest = _age(numbers["oldest_pending_seconds"]) if numbers["queue_depth"] else "-"
+    click.echo(f"oldest pending          {oldest}")
+    click.echo(f"finished, last minute   {numbers['finished_last_minute']} jobs/min")
+
+
+@db.command()
+@config_option
+@click.option("--days", type=float, default=None,
+              help="Delete finished jobs older than this (default: retention.finished_jobs_days).")
+def prune(config_path: str | None, days: float | None) -> None:
+    """Apply the retention now: delete old finished jobs in small batches."""
+
+    async def run(op: Any, settings: Settings) -> tuple[int, float]:
+        keep = settings.retention.finished_jobs_days if days is None else days
+        if keep <= 0:
+            return -1, keep
+        cutoff = datetime.now(UTC) - timedelta(days=keep)
+        total = await op.prunable(cutoff)
+        with click.progressbar(length=total, label=f"deleting {total} finished jobs", file=sys.stderr) as bar:
+            deleted = await op.prune(cutoff, bar.update)
+        _end_progress()
+        return deleted, keep
+
+    deleted, keep = _operator_run(config_path, run)
+    if deleted < 0:
+        click.echo("retention is off (retention.finished_jobs_days is 0): nothing deleted; use --days")
+        return
+    click.echo(f"deleted {deleted} finished jobs older than {keep:g} days")
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Run the benchmark (tests/bench; --help there). Needs the source tree."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "tests" / "bench").is_dir():
+        raise click.ClickException(f"the benchmark lives in the source tree (tests/bench), not found under {root}")
+    sys.path.insert(0, str(root))
+    from tests.bench.cli import bench as command
+
+    command.main(args=ctx.args, prog_name="jobnode bench")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import insert, select
 
+from app.db.batching import GroupCommit
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, utcnow
 from app.db.signal import JobSignal
@@ -26,6 +27,7 @@ class JobService:
         self.database = database
         self.catalog = catalog
         self.signal = signal
+        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
 
     def _row(self, request: JobRequest, client: str, now: Any) -> dict[str, Any]:
         return {
@@ -62,11 +64,16 @@ class JobService:
             rows.append(row)
             answers.append({"id": row["id"]})
         if rows:
-            async with self.database.write() as conn:
-                await conn.execute(insert(Job), rows)
-                await self.signal.notify_other_nodes(conn)
-            self.signal.notify()
+            await self._insert(rows)
         return answers
+
+    async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[None | BaseException]:
+        """Concurrent submits commit together: one INSERT, one NOTIFY, one commit."""
+        async with self.database.write() as conn:
+            await conn.execute(insert(Job), [row for rows in batches for row in rows])
+            await self.signal.notify_other_nodes(conn)
+        self.signal.notify()
+        return [None] * len(batches)
 
     async def results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
         """Results in the order asked; ids that are not this client's are left out."""

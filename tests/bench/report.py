@@ -1,0 +1,236 @@
+"""The results: a markdown table and the JSON beside it, in ``tests/bench/results/``.
+
+``<date>-<db>.md`` / ``.json`` per database; with both databases, ``<date>-comparison.md``
+puts SQLite next to PostgreSQL (ratios measured in one run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+#: The targets of issue 5 (PostgreSQL, 2 cores). SQLite reports the same figures.
+TARGETS = {
+    "e2e_ratio_32": ("end-to-end ÷ raw, 1 container, 32 clients", ">=", 0.5),
+    "e2e_rate_32": ("end-to-end jobs/s, 1 container, 32 clients (when raw ≥ 3,200 req/s)", ">=", 1600),
+    "cpu_per_job": ("node CPU ms per one-step job (32 clients)", "<=", 0.5),
+    "batch_ingest": ("batch ingest jobs/s (scheduler running)", ">=", 20_000),
+    "idle_p50": ("idle submit → result p50 ms", "<=", 10),
+    "stored_by_id_p99": ("GET /api/jobs?id= p99 ms, N jobs stored", "<=", 10),
+    "stored_list_p99": ("GET /api/jobs (100,000 ids, one page) p99 ms", "<=", 10),
+    "stored_pending_p99": ("GET /api/jobs?pending=true p99 ms", "<=", 10),
+    "stored_info_p99": ("GET /info p99 ms", "<=", 10),
+}
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    e2e = _get(result, "end_to_end", "1", "32") or {}
+    raw = _get(result, "raw", "32") or {}
+    values: dict[str, Any] = {
+        "e2e_ratio_32": e2e.get("ratio_to_raw"),
+        "e2e_rate_32": e2e.get("rate") if (raw.get("rate") or 0) >= 3200 else None,
+        "cpu_per_job": e2e.get("node_cpu_ms_per_job"),
+        "batch_ingest": _get(result, "submit", "batch", "rate"),
+        "idle_p50": _get(result, "idle_time_to_result", "p50_ms"),
+        "stored_by_id_p99": _get(result, "stored", "reads", "get_by_id", "p99_ms"),
+        "stored_list_p99": _get(result, "stored", "reads", "list_one_page", "p99_ms"),
+        "stored_pending_p99": _get(result, "stored", "reads", "pending", "p99_ms"),
+        "stored_info_p99": _get(result, "stored", "reads", "info", "p99_ms"),
+    }
+    rows = []
+    for key, (label, op, limit) in TARGETS.items():
+        value = values[key]
+        met = None if value is None else (value >= limit if op == ">=" else value <= limit)
+        rows.append({"key": key, "target": label, "limit": f"{op} {limit:,}", "value": value, "met": met})
+    return rows
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _p(summary: dict[str, Any] | None, key: str) -> str:
+    if not summary:
+        return "–"
+    return f"{_fmt(summary.get(key + '_p50_ms'), 2)} / {_fmt(summary.get(key + '_p99_ms'), 2)}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    db = result["db"]
+    lines = [f"# jobnode benchmark — {db} — {result['date']}", ""]
+    machine = result.get("machine", {})
+    lines += [
+        f"Mode: **{result['mode']}**. Code: `{_fmt(_get(result, 'code', 'commit'))}`"
+        f"{' (app/ has uncommitted changes)' if _get(result, 'code', 'app_dirty') else ''}. "
+        f"Machine: {machine.get('cpus')} CPUs, load average at start {machine.get('loadavg')}, "
+        f"Python {machine.get('python')}, {machine.get('database_version')}. "
+        f"Run took {_fmt(result.get('elapsed_s'))} s.",
+        "",
+        "Load generator: closed-loop clients on one keep-alive connection each (tests/bench/http.py), "
+        f"polling `GET /api/jobs?id=` every {result['config']['poll_ms']} ms for the result. The service is "
+        "tests/bench/echo.py (asyncio); raw = the same clients calling its `POST /service_output` directly. "
+        "CPU from /proc (utime+stime); `db` = the PostgreSQL backends of the node's database (on SQLite the "
+        "database runs inside the node process); `other` = everything else on the machine in the window "
+        "(other sessions' work shows up there).",
+        "",
+        "## Targets",
+        "",
+        "| target | limit | measured | met |",
+        "|---|---|---|---|",
+    ]
+    for row in result.get("targets", []):
+        lines.append(f"| {row['target']} | {row['limit']} | {_fmt(row['value'], 2)} | {_fmt(row['met'])} |")
+
+    lines += ["", "## End to end (submit → poll → result) next to the raw service", "",
+              "| containers | clients | raw req/s | e2e jobs/s | ratio | submit→result p50 / p99 ms "
+              "| POST p50 / p99 ms | polls/job | node CPU ms/job | db CPU ms/job | cores node / db / svc / loadgen / other "
+              "| errors |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for chain, by_clients in (result.get("end_to_end") or {}).items():
+        for clients, s in by_clients.items():
+            raw = _get(result, "raw", clients) or {}
+            cores = s.get("cpu_cores", {})
+            core_text = " / ".join(_fmt(cores.get(k), 2) for k in ("node", "db", "service", "loadgen", "other"))
+            lines.append(
+                f"| {chain} | {clients} | {_fmt(raw.get('rate'))} | {_fmt(s.get('rate'))} | "
+                f"{_fmt(s.get('ratio_to_raw'), 3)} | {_p(s, 'latency')} | {_p(s, 'submit')} | "
+                f"{_fmt(s.get('polls_per_job'))} | {_fmt(s.get('node_cpu_ms_per_job'), 3)} | "
+                f"{_fmt(s.get('db_cpu_ms_per_job'), 3)} | {core_text} | {s.get('errors')} |")
+    lines += ["", "Raw service alone: " + ", ".join(
+        f"{c} clients {_fmt(s.get('rate'))} req/s (p50 {_fmt(s.get('latency_p50_ms'), 3)} ms)"
+        for c, s in (result.get("raw") or {}).items()), ""]
+
+    idle = result.get("idle_time_to_result") or {}
+    submit = result.get("submit") or {}
+    lines += ["## Latency and ingest", "",
+              "| measure | figure |", "|---|---|",
+              f"| idle node, submit → result (1 container, poll 1 ms), {idle.get('count')} jobs | "
+              f"p50 {_fmt(idle.get('p50_ms'), 2)} ms, p99 {_fmt(idle.get('p99_ms'), 2)} ms |"]
+    for key, label in (("single_sequential", "single POST, one client at a time (scheduler running)"),
+                       ("api_only_single_sequential", "single POST, one client at a time (API-only node)")):
+        s = submit.get(key) or {}
+        lines.append(f"| {label}, {s.get('count')} POSTs | p50 {_fmt(s.get('p50_ms'), 2)} ms, "
+                     f"p99 {_fmt(s.get('p99_ms'), 2)} ms |")
+    for key, label in (("single_concurrent", "single POSTs, {c} clients (scheduler running)"),
+                       ("batch", "POST /api/jobs/batch of {b}, {c} clients (scheduler running)"),
+                       ("api_only_batch", "POST /api/jobs/batch of {b}, {c} clients (API-only node)")):
+        s = submit.get(key) or {}
+        label = label.format(c=s.get("clients"), b=result["config"].get("batch_size"))
+        lines.append(f"| {label} | {_fmt(s.get('rate'))} jobs/s; request p50 {_fmt(s.get('latency_p50_ms'), 2)}"
+                     f" ms, p99 {_fmt(s.get('latency_p99_ms'), 2)} ms; node CPU "
+                     f"{_fmt(s.get('node_cpu_ms_per_job'), 3)} ms/job; errors {s.get('errors')} |")
+    memory = result.get("memory") or {}
+    lines.append("| node peak RSS (VmHWM) | " + ", ".join(
+        f"{k.replace('_', ' ')} {_fmt(v)} MiB" for k, v in memory.items()) + " |")
+    checks = result.get("checks") or {}
+    lines.append(f"| errors reaching clients (all phases) | {checks.get('client_errors')}; "
+                 f"\"database is locked\" to a client: {checks.get('database_locked_to_clients')}; "
+                 f"503 to a client: {checks.get('database_unavailable_to_clients')}; \"database is locked\" "
+                 f"in the node logs: {checks.get('database_locked_in_logs')}; tracebacks in the node logs: "
+                 f"{checks.get('tracebacks_in_logs')} |")
+    for text, count in (checks.get("error_samples") or {}).items():
+        lines.append(f"| error seen ×{count} | `{text[:150]}` |")
+
+    stored = result.get("stored") or {}
+    if stored:
+        build = stored.get("build", {})
+        lines += ["", f"## {stored.get('jobs', 0):,} jobs stored", "",
+                  f"Generated in {_fmt(stored.get('build_s'))} s ("
+                  + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {_fmt(v)}"
+                              for k, v in build.items() if k.endswith('_s')) + " s); database "
+                  f"{_fmt(build.get('database_mb'))} MiB. The client reading owns {stored.get('client_jobs', 0):,} jobs "
+                  f"({stored.get('client_pending')} pending); {stored.get('pending', 0):,} jobs pending in all. "
+                  "Node started on it with the scheduler off. Sequential requests after 3 warm-up requests.", "",
+                  "| request | n | p50 ms | p99 ms | max ms | body bytes | errors |", "|---|---|---|---|---|---|---|"]
+        for r in (stored.get("reads") or {}).values():
+            lines.append(f"| {r['request']} | {r['count']} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
+                         f"{_fmt(r['max_ms'], 2)} | {_fmt(r.get('body_bytes'))} | {r['errors']} |")
+        plan = stored.get("claim_plan") or {}
+        if plan:
+            execution = plan.get("execution_ms")
+            lines += ["", f"Claim query (`JobStore.claim`, LIMIT 256) on the stored database — uses "
+                      f"`{plan.get('index')}`: **{_fmt(plan.get('uses_index'))}**; as an ordered index scan that "
+                      f"stops at the LIMIT (no sort of every pending row): **{_fmt(plan.get('ordered_index_scan'))}**"
+                      f" (indexes in the plan: {', '.join(plan.get('indexes_used') or []) or 'none'}"
+                      + (f"; execution {execution} ms" if execution is not None else "") + ").",
+                      "", "```sql", plan.get("sql", ""), "```", "", "```", *plan.get("plan", []), "```"]
+
+    profile = result.get("profile") or {}
+    lines += ["", "## Profile of the node (1 container, 32 clients)", ""]
+    if profile.get("top_own"):
+        lines += [f"{profile.get('tool')}, {profile.get('samples')} samples over {profile.get('duration_s')} s "
+                  f"({profile.get('rate')} jobs/s while profiled); files: {', '.join(profile.get('files', []))}.", "",
+                  "Top frames by own time:", "", "| # | frame | samples | % |", "|---|---|---|---|"]
+        for i, row in enumerate(profile["top_own"], 1):
+            lines.append(f"| {i} | `{row['frame']}` | {row['samples']} | {row['percent']} |")
+        lines += ["", "Own time by package:", "", "| package | % |", "|---|---|"]
+        for row in profile.get("own_by_package", []):
+            lines.append(f"| {row['frame']} | {row['percent']} |")
+        lines += ["", "The node's own functions (app/) by total time (own + what they call):", "",
+                  "| function | % |", "|---|---|"]
+        for row in profile.get("top_total_app", []):
+            lines.append(f"| `{row['frame']}` | {row['percent']} |")
+    else:
+        lines.append(f"Not profiled: {profile.get('error', 'run with --profile')}.")
+    return "\n".join(lines) + "\n"
+
+
+def comparison(results: dict[str, dict[str, Any]]) -> str:
+    """SQLite next to PostgreSQL, figure by figure (ratios of one run)."""
+    pg, lite = results["postgresql"], results["sqlite"]
+    rows: list[tuple[str, Any, Any]] = []
+    for chain, by_clients in (pg.get("end_to_end") or {}).items():
+        for clients in by_clients:
+            rows.append((f"e2e jobs/s, {chain} container(s), {clients} clients",
+                         _get(pg, "end_to_end", chain, clients, "rate"),
+                         _get(lite, "end_to_end", chain, clients, "rate")))
+            rows.append((f"node CPU ms/job, {chain} container(s), {clients} clients",
+                         _get(pg, "end_to_end", chain, clients, "node_cpu_ms_per_job"),
+                         _get(lite, "end_to_end", chain, clients, "node_cpu_ms_per_job")))
+    rows += [
+        ("batch ingest jobs/s (scheduler running)", _get(pg, "submit", "batch", "rate"),
+         _get(lite, "submit", "batch", "rate")),
+        ("batch ingest jobs/s (API-only node)", _get(pg, "submit", "api_only_batch", "rate"),
+         _get(lite, "submit", "api_only_batch", "rate")),
+        ("single POST p50 ms", _get(pg, "submit", "single_sequential", "p50_ms"),
+         _get(lite, "submit", "single_sequential", "p50_ms")),
+        ("idle submit → result p50 ms", _get(pg, "idle_time_to_result", "p50_ms"),
+         _get(lite, "idle_time_to_result", "p50_ms")),
+    ]
+    for key in ("get_by_id", "list_one_page", "list_page_1000", "pending", "info"):
+        rows.append((f"stored: {key} p99 ms", _get(pg, "stored", "reads", key, "p99_ms"),
+                     _get(lite, "stored", "reads", key, "p99_ms")))
+    lines = [f"# jobnode benchmark — SQLite against PostgreSQL — {pg['date']}", "",
+             "| figure | PostgreSQL | SQLite | SQLite ÷ PostgreSQL |", "|---|---|---|---|"]
+    for label, a, b in rows:
+        ratio = (b / a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else None
+        lines.append(f"| {label} | {_fmt(a, 2)} | {_fmt(b, 2)} | {_fmt(ratio, 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict[str, Any], directory: Path, stem: str) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    md = directory / f"{stem}.md"
+    js = directory / f"{stem}.json"
+    md.write_text(markdown(result))
+    js.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    return md, js

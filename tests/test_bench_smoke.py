@@ -1,0 +1,45 @@
+"""The benchmark instrument works: a ``--quick`` run on SQLite starts its node and
+service, goes through every phase and writes its report. It measures nothing (the
+figures of a quick run on a shared CI machine mean little); the full benchmark is
+``jobnode bench`` and is not part of the test run (tests/bench/README.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.bench", "--db", "sqlite", "--quick", "--no-profile",
+         "--stored-jobs", "2000", "--results-dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    (report_md,) = tmp_path.glob("*-quick-sqlite.md")
+    (report_json,) = tmp_path.glob("*-quick-sqlite.json")
+    result = json.loads(report_json.read_text())
+    text = report_md.read_text()
+    assert "## End to end" in text and "## Targets" in text
+
+    assert set(result["raw"]) == {"1", "4"}
+    for chain in ("1", "3"):
+        for clients in ("1", "4"):
+            assert result["end_to_end"][chain][clients]["jobs"] > 0, (chain, clients)
+    assert result["idle_time_to_result"]["count"] > 0
+    assert result["submit"]["batch"]["jobs"] > 0 and result["submit"]["api_only_batch"]["jobs"] > 0
+    reads = result["stored"]["reads"]
+    assert {"get_by_id", "list_one_page", "list_page_1000", "pending", "info"} <= set(reads)
+    assert all(r["count"] > 0 for r in reads.values())
+    assert result["stored"]["claim_plan"]["plan"]
+    assert result["memory"]["node_peak_rss_mb"] > 0
+    # SQLite must stay correct under load: its busy error never reaches a client.
+    assert result["checks"]["database_locked_to_clients"] == 0, result["checks"]

@@ -55,7 +55,7 @@ class ServerSettings(_Section):
 
 class DatabaseSettings(_Section):
     url: str = DEFAULT_DATABASE_URL
-    pool_size: int = 10
+    pool_size: int = 20
     connect_timeout: float = 5.0
 
 

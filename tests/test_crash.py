@@ -232,8 +232,12 @@ async def test_postgresql_restart_under_load(pg_fresh_url, database, tmp_path, h
                 assert response.json() == {"error": "Database unavailable"}
         finally:
             _pg_ctl("start")
-        await asyncio.sleep(1)
-        ids += await _submit(node, 50, ["s0"])  # the API recovered without a node restart
+        async with node.client() as http:  # the API recovers by itself, without a node restart
+            for _ in range(100):
+                if (await http.get("/health")).status_code == 200:
+                    break
+                await asyncio.sleep(0.1)
+        ids += await _submit(node, 50, ["s0"])
         results = await _wait_all(node, ids)
     finally:
         node.kill()

@@ -135,8 +135,7 @@ def api_queries() -> dict[str, Select]:
         "list page": queries.client_job_ids(client, None, 42, 100),
         "list pending page": queries.client_job_ids(client, True, 42, 100),
         "cursor": queries.client_job_seq(client, job_id),
-        "by id": queries.client_jobs_by_id(client, [job_id, str(uuid.uuid4())]),
-        "steps": queries.steps_of([job_id, str(uuid.uuid4())]),
+        "results by id": queries.client_results(client, [job_id, str(uuid.uuid4())]),
         "pending counts": queries.unfinished_counts_by_source(),
     }
 

@@ -4,6 +4,12 @@ PostgreSQL gets one pooled engine. SQLite gets two: many readers (WAL lets them 
 beside a writer) and a single writer connection whose transactions start with
 ``BEGIN IMMEDIATE``, so that writes queue in the pool instead of failing with
 "database is locked" halfway through a read-then-write transaction.
+
+Reads run in autocommit: every API read is one statement (a consistent snapshot by
+itself), so a BEGIN/ROLLBACK pair would only add two round trips to each of them.
+The pool has no pre-ping either (one more round trip per checkout): after a database
+restart the first failing statement invalidates the whole pool, that one request gets
+a 503, and the next ones reconnect.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: How long a request may wait for a free pooled connection (busy, not an outage).
+POOL_WAIT_SECONDS = 30.0
 
 
 def _json_dumps(value: Any) -> str:
@@ -37,17 +45,20 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _take_over_begin(engine: AsyncEngine, begin_sql: str) -> None:
-    """SQLAlchemy's documented recipe: let us emit BEGIN instead of the driver."""
+def _take_over_begin(engine: AsyncEngine, begin_sql: str | None) -> None:
+    """SQLAlchemy's documented recipe: let us emit BEGIN instead of the driver
+    (``None``: emit nothing, every statement commits by itself)."""
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, record: Any) -> None:
         dbapi_connection.isolation_level = None
         _sqlite_pragmas(dbapi_connection, record)
 
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql(begin_sql)
+    if begin_sql is not None:
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin_sql)
 
 
 class Database:
@@ -61,20 +72,22 @@ class Database:
             self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, **common)
             _take_over_begin(self.writer, "BEGIN IMMEDIATE")
             self.reader = create_async_engine(self.url, pool_size=pool_size, max_overflow=0, **common)
-            _take_over_begin(self.reader, "BEGIN")
+            _take_over_begin(self.reader, None)
         else:
             connect_args: dict[str, Any] = {}
             if self.url.get_driver_name() == "asyncpg":
                 connect_args = {"timeout": connect_timeout, "command_timeout": 60}
-            self.writer = self.reader = create_async_engine(
+            # A fixed pool: overflow connections would be opened and closed under load, each
+            # paying a connect and re-preparing its statements.
+            self.writer = create_async_engine(
                 self.url,
                 pool_size=pool_size,
-                max_overflow=pool_size,
-                pool_pre_ping=True,
-                pool_timeout=connect_timeout,
+                max_overflow=0,
+                pool_timeout=POOL_WAIT_SECONDS,
                 connect_args=connect_args,
                 **common,
             )
+            self.reader = self.writer.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def is_postgresql(self) -> bool:
@@ -88,11 +101,11 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
-        """A consistent snapshot for a read (one transaction, rolled back on exit)."""
+        """A connection for reads; each statement sees its own snapshot (autocommit)."""
         async with self.reader.connect() as conn:
             yield conn
 
     async def dispose(self) -> None:
         await self.writer.dispose()
-        if self.reader is not self.writer:
+        if self.reader.sync_engine.pool is not self.writer.sync_engine.pool:
             await self.reader.dispose()

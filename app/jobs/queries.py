@@ -37,15 +37,15 @@ def client_job_seq(client: str, job_id: str) -> Select[Any]:
     return select(Job.seq).where(Job.id == job_id, Job.client == client)
 
 
-def client_jobs_by_id(client: str, job_ids: Sequence[str]) -> Select[Any]:
-    return select(Job.id, Job.status, Job.containers).where(Job.id.in_(job_ids), Job.client == client)
-
-
-def steps_of(job_ids: Sequence[str]) -> Select[Any]:
+def client_results(client: str, job_ids: Sequence[str]) -> Select[Any]:
+    """Jobs of this client with their steps, in one statement: one snapshot, so a job's
+    status and its steps always agree."""
     return (
-        select(JobStep.job_id, JobStep.position, JobStep.container, JobStep.output, JobStep.error)
-        .where(JobStep.job_id.in_(job_ids))
-        .order_by(JobStep.job_id, JobStep.position)
+        select(Job.id, Job.status, JobStep.container, JobStep.output, JobStep.error)
+        .select_from(Job)
+        .outerjoin(JobStep, JobStep.job_id == Job.id)
+        .where(Job.id.in_(job_ids), Job.client == client)
+        .order_by(JobStep.position)
     )
 
 

@@ -78,14 +78,16 @@ class JobService:
     async def results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
         """Results in the order asked; ids that are not this client's are left out."""
         unique_ids = list(dict.fromkeys(job_ids))
+        status: dict[str, str] = {}
+        steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         async with self.database.read() as conn:
-            jobs = {row.id: row for row in await conn.execute(queries.client_jobs_by_id(client, unique_ids))}
-            steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
-            if jobs:
-                for step in await conn.execute(queries.steps_of(list(jobs))):
-                    steps[step.job_id].append(step_result(step.container, step.output, step.error))
+            for row in await conn.execute(queries.client_results(client, unique_ids)):
+                job_id = str(row.id)
+                status[job_id] = row.status
+                if row.container is not None:
+                    steps[job_id].append(step_result(row.container, row.output, row.error))
         return [
-            job_result(job_id, jobs[job_id].status, steps[job_id], intermediate) for job_id in job_ids if job_id in jobs
+            job_result(job_id, status[job_id], steps[job_id], intermediate) for job_id in job_ids if job_id in status
         ]
 
     async def job_ids(self, client: str, pending: bool | None, after: str | None, limit: int | None) -> list[str]:

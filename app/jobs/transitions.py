@@ -51,8 +51,15 @@ class JobStore:
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
 
-    def _owned(self, job_id: str) -> Any:
-        return (Job.id == job_id, status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id)
+    def _owned(self, job: ClaimedJob) -> Any:
+        """This very claim of the job: a node that lost the job and claimed it again must not
+        write for its old claim. Every later claim has more attempts, except after an
+        operator's re-queue (attempts back to 0), which moves ``run_after`` (``queued_at``)."""
+        owned = [Job.id == job.id, status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id,
+                 Job.attempts == job.attempts]
+        if job.queued_at is not None:
+            owned.append(Job.run_after == job.queued_at)
+        return owned
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
         """Take up to ``limit`` runnable jobs in one statement.
@@ -109,7 +116,7 @@ class JobStore:
             status = JobStatus.FAILED if error is not None else JobStatus.SUCCESS
             values = {"status": status, "finished_at": now, "lease_owner": None, "lease_expires_at": None}
         async with self.database.write() as conn:
-            result = await conn.execute(update(Job).where(*self._owned(job.id)).values(**values))
+            result = await conn.execute(update(Job).where(*self._owned(job)).values(**values))
             if result.rowcount != 1:
                 raise LeaseLost(job.id)
             await conn.execute(
@@ -155,16 +162,27 @@ class JobStore:
         async with self.database.write() as conn:
             return (await conn.execute(stmt)).rowcount
 
-    async def take_back_orphans(self) -> int:
+    async def take_back_orphans(self, max_attempts: int | None = None) -> int:
         """A node restarted under the same identity re-queues what its previous life was running,
-        without waiting for those leases to expire (the claim it lost still counts)."""
-        stmt = (
-            update(Job)
-            .where(status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id, Job.stream.is_(False))
-            .values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
-        )
+        without waiting for those leases to expire (the claim it lost still counts: with
+        ``max_attempts``, a job that used every attempt fails, as the reaper would fail it)."""
+        now = utcnow()
+        orphans = (status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id, Job.stream.is_(False))
+        failed = 0
         async with self.database.write() as conn:
-            return (await conn.execute(stmt)).rowcount
+            if max_attempts is not None:
+                exhausted = select(Job.id, Job.attempts, Job.containers).where(*orphans, Job.attempts >= max_attempts)
+                for row in (await conn.execute(exhausted)).all():
+                    await conn.execute(
+                        update(Job)
+                        .where(Job.id == row.id)
+                        .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None)
+                    )
+                    reason = f"gave up after {row.attempts} attempts: the node running the job stopped each time"
+                    await self._record_failure(conn, str(row.id), row.containers, reason, now)
+                    failed += 1
+            requeue = update(Job).where(*orphans).values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
+            return failed + (await conn.execute(requeue)).rowcount
 
     async def reap(self, max_attempts: int, batch: int = 100) -> tuple[int, int]:
         """Jobs whose lease expired go back to pending, or fail once they used every attempt.

@@ -18,7 +18,7 @@ from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerStates
 from app.db.models import Job, JobStatus, utcnow
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
-from app.jobs.transitions import ClaimedJob, JobStore
+from app.jobs.transitions import ClaimedJob, JobStore, StepResult
 
 STREAM_ONE_CONTAINER = "Streaming supports one container"
 
@@ -37,7 +37,7 @@ class StreamService:
             raise JobRejected(STREAM_ONE_CONTAINER)
         self.catalog.check(request, client)
         now = utcnow()
-        job = ClaimedJob(str(uuid.uuid4()), request.containers, request.data, request.requires_proof, 1)
+        job = ClaimedJob(str(uuid.uuid4()), request.containers, request.data, request.requires_proof, 1, now)
         async with self.store.database.write() as conn:
             await conn.execute(
                 insert(Job).values(
@@ -72,7 +72,7 @@ class StreamService:
             output = None if error else {"output": b"".join(received).decode("utf-8", errors="replace")}
             # Shielded: a client that disconnects must not leave the job running.
             with contextlib.suppress(Exception):
-                await asyncio.shield(self.store.record_step(job, 0, started, output=output, error=error))
+                await asyncio.shield(self.store.record_step(StepResult(job, 0, started, output, error)))
 
     async def _keep_lease(self, job: ClaimedJob) -> None:
         while True:

@@ -8,11 +8,11 @@ that lost its lease can no longer write anything for that job.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, tuple_, update
 
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, utcnow
@@ -33,7 +33,32 @@ class ClaimedJob:
     requires_proof: bool
     attempts: int
     #: When the job was (re)queued, for the queued-to-started metric; None when unknown.
-    queued_at: datetime | None = None
+    #: When the job was (re)queued (its ``run_after``): part of the claim's identity.
+    queued_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One finished container call, to be committed."""
+
+    job: ClaimedJob
+    position: int
+    started_at: datetime
+    output: Any = None
+    error: str | None = None
+    #: When the call ended (the commit may come a little later, with others).
+    finished_at: datetime = field(default_factory=utcnow)
+
+    @property
+    def claim(self) -> tuple[str, int, datetime]:
+        return self.job.id, self.job.attempts, self.job.queued_at
+
+    @property
+    def ends_job_as(self) -> str | None:
+        """The status the job ends in with this step, or None when the chain goes on."""
+        if self.error is not None:
+            return JobStatus.FAILED
+        return JobStatus.SUCCESS if self.position == len(self.job.containers) - 1 else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,15 +76,16 @@ class JobStore:
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
 
-    def _owned(self, job: ClaimedJob) -> Any:
-        """This very claim of the job: a node that lost the job and claimed it again must not
+    def _owned(self, jobs: list[ClaimedJob]) -> Any:
+        """These very claims of the jobs: a node that lost a job and claimed it again must not
         write for its old claim. Every later claim has more attempts, except after an
         operator's re-queue (attempts back to 0), which moves ``run_after`` (``queued_at``)."""
-        owned = [Job.id == job.id, status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id,
-                 Job.attempts == job.attempts]
-        if job.queued_at is not None:
-            owned.append(Job.run_after == job.queued_at)
-        return owned
+        claims = [(job.id, job.attempts, job.queued_at) for job in jobs]
+        return (
+            tuple_(Job.id, Job.attempts, Job.run_after).in_(claims),
+            status_is(JobStatus.RUNNING),
+            Job.lease_owner == self.node_id,
+        )
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
         """Take up to ``limit`` runnable jobs in one statement.
@@ -99,39 +125,49 @@ class JobStore:
             rows = (await conn.execute(stmt.order_by(JobStep.position))).all()
         return [CommittedStep(r.position, r.output, r.error) for r in rows]
 
-    async def record_step(
-        self,
-        job: ClaimedJob,
-        position: int,
-        started_at: datetime,
-        *,
-        output: Any = None,
-        error: str | None = None,
-    ) -> None:
-        """Commit one step's result; the job finishes in the same transaction when it ends here."""
+    async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
+        """Commit the steps of several jobs in one transaction (group commit).
+
+        Each job finishes in the same transaction when its chain ends with that step. A step
+        of a job this node no longer holds writes nothing and answers ``LeaseLost``.
+        """
         now = utcnow()
-        last = position == len(job.containers) - 1
-        values: dict[str, Any] = {"lease_expires_at": now + self.lease}
-        if error is not None or last:
-            status = JobStatus.FAILED if error is not None else JobStatus.SUCCESS
-            values = {"status": status, "finished_at": now, "lease_owner": None, "lease_expires_at": None}
+        #: The claims written for, not only the jobs: a node holding a stale and a current
+        #: claim of one job (it lost the job and claimed it again) writes for the current one.
+        held: set[tuple[str, int, datetime]] = set()
         async with self.database.write() as conn:
-            result = await conn.execute(update(Job).where(*self._owned(job)).values(**values))
-            if result.rowcount != 1:
-                raise LeaseLost(job.id)
-            await conn.execute(
-                insert(JobStep).values(
-                    job_id=job.id,
-                    position=position,
-                    container=job.containers[position],
-                    output=output,
-                    error=error,
-                    attempt=job.attempts,
-                    node=self.node_id,
-                    started_at=started_at,
-                    finished_at=now,
+            for outcome in {result.ends_job_as for result in results}:
+                values: dict[str, Any] = {"lease_expires_at": now + self.lease}
+                if outcome is not None:
+                    values = {"status": outcome, "finished_at": now, "lease_owner": None, "lease_expires_at": None}
+                jobs = [result.job for result in results if result.ends_job_as == outcome]
+                stmt = update(Job).where(*self._owned(jobs)).values(**values).returning(
+                    Job.id, Job.attempts, Job.run_after
                 )
-            )
+                held.update((str(r.id), r.attempts, r.run_after) for r in await conn.execute(stmt))
+            rows = [
+                {
+                    "job_id": r.job.id,
+                    "position": r.position,
+                    "container": r.job.containers[r.position],
+                    "output": r.output,
+                    "error": r.error,
+                    "attempt": r.job.attempts,
+                    "node": self.node_id,
+                    "started_at": r.started_at,
+                    "finished_at": r.finished_at,
+                }
+                for r in results
+                if r.claim in held
+            ]
+            if rows:
+                await conn.execute(insert(JobStep), rows)
+        return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
+
+    async def record_step(self, result: StepResult) -> None:
+        (lost,) = await self.record_steps([result])
+        if lost is not None:
+            raise lost
 
     async def renew(self, job_ids: list[str]) -> set[str]:
         """Heartbeat: extend the leases of the jobs this node is still running.

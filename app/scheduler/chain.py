@@ -14,7 +14,8 @@ from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
 from app.db.errors import is_database_unavailable
 from app.db.models import utcnow
-from app.jobs.transitions import ClaimedJob, JobStore
+from app.db.batching import GroupCommit
+from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult
 
 log = logging.getLogger("jobnode.scheduler")
 
@@ -27,6 +28,8 @@ class ChainRunner:
         self.store = store
         self.states = states
         self.client = client
+        #: Steps finishing together (many jobs at once) share one transaction.
+        self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
         # Each container's ``concurrency`` bounds the calls in flight to it.
         self._slots = {state.settings.id: asyncio.Semaphore(state.settings.concurrency) for state in states}
 
@@ -55,7 +58,14 @@ class ChainRunner:
         metrics.job_finished(job, "success")
 
     async def _record(self, job: ClaimedJob, position: int, started: datetime, **result: Any) -> None:
-        await self._outlasting_outages(job, lambda: self.store.record_step(job, position, started, **result))
+        step = StepResult(job, position, started, **result)
+
+        async def record() -> None:
+            lost = await self._commit(step)
+            if lost is not None:
+                raise lost
+
+        await self._outlasting_outages(job, record)
 
     async def _outlasting_outages(self, job: ClaimedJob, action: Callable[[], Awaitable[T]]) -> T:
         """Wait out a database outage rather than give the job up (or call a container again).

@@ -113,7 +113,12 @@ async def serve_node(settings: Settings) -> AsyncIterator[RunningNode]:
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:
         if task.done():
-            task.result()
+            # uvicorn exits the process (SystemExit) when start-up fails: keep that a plain
+            # test error, or it takes the event loop of every later test down with it.
+            try:
+                task.result()
+            except SystemExit as exc:
+                raise RuntimeError(f"node start-up failed (uvicorn exit {exc.code})") from None
             raise RuntimeError("node did not start")
         await asyncio.sleep(0.01)
     try:

@@ -26,15 +26,24 @@ class LeaseLost(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class CommittedStep:
+    position: int
+    output: Any
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimedJob:
     id: str
     containers: list[str]
     input: dict[str, Any]
     requires_proof: bool
     attempts: int
-    #: When the job was (re)queued, for the queued-to-started metric; None when unknown.
-    #: When the job was (re)queued (its ``run_after``): part of the claim's identity.
+    #: When the job was (re)queued (its ``run_after``): part of the claim's identity,
+    #: and the start of its queued-to-started time.
     queued_at: datetime
+    #: Steps committed before this claim (a resumed job continues after them).
+    steps: tuple[CommittedStep, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +70,6 @@ class StepResult:
         return JobStatus.SUCCESS if self.position == len(self.job.containers) - 1 else None
 
 
-@dataclass(frozen=True, slots=True)
-class CommittedStep:
-    position: int
-    output: Any
-    error: str | None
-
-
 class JobStore:
     """The scheduler's side of the database, for one node identity."""
 
@@ -88,11 +90,12 @@ class JobStore:
         )
 
     async def claim(self, limit: int) -> list[ClaimedJob]:
-        """Take up to ``limit`` runnable jobs in one statement.
+        """Take up to ``limit`` runnable jobs in one statement, with their committed steps.
 
         The candidates are locked in a CTE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so
         that the LIMIT is applied once; on SQLite the writer's ``BEGIN IMMEDIATE``
-        serialises claims instead.
+        serialises claims instead. The steps of all claimed jobs come in one more query,
+        so that a resumed job knows where to continue without a read of its own.
         """
         now = utcnow()
         candidates = (
@@ -115,15 +118,24 @@ class JobStore:
             )
             .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after)
         )
+        steps: dict[str, list[CommittedStep]] = {}
         async with self.database.write() as conn:
             rows = (await conn.execute(stmt)).all()
-        return [ClaimedJob(str(r.id), r.containers, r.input, r.requires_proof, r.attempts, r.run_after) for r in rows]
-
-    async def committed_steps(self, job_id: str) -> list[CommittedStep]:
-        stmt = select(JobStep.position, JobStep.output, JobStep.error).where(JobStep.job_id == job_id)
-        async with self.database.read() as conn:
-            rows = (await conn.execute(stmt.order_by(JobStep.position))).all()
-        return [CommittedStep(r.position, r.output, r.error) for r in rows]
+            if rows:
+                committed = (
+                    select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
+                    .where(JobStep.job_id.in_([r.id for r in rows]))
+                    .order_by(JobStep.position)
+                )
+                for step in await conn.execute(committed):
+                    steps.setdefault(str(step.job_id), []).append(
+                        CommittedStep(step.position, step.output, step.error)
+                    )
+        return [
+            ClaimedJob(str(r.id), r.containers, r.input, r.requires_proof, r.attempts, r.run_after,
+                       tuple(steps.get(str(r.id), ())))
+            for r in rows
+        ]
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
         """Commit the steps of several jobs in one transaction (group commit).

@@ -35,9 +35,8 @@ class ChainRunner:
 
     async def run(self, job: ClaimedJob) -> None:
         """Raises ``LeaseLost`` when another node (or a cancel) took the job over."""
-        steps = await self._outlasting_outages(job, lambda: self.store.committed_steps(job.id))
-        data: Any = steps[-1].output if steps else job.input
-        for position in range(len(steps), len(job.containers)):
+        data: Any = job.steps[-1].output if job.steps else job.input
+        for position in range(len(job.steps), len(job.containers)):
             container_id = job.containers[position]
             state = self.states.get(container_id)
             started = utcnow()

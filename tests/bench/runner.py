@@ -87,7 +87,7 @@ class Options:
             options.profile_duration = 1.0
             options.idle_jobs, options.single_posts = 20, 50
             options.submit_clients, options.batch_clients, options.batch_size = 4, 2, 100
-            options.ingest_duration = 0.5
+            options.ingest_duration = 2.0
             options.read_samples, options.read_time_limit = 20, 5.0
         if stored_jobs is not None:
             options.stored_jobs = stored_jobs

@@ -49,7 +49,7 @@ class Scheduler:
         self._stopping = False
 
     async def start(self) -> None:
-        taken = await self.store.take_back_orphans()
+        taken = await self.store.take_back_orphans(self.config.max_attempts)
         if taken:
             log.info("took back %d jobs this node was running before it restarted", taken)
             metrics.jobs_rescued(taken_back=taken)

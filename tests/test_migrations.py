@@ -8,6 +8,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from sqlalchemy.sql import Select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Base
-from app.jobs import queries
+from app.jobs import queries, transitions
 from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
 
@@ -137,6 +138,7 @@ def api_queries() -> dict[str, Select]:
         "cursor": queries.client_job_seq(client, job_id),
         "results by id": queries.client_results(client, [job_id, str(uuid.uuid4())]),
         "pending counts": queries.unfinished_counts_by_source(),
+        "prune batch": transitions.prunable(datetime.now(UTC), 500),
     }
 
 

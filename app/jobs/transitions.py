@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, tuple_, update
+from sqlalchemy import Select, delete, func, insert, select, tuple_, update
 
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, utcnow
@@ -68,6 +68,16 @@ class StepResult:
         if self.error is not None:
             return JobStatus.FAILED
         return JobStatus.SUCCESS if self.position == len(self.job.containers) - 1 else None
+
+
+def prunable(older_than: datetime, batch: int) -> Select[Any]:
+    """The oldest finished jobs, read through ``ix_jobs_finished_at``: pruning never scans."""
+    return (
+        select(Job.seq)
+        .where(Job.finished_at.is_not(None), Job.finished_at < older_than)
+        .order_by(Job.finished_at)
+        .limit(batch)
+    )
 
 
 class JobStore:
@@ -320,12 +330,6 @@ class JobStore:
 
     async def prune(self, older_than: datetime, batch: int = 500) -> int:
         """Delete one small batch of finished jobs (steps go with them by cascade)."""
-        victims = (
-            select(Job.seq)
-            .where(Job.finished_at.is_not(None), Job.finished_at < older_than)
-            .order_by(Job.finished_at)
-            .limit(batch)
-            .scalar_subquery()
-        )
+        victims = prunable(older_than, batch).scalar_subquery()
         async with self.database.write() as conn:
             return (await conn.execute(delete(Job).where(Job.seq.in_(victims)))).rowcount

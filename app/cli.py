@@ -383,20 +383,5 @@ def bench(ctx: click.Context) -> None:
     command.main(args=ctx.args, prog_name="jobnode bench")
 
 
-@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
-@click.pass_context
-def bench(ctx: click.Context) -> None:
-    """Run the benchmark (tests/bench; --help there). Needs the source tree."""
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "tests" / "bench").is_dir():
-        raise click.ClickException(f"the benchmark lives in the source tree (tests/bench), not found under {root}")
-    sys.path.insert(0, str(root))
-    from tests.bench.cli import bench as command
-
-    command.main(args=ctx.args, prog_name="jobnode bench")
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 
-from app.db import migrate
-from app.db.engine import Database
 from tests.support import (
+    migrated,
     HostService,
     RunningNode,
     create_pg_database,
@@ -25,14 +24,6 @@ from tests.support import (
 BACKENDS = ["sqlite", "postgresql"]
 
 
-async def _migrated(url: str) -> None:
-    database = Database(url)
-    try:
-        await migrate.upgrade(database)
-    finally:
-        await database.dispose()
-
-
 @pytest.fixture(scope="session")
 def postgresql_url() -> Iterator[str]:
     """One fresh PostgreSQL database for the whole run, dropped at the end."""
@@ -41,7 +32,7 @@ def postgresql_url() -> Iterator[str]:
     except Exception as exc:  # noqa: BLE001
         unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
     try:
-        asyncio.run(_migrated(url))
+        asyncio.run(migrated(url))
         yield url
     finally:
         asyncio.run(drop_pg_database(url))
@@ -50,7 +41,7 @@ def postgresql_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('sqlite') / 'jobnode.db'}"
-    asyncio.run(_migrated(url))
+    asyncio.run(migrated(url))
     return url
 
 

@@ -44,11 +44,11 @@ def _asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-async def create_pg_database(admin_url: str = PG_ADMIN_URL) -> str:
+async def create_pg_database(admin_url: str = PG_ADMIN_URL, prefix: str = "jobnode_test") -> str:
     """A fresh database for this test run; returns its SQLAlchemy URL."""
     import asyncpg
 
-    name = f"jobnode_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(_asyncpg_dsn(admin_url), timeout=5)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -66,6 +66,18 @@ async def drop_pg_database(url: str, admin_url: str = PG_ADMIN_URL) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+async def migrated(url: str) -> None:
+    """Apply every migration to the database at ``url``."""
+    from app.db import migrate
+    from app.db.engine import Database
+
+    database = Database(url)
+    try:
+        await migrate.upgrade(database)
+    finally:
+        await database.dispose()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

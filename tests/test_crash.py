@@ -24,12 +24,7 @@ from tests.support import NodeProcess, create_pg_database, drop_pg_database, una
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own: nodes claim any pending job, so nothing is shared."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'crash.db'}"
-        return
+def _fresh_pg_url() -> Iterator[str]:
     try:
         url = asyncio.run(create_pg_database())
     except Exception as exc:  # noqa: BLE001
@@ -38,12 +33,38 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     asyncio.run(drop_pg_database(url))
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database of this test's own: nodes claim any pending job, so nothing is shared."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'crash.db'}"
+    else:
+        yield from _fresh_pg_url()
+
+
 @pytest.fixture
-async def database(fresh_url: str) -> AsyncIterator[Database]:
-    db = Database(fresh_url)
+def pg_fresh_url() -> Iterator[str]:
+    """Several nodes share PostgreSQL only (SQLite serves one node)."""
+    yield from _fresh_pg_url()
+
+
+async def _open(url: str) -> AsyncIterator[Database]:
+    db = Database(url)
     await migrate.upgrade(db)
     yield db
     await db.dispose()
+
+
+@pytest.fixture
+async def database(fresh_url: str) -> AsyncIterator[Database]:
+    async for db in _open(fresh_url):
+        yield db
+
+
+@pytest.fixture
+async def pg_database(pg_fresh_url: str) -> AsyncIterator[Database]:
+    async for db in _open(pg_fresh_url):
+        yield db
 
 
 def _config(url: str, services: list[Any], **scheduler: Any) -> dict[str, Any]:
@@ -154,14 +175,7 @@ async def test_sigterm_hands_jobs_back_and_exits_within_grace(fresh_url, databas
     assert all(calls.get(str(i)) == 1 for i in range(40)), "a step that finished before SIGTERM ran again"
 
 
-@pytest.fixture
-def pg_fresh_url(fresh_url: str) -> str:
-    if not fresh_url.startswith("postgresql"):
-        pytest.skip("several nodes share PostgreSQL only")
-    return fresh_url
-
-
-async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, database, tmp_path, host_service):
+async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, pg_database, tmp_path, host_service):
     services = [host_service("count") for _ in range(2)]
     config = _config(pg_fresh_url, services)
     nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"n{k}"}}, f"n{k}")
@@ -179,13 +193,13 @@ async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, database, t
     assert {r["status"] for r in results.values()} == {"success"}
     for service in services:
         assert service.calls() == {str(i): 1 for i in range(2000)}
-    async with database.read() as conn:
+    async with pg_database.read() as conn:
         by_node = dict((await conn.execute(select(JobStep.node, func.count()).group_by(JobStep.node))).all())
     assert set(by_node) == {"n0", "n1", "n2"}, f"work not spread: {by_node}"
-    assert await migrate.current_revision(database) == migrate.head_revision()
+    assert await migrate.current_revision(pg_database) == migrate.head_revision()
 
 
-async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, database, tmp_path, host_service):
+async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, pg_database, tmp_path, host_service):
     services = [host_service("count", DELAY=0.005) for _ in range(2)]
     config = _config(pg_fresh_url, services, lease_seconds=2)
     nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"k{k}"}}, f"k{k}")
@@ -194,9 +208,9 @@ async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, database, tmp
         for node in nodes:
             node.start()
         ids = await _submit(nodes[0], 400, ["s0", "s1"])
-        await _wait_progress(database, 50)
+        await _wait_progress(pg_database, 50)
         nodes[1].kill()
-        committed = await _committed_steps(database)
+        committed = await _committed_steps(pg_database)
         results = await _wait_all(nodes[0], ids, timeout=120)
     finally:
         for node in nodes:
@@ -211,7 +225,7 @@ def _pg_ctl(action: str) -> None:
                    capture_output=True, timeout=60)
 
 
-async def test_postgresql_restart_under_load(pg_fresh_url, database, tmp_path, host_service):
+async def test_postgresql_restart_under_load(pg_fresh_url, pg_database, tmp_path, host_service):
     if subprocess.run(["which", "pg_ctlcluster"], capture_output=True).returncode != 0:
         unavailable("pg_ctlcluster", "cannot restart the PostgreSQL server from this test")
     services = [host_service("count", DELAY=0.01)]

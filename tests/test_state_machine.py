@@ -54,7 +54,7 @@ from app.db.signal import JobSignal
 from app.jobs.requests import ContainerCatalog, JobRequest
 from app.jobs.service import JobService
 from app.jobs.transitions import CANCELLED_ERROR, ClaimedJob, JobStore, LeaseLost, StepResult
-from tests.support import create_pg_database, drop_pg_database, node_settings
+from tests.support import create_pg_database, drop_pg_database, migrated, node_settings
 
 NODES = ("node-a", "node-b", "node-c")
 CONTAINERS = ("c0", "c1", "c2")
@@ -547,14 +547,6 @@ async def run_example(backend: Backend, ops: list[tuple[Any, ...]]) -> None:
                 Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-async def _migrated(url: str) -> None:
-    database = Database(url)
-    try:
-        await migrate.upgrade(database)
-    finally:
-        await database.dispose()
-
-
 @pytest.fixture
 def backend(database_url: str, tmp_path: Path) -> Iterator[Backend]:
     """``database_url`` picks the backend (and skips, or fails in CI, when PostgreSQL is
@@ -564,7 +556,7 @@ def backend(database_url: str, tmp_path: Path) -> Iterator[Backend]:
         return
     pg_url = asyncio.run(create_pg_database())
     try:
-        asyncio.run(_migrated(pg_url))
+        asyncio.run(migrated(pg_url))
         yield Backend("postgresql", tmp_path, pg_url)
     finally:
         asyncio.run(drop_pg_database(pg_url))

@@ -15,16 +15,16 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from tests import support
+
 ROOT = Path(__file__).resolve().parents[2]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-PG_ADMIN_URL = os.environ.get("JOBNODE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_URL = support.PG_ADMIN_URL
 
 
 def free_port() -> int:
@@ -227,26 +227,11 @@ def asyncpg_dsn(url: str) -> str:
 
 
 async def create_pg_database(prefix: str = "jobnode_bench", admin_url: str = PG_ADMIN_URL) -> str:
-    import asyncpg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(asyncpg_dsn(admin_url), timeout=5)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    return admin_url.rsplit("/", 1)[0] + "/" + name
+    return await support.create_pg_database(admin_url, prefix)
 
 
 async def drop_pg_database(url: str, admin_url: str = PG_ADMIN_URL) -> None:
-    import asyncpg
-
-    name = url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(asyncpg_dsn(admin_url), timeout=5)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await support.drop_pg_database(url, admin_url)
 
 
 async def pg_version(url: str) -> str:

@@ -25,7 +25,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from app.db import migrate
 from app.db.engine import Database
 from tests.bench import load, profile, report, stored
 from tests.bench.http import Connection
@@ -41,6 +40,7 @@ from tests.bench.procs import (
     sqlite_url,
 )
 from tests.bench.raw import measure_raw
+from tests.support import migrated
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -130,14 +130,6 @@ async def _drop(db: str, url: str) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-async def _migrate(url: str) -> None:
-    database = Database(url)
-    try:
-        await migrate.upgrade(database)
-    finally:
-        await database.dispose()
-
-
 def _log_count(node: NodeProcess, needle: str) -> int:
     return node.log().lower().count(needle.lower())
 
@@ -207,7 +199,7 @@ class DatabaseRun:
     async def _node_phases(self, service: EchoService) -> None:
         o = self.o
         url = await _database_url(self.db, self.workdir, "e2e")
-        await _migrate(url)
+        await migrated(url)
         try:
             if self.db == "postgresql":
                 self.result["machine"]["database_version"] = f"PostgreSQL {await pg_version(url)}"
@@ -356,7 +348,7 @@ class DatabaseRun:
         info: dict[str, Any] = {"jobs": layout.total, "pending": layout.pending}
         self.result["stored"] = info
         try:
-            await _migrate(url)
+            await migrated(url)
             say(f"{self.db}: generating {layout.total:,} stored jobs")
             started = time.monotonic()
             if self.db == "postgresql":

@@ -48,7 +48,6 @@ class ServerSettings(_Section):
     max_batch: int = 1000
     max_ids: int = 1000
     operator_token: str | None = None
-    workers: int = 1
     #: Where managed containers (and unmanaged ones without a ``url``) are reached.
     container_host: str = "127.0.0.1"
 
@@ -186,7 +185,7 @@ def _validate_numbers(settings: Settings) -> None:
     server, scheduler = settings.server, settings.scheduler
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port")
-    for key in ("max_body_bytes", "max_batch", "max_ids", "workers"):
+    for key in ("max_body_bytes", "max_batch", "max_ids"):
         _positive(getattr(server, key), f"server.{key}")
     if server.rate_limit is not None:
         _positive(server.rate_limit.num_requests, "server.rate_limit.num_requests")

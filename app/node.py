@@ -44,7 +44,7 @@ class Node:
             pool_size=settings.database.pool_size,
             connect_timeout=settings.database.connect_timeout,
         )
-        self.signal = JobSignal()
+        self.signal = JobSignal(settings.node_id)
         self.containers = ContainerStates(settings)
         self.client = ContainerClient()
         catalog = ContainerCatalog(settings)

@@ -59,8 +59,9 @@ class NodeConnection:
                 self._leader = False
         return self._leader
 
-    def _on_notify(self, *_: Any) -> None:
-        self.signal.notify()
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, sender: str) -> None:
+        if sender != self.signal.sender:
+            self.signal.notify()
 
     async def _keep_connected(self) -> None:
         while True:

@@ -16,8 +16,11 @@ CHANNEL = "jobnode_jobs"
 
 
 class JobSignal:
-    def __init__(self) -> None:
+    def __init__(self, sender: str = "") -> None:
         self._event = asyncio.Event()
+        #: Sent as the NOTIFY payload, so that a node ignores its own notifications: it
+        #: was already woken in-process.
+        self.sender = sender
 
     def notify(self) -> None:
         """Work may be waiting: jobs were added, or a busy scheduler freed a slot."""
@@ -26,7 +29,7 @@ class JobSignal:
     async def notify_other_nodes(self, conn: AsyncConnection) -> None:
         """Call inside the inserting transaction; a no-op off PostgreSQL."""
         if conn.dialect.name == "postgresql":
-            await conn.execute(select(func.pg_notify(CHANNEL, "")))
+            await conn.execute(select(func.pg_notify(CHANNEL, self.sender)))
 
     async def wait(self, timeout: float) -> bool:
         """Block until notified or ``timeout`` passed; True when notified."""

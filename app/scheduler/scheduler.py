@@ -47,6 +47,7 @@ class Scheduler:
         self.running: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._full = False
 
     async def start(self) -> None:
         taken = await self.store.take_back_orphans(self.config.max_attempts)
@@ -94,8 +95,11 @@ class Scheduler:
                     continue
             for job in claimed:
                 self._spawn(job)
-            if claimed and len(claimed) == free:
-                continue  # there may be more: claim again once capacity frees up
+            # Full: more may be waiting, so a finishing job wakes this loop; otherwise only
+            # new jobs (or the poll) do, and finishing jobs cost no empty claims.
+            self._full = free <= 0 or len(claimed) == free
+            if claimed and self._full:
+                continue
             await self.signal.wait(self.config.poll_interval)
 
     def _spawn(self, job: ClaimedJob) -> None:
@@ -120,7 +124,8 @@ class Scheduler:
                 log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id, "container": None})
         finally:
             self.running.pop(job.id, None)
-            self.signal.notify()
+            if self._full:
+                self.signal.notify()
 
     async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
         while True:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import click
 
 from app.config import ConfigError, Settings, load_settings
+from app.formatting import duration
 from app.logging import configure_logging
 
 T = TypeVar("T")
@@ -85,22 +86,31 @@ def db() -> None:
     """Database schema (Alembic)."""
 
 
+def _on_database(config_path: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``action(database)`` on the configured database, closing it afterwards."""
+    from app.db.engine import Database
+
+    async def run() -> T:
+        database = Database(_settings(config_path).database.url)
+        try:
+            return await action(database)
+        finally:
+            await database.dispose()
+
+    return asyncio.run(run())
+
+
 @db.command()
 @config_option
 def upgrade(config_path: str | None) -> None:
     """Apply every migration."""
     from app.db import migrate
-    from app.db.engine import Database
 
-    async def run() -> str | None:
-        database = Database(_settings(config_path).database.url)
-        try:
-            await migrate.upgrade(database)
-            return await migrate.current_revision(database)
-        finally:
-            await database.dispose()
+    async def run(database: Any) -> str | None:
+        await migrate.upgrade(database)
+        return await migrate.current_revision(database)
 
-    click.echo(f"database at revision {asyncio.run(run())}")
+    click.echo(f"database at revision {_on_database(config_path, run)}")
 
 
 @db.command()
@@ -108,16 +118,9 @@ def upgrade(config_path: str | None) -> None:
 def current(config_path: str | None) -> None:
     """Show the database's revision and the code's head."""
     from app.db import migrate
-    from app.db.engine import Database
 
-    async def run() -> str | None:
-        database = Database(_settings(config_path).database.url)
-        try:
-            return await migrate.current_revision(database)
-        finally:
-            await database.dispose()
-
-    click.echo(f"database: {asyncio.run(run())}  code head: {migrate.head_revision()}")
+    revision = _on_database(config_path, migrate.current_revision)
+    click.echo(f"database: {revision}  code head: {migrate.head_revision()}")
 
 
 # -- operators: jobs and the queue, against the database straight -----------------------
@@ -142,18 +145,6 @@ def _short(text: str | None, width: int = 60) -> str:
 
 def _when(iso: str | None) -> str:
     return iso[:19].replace("T", " ") if iso else ""
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awaitable[T]]) -> T:
@@ -244,7 +235,7 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
         ("containers", " -> ".join(detail["containers"])), ("attempts", detail["attempts"]),
         ("node", detail["node"] or "-"), ("created", _when(detail["created_at"])),
         ("started", _when(detail["started_at"]) or "-"), ("finished", _when(detail["finished_at"]) or "-"),
-        ("queued for", _age(detail["queued_seconds"])), ("ran for", _age(detail["duration_seconds"])),
+        ("queued for", duration(detail["queued_seconds"])), ("ran for", duration(detail["duration_seconds"])),
         ("input", json.dumps(detail["input"])),
     ]
     width = max(len(k) for k, _ in fields)
@@ -258,7 +249,7 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
         ["#", "CONTAINER", "RESULT", "DURATION", "ATTEMPT", "NODE"],
         [[s["position"], s["container"],
           _short(f"error: {s['error']}" if s["error"] is not None else json.dumps(s["output"]), 70),
-          _age(s["duration_seconds"]), s["attempt"], s["node"] or ""] for s in detail["steps"]],
+          duration(s["duration_seconds"]), s["attempt"], s["node"] or ""] for s in detail["steps"]],
     ))
 
 
@@ -326,7 +317,7 @@ def containers(url: str, token: str | None) -> None:
     click.echo(_table(
         ["CONTAINER", "STATE", "IN FLIGHT", "DONE", "FAILED", "RESTARTS", "MEAN", "P95", "LAST ERROR"],
         [[c["id"], c["state"], f"{c['in_flight']}/{c['concurrency']}", c["done"], c["failed"], c["restarts"],
-          _age(c["mean_seconds"]), _age(c["p95_seconds"]), _short(c["last_error"], 50)] for c in body],
+          duration(c["mean_seconds"]), duration(c["p95_seconds"]), _short(c["last_error"], 50)] for c in body],
     ))
 
 
@@ -338,7 +329,7 @@ def stats(config_path: str | None) -> None:
     click.echo(_table(["STATE", "JOBS"], [[state, count] for state, count in numbers["jobs"].items()]))
     click.echo("")
     click.echo(f"queue depth             {numbers['queue_depth']}")
-    oldest = _age(numbers["oldest_pending_seconds"]) if numbers["queue_depth"] else "-"
+    oldest = duration(numbers["oldest_pending_seconds"]) if numbers["queue_depth"] else "-"
     click.echo(f"oldest pending          {oldest}")
     click.echo(f"finished, last minute   {numbers['finished_last_minute']} jobs/min")
 

@@ -11,6 +11,8 @@ import html
 from datetime import datetime
 from typing import Any
 
+from app.formatting import duration
+
 REFRESH_MS = 2000
 
 
@@ -25,15 +27,7 @@ def clock(iso: str | None) -> str:
 
 
 def seconds(value: float | None) -> str:
-    if value is None:
-        return "–"
-    if value < 1:
-        return f"{value * 1000:.0f} ms"
-    if value < 120:
-        return f"{value:.1f} s"
-    if value < 7200:
-        return f"{value / 60:.1f} min"
-    return f"{value / 3600:.1f} h"
+    return duration(value, missing="–")
 
 
 def _badge(status: str) -> str:

@@ -263,13 +263,16 @@ def build_sqlite(path: Path, layout: Layout, log: Any = print) -> dict[str, floa
             f"{_sqlite_time(f'{base_us} + i * {spacing_us}')} AS ts FROM s) "
             f"INSERT INTO jobs ({', '.join(names)}) SELECT {', '.join(expressions)} FROM g"
         )
-        started = time.monotonic()
-        chunk = 1_000_000
-        for lo in range(1, layout.total + 1, chunk):
-            conn.execute("BEGIN")
-            conn.execute(insert_jobs, (lo, min(layout.total, lo + chunk - 1)))
-            conn.execute("COMMIT")
-        timings["insert_jobs_s"] = time.monotonic() - started
+        def in_chunks(sql: str, chunk: int = 1_000_000) -> float:
+            """Run ``sql`` over seq ranges of ``chunk`` rows, one transaction each; seconds taken."""
+            started = time.monotonic()
+            for lo in range(1, layout.total + 1, chunk):
+                conn.execute("BEGIN")
+                conn.execute(sql, (lo, min(layout.total, lo + chunk - 1)))
+                conn.execute("COMMIT")
+            return time.monotonic() - started
+
+        timings["insert_jobs_s"] = in_chunks(insert_jobs)
         log(f"    {layout.total:,} jobs inserted in {timings['insert_jobs_s']:.1f} s")
 
         step_names, step_expressions = _columns_for(JobStep.__table__, _step_columns("sqlite"))
@@ -277,12 +280,7 @@ def build_sqlite(path: Path, layout: Layout, log: Any = print) -> dict[str, floa
             f"INSERT INTO job_steps ({', '.join(step_names)}) SELECT {', '.join(step_expressions)} "
             f"FROM jobs j WHERE j.seq BETWEEN ? AND ? AND j.status <> 'pending' ORDER BY j.seq"
         )
-        started = time.monotonic()
-        for lo in range(1, layout.total + 1, chunk):
-            conn.execute("BEGIN")
-            conn.execute(insert_steps, (lo, min(layout.total, lo + chunk - 1)))
-            conn.execute("COMMIT")
-        timings["insert_steps_s"] = time.monotonic() - started
+        timings["insert_steps_s"] = in_chunks(insert_steps)
         log(f"    steps inserted in {timings['insert_steps_s']:.1f} s")
 
         started = time.monotonic()

@@ -16,16 +16,6 @@ class JobId(msgspec.Struct):
     id: str
 
 
-class ContainerOutput(msgspec.Struct):
-    container: str
-    output: Any
-
-
-class ContainerError(msgspec.Struct):
-    container: str
-    error: str
-
-
 class JobResult(msgspec.Struct):
     id: str
     status: str

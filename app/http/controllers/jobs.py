@@ -9,8 +9,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from litestar.di import NamedDependency
 from litestar import Controller, MediaType, Request, get, post
+from litestar.di import NamedDependency
 from litestar.datastructures import MultiDict
 
 from app.config import ServerSettings

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar.di import NamedDependency
 from litestar import Controller, MediaType, Response, get
+from litestar.di import NamedDependency
 from litestar.openapi import ResponseSpec
 
 from app import __version__
 from app.containers.state import ContainerStates
 from app.http.openapi import DATABASE, RATE_LIMITED, errors
-from app.http.structs import Health, NodeInfo
+from app.http.structs import ChainInfo, ContainerInfo, Health, NodeInfo, PendingCounts
 from app.jobs.service import JobService
 
 
@@ -32,21 +32,14 @@ class NodeController(Controller):
 
     @get("/info", media_type=MediaType.JSON, summary="Ready containers and pending job counts",
          responses=errors(RATE_LIMITED, DATABASE))
-    async def info(self, jobs: NamedDependency[JobService], containers: NamedDependency[ContainerStates]) -> dict[str, Any]:
+    async def info(self, jobs: NamedDependency[JobService], containers: NamedDependency[ContainerStates]) -> NodeInfo:
         pending = await jobs.pending_counts()
-        return {
-            "version": __version__,
-            "containers": [
-                {
-                    "id": s.settings.id,
-                    "image": s.settings.image,
-                    "external": s.settings.external,
-                    "description": s.settings.description,
-                }
+        return NodeInfo(
+            version=__version__,
+            containers=[
+                ContainerInfo(s.settings.id, s.settings.image, s.settings.external, s.settings.description)
                 for s in containers.ready()
             ],
-            "pending": pending,
-            "chain": {"enabled": False, "address": ""},
-        }
-
-    info.__annotations__["return"] = NodeInfo
+            pending=PendingCounts(**pending),
+            chain=ChainInfo(enabled=False, address=""),
+        )

@@ -152,6 +152,7 @@ async def make_unreachable(node: RunningNode, tmp_path: Path) -> None:
     )
     unreachable = Database(url, connect_timeout=2)
     database.writer, database.reader = unreachable.writer, unreachable.reader
+    database.direct_pool = unreachable.direct_pool
 
 
 async def test_database_unavailable_is_503(node, database_url, client_address, tmp_path):

@@ -10,6 +10,10 @@ itself), so a BEGIN/ROLLBACK pair would only add two round trips to each of them
 The pool has no pre-ping either (one more round trip per checkout): after a database
 restart the first failing statement invalidates the whole pool, that one request gets
 a 503, and the next ones reconnect.
+
+The hot statements (``direct_read``/``direct_write``) run on PostgreSQL through an
+asyncpg pool of ``pool_size`` connections (``app.db.direct``); SQLAlchemy's pool, for
+everything else, is kept small.
 """
 
 from __future__ import annotations
@@ -23,13 +27,13 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from app.db.direct import AsyncpgPool, DirectConnection, json_dumps, wrap
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: SQLAlchemy's connections on PostgreSQL: operator reads, maintenance, migrations.
+PG_COLD_POOL_SIZE = 4
 #: How long a request may wait for a free pooled connection (busy, not an outage).
 POOL_WAIT_SECONDS = 30.0
-
-
-def _json_dumps(value: Any) -> str:
-    return msgspec.json.encode(value).decode()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -67,7 +71,8 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
-        common: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": msgspec.json.decode}
+        common: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": msgspec.json.decode}
+        self.direct_pool: AsyncpgPool | None = None
         if self.dialect == "sqlite":
             self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, **common)
             _take_over_begin(self.writer, "BEGIN IMMEDIATE")
@@ -79,6 +84,9 @@ class Database:
                 connect_args = {"timeout": connect_timeout, "command_timeout": 60}
             # A fixed pool: overflow connections would be opened and closed under load, each
             # paying a connect and re-preparing its statements.
+            if self.url.get_driver_name() == "asyncpg":
+                self.direct_pool = AsyncpgPool(self.url, pool_size, connect_timeout, POOL_WAIT_SECONDS)
+                pool_size = min(pool_size, PG_COLD_POOL_SIZE)
             self.writer = create_async_engine(
                 self.url,
                 pool_size=pool_size,
@@ -105,7 +113,31 @@ class Database:
         async with self.reader.connect() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def direct_read(self) -> AsyncIterator[DirectConnection]:
+        """A connection for the hot reads (autocommit, like ``read``)."""
+        if self.direct_pool is not None:
+            async with self.direct_pool.read() as direct:
+                yield direct
+        else:
+            async with self.read() as conn:
+                yield wrap(conn)
+
+    @asynccontextmanager
+    async def direct_write(self, *, durable: bool = True) -> AsyncIterator[DirectConnection]:
+        """One write transaction for the hot writes. ``durable=False`` commits without
+        waiting for the WAL flush (PostgreSQL): for writes whose loss in a crash is harmless
+        because a crash voids them anyway (claims, lease renewals)."""
+        if self.direct_pool is not None:
+            async with self.direct_pool.write(durable) as direct:
+                yield direct
+        else:
+            async with self.write() as conn:
+                yield wrap(conn)
+
     async def dispose(self) -> None:
+        if self.direct_pool is not None:
+            await self.direct_pool.close()
         await self.writer.dispose()
         if self.reader.sync_engine.pool is not self.writer.sync_engine.pool:
             await self.reader.dispose()

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import bindparam, func, select
+
+from app.db.direct import DirectConnection, Statement
 
 CHANNEL = "jobnode_jobs"
+_NOTIFY = Statement(select(func.pg_notify(CHANNEL, bindparam("sender"))))
 
 
 class JobSignal:
@@ -26,10 +28,10 @@ class JobSignal:
         """Work may be waiting: jobs were added, or a busy scheduler freed a slot."""
         self._event.set()
 
-    async def notify_other_nodes(self, conn: AsyncConnection) -> None:
+    async def notify_other_nodes(self, conn: DirectConnection) -> None:
         """Call inside the inserting transaction; a no-op off PostgreSQL."""
-        if conn.dialect.name == "postgresql":
-            await conn.execute(select(func.pg_notify(CHANNEL, self.sender)))
+        if conn.postgresql:
+            await conn.execute(_NOTIFY, {"sender": self.sender})
 
     async def wait(self, timeout: float) -> bool:
         """Block until notified or ``timeout`` passed; True when notified."""

@@ -16,7 +16,7 @@ from app import __version__
 from app.config import ServerSettings, parse_networks
 from app.http.client import ClientIdentity
 from app.http.controllers.dashboard import DashboardController
-from app.http.controllers.jobs import JobsController
+from app.http.controllers.jobs import JobsApi, JobsController
 from app.http.controllers.metrics import MetricsController
 from app.http.controllers.node import NodeController
 from app.http.controllers.operator import ContainersController, OperatorJobsController
@@ -56,6 +56,7 @@ def create_app(
             **{name: _constant(service) for name, service in services.items()},
             "identity": _constant(identity),
             "server": _constant(server),
+            "jobs_api": _constant(JobsApi(services["jobs"], identity, server)),
         },
         middleware=middleware,
         exception_handlers=exception_handlers(server.max_body_bytes),

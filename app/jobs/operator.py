@@ -187,7 +187,7 @@ class OperatorService:
         if self.signal is not None:
             self.signal.notify()
         if self.database.is_postgresql:
-            async with self.database.write() as conn:
+            async with self.database.direct_write() as conn:
                 await JobSignal().notify_other_nodes(conn)
 
     # -- lists --------------------------------------------------------------------------

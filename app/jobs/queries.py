@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Select, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.db.direct import Statement
 from app.db.models import Job, JobStatus, JobStep
 
 
@@ -37,16 +38,15 @@ def client_job_seq(client: str, job_id: str) -> Select[Any]:
     return select(Job.seq).where(Job.id == job_id, Job.client == client)
 
 
-def client_results(client: str, job_ids: Sequence[str]) -> Select[Any]:
-    """Jobs of this client with their steps, in one statement: one snapshot, so a job's
-    status and its steps always agree."""
-    return (
-        select(Job.id, Job.status, JobStep.container, JobStep.output, JobStep.error)
-        .select_from(Job)
-        .outerjoin(JobStep, JobStep.job_id == Job.id)
-        .where(Job.id.in_(job_ids), Job.client == client)
-        .order_by(JobStep.position)
-    )
+#: Jobs of this client with their steps, in one statement: one snapshot, so a job's
+#: status and its steps always agree. Parameters: ``client``, ``ids``.
+CLIENT_RESULTS = Statement(
+    select(Job.id, Job.status, JobStep.container, JobStep.output, JobStep.error)
+    .select_from(Job)
+    .outerjoin(JobStep, JobStep.job_id == Job.id)
+    .where(Job.id.in_(bindparam("ids", expanding=True)), Job.client == bindparam("client"))
+    .order_by(JobStep.position)
+)
 
 
 def unfinished_counts_by_source() -> Select[Any]:

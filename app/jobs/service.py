@@ -7,7 +7,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from app.db.batching import GroupCommit
 from app.db.engine import Database
@@ -16,6 +16,10 @@ from app.db.signal import JobSignal
 from app.jobs import queries
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
+
+
+#: Ids per results statement: PostgreSQL takes at most 32,767 parameters.
+RESULTS_CHUNK = 1024
 
 
 class UnknownCursor(LookupError):
@@ -69,8 +73,8 @@ class JobService:
 
     async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[None | BaseException]:
         """Concurrent submits commit together: one INSERT, one NOTIFY, one commit."""
-        async with self.database.write() as conn:
-            await conn.execute(insert(Job), [row for rows in batches for row in rows])
+        async with self.database.direct_write() as conn:
+            await conn.insert_many(Job.__table__, [row for rows in batches for row in rows])
             await self.signal.notify_other_nodes(conn)
         self.signal.notify()
         return [None] * len(batches)
@@ -80,12 +84,17 @@ class JobService:
         unique_ids = list(dict.fromkeys(job_ids))
         status: dict[str, str] = {}
         steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        async with self.database.read() as conn:
-            for row in await conn.execute(queries.client_results(client, unique_ids)):
-                job_id = str(row.id)
-                status[job_id] = row.status
-                if row.container is not None:
-                    steps[job_id].append(step_result(row.container, row.output, row.error))
+        async with self.database.direct_read() as conn:
+            # A job and its steps always come in one statement (one snapshot).
+            for chunk in range(0, len(unique_ids), RESULTS_CHUNK):
+                ids = unique_ids[chunk : chunk + RESULTS_CHUNK]
+                for job_id_value, job_status, container, output, error in await conn.fetch(
+                    queries.CLIENT_RESULTS, {"client": client, "ids": ids}
+                ):
+                    job_id = str(job_id_value)
+                    status[job_id] = job_status
+                    if container is not None:
+                        steps[job_id].append(step_result(container, output, error))
         return [
             job_result(job_id, status[job_id], steps[job_id], intermediate) for job_id in job_ids if job_id in status
         ]

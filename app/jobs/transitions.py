@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, func, insert, select, tuple_, update
+from sqlalchemy import Select, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy.sql.elements import ColumnElement
 
+from app.db.direct import Statement
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, JobStep, utcnow
+from app.db.models import Job, JobStatus, JobStep, UtcDateTime, utcnow
 from app.jobs.queries import status_in, status_is
 
 CANCELLED_ERROR = "cancelled"
@@ -80,6 +82,62 @@ def prunable(older_than: datetime, batch: int) -> Select[Any]:
     )
 
 
+def _owned_claims() -> tuple[ColumnElement[bool], ...]:
+    """The very claims of the jobs (``claims``: id, attempts, run_after) held by ``node``: a
+    node that lost a job and claimed it again must not write for its old claim. Every later
+    claim has more attempts, except after an operator's re-queue (attempts back to 0),
+    which moves ``run_after`` (a claim's ``queued_at``)."""
+    return (
+        tuple_(Job.id, Job.attempts, Job.run_after).in_(bindparam("claims", expanding=True)),
+        status_is(JobStatus.RUNNING),
+        Job.lease_owner == bindparam("node"),
+    )
+
+
+_NOW = bindparam("now", type_=UtcDateTime())
+_CLAIMABLE = (
+    select(Job.seq)
+    .where(status_is(JobStatus.PENDING), Job.run_after <= _NOW)
+    .order_by(Job.run_after, Job.seq)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+    .cte("claimable")
+)
+_CLAIM = Statement(
+    update(Job)
+    .where(Job.seq == _CLAIMABLE.c.seq)
+    .values(
+        status=JobStatus.RUNNING,
+        attempts=Job.attempts + 1,
+        lease_owner=bindparam("node"),
+        lease_expires_at=bindparam("lease_until"),
+        started_at=func.coalesce(Job.started_at, _NOW),
+    )
+    .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after)
+)
+_COMMITTED_STEPS = Statement(
+    select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
+    .where(JobStep.job_id.in_(bindparam("ids", expanding=True)))
+    .order_by(JobStep.position)
+)
+_EXTEND_OWNED = Statement(
+    update(Job).where(*_owned_claims()).values(lease_expires_at=bindparam("lease_until"))
+    .returning(Job.id, Job.attempts, Job.run_after)
+)
+_FINISH_OWNED = Statement(
+    update(Job).where(*_owned_claims())
+    .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
+    .returning(Job.id, Job.attempts, Job.run_after)
+)
+_RENEW = Statement(
+    update(Job)
+    .where(Job.id.in_(bindparam("ids", expanding=True)), status_is(JobStatus.RUNNING),
+           Job.lease_owner == bindparam("node"))
+    .values(lease_expires_at=bindparam("lease_until"))
+    .returning(Job.id)
+)
+
+
 class JobStore:
     """The scheduler's side of the database, for one node identity."""
 
@@ -88,63 +146,29 @@ class JobStore:
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
 
-    def _owned(self, jobs: list[ClaimedJob]) -> Any:
-        """These very claims of the jobs: a node that lost a job and claimed it again must not
-        write for its old claim. Every later claim has more attempts, except after an
-        operator's re-queue (attempts back to 0), which moves ``run_after`` (``queued_at``)."""
-        claims = [(job.id, job.attempts, job.queued_at) for job in jobs]
-        return (
-            tuple_(Job.id, Job.attempts, Job.run_after).in_(claims),
-            status_is(JobStatus.RUNNING),
-            Job.lease_owner == self.node_id,
-        )
-
     async def claim(self, limit: int) -> list[ClaimedJob]:
         """Take up to ``limit`` runnable jobs in one statement, with their committed steps.
 
         The candidates are locked in a CTE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so
         that the LIMIT is applied once; on SQLite the writer's ``BEGIN IMMEDIATE``
-        serialises claims instead. The steps of all claimed jobs come in one more query,
-        so that a resumed job knows where to continue without a read of its own.
+        serialises claims instead. The steps of all claimed jobs come in one more query, so
+        that a resumed job knows where to continue without a read of its own. The claim
+        commits without waiting for the WAL flush: a claim lost in a crash leaves its job
+        pending, which is what the crash would have come to anyway.
         """
         now = utcnow()
-        candidates = (
-            select(Job.seq)
-            .where(status_is(JobStatus.PENDING), Job.run_after <= now)
-            .order_by(Job.run_after, Job.seq)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .cte("claimable")
-        )
-        stmt = (
-            update(Job)
-            .where(Job.seq == candidates.c.seq)
-            .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                lease_owner=self.node_id,
-                lease_expires_at=now + self.lease,
-                started_at=func.coalesce(Job.started_at, now),
-            )
-            .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after)
-        )
+        params = {"now": now, "limit": limit, "node": self.node_id, "lease_until": now + self.lease}
         steps: dict[str, list[CommittedStep]] = {}
-        async with self.database.write() as conn:
-            rows = (await conn.execute(stmt)).all()
+        async with self.database.direct_write(durable=False) as conn:
+            rows = await conn.fetch(_CLAIM, params)
             if rows:
-                committed = (
-                    select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
-                    .where(JobStep.job_id.in_([r.id for r in rows]))
-                    .order_by(JobStep.position)
-                )
-                for step in await conn.execute(committed):
-                    steps.setdefault(str(step.job_id), []).append(
-                        CommittedStep(step.position, step.output, step.error)
-                    )
+                ids = [row[0] for row in rows]
+                for job_id, position, output, error in await conn.fetch(_COMMITTED_STEPS, {"ids": ids}):
+                    steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
         return [
-            ClaimedJob(str(r.id), r.containers, r.input, r.requires_proof, r.attempts, r.run_after,
-                       tuple(steps.get(str(r.id), ())))
-            for r in rows
+            ClaimedJob(str(job_id), containers, data, requires_proof, attempts, run_after,
+                       tuple(steps.get(str(job_id), ())))
+            for job_id, containers, data, requires_proof, attempts, run_after in rows
         ]
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
@@ -157,16 +181,17 @@ class JobStore:
         #: The claims written for, not only the jobs: a node holding a stale and a current
         #: claim of one job (it lost the job and claimed it again) writes for the current one.
         held: set[tuple[str, int, datetime]] = set()
-        async with self.database.write() as conn:
+        async with self.database.direct_write() as conn:
             for outcome in {result.ends_job_as for result in results}:
-                values: dict[str, Any] = {"lease_expires_at": now + self.lease}
-                if outcome is not None:
-                    values = {"status": outcome, "finished_at": now, "lease_owner": None, "lease_expires_at": None}
-                jobs = [result.job for result in results if result.ends_job_as == outcome]
-                stmt = update(Job).where(*self._owned(jobs)).values(**values).returning(
-                    Job.id, Job.attempts, Job.run_after
-                )
-                held.update((str(r.id), r.attempts, r.run_after) for r in await conn.execute(stmt))
+                params = {
+                    "claims": [result.claim for result in results if result.ends_job_as == outcome],
+                    "node": self.node_id,
+                }
+                if outcome is None:
+                    rows = await conn.fetch(_EXTEND_OWNED, {**params, "lease_until": now + self.lease})
+                else:
+                    rows = await conn.fetch(_FINISH_OWNED, {**params, "outcome": outcome, "now": now})
+                held.update((str(job_id), attempts, run_after) for job_id, attempts, run_after in rows)
             rows = [
                 {
                     "job_id": r.job.id,
@@ -183,7 +208,7 @@ class JobStore:
                 if r.claim in held
             ]
             if rows:
-                await conn.execute(insert(JobStep), rows)
+                await conn.insert_many(JobStep.__table__, rows)
         return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
 
     async def record_step(self, result: StepResult) -> None:
@@ -195,18 +220,14 @@ class JobStore:
         """Heartbeat: extend the leases of the jobs this node is still running.
 
         Returns the ids still held; a job missing from it was cancelled or taken over,
-        and its running step should be abandoned.
+        and its running step should be abandoned. Like a claim, a renewal need not wait
+        for the WAL flush: a crash ends the node's leases anyway.
         """
         if not job_ids:
             return set()
-        stmt = (
-            update(Job)
-            .where(Job.id.in_(job_ids), status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id)
-            .values(lease_expires_at=utcnow() + self.lease)
-            .returning(Job.id)
-        )
-        async with self.database.write() as conn:
-            return {str(job_id) for (job_id,) in await conn.execute(stmt)}
+        params = {"ids": job_ids, "node": self.node_id, "lease_until": utcnow() + self.lease}
+        async with self.database.direct_write(durable=False) as conn:
+            return {str(job_id) for (job_id,) in await conn.fetch(_RENEW, params)}
 
     async def release(self, job_ids: list[str]) -> int:
         """Graceful hand-back: the jobs go back to pending, the claim not counted."""

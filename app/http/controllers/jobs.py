@@ -7,6 +7,7 @@ messages are part of the contract.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from litestar import Controller, MediaType, Request, get, post
@@ -59,18 +60,29 @@ def _after(query: MultiDict[str]) -> str | None:
         raise ApiError(400, "Invalid parameter", {"name": "after", "value": value}) from None
 
 
+@dataclass(frozen=True, slots=True)
+class JobsApi:
+    """What the job endpoints need, injected as one dependency: Litestar resolves several
+    dependencies of one handler in an anyio task group, which cost these, the busiest
+    endpoints, about a tenth of the node's CPU."""
+
+    jobs: JobService
+    identity: ClientIdentity
+    server: ServerSettings
+
+
 class JobsController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
     @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
           responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
-    async def submit(self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity]) -> JobId:
+    async def submit(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> JobId:
         try:
             job_request = decode_job_request(await request.body())
         except JobRejected as rejected:
             raise ApiError(400, rejected.error, rejected.params) from None
-        (answer,) = await jobs.submit(identity.address(request), [job_request])
+        (answer,) = await jobs_api.jobs.submit(jobs_api.identity.address(request), [job_request])
         if "error" in answer:
             raise ApiError(400, answer["error"], answer.get("params"))
         return JobId(answer["id"])
@@ -78,9 +90,8 @@ class JobsController(Controller):
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
           responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
                            RATE_LIMITED, DATABASE))
-    async def batch(
-        self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity], server: NamedDependency[ServerSettings]
-    ) -> list[dict[str, Any]]:
+    async def batch(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[dict[str, Any]]:
+        server = jobs_api.server
         try:
             items = decode_batch(await request.body())
         except JobRejected as rejected:
@@ -93,16 +104,15 @@ class JobsController(Controller):
                 requests.append(decode_job_request(item))
             except JobRejected as rejected:
                 requests.append(rejected)
-        return await jobs.submit(identity.address(request), requests)
+        return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)
 
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
          responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE))
-    async def read(
-        self, request: Request[Any, Any, Any], jobs: NamedDependency[JobService], identity: NamedDependency[ClientIdentity], server: NamedDependency[ServerSettings]
-    ) -> list[JobResult] | list[str]:
+    async def read(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[JobResult] | list[str]:
+        jobs, server = jobs_api.jobs, jobs_api.server
         query = request.query_params
         raw_ids = query.getall("id", [])
-        client = identity.address(request)
+        client = jobs_api.identity.address(request)
         if raw_ids:
             if len(raw_ids) > server.max_ids:
                 raise ApiError(400, "Too many ids", {"limit": server.max_ids})

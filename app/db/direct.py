@@ -1,0 +1,259 @@
+"""The hot statements' short path to the driver.
+
+Every job passes through a handful of statements (submit, claim, step commit, result
+read) several times a second per client. Run through SQLAlchemy's execution layer each
+costs 170–400 µs of CPU (cache key, parameter processing, greenlet hop, pool events);
+the same statement on a raw asyncpg connection costs about 25 µs. So on PostgreSQL these
+statements are still written in Core, compiled once per shape by SQLAlchemy, and run
+by asyncpg from a pool of its own (asyncpg prepares and caches them per connection).
+On SQLite the same Core statements run through SQLAlchemy as usual: there the
+database's single writer, not the Python layer, is the limit.
+
+Lists bound to ``expanding`` parameters (``IN``) are padded to a power of two with their
+last element, so a statement has a few shapes (and prepared statements), not one per
+list length.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import asyncpg
+import msgspec
+from sqlalchemy import JSON, Table, insert, literal_column, select
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects.postgresql import ARRAY, asyncpg as pg_asyncpg
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import Executable
+from sqlalchemy.sql.compiler import SQLCompiler
+
+Row = Sequence[Any]
+
+_PG_DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
+
+
+class _Slot:
+    """Stands in for one parameter value while a shape is compiled: where it lands in the
+    positional parameters tells where each value of a call goes."""
+
+    __slots__ = ("name", "item", "field")
+
+    def __init__(self, name: str, item: int | None = None, field: int | None = None) -> None:
+        self.name, self.item, self.field = name, item, field
+
+    def pick(self, params: dict[str, Any]) -> Any:
+        value = params[self.name]
+        if self.item is not None:
+            value = value[self.item]
+            if self.field is not None:
+                value = value[self.field]
+        return value
+
+
+def _padded(values: Sequence[Any]) -> list[Any]:
+    size = 1
+    while size < len(values):
+        size *= 2
+    return [*values, *[values[-1]] * (size - len(values))]
+
+
+def _slots(name: str, value: Any) -> Any:
+    if isinstance(value, list):
+        return [
+            tuple(_Slot(name, i, j) for j in range(len(item))) if isinstance(item, tuple) else _Slot(name, i)
+            for i, item in enumerate(value)
+        ]
+    return _Slot(name)
+
+
+class Statement:
+    """A Core statement with named ``bindparam``\\ s, compiled for asyncpg once per shape."""
+
+    def __init__(self, statement: Executable) -> None:
+        self.statement = statement
+        self._compiled: SQLCompiler | None = None
+        self._shapes: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
+
+    def sqlalchemy_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {k: _padded(v) if isinstance(v, list) else v for k, v in params.items()}
+
+    def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The SQL text of this call's shape and its positional arguments."""
+        params = self.sqlalchemy_params(params)
+        key = tuple(
+            (name, len(v), len(v[0]) if v and isinstance(v[0], tuple) else 0)
+            for name, v in params.items()
+            if isinstance(v, list)
+        )
+        shape = self._shapes.get(key)
+        if shape is None:
+            if self._compiled is None:
+                self._compiled = self.statement.compile(dialect=_PG_DIALECT)  # type: ignore[assignment]
+            assert self._compiled is not None
+            state = self._compiled.construct_expanded_state({k: _slots(k, v) for k, v in params.items()})
+            shape = self._shapes[key] = (state.statement, list(state.positional_parameters))
+        sql, slots = shape
+        return sql, [slot.pick(params) if isinstance(slot, _Slot) else slot for slot in slots]
+
+
+class DirectConnection(Protocol):
+    """What the hot paths need of a connection, on either database."""
+
+    postgresql: bool
+
+    async def fetch(self, statement: Statement, params: dict[str, Any]) -> list[Row]: ...
+
+    async def execute(self, statement: Statement, params: dict[str, Any]) -> None: ...
+
+    async def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None: ...
+
+
+class _AsyncpgConnection:
+    postgresql = True
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self.connection = connection
+
+    async def fetch(self, statement: Statement, params: dict[str, Any]) -> list[Row]:
+        sql, args = statement.asyncpg_args(params)
+        return await self.connection.fetch(sql, *args)  # type: ignore[no-any-return]
+
+    async def execute(self, statement: Statement, params: dict[str, Any]) -> None:
+        sql, args = statement.asyncpg_args(params)
+        await self.connection.fetch(sql, *args)
+
+    async def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        """One ``INSERT … SELECT unnest(…)`` with a column of values per array: one statement
+        and one plan for any number of rows."""
+        columns = list(rows[0])
+        statement = _unnest_insert(table, tuple(columns))
+        await self.fetch(statement, {name: [row[name] for row in rows] for name in columns})
+
+
+_UNNEST_INSERTS: dict[tuple[str, tuple[str, ...]], Statement] = {}
+
+
+def _unnest_insert(table: Table, columns: tuple[str, ...]) -> Statement:
+    statement = _UNNEST_INSERTS.get((table.name, columns))
+    if statement is None:
+        statement = _UNNEST_INSERTS[(table.name, columns)] = _UnnestInsert(table, columns)
+    return statement
+
+
+class _UnnestInsert(Statement):
+    """``INSERT … SELECT unnest($1::uuid[]), …``: its parameters are whole columns, one
+    array each. JSON columns travel as text arrays (asyncpg would read a list of lists as
+    a two-dimensional array) and are cast back to JSONB on the server."""
+
+    def __init__(self, table: Table, columns: tuple[str, ...]) -> None:
+        self._json = [isinstance(table.c[name].type, JSON) for name in columns]
+        unnests = []
+        for i, name in enumerate(columns, start=1):
+            if self._json[i - 1]:
+                unnests.append(literal_column(f"unnest(${i}::text[])::jsonb"))
+            else:
+                array = ARRAY(table.c[name].type).compile(dialect=postgresql.dialect())
+                unnests.append(literal_column(f"unnest(${i}::{array})"))
+        super().__init__(insert(table).from_select(list(columns), select(*unnests)))
+        self._sql = str(self.statement.compile(dialect=_PG_DIALECT))
+        self._columns = columns
+
+    def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        return self._sql, [
+            [None if v is None else json_dumps(v) for v in params[name]] if is_json else params[name]
+            for name, is_json in zip(self._columns, self._json, strict=True)
+        ]
+
+
+class _SqlAlchemyConnection:
+    def __init__(self, connection: AsyncConnection) -> None:
+        self.connection = connection
+        self.postgresql = connection.dialect.name == "postgresql"
+
+    async def fetch(self, statement: Statement, params: dict[str, Any]) -> list[Row]:
+        result = await self.connection.execute(statement.statement, statement.sqlalchemy_params(params))
+        return list(result.all())
+
+    async def execute(self, statement: Statement, params: dict[str, Any]) -> None:
+        await self.connection.execute(statement.statement, statement.sqlalchemy_params(params))
+
+    async def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+        await self.connection.execute(insert(table), rows)
+
+
+def json_dumps(value: Any) -> str:
+    """JSON columns are written by msgspec, through SQLAlchemy and asyncpg alike."""
+    return msgspec.json.encode(value).decode()
+
+
+async def _init_connection(connection: asyncpg.Connection) -> None:
+    for json_type in ("json", "jsonb"):
+        await connection.set_type_codec(
+            json_type, encoder=json_dumps, decoder=msgspec.json.decode, schema="pg_catalog"
+        )
+
+
+async def _reset(connection: asyncpg.Connection) -> None:
+    """The hot statements leave no session state behind (no LISTEN, no SET, no temp
+    tables), so asyncpg's RESET ALL round trip on every release is skipped; only a
+    transaction left open (a task cancelled mid-COMMIT) is rolled back."""
+    if connection.is_in_transaction():
+        await connection.execute("ROLLBACK")
+
+
+class AsyncpgPool:
+    """asyncpg's own pool for the hot statements, opened at first use."""
+
+    def __init__(self, url: URL, size: int, connect_timeout: float, acquire_timeout: float) -> None:
+        self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        self.size = size
+        self.connect_timeout = connect_timeout
+        self.acquire_timeout = acquire_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _open(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn, min_size=0, max_size=self.size, init=_init_connection, reset=_reset,
+                        timeout=self.connect_timeout, command_timeout=60,
+                    )
+        return self._pool
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[DirectConnection]:
+        pool = await self._open()
+        async with pool.acquire(timeout=self.acquire_timeout) as connection:
+            yield _AsyncpgConnection(connection)
+
+    @asynccontextmanager
+    async def write(self, durable: bool) -> AsyncIterator[DirectConnection]:
+        pool = await self._open()
+        async with pool.acquire(timeout=self.acquire_timeout) as connection:
+            # One round trip for BEGIN (and the commit mode), one for COMMIT.
+            await connection.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")
+            try:
+                yield _AsyncpgConnection(connection)
+            except BaseException:
+                try:
+                    await connection.execute("ROLLBACK")
+                except BaseException:
+                    connection.terminate()  # never back in the pool mid-transaction
+                raise
+            await connection.execute("COMMIT")
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+
+def wrap(connection: AsyncConnection) -> DirectConnection:
+    """A SQLAlchemy connection seen through the direct interface (SQLite)."""
+    return _SqlAlchemyConnection(connection)

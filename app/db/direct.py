@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import asyncpg
 import msgspec
-from sqlalchemy import JSON, Table, insert, literal_column, select
+from sqlalchemy import JSON, Table, func, insert, literal_column, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, asyncpg as pg_asyncpg
 from sqlalchemy.engine import URL
@@ -109,7 +109,9 @@ class DirectConnection(Protocol):
 
     async def execute(self, statement: Statement, params: dict[str, Any]) -> None: ...
 
-    async def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None: ...
+    async def insert_many(self, table: Table, rows: list[dict[str, Any]],
+                          notify: tuple[str, str] | None = None) -> None:
+        """Insert the rows and, on PostgreSQL, ``pg_notify(*notify)`` in the same statement."""
 
 
 class _AsyncpgConnection:
@@ -126,30 +128,34 @@ class _AsyncpgConnection:
         sql, args = statement.asyncpg_args(params)
         await self.connection.fetch(sql, *args)
 
-    async def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+    async def insert_many(self, table: Table, rows: list[dict[str, Any]],
+                          notify: tuple[str, str] | None = None) -> None:
         """One ``INSERT … SELECT unnest(…)`` with a column of values per array: one statement
-        and one plan for any number of rows."""
-        columns = list(rows[0])
-        statement = _unnest_insert(table, tuple(columns))
-        await self.fetch(statement, {name: [row[name] for row in rows] for name in columns})
+        and one plan for any number of rows (and the NOTIFY in it, as a SELECT beside it)."""
+        columns = tuple(rows[0])
+        statement = _unnest_insert(table, columns, notify is not None)
+        sql, args = statement.asyncpg_args({name: [row[name] for row in rows] for name in columns})
+        await self.connection.fetch(sql, *args, *(notify or ()))
 
 
-_UNNEST_INSERTS: dict[tuple[str, tuple[str, ...]], Statement] = {}
+_UNNEST_INSERTS: dict[tuple[str, tuple[str, ...], bool], Statement] = {}
 
 
-def _unnest_insert(table: Table, columns: tuple[str, ...]) -> Statement:
-    statement = _UNNEST_INSERTS.get((table.name, columns))
+def _unnest_insert(table: Table, columns: tuple[str, ...], notify: bool) -> Statement:
+    key = (table.name, columns, notify)
+    statement = _UNNEST_INSERTS.get(key)
     if statement is None:
-        statement = _UNNEST_INSERTS[(table.name, columns)] = _UnnestInsert(table, columns)
+        statement = _UNNEST_INSERTS[key] = _UnnestInsert(table, columns, notify)
     return statement
 
 
 class _UnnestInsert(Statement):
     """``INSERT … SELECT unnest($1::uuid[]), …``: its parameters are whole columns, one
     array each. JSON columns travel as text arrays (asyncpg would read a list of lists as
-    a two-dimensional array) and are cast back to JSONB on the server."""
+    a two-dimensional array) and are cast back to JSONB on the server. With ``notify`` it
+    is the CTE of ``SELECT pg_notify(channel, payload)``, the last two parameters."""
 
-    def __init__(self, table: Table, columns: tuple[str, ...]) -> None:
+    def __init__(self, table: Table, columns: tuple[str, ...], notify: bool) -> None:
         self._json = [isinstance(table.c[name].type, JSON) for name in columns]
         unnests = []
         for i, name in enumerate(columns, start=1):
@@ -158,7 +164,12 @@ class _UnnestInsert(Statement):
             else:
                 array = ARRAY(table.c[name].type).compile(dialect=postgresql.dialect())
                 unnests.append(literal_column(f"unnest(${i}::{array})"))
-        super().__init__(insert(table).from_select(list(columns), select(*unnests)))
+        statement: Any = insert(table).from_select(list(columns), select(*unnests), include_defaults=False)
+        if notify:
+            n = len(columns)
+            channel, payload = literal_column(f"${n + 1}::text"), literal_column(f"${n + 2}::text")
+            statement = select(func.pg_notify(channel, payload)).add_cte(statement.cte("inserted"))
+        super().__init__(statement)
         self._sql = str(self.statement.compile(dialect=_PG_DIALECT))
         self._columns = columns
 
@@ -181,8 +192,11 @@ class _SqlAlchemyConnection:
     async def execute(self, statement: Statement, params: dict[str, Any]) -> None:
         await self.connection.execute(statement.statement, statement.sqlalchemy_params(params))
 
-    async def insert_many(self, table: Table, rows: list[dict[str, Any]]) -> None:
+    async def insert_many(self, table: Table, rows: list[dict[str, Any]],
+                          notify: tuple[str, str] | None = None) -> None:
         await self.connection.execute(insert(table), rows)
+        if notify is not None and self.postgresql:
+            await self.connection.execute(select(func.pg_notify(*notify)))
 
 
 def json_dumps(value: Any) -> str:
@@ -227,13 +241,14 @@ class AsyncpgPool:
         return self._pool
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[DirectConnection]:
+    async def autocommit(self) -> AsyncIterator[DirectConnection]:
+        """Each statement is its own transaction."""
         pool = await self._open()
         async with pool.acquire(timeout=self.acquire_timeout) as connection:
             yield _AsyncpgConnection(connection)
 
     @asynccontextmanager
-    async def write(self, durable: bool) -> AsyncIterator[DirectConnection]:
+    async def transaction(self, durable: bool) -> AsyncIterator[DirectConnection]:
         pool = await self._open()
         async with pool.acquire(timeout=self.acquire_timeout) as connection:
             # One round trip for BEGIN (and the commit mode), one for COMMIT.

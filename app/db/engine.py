@@ -117,19 +117,25 @@ class Database:
     async def direct_read(self) -> AsyncIterator[DirectConnection]:
         """A connection for the hot reads (autocommit, like ``read``)."""
         if self.direct_pool is not None:
-            async with self.direct_pool.read() as direct:
+            async with self.direct_pool.autocommit() as direct:
                 yield direct
         else:
             async with self.read() as conn:
                 yield wrap(conn)
 
     @asynccontextmanager
-    async def direct_write(self, *, durable: bool = True) -> AsyncIterator[DirectConnection]:
+    async def direct_write(self, *, durable: bool = True, one_statement: bool = False
+                           ) -> AsyncIterator[DirectConnection]:
         """One write transaction for the hot writes. ``durable=False`` commits without
         waiting for the WAL flush (PostgreSQL): for writes whose loss in a crash is harmless
-        because a crash voids them anyway (claims, lease renewals)."""
-        if self.direct_pool is not None:
-            async with self.direct_pool.write(durable) as direct:
+        because a crash voids them anyway (claims, lease renewals). ``one_statement``: the
+        caller runs a single statement, which PostgreSQL runs as a transaction of its own
+        (no BEGIN and COMMIT round trips; always durable)."""
+        if self.direct_pool is not None and one_statement:
+            async with self.direct_pool.autocommit() as direct:
+                yield direct
+        elif self.direct_pool is not None:
+            async with self.direct_pool.transaction(durable) as direct:
                 yield direct
         else:
             async with self.write() as conn:

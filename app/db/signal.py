@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, func, select
 from app.db.direct import DirectConnection, Statement
 
 CHANNEL = "jobnode_jobs"
-_NOTIFY = Statement(select(func.pg_notify(CHANNEL, bindparam("sender"))))
+_NOTIFY = Statement(select(func.pg_notify(bindparam("channel"), bindparam("sender"))))
 
 
 class JobSignal:
@@ -24,6 +24,11 @@ class JobSignal:
         #: was already woken in-process.
         self.sender = sender
 
+    @property
+    def notification(self) -> tuple[str, str]:
+        """``pg_notify`` arguments for a statement that adds jobs."""
+        return CHANNEL, self.sender
+
     def notify(self) -> None:
         """Work may be waiting: jobs were added, or a busy scheduler freed a slot."""
         self._event.set()
@@ -31,7 +36,7 @@ class JobSignal:
     async def notify_other_nodes(self, conn: DirectConnection) -> None:
         """Call inside the inserting transaction; a no-op off PostgreSQL."""
         if conn.postgresql:
-            await conn.execute(_NOTIFY, {"sender": self.sender})
+            await conn.execute(_NOTIFY, {"channel": CHANNEL, "sender": self.sender})
 
     async def wait(self, timeout: float) -> bool:
         """Block until notified or ``timeout`` passed; True when notified."""

@@ -72,10 +72,10 @@ class JobService:
         return answers
 
     async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[None | BaseException]:
-        """Concurrent submits commit together: one INSERT, one NOTIFY, one commit."""
-        async with self.database.direct_write() as conn:
-            await conn.insert_many(Job.__table__, [row for rows in batches for row in rows])
-            await self.signal.notify_other_nodes(conn)
+        """Concurrent submits commit together: one INSERT with its NOTIFY, one commit."""
+        async with self.database.direct_write(one_statement=True) as conn:
+            await conn.insert_many(Job.__table__, [row for rows in batches for row in rows],
+                                   notify=self.signal.notification)
         self.signal.notify()
         return [None] * len(batches)
 

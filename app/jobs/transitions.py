@@ -103,7 +103,7 @@ _CLAIMABLE = (
     .with_for_update(skip_locked=True)
     .cte("claimable")
 )
-_CLAIM = Statement(
+CLAIM = Statement(
     update(Job)
     .where(Job.seq == _CLAIMABLE.c.seq)
     .values(
@@ -146,6 +146,9 @@ class JobStore:
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
 
+    def claim_params(self, limit: int, now: datetime) -> dict[str, Any]:
+        return {"now": now, "limit": limit, "node": self.node_id, "lease_until": now + self.lease}
+
     async def claim(self, limit: int) -> list[ClaimedJob]:
         """Take up to ``limit`` runnable jobs in one statement, with their committed steps.
 
@@ -157,10 +160,9 @@ class JobStore:
         pending, which is what the crash would have come to anyway.
         """
         now = utcnow()
-        params = {"now": now, "limit": limit, "node": self.node_id, "lease_until": now + self.lease}
         steps: dict[str, list[CommittedStep]] = {}
         async with self.database.direct_write(durable=False) as conn:
-            rows = await conn.fetch(_CLAIM, params)
+            rows = await conn.fetch(CLAIM, self.claim_params(limit, now))
             if rows:
                 ids = [row[0] for row in rows]
                 for job_id, position, output, error in await conn.fetch(_COMMITTED_STEPS, {"ids": ids}):

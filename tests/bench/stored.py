@@ -23,7 +23,6 @@ compiled for the dialect, shown to use its index.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import re
 import sqlite3
@@ -36,7 +35,8 @@ from typing import Any
 from sqlalchemy import event, text
 
 from app.db.engine import Database
-from app.db.models import Job, JobStep
+from app.db.models import Job, JobStep, utcnow
+from app.jobs.transitions import CLAIM, JobStore
 from tests.bench.http import Connection
 from tests.bench.load import OpFailed, get_latency
 from tests.bench.procs import NodeProcess, asyncpg_dsn
@@ -353,46 +353,6 @@ async def measure_reads(node: NodeProcess, ids: list[str], layout: Layout, *, sa
 
 # -- the claim query's plan -----------------------------------------------------------------
 
-class _Captured(Exception):
-    pass
-
-
-class _CaptureConnection:
-    def __init__(self) -> None:
-        self.statement: Any = None
-
-    async def execute(self, statement: Any, *args: Any, **kwargs: Any) -> Any:
-        self.statement = statement
-        raise _Captured
-
-
-class _CaptureDatabase:
-    """Stands in for ``Database`` so that ``JobStore.claim`` hands over its statement."""
-
-    def __init__(self, dialect: str) -> None:
-        self.dialect = dialect
-        self.is_postgresql = dialect == "postgresql"
-        self.conn = _CaptureConnection()
-
-    @contextlib.asynccontextmanager
-    async def write(self) -> Any:
-        yield self.conn
-
-    read = write
-
-
-async def claim_statement(dialect: str, limit: int = 256) -> Any:
-    from app.jobs.transitions import JobStore
-
-    fake = _CaptureDatabase(dialect)
-    store = JobStore(fake, "bench", 30.0)  # type: ignore[arg-type]
-    with contextlib.suppress(_Captured):
-        await store.claim(limit)
-    if fake.conn.statement is None:
-        raise RuntimeError("JobStore.claim executed no statement")
-    return fake.conn.statement
-
-
 CLAIM_INDEX = "ix_jobs_claim"
 
 
@@ -401,7 +361,8 @@ async def explain_claim(url: str) -> dict[str, Any]:
     that is rolled back on PostgreSQL, EXPLAIN QUERY PLAN on SQLite."""
     database = Database(url)
     try:
-        statement = await claim_statement(database.dialect)
+        statement = CLAIM.statement
+        params = JobStore(database, "bench", 30.0).claim_params(256, utcnow())
         compiled_sql = str(statement.compile(dialect=database.writer.dialect))
         prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if database.is_postgresql else "EXPLAIN QUERY PLAN "
 
@@ -414,7 +375,7 @@ async def explain_claim(url: str) -> dict[str, Any]:
             event.listen(conn.sync_connection, "before_cursor_execute", explain, retval=True)
             transaction = await conn.begin()
             try:
-                cursor = (await conn.execute(statement)).cursor
+                cursor = (await conn.execute(statement, params)).cursor
                 rows = cursor.fetchall() if cursor is not None else []
             finally:
                 await transaction.rollback()

@@ -21,6 +21,7 @@ from app.db.engine import Database
 from app.db.listen import NodeConnection
 from app.db.signal import JobSignal
 from app.http.app import create_app
+from app.jobs.live import LiveJobs
 from app.jobs.requests import ContainerCatalog
 from app.jobs.operator import OperatorService
 from app.jobs.service import JobService
@@ -48,14 +49,15 @@ class Node:
         self.containers = ContainerStates(settings)
         self.client = ContainerClient()
         catalog = ContainerCatalog(settings)
-        self.jobs = JobService(self.database, catalog, self.signal)
+        live = LiveJobs()  # the scheduler's running jobs, which the API reads
+        self.jobs = JobService(self.database, catalog, self.signal, live)
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds)
         self.streams = StreamService(store, catalog, self.containers, self.client)
         self.resources = ResourceService(self.containers, self.client)
         self.operator = OperatorService(self.database, store, self.signal, self.containers)
         self.connection = NodeConnection(self.database, self.signal) if self.database.is_postgresql else None
         self.scheduler = Scheduler(
-            settings, store, ChainRunner(store, self.containers, self.client), self.signal,
+            settings, store, ChainRunner(store, self.containers, self.client, live), self.signal,
             **({"is_leader": self.connection.is_leader} if self.connection else {}),
         )
         self.runtime: ContainerRuntime | None = None

@@ -136,7 +136,7 @@ def api_queries() -> dict[str, Select]:
         "list page": queries.client_job_ids(client, None, 42, 100),
         "list pending page": queries.client_job_ids(client, True, 42, 100),
         "cursor": queries.client_job_seq(client, job_id),
-        "results by id": queries.CLIENT_RESULTS.statement.params(client=client, ids=[job_id, str(uuid.uuid4())]),
+        "results by id": queries.RESULTS.statement.params(ids=[job_id, str(uuid.uuid4())]),
         "pending counts": queries.unfinished_counts_by_source(),
         "prune batch": transitions.prunable(datetime.now(UTC), 500),
     }

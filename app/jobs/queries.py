@@ -38,13 +38,15 @@ def client_job_seq(client: str, job_id: str) -> Select[Any]:
     return select(Job.seq).where(Job.id == job_id, Job.client == client)
 
 
-#: Jobs of this client with their steps, in one statement: one snapshot, so a job's
-#: status and its steps always agree. Parameters: ``client``, ``ids``.
-CLIENT_RESULTS = Statement(
-    select(Job.id, Job.status, JobStep.container, JobStep.output, JobStep.error)
+#: Jobs with their steps, in one statement: one snapshot, so a job's status and its steps
+#: always agree. Parameter: ``ids``. The caller drops other clients' jobs: with the client
+#: in the WHERE clause, a generic plan made while the table was small reads the client's
+#: index (every job of the client) instead of the id's (measured: 1.2 ms instead of 0.07).
+RESULTS = Statement(
+    select(Job.id, Job.client, Job.status, JobStep.container, JobStep.output, JobStep.error)
     .select_from(Job)
     .outerjoin(JobStep, JobStep.job_id == Job.id)
-    .where(Job.id.in_(bindparam("ids", expanding=True)), Job.client == bindparam("client"))
+    .where(Job.id.in_(bindparam("ids", expanding=True)))
     .order_by(JobStep.position)
 )
 

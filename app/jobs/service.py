@@ -14,6 +14,7 @@ from app.db.engine import Database
 from app.db.models import Job, JobStatus, utcnow
 from app.db.signal import JobSignal
 from app.jobs import queries
+from app.jobs.live import LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
 
@@ -27,10 +28,12 @@ class UnknownCursor(LookupError):
 
 
 class JobService:
-    def __init__(self, database: Database, catalog: ContainerCatalog, signal: JobSignal) -> None:
+    def __init__(self, database: Database, catalog: ContainerCatalog, signal: JobSignal,
+                 live: LiveJobs | None = None) -> None:
         self.database = database
         self.catalog = catalog
         self.signal = signal
+        self.live = live or LiveJobs()
         self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
 
     def _row(self, request: JobRequest, client: str, now: Any) -> dict[str, Any]:
@@ -80,24 +83,38 @@ class JobService:
         return [None] * len(batches)
 
     async def results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
-        """Results in the order asked; ids that are not this client's are left out."""
-        unique_ids = list(dict.fromkeys(job_ids))
+        """Results in the order asked; ids that are not this client's are left out. Jobs this
+        node is running are answered without the database (``app.jobs.live``)."""
         status: dict[str, str] = {}
         steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        unread: list[str] = []
+        for job_id in dict.fromkeys(job_ids):
+            live = self.live.get(job_id, client)
+            if live is None:
+                unread.append(job_id)
+            else:
+                status[job_id], steps[job_id] = JobStatus.RUNNING, live.steps
+        if unread:
+            await self._read_results(client, unread, status, steps)
+        return [
+            job_result(job_id, status[job_id], steps[job_id], intermediate) for job_id in job_ids if job_id in status
+        ]
+
+    async def _read_results(self, client: str, job_ids: list[str], status: dict[str, str],
+                            steps: dict[str, list[dict[str, Any]]]) -> None:
         async with self.database.direct_read() as conn:
             # A job and its steps always come in one statement (one snapshot).
-            for chunk in range(0, len(unique_ids), RESULTS_CHUNK):
-                ids = unique_ids[chunk : chunk + RESULTS_CHUNK]
-                for job_id_value, job_status, container, output, error in await conn.fetch(
-                    queries.CLIENT_RESULTS, {"client": client, "ids": ids}
+            for chunk in range(0, len(job_ids), RESULTS_CHUNK):
+                ids = job_ids[chunk : chunk + RESULTS_CHUNK]
+                for job_id_value, owner, job_status, container, output, error in await conn.fetch(
+                    queries.RESULTS, {"ids": ids}
                 ):
+                    if owner != client:
+                        continue
                     job_id = str(job_id_value)
                     status[job_id] = job_status
                     if container is not None:
                         steps[job_id].append(step_result(container, output, error))
-        return [
-            job_result(job_id, status[job_id], steps[job_id], intermediate) for job_id in job_ids if job_id in status
-        ]
 
     async def job_ids(self, client: str, pending: bool | None, after: str | None, limit: int | None) -> list[str]:
         async with self.database.read() as conn:

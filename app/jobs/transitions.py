@@ -46,6 +46,7 @@ class ClaimedJob:
     queued_at: datetime
     #: Steps committed before this claim (a resumed job continues after them).
     steps: tuple[CommittedStep, ...] = ()
+    client: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,7 @@ CLAIM = Statement(
         lease_expires_at=bindparam("lease_until"),
         started_at=func.coalesce(Job.started_at, _NOW),
     )
-    .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after)
+    .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after, Job.client)
 )
 _COMMITTED_STEPS = Statement(
     select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
@@ -169,8 +170,8 @@ class JobStore:
                     steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
         return [
             ClaimedJob(str(job_id), containers, data, requires_proof, attempts, run_after,
-                       tuple(steps.get(str(job_id), ())))
-            for job_id, containers, data, requires_proof, attempts, run_after in rows
+                       tuple(steps.get(str(job_id), ())), client)
+            for job_id, containers, data, requires_proof, attempts, run_after, client in rows
         ]
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:

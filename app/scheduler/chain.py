@@ -15,6 +15,8 @@ from app.containers.state import ContainerState, ContainerStates
 from app.db.errors import is_database_unavailable
 from app.db.models import utcnow
 from app.db.batching import GroupCommit
+from app.jobs.live import LiveJobs
+from app.jobs.results import step_result
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult
 
 log = logging.getLogger("jobnode.scheduler")
@@ -24,10 +26,13 @@ T = TypeVar("T")
 
 
 class ChainRunner:
-    def __init__(self, store: JobStore, states: ContainerStates, client: ContainerClient) -> None:
+    def __init__(self, store: JobStore, states: ContainerStates, client: ContainerClient,
+                 live: LiveJobs | None = None) -> None:
         self.store = store
         self.states = states
         self.client = client
+        #: Polls of a running job are answered from here (``app.jobs.live``).
+        self.live = live or LiveJobs()
         #: Steps finishing together (many jobs at once) share one transaction.
         self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
         # Each container's ``concurrency`` bounds the calls in flight to it.
@@ -35,6 +40,14 @@ class ChainRunner:
 
     async def run(self, job: ClaimedJob) -> None:
         """Raises ``LeaseLost`` when another node (or a cancel) took the job over."""
+        committed = [step_result(job.containers[s.position], s.output, s.error) for s in job.steps]
+        self.live.started(job.id, job.client, committed)
+        try:
+            await self._run_chain(job)
+        finally:
+            self.live.ended(job.id)
+
+    async def _run_chain(self, job: ClaimedJob) -> None:
         data: Any = job.steps[-1].output if job.steps else job.input
         for position in range(len(job.steps), len(job.containers)):
             container_id = job.containers[position]
@@ -65,6 +78,7 @@ class ChainRunner:
                 raise lost
 
         await self._outlasting_outages(job, record)
+        self.live.step_committed(job.id, job.containers[position], step.output, step.error)
 
     async def _outlasting_outages(self, job: ClaimedJob, action: Callable[[], Awaitable[T]]) -> T:
         """Wait out a database outage rather than give the job up (or call a container again).

@@ -1,0 +1,48 @@
+"""The jobs this node is running, readable without a round trip to the database.
+
+A client polls its job every few milliseconds while it runs; most of those polls find
+it still running, on the node that runs it. The node that holds a job's lease knows
+its state as well as the database does: it is ``running``, with the steps this node
+committed (a job enters here after its claim committed, and each step after its own
+commit; it leaves after its last commit). Jobs not here — pending, finished, or run by
+another node — are read from the database.
+
+The one thing this view can lag behind is a cancel or a lease taken over by another
+node: the job reads ``running`` here until the lease renewal notices (within a third
+of ``scheduler.lease_seconds``) and abandons it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.jobs.results import step_result
+
+
+@dataclass(slots=True)
+class LiveJob:
+    client: str
+    #: Committed steps in chain order, as ``step_result`` bodies.
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+class LiveJobs:
+    def __init__(self) -> None:
+        self._jobs: dict[str, LiveJob] = {}
+
+    def started(self, job_id: str, client: str, steps: list[dict[str, Any]]) -> None:
+        self._jobs[job_id] = LiveJob(client, steps)
+
+    def step_committed(self, job_id: str, container: str, output: Any, error: str | None) -> None:
+        job = self._jobs.get(job_id)
+        if job is not None:
+            job.steps.append(step_result(container, output, error))
+
+    def ended(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+
+    def get(self, job_id: str, client: str) -> LiveJob | None:
+        """The job while this node runs it, if it is this client's."""
+        job = self._jobs.get(job_id)
+        return job if job is not None and job.client == client else None

@@ -47,6 +47,8 @@ class ServerSettings(_Section):
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
     max_ids: int = 1000
+    #: The longest ``GET /api/jobs?id=…&wait=`` may wait, in seconds.
+    max_wait: float = 30.0
     operator_token: str | None = None
     #: Where managed containers (and unmanaged ones without a ``url``) are reached.
     container_host: str = "127.0.0.1"
@@ -187,6 +189,7 @@ def _validate_numbers(settings: Settings) -> None:
         raise ConfigError(f"server.port: {server.port} is not a TCP port")
     for key in ("max_body_bytes", "max_batch", "max_ids"):
         _positive(getattr(server, key), f"server.{key}")
+    _positive(server.max_wait, "server.max_wait", minimum=0)
     if server.rate_limit is not None:
         _positive(server.rate_limit.num_requests, "server.rate_limit.num_requests")
         _positive(server.rate_limit.period, "server.rate_limit.period", minimum=0.001)

@@ -54,7 +54,7 @@ class Node:
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds)
         self.streams = StreamService(store, catalog, self.containers, self.client)
         self.resources = ResourceService(self.containers, self.client)
-        self.operator = OperatorService(self.database, store, self.signal, self.containers)
+        self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
         self.connection = NodeConnection(self.database, self.signal) if self.database.is_postgresql else None
         self.scheduler = Scheduler(
             settings, store, ChainRunner(store, self.containers, self.client, live), self.signal,

@@ -1,6 +1,7 @@
 """One dedicated asyncpg connection per node on PostgreSQL, for two things a pool cannot do:
 
-* ``LISTEN`` for new jobs submitted on other nodes (their submit sends ``NOTIFY``);
+* ``LISTEN`` for new jobs submitted on other nodes (their submit sends ``NOTIFY``), and
+  for cancels made on other nodes;
 * a session-level advisory lock that elects the one node running the reaper and pruner.
   When that node dies its connection closes, PostgreSQL frees the lock, and another
   node takes it at its next try.
@@ -19,7 +20,7 @@ from typing import Any
 import asyncpg
 
 from app.db.engine import Database
-from app.db.signal import CHANNEL, JobSignal
+from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
 
 log = logging.getLogger("jobnode.db")
 
@@ -59,8 +60,12 @@ class NodeConnection:
                 self._leader = False
         return self._leader
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, sender: str) -> None:
-        if sender != self.signal.sender:
+    def _on_notify(self, _conn: Any, _pid: int, channel: str, sender: str) -> None:
+        if sender == self.signal.sender:
+            return  # woken in-process already
+        if channel == LEASE_CHANNEL:
+            self.signal.leases_changed()
+        else:
             self.signal.notify()
 
     async def _keep_connected(self) -> None:
@@ -68,6 +73,7 @@ class NodeConnection:
             try:
                 self._conn = await asyncpg.connect(self.dsn, timeout=5)
                 await self._conn.add_listener(CHANNEL, self._on_notify)
+                await self._conn.add_listener(LEASE_CHANNEL, self._on_notify)
                 log.info("listening for new jobs on %s", CHANNEL)
                 self.signal.notify()  # jobs may have arrived while we were not listening
                 while not self._conn.is_closed():

@@ -1,8 +1,10 @@
-"""Wake-ups for idle schedulers when jobs are added.
+"""Wake-ups for schedulers: jobs were added, or leases changed hands (a cancel).
 
 In one process an ``asyncio.Event`` is set after the submit commits, so a new job starts
 within milliseconds. Across nodes on PostgreSQL the submit transaction also sends
-``NOTIFY``, which PostgreSQL delivers only if that transaction commits.
+``NOTIFY``, which PostgreSQL delivers only if that transaction commits. A cancel wakes
+every node's lease check the same way, so the node running the job abandons it at once
+instead of at its next heartbeat.
 """
 
 from __future__ import annotations
@@ -14,12 +16,14 @@ from sqlalchemy import bindparam, func, select
 from app.db.direct import DirectConnection, Statement
 
 CHANNEL = "jobnode_jobs"
+LEASE_CHANNEL = "jobnode_leases"
 _NOTIFY = Statement(select(func.pg_notify(bindparam("channel"), bindparam("sender"))))
 
 
 class JobSignal:
     def __init__(self, sender: str = "") -> None:
         self._event = asyncio.Event()
+        self._leases = asyncio.Event()
         #: Sent as the NOTIFY payload, so that a node ignores its own notifications: it
         #: was already woken in-process.
         self.sender = sender
@@ -33,17 +37,28 @@ class JobSignal:
         """Work may be waiting: jobs were added, or a busy scheduler freed a slot."""
         self._event.set()
 
-    async def notify_other_nodes(self, conn: DirectConnection) -> None:
-        """Call inside the inserting transaction; a no-op off PostgreSQL."""
+    def leases_changed(self) -> None:
+        """A job was cancelled: the lease check should run now."""
+        self._leases.set()
+
+    async def notify_other_nodes(self, conn: DirectConnection, channel: str = CHANNEL) -> None:
+        """Call inside the writing transaction; a no-op off PostgreSQL."""
         if conn.postgresql:
-            await conn.execute(_NOTIFY, {"channel": CHANNEL, "sender": self.sender})
+            await conn.execute(_NOTIFY, {"channel": channel, "sender": self.sender})
 
     async def wait(self, timeout: float) -> bool:
         """Block until notified or ``timeout`` passed; True when notified."""
-        try:
-            await asyncio.wait_for(self._event.wait(), timeout)
-        except TimeoutError:
-            return False
-        finally:
-            self._event.clear()
-        return True
+        return await _wait(self._event, timeout)
+
+    async def wait_leases(self, timeout: float) -> bool:
+        return await _wait(self._leases, timeout)
+
+
+async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    try:
+        await asyncio.wait_for(event.wait(), timeout)
+    except TimeoutError:
+        return False
+    finally:
+        event.clear()
+    return True

@@ -7,6 +7,10 @@ committed (a job enters here after its claim committed, and each step after its 
 commit; it leaves after its last commit). Jobs not here — pending, finished, or run by
 another node — are read from the database.
 
+A client may also wait for its jobs (``GET /api/jobs?id=…&wait=``): the node wakes it
+when it ends one of them, and otherwise re-reads every ``RECHECK_SECONDS`` (jobs
+another node runs).
+
 The one thing this view can lag behind is a cancel or a lease taken over by another
 node: the job reads ``running`` here until the lease renewal notices (within a third
 of ``scheduler.lease_seconds``) and abandons it.
@@ -14,6 +18,8 @@ of ``scheduler.lease_seconds``) and abandons it.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +36,7 @@ class LiveJob:
 class LiveJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, LiveJob] = {}
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
 
     def started(self, job_id: str, client: str, steps: list[dict[str, Any]]) -> None:
         self._jobs[job_id] = LiveJob(client, steps)
@@ -40,7 +47,29 @@ class LiveJobs:
             job.steps.append(step_result(container, output, error))
 
     def ended(self, job_id: str) -> None:
+        """After the job's last commit (or when this node gave the job up)."""
         self._jobs.pop(job_id, None)
+        for waiter in self._waiters.pop(job_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait_ended(self, job_ids: Iterable[str], timeout: float) -> None:
+        """Until this node ends one of the jobs, or ``timeout`` passed."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        ids = list(job_ids)
+        for job_id in ids:
+            self._waiters.setdefault(job_id, set()).add(waiter)
+        try:
+            await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            pass
+        finally:
+            for job_id in ids:
+                waiters = self._waiters.get(job_id)
+                if waiters is not None:
+                    waiters.discard(waiter)
+                    if not waiters:
+                        del self._waiters[job_id]
 
     def get(self, job_id: str, client: str) -> LiveJob | None:
         """The job while this node runs it, if it is this client's."""

@@ -25,7 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from app import __version__, metrics
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, utcnow
-from app.db.signal import JobSignal
+from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
+from app.jobs.live import LiveJobs
 from app.jobs.queries import status_in, status_is
 from app.jobs.results import api_status, job_result, step_result
 from app.jobs.transitions import JobStore
@@ -138,11 +139,12 @@ class OperatorService:
     SAMPLES = 180
 
     def __init__(self, database: Database, store: JobStore, signal: JobSignal | None = None,
-                 containers: ContainerStates | None = None) -> None:
+                 containers: ContainerStates | None = None, live: LiveJobs | None = None) -> None:
         self.database = database
         self.store = store
         self.signal = signal
         self.containers = containers
+        self.live = live
         self.depth_samples: deque[tuple[str, int, int]] = deque(maxlen=self.SAMPLES)
         self._sampler: asyncio.Task[None] | None = None
 
@@ -164,11 +166,14 @@ class OperatorService:
         return detail
 
     async def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel an unfinished job; the node running it abandons the step at its next
-        lease heartbeat (every ``lease_seconds / 3``)."""
+        """Cancel an unfinished job; the node running it checks its leases at once (woken
+        here or by NOTIFY) and abandons the step."""
         if not await self.store.cancel(job_id):
             await self.job(job_id)  # JobNotFound; else it had finished
             raise JobConflict(JOB_ALREADY_FINISHED)
+        if self.live is not None:
+            self.live.ended(job_id)  # reads of it go to the database from now on
+        await self._wake(LEASE_CHANNEL)
         detail = await self.job(job_id)
         metrics.job_cancelled(job_id, detail["container"])
         return detail
@@ -184,11 +189,18 @@ class OperatorService:
         return detail
 
     async def wake_schedulers(self) -> None:
+        await self._wake(CHANNEL)
+
+    async def _wake(self, channel: str) -> None:
+        """This node's scheduler (when it runs one) and, on PostgreSQL, every other node's."""
         if self.signal is not None:
-            self.signal.notify()
+            if channel == LEASE_CHANNEL:
+                self.signal.leases_changed()
+            else:
+                self.signal.notify()
         if self.database.is_postgresql:
             async with self.database.direct_write() as conn:
-                await JobSignal().notify_other_nodes(conn)
+                await (self.signal or JobSignal()).notify_other_nodes(conn, channel)
 
     # -- lists --------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -21,6 +22,9 @@ from app.jobs.results import job_result, step_result
 
 #: Ids per results statement: PostgreSQL takes at most 32,767 parameters.
 RESULTS_CHUNK = 1024
+#: A waiting read re-reads this often when no job of it ended on this node meanwhile
+#: (jobs that another node runs).
+RECHECK_SECONDS = 0.05
 
 
 class UnknownCursor(LookupError):
@@ -82,9 +86,25 @@ class JobService:
         self.signal.notify()
         return [None] * len(batches)
 
-    async def results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
-        """Results in the order asked; ids that are not this client's are left out. Jobs this
-        node is running are answered without the database (``app.jobs.live``)."""
+    async def results(self, client: str, job_ids: Sequence[str], intermediate: bool,
+                      wait: float = 0.0) -> list[dict[str, Any]]:
+        """Results in the order asked; ids that are not this client's are left out.
+
+        With ``wait`` (seconds), answers once none of the jobs is running any more, or when
+        the time is up: one request instead of a poll every few milliseconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        while True:
+            answers = await self._results(client, job_ids, intermediate)
+            running = [answer["id"] for answer in answers if answer["status"] == "running"]
+            remaining = deadline - loop.time()
+            if not running or remaining <= 0:
+                return answers
+            await self.live.wait_ended(running, min(remaining, RECHECK_SECONDS))
+
+    async def _results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
+        """Jobs this node is running are answered without the database (``app.jobs.live``)."""
         status: dict[str, str] = {}
         steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         unread: list[str] = []

@@ -56,7 +56,8 @@ class Scheduler:
             metrics.jobs_rescued(taken_back=taken)
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="jobnode-claim"),
-            asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew), name="jobnode-lease"),
+            asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew, self.signal.wait_leases),
+                                name="jobnode-lease"),
             asyncio.create_task(self._every(max(0.5, self.config.lease_seconds / 2), self._maintain),
                                 name="jobnode-reaper"),
         ]
@@ -127,9 +128,14 @@ class Scheduler:
             if self._full:
                 self.signal.notify()
 
-    async def _every(self, period: float, action: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, period: float, action: Callable[[], Awaitable[None]],
+                     wake: Callable[[float], Awaitable[bool]] | None = None) -> None:
+        """``action`` every ``period`` seconds, and at once whenever ``wake`` returns."""
         while True:
-            await asyncio.sleep(period)
+            if wake is None:
+                await asyncio.sleep(period)
+            else:
+                await wake(period)
             try:
                 await action()
             except asyncio.CancelledError:

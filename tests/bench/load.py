@@ -241,10 +241,16 @@ async def submit_job(connection: Connection, containers: list[str], data: dict[s
     return _decode(body)["id"]
 
 
-async def wait_result(connection: Connection, job_id: str, poll_interval: float) -> tuple[dict[str, Any], int]:
-    """Poll ``GET /api/jobs?id=`` until the job is no longer running; (result, polls)."""
+#: How long one waiting read may wait (``GET /api/jobs?id=…&wait=``).
+WAIT_SECONDS = 30
+
+
+async def wait_result(connection: Connection, job_id: str, poll_interval: float | None
+                      ) -> tuple[dict[str, Any], int]:
+    """Poll ``GET /api/jobs?id=`` every ``poll_interval`` seconds until the job is no longer
+    running, or (``None``) wait on it with ``&wait=``; (result, requests)."""
     polls = 0
-    target = f"/api/jobs?id={job_id}"
+    target = f"/api/jobs?id={job_id}" + (f"&wait={WAIT_SECONDS}" if poll_interval is None else "")
     while True:
         status, body = await connection.request("GET", target)
         polls += 1
@@ -254,7 +260,8 @@ async def wait_result(connection: Connection, job_id: str, poll_interval: float)
             raise OpFailed(f"job {job_id} not found")
         if results[0]["status"] != "running":
             return results[0], polls
-        await asyncio.sleep(poll_interval)
+        if poll_interval is not None:
+            await asyncio.sleep(poll_interval)
 
 
 def check_echo(result: dict[str, Any], data: dict[str, Any]) -> None:
@@ -265,7 +272,7 @@ def check_echo(result: dict[str, Any], data: dict[str, Any]) -> None:
         raise OpFailed(f"wrong output: {str(output)[:160]}")
 
 
-def end_to_end_op(containers: list[str], poll_interval: float) -> Op:
+def end_to_end_op(containers: list[str], poll_interval: float | None) -> Op:
     async def op(connection: Connection, client: int, sequence: int) -> Sample:
         data = {"job": sequence, "client": client}
         started = time.monotonic()
@@ -354,7 +361,7 @@ async def sequential(connection: Connection, op: Callable[[int], Awaitable[float
     }
 
 
-async def time_to_result(connection: Connection, containers: list[str], poll_interval: float, *, count: int,
+async def time_to_result(connection: Connection, containers: list[str], poll_interval: float | None, *, count: int,
                          time_limit: float, pause: float) -> dict[str, Any]:
     """Submit → result on an idle node, one job at a time."""
 

@@ -50,6 +50,19 @@ def _limit(query: MultiDict[str]) -> int | None:
     return int(value)
 
 
+def _wait(query: MultiDict[str], limit: float) -> float:
+    value = query.get("wait")
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= limit:  # also NaN
+        raise ApiError(400, "Invalid parameter", {"name": "wait", "value": value})
+    return seconds
+
+
 def _after(query: MultiDict[str]) -> str | None:
     value = query.get("after")
     if value is None:
@@ -107,7 +120,9 @@ class JobsController(Controller):
         return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)
 
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
-         responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE))
+         responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
+         description="With `id`: `wait=<seconds>` (up to `server.max_wait`) answers once none of those "
+                     "jobs is running any more, or when the time is up.")
     async def read(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[JobResult] | list[str]:
         jobs, server = jobs_api.jobs, jobs_api.server
         query = request.query_params
@@ -118,7 +133,8 @@ class JobsController(Controller):
                 raise ApiError(400, "Too many ids", {"limit": server.max_ids})
             ids = [_job_id(value) for value in raw_ids]
             intermediate = _flag(query, "intermediate") or False
-            return await jobs.results(client, ids, intermediate)  # type: ignore[return-value]
+            wait = _wait(query, server.max_wait)
+            return await jobs.results(client, ids, intermediate, wait)  # type: ignore[return-value]
         pending = _flag(query, "pending")
         limit, after = _limit(query), _after(query)
         try:

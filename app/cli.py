@@ -47,11 +47,7 @@ def main() -> None:
 @click.option("--host", default=None, help="Override server.host.")
 @click.option("--port", type=int, default=None, help="Override server.port.")
 def serve(config_path: str | None, host: str | None, port: int | None) -> None:
-    """Run the node (migrates the database first)."""
-    import uvicorn
-
-    from app.node import Node
-
+    """Run the node (migrates the database first); ``server.workers`` processes of it."""
     settings = _settings(config_path)
     if host:
         settings.server.host = host
@@ -61,12 +57,27 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         configure_logging(settings.log_level)
     except ValueError as exc:
         raise click.ClickException(f"invalid configuration: {exc}") from None
+    if settings.server.workers > 1:
+        from app.workers import Supervisor
+
+        sys.exit(Supervisor(settings, run_node).run())
+    run_node(settings)
+
+
+def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
+    """One node process serving until SIGTERM/SIGINT; on ``sock`` when a supervisor bound it."""
+    import uvicorn
+
+    from app.node import Node
+
+    if sock is not None:  # a worker process: logging is configured per process
+        configure_logging(settings.log_level)
     node = Node(settings)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT and then re-raises the signal with
     # the handler that was installed before it: make that one a clean exit (status 0).
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _exit_cleanly)
-    uvicorn.run(
+    config = uvicorn.Config(
         node.app(),
         host=settings.server.host,
         port=settings.server.port,
@@ -79,6 +90,10 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
         log_config=None,  # app.logging formats uvicorn's records too
         timeout_graceful_shutdown=settings.scheduler.shutdown_grace,
     )
+    server = uvicorn.Server(config)
+    server.run(sockets=None if sock is None else [sock])
+    if not server.started:
+        sys.exit(3)  # as uvicorn.run: the startup (e.g. the lifespan) failed
 
 
 @main.group()

@@ -47,6 +47,8 @@ class ServerSettings(_Section):
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
     max_ids: int = 1000
+    #: Node processes behind the one port (``app.workers``); each is a whole node.
+    workers: int = 1
     #: The longest ``GET /api/jobs?id=…&wait=`` may wait, in seconds.
     max_wait: float = 30.0
     operator_token: str | None = None
@@ -187,7 +189,7 @@ def _validate_numbers(settings: Settings) -> None:
     server, scheduler = settings.server, settings.scheduler
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port")
-    for key in ("max_body_bytes", "max_batch", "max_ids"):
+    for key in ("max_body_bytes", "max_batch", "max_ids", "workers"):
         _positive(getattr(server, key), f"server.{key}")
     _positive(server.max_wait, "server.max_wait", minimum=0)
     if server.rate_limit is not None:

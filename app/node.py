@@ -51,11 +51,13 @@ class Node:
         catalog = ContainerCatalog(settings)
         live = LiveJobs()  # the scheduler's running jobs, which the API reads
         self.jobs = JobService(self.database, catalog, self.signal, live)
-        store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds)
+        store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds, self.signal)
         self.streams = StreamService(store, catalog, self.containers, self.client)
         self.resources = ResourceService(self.containers, self.client)
         self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
-        self.connection = NodeConnection(self.database, self.signal) if self.database.is_postgresql else None
+        self.connection = (
+            NodeConnection(self.database, self.signal, on_ended=live.wake) if self.database.is_postgresql else None
+        )
         self.scheduler = Scheduler(
             settings, store, ChainRunner(store, self.containers, self.client, live), self.signal,
             **({"is_leader": self.connection.is_leader} if self.connection else {}),
@@ -82,10 +84,10 @@ class Node:
                 self.runtime = ContainerRuntime(self.settings, self.containers)
                 await self.runtime.start()
                 stack.push_async_callback(self.runtime.stop)
+            if self.connection is not None:  # wake-ups: new jobs, cancels, jobs ended elsewhere
+                await self.connection.start()
+                stack.push_async_callback(self.connection.stop)
             if self.settings.scheduler.enabled:
-                if self.connection is not None:
-                    await self.connection.start()
-                    stack.push_async_callback(self.connection.stop)
                 await self.scheduler.start()
                 stack.push_async_callback(self.scheduler.stop)
             yield

@@ -1,7 +1,7 @@
 """One dedicated asyncpg connection per node on PostgreSQL, for two things a pool cannot do:
 
-* ``LISTEN`` for new jobs submitted on other nodes (their submit sends ``NOTIFY``), and
-  for cancels made on other nodes;
+* ``LISTEN`` for new jobs submitted on other nodes (their submit sends ``NOTIFY``), for
+  cancels made on other nodes, and for jobs that other nodes ended (reads waiting here);
 * a session-level advisory lock that elects the one node running the reaper and pruner.
   When that node dies its connection closes, PostgreSQL frees the lock, and another
   node takes it at its next try.
@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 
 from app.db.engine import Database
-from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
+from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, JobSignal
 
 log = logging.getLogger("jobnode.db")
 
@@ -29,9 +30,11 @@ LEADER_LOCK_KEY = 0x6A6E6C656164
 
 
 class NodeConnection:
-    def __init__(self, database: Database, signal: JobSignal, retry_seconds: float = 1.0) -> None:
+    def __init__(self, database: Database, signal: JobSignal, retry_seconds: float = 1.0,
+                 on_ended: Callable[[list[str]], None] | None = None) -> None:
         self.dsn = database.url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.signal = signal
+        self.on_ended = on_ended
         self.retry_seconds = retry_seconds
         self._conn: asyncpg.Connection | None = None
         self._leader = False
@@ -61,6 +64,10 @@ class NodeConnection:
         return self._leader
 
     def _on_notify(self, _conn: Any, _pid: int, channel: str, sender: str) -> None:
+        if channel == ENDED_CHANNEL:
+            if self.on_ended is not None:
+                self.on_ended(self.signal.ended_ids(sender, self.signal.sender))
+            return
         if sender == self.signal.sender:
             return  # woken in-process already
         if channel == LEASE_CHANNEL:
@@ -74,6 +81,8 @@ class NodeConnection:
                 self._conn = await asyncpg.connect(self.dsn, timeout=5)
                 await self._conn.add_listener(CHANNEL, self._on_notify)
                 await self._conn.add_listener(LEASE_CHANNEL, self._on_notify)
+                if self.on_ended is not None:
+                    await self._conn.add_listener(ENDED_CHANNEL, self._on_notify)
                 log.info("listening for new jobs on %s", CHANNEL)
                 self.signal.notify()  # jobs may have arrived while we were not listening
                 while not self._conn.is_closed():

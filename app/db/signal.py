@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 from sqlalchemy import bindparam, func, select
 
 from app.db.direct import DirectConnection, Statement
 
 CHANNEL = "jobnode_jobs"
 LEASE_CHANNEL = "jobnode_leases"
+#: Jobs that ended, for reads waiting on them in other processes: ``[sender, [ids]]``.
+ENDED_CHANNEL = "jobnode_ended"
+#: NOTIFY payloads must stay under 8000 bytes: ids per notification.
+ENDED_PER_NOTIFY = 150
 _NOTIFY = Statement(select(func.pg_notify(bindparam("channel"), bindparam("sender"))))
 
 
@@ -45,6 +50,19 @@ class JobSignal:
         """Call inside the writing transaction; a no-op off PostgreSQL."""
         if conn.postgresql:
             await conn.execute(_NOTIFY, {"channel": channel, "sender": self.sender})
+
+    async def announce_ended(self, conn: DirectConnection, job_ids: list[str]) -> None:
+        """Call inside the transaction that ends the jobs; a no-op off PostgreSQL."""
+        if conn.postgresql:
+            for start in range(0, len(job_ids), ENDED_PER_NOTIFY):
+                payload = msgspec.json.encode([self.sender, job_ids[start : start + ENDED_PER_NOTIFY]]).decode()
+                await conn.execute(_NOTIFY, {"channel": ENDED_CHANNEL, "sender": payload})
+
+    @staticmethod
+    def ended_ids(payload: str, own_sender: str) -> list[str]:
+        """The ids of an ``ENDED_CHANNEL`` payload sent by another process."""
+        sender, job_ids = msgspec.json.decode(payload)
+        return [] if sender == own_sender else job_ids
 
     async def wait(self, timeout: float) -> bool:
         """Block until notified or ``timeout`` passed; True when notified."""

@@ -8,8 +8,8 @@ commit; it leaves after its last commit). Jobs not here — pending, finished, o
 another node — are read from the database.
 
 A client may also wait for its jobs (``GET /api/jobs?id=…&wait=``): the node wakes it
-when it ends one of them, and otherwise re-reads every ``RECHECK_SECONDS`` (jobs
-another node runs).
+when it ends one of them, or when another node or worker announces that it did
+(PostgreSQL NOTIFY), and otherwise re-reads every ``RECHECK_SECONDS``.
 
 The one thing this view can lag behind is a cancel or a lease taken over by another
 node: the job reads ``running`` here until the lease renewal notices (within a third
@@ -49,9 +49,14 @@ class LiveJobs:
     def ended(self, job_id: str) -> None:
         """After the job's last commit (or when this node gave the job up)."""
         self._jobs.pop(job_id, None)
-        for waiter in self._waiters.pop(job_id, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self.wake([job_id])
+
+    def wake(self, job_ids: Iterable[str]) -> None:
+        """Reads waiting on these jobs read again: they ended (here or elsewhere)."""
+        for job_id in job_ids:
+            for waiter in self._waiters.pop(job_id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def wait_ended(self, job_ids: Iterable[str], timeout: float) -> None:
         """Until this node ends one of the jobs, or ``timeout`` passed."""

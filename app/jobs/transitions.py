@@ -18,6 +18,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from app.db.direct import Statement
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, UtcDateTime, utcnow
+from app.db.signal import JobSignal
 from app.jobs.queries import status_in, status_is
 
 CANCELLED_ERROR = "cancelled"
@@ -142,10 +143,13 @@ _RENEW = Statement(
 class JobStore:
     """The scheduler's side of the database, for one node identity."""
 
-    def __init__(self, database: Database, node_id: str, lease_seconds: float) -> None:
+    def __init__(self, database: Database, node_id: str, lease_seconds: float,
+                 signal: JobSignal | None = None) -> None:
         self.database = database
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
+        #: Announces ended jobs to reads waiting in other processes (PostgreSQL).
+        self.signal = signal
 
     def claim_params(self, limit: int, now: datetime) -> dict[str, Any]:
         return {"now": now, "limit": limit, "node": self.node_id, "lease_until": now + self.lease}
@@ -212,6 +216,9 @@ class JobStore:
             ]
             if rows:
                 await conn.insert_many(JobStep.__table__, rows)
+            ended = [r.job.id for r in results if r.ends_job_as is not None and r.claim in held]
+            if ended and self.signal is not None:
+                await self.signal.announce_ended(conn, ended)
         return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
 
     async def record_step(self, result: StepResult) -> None:

@@ -1,0 +1,138 @@
+"""Several node processes behind one port (``server.workers``).
+
+One event loop is a node's limit: under load its process runs at one full core while
+the database and the machine's other core have room (see the README's Performance
+section). Each worker is a whole node — API and scheduler — with an identity of its own,
+``<node_id>/<n>``: claims are as safe across processes as across nodes, and a worker
+restarted under its identity takes its own orphaned jobs back at once.
+
+The parent runs the migrations once, binds the socket once and shares it (the kernel
+spreads the connections over the workers), restarts a worker that dies, and on SIGTERM
+or SIGINT stops every worker gracefully (each hands its unfinished jobs back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+
+import msgspec
+
+from app.config import Settings
+
+log = logging.getLogger("jobnode")
+
+#: A worker that fails (exits with an error, not killed by a signal) this soon after its
+#: start is not restarted: it would only fail again (an unreachable database, say); the
+#: node exits instead.
+MIN_UPTIME_SECONDS = 5.0
+PR_SET_PDEATHSIG = 1
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    scheduler = msgspec.structs.replace(settings.scheduler, node_id=f"{settings.node_id}/{index}")
+    return msgspec.structs.replace(settings, scheduler=scheduler)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, run_worker: Callable[[Settings, socket.socket], None]) -> None:
+        self.settings = settings
+        self.run_worker = run_worker
+        self.count = settings.server.workers
+        self._context = multiprocessing.get_context("spawn")
+        self._stopping = False
+
+    def run(self) -> int:
+        from app.db import migrate
+        from app.db.engine import Database
+
+        async def upgrade() -> None:
+            database = Database(self.settings.database.url)
+            try:
+                await migrate.upgrade(database)
+            finally:
+                await database.dispose()
+
+        asyncio.run(upgrade())
+        sock = bind(self.settings.server.host, self.settings.server.port)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._stop)
+        workers = {index: self._start(index, sock) for index in range(self.count)}
+        log.info("serving on %s:%d with %d workers", self.settings.server.host, self.settings.server.port, self.count)
+        try:
+            while not self._stopping:
+                for index, (process, started) in list(workers.items()):
+                    if process.is_alive() or self._stopping:
+                        continue
+                    if (process.exitcode or 0) > 0 and time.monotonic() - started < MIN_UPTIME_SECONDS:
+                        log.error("worker %d exited with %s right after its start; stopping", index, process.exitcode)
+                        return 1
+                    log.warning("worker %d exited with %s; restarting it", index, process.exitcode)
+                    workers[index] = self._start(index, sock)
+                time.sleep(0.2)
+            return 0
+        finally:
+            self._stop_all([process for process, _ in workers.values()])
+            sock.close()
+
+    def _start(self, index: int, sock: socket.socket) -> tuple[BaseProcess, float]:
+        process = self._context.Process(
+            target=_worker_main, args=(self.run_worker, worker_settings(self.settings, index), sock, os.getpid()),
+            name=f"jobnode-worker-{index}", daemon=False,
+        )
+        process.start()
+        return process, time.monotonic()
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self._stopping = True
+
+    def _stop_all(self, processes: list[BaseProcess]) -> None:
+        for process in processes:
+            if process.is_alive() and process.pid is not None:
+                os.kill(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.scheduler.shutdown_grace + 15
+        for process in processes:
+            process.join(max(0.0, deadline - time.monotonic()))
+            if process.is_alive():
+                log.warning("worker %s did not stop in time; killing it", process.name)
+                process.kill()
+                process.join(5)
+
+
+def _worker_main(run_worker: Callable[[Settings, socket.socket], None], settings: Settings,
+                 sock: socket.socket, parent: int) -> None:
+    # A session of its own: a Ctrl-C at the terminal reaches the parent only, which then
+    # stops each worker once (a second signal would make uvicorn skip the graceful part).
+    os.setsid()
+    _stop_with_parent(parent)
+    run_worker(settings, sock)
+
+
+def _stop_with_parent(parent: int) -> None:
+    """A worker whose parent died (SIGKILL) stops gracefully rather than serve on alone
+    (Linux: PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: the parent's SIGTERM is the only way
+        return
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import asyncpg
 import msgspec
-from sqlalchemy import JSON, Table, func, insert, literal_column, select
+from sqlalchemy import JSON, Table, bindparam, func, insert, literal_column, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY, asyncpg as pg_asyncpg
 from sqlalchemy.engine import URL
@@ -113,6 +113,9 @@ class DirectConnection(Protocol):
                           notify: tuple[str, str] | None = None) -> None:
         """Insert the rows and, on PostgreSQL, ``pg_notify(*notify)`` in the same statement."""
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """``pg_notify`` (delivered at commit); a no-op off PostgreSQL."""
+
 
 class _AsyncpgConnection:
     postgresql = True
@@ -137,7 +140,11 @@ class _AsyncpgConnection:
         sql, args = statement.asyncpg_args({name: [row[name] for row in rows] for name in columns})
         await self.connection.fetch(sql, *args, *(notify or ()))
 
+    async def notify(self, channel: str, payload: str) -> None:
+        await self.execute(_NOTIFY, {"channel": channel, "payload": payload})
 
+
+_NOTIFY = Statement(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
 _UNNEST_INSERTS: dict[tuple[str, tuple[str, ...], bool], Statement] = {}
 
 
@@ -195,8 +202,12 @@ class _SqlAlchemyConnection:
     async def insert_many(self, table: Table, rows: list[dict[str, Any]],
                           notify: tuple[str, str] | None = None) -> None:
         await self.connection.execute(insert(table), rows)
-        if notify is not None and self.postgresql:
-            await self.connection.execute(select(func.pg_notify(*notify)))
+        if notify is not None:
+            await self.notify(*notify)
+
+    async def notify(self, channel: str, payload: str) -> None:
+        if self.postgresql:
+            await self.execute(_NOTIFY, {"channel": channel, "payload": payload})
 
 
 def json_dumps(value: Any) -> str:
@@ -256,11 +267,10 @@ class AsyncpgPool:
             yield _AsyncpgConnection(connection)
 
     @asynccontextmanager
-    async def transaction(self, durable: bool) -> AsyncIterator[DirectConnection]:
+    async def transaction(self) -> AsyncIterator[DirectConnection]:
         pool = await self._open()
         async with pool.acquire(timeout=self.acquire_timeout) as connection:
-            # One round trip for BEGIN (and the commit mode), one for COMMIT.
-            await connection.execute("BEGIN" if durable else "BEGIN; SET LOCAL synchronous_commit = off")
+            await connection.execute("BEGIN")
             try:
                 yield _AsyncpgConnection(connection)
             except BaseException:

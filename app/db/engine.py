@@ -124,18 +124,15 @@ class Database:
                 yield wrap(conn)
 
     @asynccontextmanager
-    async def direct_write(self, *, durable: bool = True, one_statement: bool = False
-                           ) -> AsyncIterator[DirectConnection]:
-        """One write transaction for the hot writes. ``durable=False`` commits without
-        waiting for the WAL flush (PostgreSQL): for writes whose loss in a crash is harmless
-        because a crash voids them anyway (claims, lease renewals). ``one_statement``: the
-        caller runs a single statement, which PostgreSQL runs as a transaction of its own
-        (no BEGIN and COMMIT round trips; always durable)."""
+    async def direct_write(self, *, one_statement: bool = False) -> AsyncIterator[DirectConnection]:
+        """One write transaction for the hot writes. ``one_statement``: the caller runs a
+        single statement, which PostgreSQL runs as a transaction of its own (no BEGIN and
+        COMMIT round trips)."""
         if self.direct_pool is not None and one_statement:
             async with self.direct_pool.autocommit() as direct:
                 yield direct
         elif self.direct_pool is not None:
-            async with self.direct_pool.transaction(durable) as direct:
+            async with self.direct_pool.transaction() as direct:
                 yield direct
         else:
             async with self.write() as conn:

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
-from sqlalchemy import bindparam, func, select
-
-from app.db.direct import DirectConnection, Statement
+from app.db.direct import DirectConnection
 
 CHANNEL = "jobnode_jobs"
 LEASE_CHANNEL = "jobnode_leases"
@@ -22,7 +20,6 @@ LEASE_CHANNEL = "jobnode_leases"
 ENDED_CHANNEL = "jobnode_ended"
 #: NOTIFY payloads must stay under 8000 bytes: ids per notification.
 ENDED_PER_NOTIFY = 150
-_NOTIFY = Statement(select(func.pg_notify(bindparam("channel"), bindparam("sender"))))
 
 
 class JobSignal:
@@ -48,15 +45,15 @@ class JobSignal:
 
     async def notify_other_nodes(self, conn: DirectConnection, channel: str = CHANNEL) -> None:
         """Call inside the writing transaction; a no-op off PostgreSQL."""
-        if conn.postgresql:
-            await conn.execute(_NOTIFY, {"channel": channel, "sender": self.sender})
+        await conn.notify(channel, self.sender)
 
-    async def announce_ended(self, conn: DirectConnection, job_ids: list[str]) -> None:
-        """Call inside the transaction that ends the jobs; a no-op off PostgreSQL."""
-        if conn.postgresql:
-            for start in range(0, len(job_ids), ENDED_PER_NOTIFY):
-                payload = msgspec.json.encode([self.sender, job_ids[start : start + ENDED_PER_NOTIFY]]).decode()
-                await conn.execute(_NOTIFY, {"channel": ENDED_CHANNEL, "sender": payload})
+    def ended_notifications(self, job_ids: list[str]) -> list[tuple[str, str] | None]:
+        """``pg_notify`` arguments announcing the ended jobs, to send in the transaction that
+        ends them (``[None]`` when there are none)."""
+        return [
+            (ENDED_CHANNEL, msgspec.json.encode([self.sender, job_ids[start : start + ENDED_PER_NOTIFY]]).decode())
+            for start in range(0, len(job_ids), ENDED_PER_NOTIFY)
+        ] or [None]
 
     @staticmethod
     def ended_ids(payload: str, own_sender: str) -> list[str]:

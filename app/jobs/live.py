@@ -33,10 +33,17 @@ class LiveJob:
     steps: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class EndedJob:
+    id: str
+    status: str
+    steps: list[dict[str, Any]]
+
+
 class LiveJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, LiveJob] = {}
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._waiters: dict[str, set[asyncio.Future[EndedJob | None]]] = {}
 
     def started(self, job_id: str, client: str, steps: list[dict[str, Any]]) -> None:
         self._jobs[job_id] = LiveJob(client, steps)
@@ -46,28 +53,31 @@ class LiveJobs:
         if job is not None:
             job.steps.append(step_result(container, output, error))
 
-    def ended(self, job_id: str) -> None:
-        """After the job's last commit (or when this node gave the job up)."""
-        self._jobs.pop(job_id, None)
-        self.wake([job_id])
+    def ended(self, job_id: str, status: str | None = None) -> None:
+        """After the job's last commit, with the status it ended in; or without one when
+        this node gave the job up (cancelled, taken over, shutting down)."""
+        job = self._jobs.pop(job_id, None)
+        final = EndedJob(job_id, status, job.steps) if job is not None and status is not None else None
+        self.wake([job_id], final)
 
-    def wake(self, job_ids: Iterable[str]) -> None:
-        """Reads waiting on these jobs read again: they ended (here or elsewhere)."""
+    def wake(self, job_ids: Iterable[str], final: EndedJob | None = None) -> None:
+        """Reads waiting on these jobs go on: they ended (here or elsewhere)."""
         for job_id in job_ids:
             for waiter in self._waiters.pop(job_id, ()):
                 if not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(final)
 
-    async def wait_ended(self, job_ids: Iterable[str], timeout: float) -> None:
-        """Until this node ends one of the jobs, or ``timeout`` passed."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def wait_ended(self, job_ids: Iterable[str], timeout: float) -> EndedJob | None:
+        """Until one of the jobs ended, or ``timeout`` passed. A job this node ended comes
+        back as it was committed, so the waiting read needs no database read for it."""
+        waiter: asyncio.Future[EndedJob | None] = asyncio.get_running_loop().create_future()
         ids = list(job_ids)
         for job_id in ids:
             self._waiters.setdefault(job_id, set()).add(waiter)
         try:
-            await asyncio.wait_for(waiter, timeout)
+            return await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
-            pass
+            return None
         finally:
             for job_id in ids:
                 waiters = self._waiters.get(job_id)

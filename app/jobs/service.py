@@ -15,7 +15,7 @@ from app.db.engine import Database
 from app.db.models import Job, JobStatus, utcnow
 from app.db.signal import JobSignal
 from app.jobs import queries
-from app.jobs.live import LiveJobs
+from app.jobs.live import EndedJob, LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
 
@@ -95,25 +95,31 @@ class JobService:
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
+        ended: dict[str, EndedJob] = {}  # this client's jobs, ended here while it waited
         while True:
-            answers = await self._results(client, job_ids, intermediate)
+            answers = await self._results(client, job_ids, intermediate, ended)
             running = [answer["id"] for answer in answers if answer["status"] == "running"]
             remaining = deadline - loop.time()
             if not running or remaining <= 0:
                 return answers
-            await self.live.wait_ended(running, min(remaining, RECHECK_SECONDS))
+            job = await self.live.wait_ended(running, min(remaining, RECHECK_SECONDS))
+            if job is not None:
+                ended[job.id] = job
 
-    async def _results(self, client: str, job_ids: Sequence[str], intermediate: bool) -> list[dict[str, Any]]:
-        """Jobs this node is running are answered without the database (``app.jobs.live``)."""
+    async def _results(self, client: str, job_ids: Sequence[str], intermediate: bool,
+                       ended: dict[str, EndedJob]) -> list[dict[str, Any]]:
+        """Jobs this node is running, or ended for a waiting read, are answered without the
+        database (``app.jobs.live``)."""
         status: dict[str, str] = {}
         steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
         unread: list[str] = []
         for job_id in dict.fromkeys(job_ids):
-            live = self.live.get(job_id, client)
+            live = ended.get(job_id) or self.live.get(job_id, client)
             if live is None:
                 unread.append(job_id)
             else:
-                status[job_id], steps[job_id] = JobStatus.RUNNING, live.steps
+                status[job_id] = live.status if isinstance(live, EndedJob) else JobStatus.RUNNING
+                steps[job_id] = live.steps
         if unread:
             await self._read_results(client, unread, status, steps)
         return [

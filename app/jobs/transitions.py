@@ -115,7 +115,8 @@ CLAIM = Statement(
         lease_expires_at=bindparam("lease_until"),
         started_at=func.coalesce(Job.started_at, _NOW),
     )
-    .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after, Job.client)
+    .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after, Job.client,
+               select(JobStep.job_id).where(JobStep.job_id == Job.id).exists())
 )
 _COMMITTED_STEPS = Statement(
     select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
@@ -159,23 +160,22 @@ class JobStore:
 
         The candidates are locked in a CTE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so
         that the LIMIT is applied once; on SQLite the writer's ``BEGIN IMMEDIATE``
-        serialises claims instead. The steps of all claimed jobs come in one more query, so
-        that a resumed job knows where to continue without a read of its own. The claim
-        commits without waiting for the WAL flush: a claim lost in a crash leaves its job
-        pending, which is what the crash would have come to anyway.
+        serialises claims instead. The claim is one statement (one round trip on
+        PostgreSQL); it also tells which jobs have committed steps, and only those (resumed
+        jobs) cost a second read, so that they continue where they stopped.
         """
-        now = utcnow()
+        async with self.database.direct_write(one_statement=True) as conn:
+            rows = await conn.fetch(CLAIM, self.claim_params(limit, utcnow()))
+        resumed = [row[0] for row in rows if row[-1]]
         steps: dict[str, list[CommittedStep]] = {}
-        async with self.database.direct_write(durable=False) as conn:
-            rows = await conn.fetch(CLAIM, self.claim_params(limit, now))
-            if rows:
-                ids = [row[0] for row in rows]
-                for job_id, position, output, error in await conn.fetch(_COMMITTED_STEPS, {"ids": ids}):
+        if resumed:
+            async with self.database.direct_read() as conn:
+                for job_id, position, output, error in await conn.fetch(_COMMITTED_STEPS, {"ids": resumed}):
                     steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
         return [
             ClaimedJob(str(job_id), containers, data, requires_proof, attempts, run_after,
                        tuple(steps.get(str(job_id), ())), client)
-            for job_id, containers, data, requires_proof, attempts, run_after, client in rows
+            for job_id, containers, data, requires_proof, attempts, run_after, client, _ in rows
         ]
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
@@ -214,11 +214,12 @@ class JobStore:
                 for r in results
                 if r.claim in held
             ]
-            if rows:
-                await conn.insert_many(JobStep.__table__, rows)
             ended = [r.job.id for r in results if r.ends_job_as is not None and r.claim in held]
-            if ended and self.signal is not None:
-                await self.signal.announce_ended(conn, ended)
+            first, *more = self.signal.ended_notifications(ended) if self.signal else [None]
+            if rows:
+                await conn.insert_many(JobStep.__table__, rows, notify=first)
+            for notification in more:
+                await conn.notify(*notification)
         return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
 
     async def record_step(self, result: StepResult) -> None:
@@ -230,13 +231,12 @@ class JobStore:
         """Heartbeat: extend the leases of the jobs this node is still running.
 
         Returns the ids still held; a job missing from it was cancelled or taken over,
-        and its running step should be abandoned. Like a claim, a renewal need not wait
-        for the WAL flush: a crash ends the node's leases anyway.
+        and its running step should be abandoned.
         """
         if not job_ids:
             return set()
         params = {"ids": job_ids, "node": self.node_id, "lease_until": utcnow() + self.lease}
-        async with self.database.direct_write(durable=False) as conn:
+        async with self.database.direct_write(one_statement=True) as conn:
             return {str(job_id) for (job_id,) in await conn.fetch(_RENEW, params)}
 
     async def release(self, job_ids: list[str]) -> int:

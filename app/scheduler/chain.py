@@ -13,7 +13,7 @@ from app import metrics
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
 from app.db.errors import is_database_unavailable
-from app.db.models import utcnow
+from app.db.models import JobStatus, utcnow
 from app.db.batching import GroupCommit
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
@@ -42,12 +42,14 @@ class ChainRunner:
         """Raises ``LeaseLost`` when another node (or a cancel) took the job over."""
         committed = [step_result(job.containers[s.position], s.output, s.error) for s in job.steps]
         self.live.started(job.id, job.client, committed)
+        outcome = None
         try:
-            await self._run_chain(job)
+            outcome = await self._run_chain(job)
         finally:
-            self.live.ended(job.id)
+            self.live.ended(job.id, outcome)
 
-    async def _run_chain(self, job: ClaimedJob) -> None:
+    async def _run_chain(self, job: ClaimedJob) -> str:
+        """The status the job ended in (committed)."""
         data: Any = job.steps[-1].output if job.steps else job.input
         for position in range(len(job.steps), len(job.containers)):
             container_id = job.containers[position]
@@ -64,10 +66,11 @@ class ChainRunner:
                 metrics.step_failed(job, position, container_id, state, failed, started)
                 await self._record(job, position, started, error=failed.error)
                 metrics.job_finished(job, "failed", container_id)
-                return
+                return JobStatus.FAILED
             metrics.step_done(job, position, state, started)
             await self._record(job, position, started, output=data)
         metrics.job_finished(job, "success")
+        return JobStatus.SUCCESS
 
     async def _record(self, job: ClaimedJob, position: int, started: datetime, **result: Any) -> None:
         step = StepResult(job, position, started, **result)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +27,16 @@ RESULTS_CHUNK = 1024
 RECHECK_SECONDS = 0.05
 
 
+def new_job_id() -> str:
+    """A random (version 4) UUID as text: ``str(uuid.uuid4())`` without the UUID object,
+    which was a sixth of the node's time in batch ingest."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 class UnknownCursor(LookupError):
     """``after`` names no job of this client."""
 
@@ -42,7 +52,7 @@ class JobService:
 
     def _row(self, request: JobRequest, client: str, now: Any) -> dict[str, Any]:
         return {
-            "id": str(uuid.uuid4()),
+            "id": new_job_id(),
             "client": client,
             "source": "offchain",
             "containers": request.containers,

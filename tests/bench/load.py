@@ -241,6 +241,16 @@ async def submit_job(connection: Connection, containers: list[str], data: dict[s
     return _decode(body)["id"]
 
 
+#: End-to-end variants: result key → (how clients wait for a result, node processes).
+#: "poll": ``GET /api/jobs?id=`` every ``--poll-ms`` (what Infernet clients do); "wait":
+#: ``GET /api/jobs?id=…&wait=30`` (one request per result).
+VARIANTS: dict[str, tuple[str, int]] = {
+    "end_to_end": ("poll", 1),
+    "end_to_end_wait": ("wait", 1),
+    "end_to_end_workers": ("poll", 2),
+    "end_to_end_wait_workers": ("wait", 2),
+}
+
 #: How long one waiting read may wait (``GET /api/jobs?id=…&wait=``).
 WAIT_SECONDS = 30
 

@@ -143,10 +143,10 @@ class EchoService:
 # -- the node ------------------------------------------------------------------------
 
 def node_config(database_url: str, service_url: str, *, containers: int = 3, scheduler: bool = True,
-                max_concurrent_jobs: int = 256, container_concurrency: int = 256) -> dict[str, Any]:
+                max_concurrent_jobs: int = 256, container_concurrency: int = 256, workers: int = 1) -> dict[str, Any]:
     """A node that calls the bench service as ``echo1``..``echoN`` (one chain of N uses them all)."""
     return {
-        "server": {"host": "127.0.0.1", "rate_limit": None},
+        "server": {"host": "127.0.0.1", "rate_limit": None, "workers": workers},
         "database": {"url": database_url},
         "scheduler": {"enabled": scheduler, "max_concurrent_jobs": max_concurrent_jobs, "node_id": "bench"},
         "retention": {"finished_jobs_days": 0},

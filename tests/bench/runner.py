@@ -209,7 +209,7 @@ class DatabaseRun:
             meter = load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
             control = Connection("127.0.0.1", node.port)
             try:
-                await self._end_to_end(node, meter, control)
+                await self._end_to_end(node, meter, control, workers=1)
                 if o.profile:
                     await self._profile(node, meter, control)
                 else:
@@ -219,6 +219,14 @@ class DatabaseRun:
             finally:
                 control.close()
                 node.stop()
+            workers = self._node(url, service, "workers", scheduler=True, workers=2).start()
+            control = Connection("127.0.0.1", workers.port)
+            try:
+                meter = load.Meter(workers, service, PgBackends(url) if self.db == "postgresql" else None)
+                await self._end_to_end(workers, meter, control, workers=2)
+            finally:
+                control.close()
+                workers.stop()
             api = self._node(url, service, "api-only", scheduler=False).start()
             try:
                 meter = load.Meter(api, service, PgBackends(url) if self.db == "postgresql" else None)
@@ -229,34 +237,40 @@ class DatabaseRun:
         finally:
             await _drop(self.db, url)
 
-    def _node(self, url: str, service: EchoService, name: str, *, scheduler: bool) -> NodeProcess:
-        config = node_config(url, service.url, containers=max(self.o.chains), scheduler=scheduler)
+    def _node(self, url: str, service: EchoService, name: str, *, scheduler: bool, workers: int = 1) -> NodeProcess:
+        config = node_config(url, service.url, containers=max(self.o.chains), scheduler=scheduler, workers=workers)
         node = NodeProcess(self.workdir, config, name=f"{name}-{self.db}")
         self.nodes.append(node)
         return node
 
-    async def _end_to_end(self, node: NodeProcess, meter: load.Meter, control: Connection) -> None:
+    async def _end_to_end(self, node: NodeProcess, meter: load.Meter, control: Connection, workers: int) -> None:
+        for key, (mode, processes) in load.VARIANTS.items():
+            if processes == workers:
+                await self._end_to_end_variant(node, meter, control, key, None if mode == "wait" else self.o.poll_ms / 1000)
+
+    async def _end_to_end_variant(self, node: NodeProcess, meter: load.Meter, control: Connection, key: str,
+                                  poll_interval: float | None) -> None:
         o = self.o
-        self.result["end_to_end"] = {}
+        self.result[key] = {}
         for chain in o.chains:
             containers = [f"echo{i}" for i in range(1, chain + 1)]
             by_clients: dict[str, Any] = {}
             for clients in o.clients:
                 window = await load.closed_loop(
                     lambda _i: Connection("127.0.0.1", node.port), clients,
-                    load.end_to_end_op(containers, o.poll_ms / 1000),
+                    load.end_to_end_op(containers, poll_interval),
                     warmup=o.warmup, duration=o.duration, max_ops=o.max_ops, meter=meter,
                     warmup_max=o.warmup_max)
                 summary = self._window(window)
                 raw = self.result["raw"].get(str(clients), {}).get("rate")
                 summary["ratio_to_raw"] = round(summary["rate"] / raw, 4) if raw else None
                 by_clients[str(clients)] = summary
-                say(f"{self.db}: e2e {chain} container(s), {clients} clients: {summary['rate']:,.0f} jobs/s "
+                say(f"{self.db}: {key} {chain} container(s), {clients} clients: {summary['rate']:,.0f} jobs/s "
                     f"(ratio {summary['ratio_to_raw']}), p50 {summary['latency_p50_ms']} ms, node "
                     f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}")
                 if not await load.wait_idle(control, 60):
                     say(f"{self.db}: node still busy 60 s after the phase")
-            self.result["end_to_end"][str(chain)] = by_clients
+            self.result[key][str(chain)] = by_clients
 
     async def _profile(self, node: NodeProcess, meter: load.Meter, control: Connection) -> None:
         o = self.o
@@ -265,11 +279,11 @@ class DatabaseRun:
         svg_path = o.results_dir / f"profile-{self.db}.svg"
         recorder = profile.Recorder(node.pid, raw_path, o.profile_duration)
         info: dict[str, Any] = {"tool": "py-spy record (--nonblocking, 200 Hz, idle threads excluded)",
-                                "duration_s": o.profile_duration}
+                                "duration_s": o.profile_duration, "clients": "wait"}
 
         async def loader() -> load.Window:
             return await load.closed_loop(
-                lambda _i: Connection("127.0.0.1", node.port), 32, load.end_to_end_op(["echo1"], o.poll_ms / 1000),
+                lambda _i: Connection("127.0.0.1", node.port), 32, load.end_to_end_op(["echo1"], None),
                 warmup=0.3, duration=o.profile_duration, max_ops=o.max_ops * 10, meter=meter)
 
         if not recorder.start():
@@ -300,13 +314,14 @@ class DatabaseRun:
         await asyncio.sleep(0.5)
         connection = Connection("127.0.0.1", node.port)
         try:
-            result = await load.time_to_result(connection, ["echo1"], o.poll_ms / 1000, count=o.idle_jobs,
-                                               time_limit=30, pause=0.005)
+            for key, poll_interval in (("idle_time_to_result", o.poll_ms / 1000), ("idle_time_to_result_wait", None)):
+                result = await load.time_to_result(connection, ["echo1"], poll_interval, count=o.idle_jobs,
+                                                   time_limit=30, pause=0.005)
+                self.result[key] = result
+                self._count_errors(result)
+                say(f"{self.db}: {key} p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
         finally:
             connection.close()
-        self.result["idle_time_to_result"] = result
-        self._count_errors(result)
-        say(f"{self.db}: idle submit → result p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
 
     def _count_errors(self, result: dict[str, Any]) -> None:
         """Errors of a sequential measurement (its samples hold every distinct text, up to 10)."""

@@ -106,17 +106,11 @@ class JobsController(Controller):
     async def batch(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[dict[str, Any]]:
         server = jobs_api.server
         try:
-            items = decode_batch(await request.body())
+            requests = decode_batch(await request.body())
         except JobRejected as rejected:
             raise ApiError(400, rejected.error) from None
-        if len(items) > server.max_batch:
-            raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(items)})
-        requests: list[Any] = []
-        for item in items:
-            try:
-                requests.append(decode_job_request(item))
-            except JobRejected as rejected:
-                requests.append(rejected)
+        if len(requests) > server.max_batch:
+            raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(requests)})
         return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)
 
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",

@@ -216,6 +216,10 @@ def _validate_containers(settings: Settings) -> None:
         seen.add(container.id)
         if settings.manage_containers and not container.runs_elsewhere and not (container.image or container.build):
             raise ConfigError(f"{key}.image: required for a container the node manages (or set url)")
+        if settings.server.workers > 1 and settings.managed(container):
+            # Every worker would run the container on the Docker Engine at once.
+            raise ConfigError(f"server.workers: {settings.server.workers} workers cannot manage containers "
+                              f"({key} {container.id!r}); run them elsewhere (url, or manage_containers: false)")
         if container.url is not None and not container.url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}.url: {container.url!r} is not an http(s) URL")
         parse_networks(container.allowed_ips, f"{key}.allowed_ips")

@@ -135,6 +135,9 @@ def test_the_file_is_not_changed_by_loading(tmp_path):
         ({"containers": [{"id": "a", "url": "ftp://x"}]}, "containers[0].url"),
         ({"containers": [{"id": "a", "url": "http://x", "port": "three"}]}, "containers[0].port"),
         ({"docker": {"network_mode": "overlay"}}, "docker.network_mode"),
+        ({"server": {"workers": 0}}, "server.workers"),
+        ({"server": {"max_wait": -1}}, "server.max_wait"),
+        ({"server": {"workers": 2}, "containers": [{"id": "a", "image": "x"}]}, "server.workers"),
     ],
 )
 def test_a_bad_value_or_unknown_key_names_the_key(raw, key):

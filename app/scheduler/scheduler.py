@@ -63,9 +63,13 @@ class Scheduler:
         ]
 
     async def stop(self) -> None:
+        # The claim loop is not cancelled but told to stop: a claim cancelled halfway would
+        # leave its jobs claimed by nobody here (and, on SQLite, could strand the writer
+        # connection inside its transaction).
         self._stopping = True
+        self.signal.notify()
         if self._loops:
-            self._loops[0].cancel()
+            await asyncio.gather(self._loops[0], return_exceptions=True)
         if self.running:
             log.info("waiting up to %g s for %d running jobs", self.config.shutdown_grace, len(self.running))
             await asyncio.wait(list(self.running.values()), timeout=self.config.shutdown_grace)
@@ -130,14 +134,16 @@ class Scheduler:
 
     async def _every(self, period: float, action: Callable[[], Awaitable[None]],
                      wake: Callable[[float], Awaitable[bool]] | None = None) -> None:
-        """``action`` every ``period`` seconds, and at once whenever ``wake`` returns."""
+        """``action`` every ``period`` seconds, and at once whenever ``wake`` returns. The loop
+        is cancelled at shutdown; an action under way is shielded and finishes its
+        transaction."""
         while True:
             if wake is None:
                 await asyncio.sleep(period)
             else:
                 await wake(period)
             try:
-                await action()
+                await asyncio.shield(action())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

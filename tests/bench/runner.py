@@ -215,10 +215,10 @@ class DatabaseRun:
                 else:
                     self.result["profile"] = {"error": "not requested (--profile)"}
                 await self._idle(node, control)
-                await self._submits(node, meter, prefix="")
             finally:
                 control.close()
                 node.stop()
+            # Before the submit phases: they leave a backlog of pending jobs behind.
             workers = self._node(url, service, "workers", scheduler=True, workers=2).start()
             control = Connection("127.0.0.1", workers.port)
             try:
@@ -227,13 +227,21 @@ class DatabaseRun:
             finally:
                 control.close()
                 workers.stop()
+            memory = {"node_peak_rss_mb": node.peak_rss_mb}
+            node = self._node(url, service, "node-submits", scheduler=True).start()
+            try:
+                meter = load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
+                await self._submits(node, meter, prefix="")
+            finally:
+                node.stop()
+            memory["ingest_node_peak_rss_mb"] = node.peak_rss_mb
             api = self._node(url, service, "api-only", scheduler=False).start()
             try:
                 meter = load.Meter(api, service, PgBackends(url) if self.db == "postgresql" else None)
                 await self._submits(api, meter, prefix="api_only_", concurrent=False)
             finally:
                 api.stop()
-            self.result["memory"] = {"node_peak_rss_mb": node.peak_rss_mb, "api_only_node_peak_rss_mb": api.peak_rss_mb}
+            self.result["memory"] = {**memory, "api_only_node_peak_rss_mb": api.peak_rss_mb}
         finally:
             await _drop(self.db, url)
 

@@ -55,6 +55,8 @@ class _Slot:
 
 
 def _padded(values: Sequence[Any]) -> list[Any]:
+    if not values:
+        return list(values)
     size = 1
     while size < len(values):
         size *= 2
@@ -71,7 +73,10 @@ def _slots(name: str, value: Any) -> Any:
 
 
 class Statement:
-    """A Core statement with named ``bindparam``\\ s, compiled for asyncpg once per shape."""
+    """A Core statement with named ``bindparam``\\ s, compiled for asyncpg once per shape.
+
+    A list parameter is an ``expanding`` one (the list of an ``IN``); other values go as
+    they are."""
 
     def __init__(self, statement: Executable) -> None:
         self.statement = statement

@@ -108,8 +108,12 @@ async def test_postgresql_column_types(postgresql_url):
                 "WHERE table_schema = 'public' AND table_name IN ('jobs', 'job_steps')"
             ))
             types = {(table, column): data_type for table, column, data_type in rows}
+            client_index = (await connection.execute(text(
+                "SELECT pg_get_indexdef('ix_jobs_client_seq'::regclass)"))).scalar_one()
     finally:
         await database.dispose()
+    # A page of a client's ids is read from the index alone.
+    assert client_index.endswith("(client, seq) INCLUDE (id)"), client_index
     expected = {
         ("jobs", "id"): "uuid",
         ("jobs", "containers"): "jsonb",
@@ -130,12 +134,13 @@ async def test_postgresql_column_types(postgresql_url):
 def api_queries() -> dict[str, Select]:
     client, job_id = "127.0.0.1", str(uuid.uuid4())
     return {
-        "list all": queries.client_job_ids(client, None, None, None),
-        "list pending": queries.client_job_ids(client, True, None, None),
-        "list finished": queries.client_job_ids(client, False, None, None),
-        "list page": queries.client_job_ids(client, None, 42, 100),
-        "list pending page": queries.client_job_ids(client, True, 42, 100),
-        "cursor": queries.client_job_seq(client, job_id),
+        "list all": queries.client_job_ids(None, False, False).statement.params(client=client),
+        "list pending": queries.client_job_ids(True, False, False).statement.params(client=client),
+        "list finished": queries.client_job_ids(False, False, False).statement.params(client=client),
+        "list page": queries.client_job_ids(None, True, True).statement.params(client=client, after_seq=42, limit=100),
+        "list pending page": queries.client_job_ids(True, True, True).statement.params(
+            client=client, after_seq=42, limit=100),
+        "cursor": queries.CLIENT_JOB_SEQ.statement.params(client=client, id=job_id),
         "results by id": queries.RESULTS.statement.params(ids=[job_id, str(uuid.uuid4())]),
         "pending counts": queries.unfinished_counts_by_source(),
         "prune batch": transitions.prunable(datetime.now(UTC), 500),

@@ -100,8 +100,8 @@ class Job(Base):
 
     __table_args__ = (
         UniqueConstraint("id", name="uq_jobs_id"),
-        # A client's history, oldest first, and keyset pages of it.
-        Index("ix_jobs_client_seq", "client", "seq"),
+        # A client's history, oldest first, and keyset pages of it (index-only on PostgreSQL).
+        Index("ix_jobs_client_seq", "client", "seq", postgresql_include=["id"]),
         # A client's unfinished jobs (pending=true) without walking its whole history.
         Index(
             "ix_jobs_client_unfinished",

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, select
+from sqlalchemy import Integer, Select, bindparam, func, select
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.direct import Statement
@@ -22,20 +23,23 @@ def status_is(status: str) -> ColumnElement[bool]:
     return Job.status == bindparam(None, status, literal_execute=True)
 
 
-def client_job_ids(client: str, pending: bool | None, after_seq: int | None, limit: int | None) -> Select[Any]:
-    stmt = select(Job.id).where(Job.client == client)
+@functools.cache
+def client_job_ids(pending: bool | None, after: bool, limit: bool) -> Statement:
+    """A client's job ids, oldest first. Parameters: ``client``, and ``after_seq`` and
+    ``limit`` when asked for."""
+    stmt = select(Job.id).where(Job.client == bindparam("client"))
     if pending is True:
         stmt = stmt.where(status_in(JobStatus.UNFINISHED))
     elif pending is False:
         stmt = stmt.where(status_in(JobStatus.FINISHED))
-    if after_seq is not None:
-        stmt = stmt.where(Job.seq > after_seq)
+    if after:
+        stmt = stmt.where(Job.seq > bindparam("after_seq"))
     stmt = stmt.order_by(Job.seq)
-    return stmt if limit is None else stmt.limit(limit)
+    return Statement(stmt.limit(bindparam("limit", type_=Integer)) if limit else stmt)
 
 
-def client_job_seq(client: str, job_id: str) -> Select[Any]:
-    return select(Job.seq).where(Job.id == job_id, Job.client == client)
+#: The cursor of a keyset page. Parameters: ``client``, ``id``.
+CLIENT_JOB_SEQ = Statement(select(Job.seq).where(Job.id == bindparam("id"), Job.client == bindparam("client")))
 
 
 #: Jobs with their steps, in one statement: one snapshot, so a job's status and its steps

@@ -153,14 +153,15 @@ class JobService:
                         steps[job_id].append(step_result(container, output, error))
 
     async def job_ids(self, client: str, pending: bool | None, after: str | None, limit: int | None) -> list[str]:
-        async with self.database.read() as conn:
-            after_seq = None
+        params: dict[str, Any] = {"client": client, "limit": limit}
+        async with self.database.direct_read() as conn:
             if after is not None:
-                after_seq = (await conn.execute(queries.client_job_seq(client, after))).scalar()
-                if after_seq is None:
+                cursor = await conn.fetch(queries.CLIENT_JOB_SEQ, {"client": client, "id": after})
+                if not cursor:
                     raise UnknownCursor(after)
-            rows = await conn.execute(queries.client_job_ids(client, pending, after_seq, limit))
-            return [str(job_id) for (job_id,) in rows]
+                params["after_seq"] = cursor[0][0]
+            statement = queries.client_job_ids(pending, after is not None, limit is not None)
+            return [str(job_id) for (job_id,) in await conn.fetch(statement, params)]
 
     async def pending_counts(self) -> dict[str, int]:
         async with self.database.read() as conn:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Integer, Select, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.direct import Statement
@@ -101,7 +101,7 @@ _CLAIMABLE = (
     select(Job.seq)
     .where(status_is(JobStatus.PENDING), Job.run_after <= _NOW)
     .order_by(Job.run_after, Job.seq)
-    .limit(bindparam("limit"))
+    .limit(bindparam("limit", type_=Integer))
     .with_for_update(skip_locked=True)
     .cte("claimable")
 )

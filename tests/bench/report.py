@@ -24,7 +24,8 @@ TARGETS = {
     "idle_p50": ("idle submit → result p50 ms, clients poll every 1 ms", "<=", 10),
     "idle_wait_p50": ("idle submit → result p50 ms, clients wait", "<=", 10),
     "stored_by_id_p99": ("GET /api/jobs?id= p99 ms, N jobs stored", "<=", 10),
-    "stored_list_p99": ("GET /api/jobs (100,000 ids, one page) p99 ms", "<=", 10),
+    "stored_list_p99": ("GET /api/jobs?limit=1000&after=…: one page of a client with 100,000 jobs, p99 ms",
+                        "<=", 10),
     "stored_pending_p99": ("GET /api/jobs?pending=true p99 ms", "<=", 10),
     "stored_info_p99": ("GET /info p99 ms", "<=", 10),
 }
@@ -63,7 +64,7 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         "idle_p50": _get(result, "idle_time_to_result", "p50_ms"),
         "idle_wait_p50": _get(result, "idle_time_to_result_wait", "p50_ms"),
         "stored_by_id_p99": _get(result, "stored", "reads", "get_by_id", "p99_ms"),
-        "stored_list_p99": _get(result, "stored", "reads", "list_one_page", "p99_ms"),
+        "stored_list_p99": _get(result, "stored", "reads", "list_page_1000", "p99_ms"),
         "stored_pending_p99": _get(result, "stored", "reads", "pending", "p99_ms"),
         "stored_info_p99": _get(result, "stored", "reads", "info", "p99_ms"),
     }

@@ -51,6 +51,9 @@ class ServerSettings(_Section):
     workers: int = 1
     #: The longest ``GET /api/jobs?id=…&wait=`` may wait, in seconds.
     max_wait: float = 30.0
+    #: A read without ``wait`` of jobs running on this node waits this long at most for
+    #: them to end (0: answer at once); see ``JobService.results``.
+    poll_hold: float = 0.05
     operator_token: str | None = None
     #: Where managed containers (and unmanaged ones without a ``url``) are reached.
     container_host: str = "127.0.0.1"
@@ -192,6 +195,7 @@ def _validate_numbers(settings: Settings) -> None:
     for key in ("max_body_bytes", "max_batch", "max_ids", "workers"):
         _positive(getattr(server, key), f"server.{key}")
     _positive(server.max_wait, "server.max_wait", minimum=0)
+    _positive(server.poll_hold, "server.poll_hold", minimum=0)
     if server.rate_limit is not None:
         _positive(server.rate_limit.num_requests, "server.rate_limit.num_requests")
         _positive(server.rate_limit.period, "server.rate_limit.period", minimum=0.001)

@@ -97,3 +97,36 @@ async def test_a_running_job_reads_the_same_from_memory_and_from_the_database(
         if worker.node.database.is_postgresql:
             await wait_for(worker_sees_the_cancel, timeout=5)
             assert not worker.node.scheduler.running
+
+
+async def test_a_plain_read_of_a_job_running_here_is_held_until_it_ends(make_node, host_service, client_address):
+    """Without ``wait``, a read of jobs that all run on this node waits up to
+    ``server.poll_hold`` for them: a tight polling loop gets the result as it is committed."""
+    slow = host_service("count", DELAY=0.5)
+    for hold, expected in ((10, "success"), (0, "running")):
+        config = scheduled(container("slow", slow.url), lease_seconds=30, server={"poll_hold": hold})
+        async with make_node(config) as node, node.client(client_address) as http:
+            job_id = await submit(http, job("slow", data={"job": f"hold{hold}"}))
+
+            async def running_here() -> bool:
+                return node.node.jobs.live.get(job_id, client_address) is not None
+
+            await wait_for(running_here)
+            r = await http.get("/api/jobs", params={"id": job_id})
+            assert r.json()[0]["status"] == expected, (hold, r.text)
+            await wait_for(lambda: _finished(http, job_id))
+
+
+async def test_a_plain_read_of_a_queued_job_is_not_held(make_node, client_address):
+    config = scheduled(container("echo", "http://127.0.0.1:9"), enabled=False, server={"poll_hold": 10})
+    async with make_node(config) as node, node.client(client_address) as http:
+        job_id = await submit(http, job("echo"))
+        started = time.monotonic()
+        r = await http.get("/api/jobs", params={"id": job_id})
+        assert r.json() == [{"id": job_id, "status": "running", "result": None}]
+        assert time.monotonic() - started < 5, "a queued job's read waited for the hold"
+
+
+async def _finished(http, job_id: str) -> bool:
+    r = await http.get("/api/jobs", params={"id": job_id, "wait": "0"})
+    return r.json()[0]["status"] != "running"

@@ -97,18 +97,24 @@ class JobService:
         return [None] * len(batches)
 
     async def results(self, client: str, job_ids: Sequence[str], intermediate: bool,
-                      wait: float = 0.0) -> list[dict[str, Any]]:
+                      wait: float | None = 0.0, hold: float = 0.0) -> list[dict[str, Any]]:
         """Results in the order asked; ids that are not this client's are left out.
 
         With ``wait`` (seconds), answers once none of the jobs is running any more, or when
-        the time is up: one request instead of a poll every few milliseconds.
+        the time is up: one request instead of a poll every few milliseconds. Without it
+        (``None``), a read whose unfinished jobs all run on this node is held for up to
+        ``hold`` seconds the same way: a client polling in a tight loop gets the result the
+        moment the job ends, and stops taking the event loop from the jobs it waits for.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + wait
+        deadline: float | None = None if wait is None else loop.time() + wait
         ended: dict[str, EndedJob] = {}  # this client's jobs, ended here while it waited
         while True:
             answers = await self._results(client, job_ids, intermediate, ended)
             running = [answer["id"] for answer in answers if answer["status"] == "running"]
+            if deadline is None:  # the first read without a wait: hold it?
+                held = running and all(self.live.get(job_id, client) is not None for job_id in running)
+                deadline = loop.time() + (hold if held else 0.0)
             remaining = deadline - loop.time()
             if not running or remaining <= 0:
                 return answers

@@ -50,10 +50,10 @@ def _limit(query: MultiDict[str]) -> int | None:
     return int(value)
 
 
-def _wait(query: MultiDict[str], limit: float) -> float:
+def _wait(query: MultiDict[str], limit: float) -> float | None:
     value = query.get("wait")
     if value is None:
-        return 0.0
+        return None
     try:
         seconds = float(value)
     except ValueError:
@@ -116,7 +116,8 @@ class JobsController(Controller):
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
          responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
          description="With `id`: `wait=<seconds>` (up to `server.max_wait`) answers once none of those "
-                     "jobs is running any more, or when the time is up.")
+                     "jobs is running any more, or when the time is up. Without `wait`, a read of jobs that "
+                     "are all running on this node is held up to `server.poll_hold` seconds the same way.")
     async def read(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[JobResult] | list[str]:
         jobs, server = jobs_api.jobs, jobs_api.server
         query = request.query_params
@@ -128,7 +129,7 @@ class JobsController(Controller):
             ids = [_job_id(value) for value in raw_ids]
             intermediate = _flag(query, "intermediate") or False
             wait = _wait(query, server.max_wait)
-            return await jobs.results(client, ids, intermediate, wait)  # type: ignore[return-value]
+            return await jobs.results(client, ids, intermediate, wait, server.poll_hold)  # type: ignore[return-value]
         pending = _flag(query, "pending")
         limit, after = _limit(query), _after(query)
         try:

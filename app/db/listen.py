@@ -66,14 +66,9 @@ class NodeConnection:
     def _on_notify(self, _conn: Any, _pid: int, channel: str, sender: str) -> None:
         if channel == ENDED_CHANNEL:
             if self.on_ended is not None:
-                self.on_ended(self.signal.ended_ids(sender, self.signal.sender))
-            return
-        if sender == self.signal.sender:
-            return  # woken in-process already
-        if channel == LEASE_CHANNEL:
-            self.signal.leases_changed()
-        else:
-            self.signal.notify()
+                self.on_ended(self.signal.ended_ids(sender))
+        elif sender != self.signal.sender:  # (its own: woken in-process already)
+            self.signal.wake(channel)
 
     async def _keep_connected(self) -> None:
         while True:

@@ -43,23 +43,29 @@ class JobSignal:
         """A job was cancelled: the lease check should run now."""
         self._leases.set()
 
+    def wake(self, channel: str) -> None:
+        """What a notification on ``channel`` means for this node's scheduler."""
+        if channel == LEASE_CHANNEL:
+            self.leases_changed()
+        else:
+            self.notify()
+
     async def notify_other_nodes(self, conn: DirectConnection, channel: str = CHANNEL) -> None:
         """Call inside the writing transaction; a no-op off PostgreSQL."""
         await conn.notify(channel, self.sender)
 
-    def ended_notifications(self, job_ids: list[str]) -> list[tuple[str, str] | None]:
+    def ended_notifications(self, job_ids: list[str]) -> list[tuple[str, str]]:
         """``pg_notify`` arguments announcing the ended jobs, to send in the transaction that
-        ends them (``[None]`` when there are none)."""
+        ends them."""
         return [
             (ENDED_CHANNEL, msgspec.json.encode([self.sender, job_ids[start : start + ENDED_PER_NOTIFY]]).decode())
             for start in range(0, len(job_ids), ENDED_PER_NOTIFY)
-        ] or [None]
+        ]
 
-    @staticmethod
-    def ended_ids(payload: str, own_sender: str) -> list[str]:
+    def ended_ids(self, payload: str) -> list[str]:
         """The ids of an ``ENDED_CHANNEL`` payload sent by another process."""
         sender, job_ids = msgspec.json.decode(payload)
-        return [] if sender == own_sender else job_ids
+        return [] if sender == self.sender else job_ids
 
     async def wait(self, timeout: float) -> bool:
         """Block until notified or ``timeout`` passed; True when notified."""

@@ -194,10 +194,7 @@ class OperatorService:
     async def _wake(self, channel: str) -> None:
         """This node's scheduler (when it runs one) and, on PostgreSQL, every other node's."""
         if self.signal is not None:
-            if channel == LEASE_CHANNEL:
-                self.signal.leases_changed()
-            else:
-                self.signal.notify()
+            self.signal.wake(channel)
         if self.database.is_postgresql:
             async with self.database.direct_write() as conn:
                 await (self.signal or JobSignal()).notify_other_nodes(conn, channel)

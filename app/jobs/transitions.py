@@ -215,10 +215,10 @@ class JobStore:
                 if r.claim in held
             ]
             ended = [r.job.id for r in results if r.ends_job_as is not None and r.claim in held]
-            first, *more = self.signal.ended_notifications(ended) if self.signal else [None]
-            if rows:
-                await conn.insert_many(JobStep.__table__, rows, notify=first)
-            for notification in more:
+            notifications = self.signal.ended_notifications(ended) if self.signal else []
+            if rows:  # the first notification rides in the INSERT statement
+                await conn.insert_many(JobStep.__table__, rows, notify=notifications.pop(0) if notifications else None)
+            for notification in notifications:
                 await conn.notify(*notification)
         return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
 

@@ -16,12 +16,14 @@ from app import __version__
 from app.config import ServerSettings, parse_networks
 from app.http.client import ClientIdentity
 from app.http.controllers.dashboard import DashboardController
-from app.http.controllers.jobs import JobsApi, JobsController
+from app.http.controllers.jobs import JobsApi, JobsController, JobsReference
+from app.http.controllers.jobs_endpoint import jobs_endpoint
 from app.http.controllers.metrics import MetricsController
 from app.http.controllers.node import NodeController
 from app.http.controllers.operator import ContainersController, OperatorJobsController
 from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
+from app.http.openapi import document_handlers
 from app.http.operator_auth import STATE_KEY, OperatorAuth
 from app.http.prometheus import prometheus_config
 from app.http.ratelimit import rate_limit_config
@@ -46,18 +48,20 @@ def create_app(
     if server.rate_limit is not None:
         limit = rate_limit_config(server.rate_limit.num_requests, server.rate_limit.period, identity.address)
         middleware.append(limit.middleware)
-    return Litestar(
+    jobs_api = JobsApi(services["jobs"], identity, server)
+    dependencies = {
+        **{name: _constant(service) for name, service in services.items()},
+        "identity": _constant(identity),
+        "server": _constant(server),
+        "jobs_api": _constant(jobs_api),
+    }
+    app = Litestar(
         route_handlers=[
-            NodeController, JobsController, StreamController,
+            NodeController, jobs_endpoint(jobs_api), JobsController, StreamController,
             OperatorJobsController, ContainersController, MetricsController, DashboardController,
         ],
         state=State({STATE_KEY: OperatorAuth(server.operator_token, identity)}),
-        dependencies={
-            **{name: _constant(service) for name, service in services.items()},
-            "identity": _constant(identity),
-            "server": _constant(server),
-            "jobs_api": _constant(JobsApi(services["jobs"], identity, server)),
-        },
+        dependencies=dependencies,
         middleware=middleware,
         exception_handlers=exception_handlers(server.max_body_bytes),
         request_max_body_size=server.max_body_bytes,
@@ -69,3 +73,5 @@ def create_app(
         # Logging is configured once, by app.logging (jobnode serve), not by Litestar.
         logging_config=None,
     )
+    document_handlers(app, [JobsReference], dependencies)
+    return app

@@ -3,13 +3,16 @@ bodies with the messages it can answer, e.g. ``responses=errors({404: [JOB_NOT_F
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
-from litestar.openapi import ResponseSpec
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Example
 
 from app.http.errors import DATABASE_UNAVAILABLE
 from app.http.structs import ErrorBody
+from litestar.types import ControllerRouterHandler
 
 _TITLES = {
     400: "Bad request",
@@ -48,3 +51,22 @@ def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
         )
         for status, messages in sorted(merged.items())
     }
+
+
+def document_handlers(app: Litestar, route_handlers: Sequence[ControllerRouterHandler],
+                      dependencies: Mapping[str, Provide]) -> None:
+    """Add to ``app``'s OpenAPI document the operations of ``route_handlers``: HTTP
+    handlers that describe paths ``app`` serves through ASGI routes, which Litestar leaves
+    out of its document. They are registered on a documentation-only app, so the
+    description is generated from their types and ``responses`` like every other one."""
+    assert app.openapi_config is not None
+    reference = Litestar(
+        route_handlers=list(route_handlers), dependencies=dict(dependencies),
+        openapi_config=OpenAPIConfig(title=app.openapi_config.title, version=app.openapi_config.version),
+        logging_config=None,
+    ).openapi_schema
+    document = app.openapi_schema
+    document.paths = {**(document.paths or {}), **(reference.paths or {})}
+    schemas = document.components.schemas
+    for name, schema in reference.components.schemas.items():
+        schemas.setdefault(name, schema)

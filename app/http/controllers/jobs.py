@@ -1,7 +1,9 @@
 """``/api/jobs``: submit, batch, and read back a client's jobs.
 
 Bodies and query strings are parsed here by hand (with msgspec) because their error
-messages are part of the contract.
+messages are part of the contract. ``submit_job`` and ``read_jobs`` are what the two
+busiest requests do; ``app.http.controllers.jobs_endpoint`` serves them, and
+``JobsReference`` describes them in the OpenAPI document.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from litestar import Controller, MediaType, Request, get, post
-from litestar.di import NamedDependency
+from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
+from litestar.di import NamedDependency
 
 from app.config import ServerSettings
 from app.http.client import ClientIdentity
@@ -84,21 +87,49 @@ class JobsApi:
     server: ServerSettings
 
 
+async def submit_job(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any], body: bytes) -> dict[str, str]:
+    """``POST /api/jobs``: the stored job's id, or an ``ApiError``."""
+    try:
+        job_request = decode_job_request(body)
+    except JobRejected as rejected:
+        raise ApiError(400, rejected.error, rejected.params) from None
+    (answer,) = await api.jobs.submit(api.identity.address(connection), [job_request])
+    if "error" in answer:
+        raise ApiError(400, answer["error"], answer.get("params"))
+    return answer
+
+
+async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]) -> list[dict[str, Any]] | list[str]:
+    """``GET /api/jobs``: results by id (optionally waiting for them), or this client's ids."""
+    jobs, server = api.jobs, api.server
+    query = connection.query_params
+    raw_ids = query.getall("id", [])
+    client = api.identity.address(connection)
+    if raw_ids:
+        if len(raw_ids) > server.max_ids:
+            raise ApiError(400, "Too many ids", {"limit": server.max_ids})
+        ids = [_job_id(value) for value in raw_ids]
+        intermediate = _flag(query, "intermediate") or False
+        wait = _wait(query, server.max_wait)
+        return await jobs.results(client, ids, intermediate, wait, server.poll_hold)
+    pending = _flag(query, "pending")
+    limit, after = _limit(query), _after(query)
+    try:
+        return await jobs.job_ids(client, pending, after, limit)
+    except UnknownCursor:
+        raise ApiError(400, "Invalid parameter", {"name": "after", "value": after}) from None
+
+
+_READ_DESCRIPTION = (
+    "With `id`: `wait=<seconds>` (up to `server.max_wait`) answers once none of those jobs is running any "
+    "more, or when the time is up. Without `wait`, a read of jobs that are all running on this node is "
+    "held up to `server.poll_hold` seconds the same way."
+)
+
+
 class JobsController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
-
-    @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
-          responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
-    async def submit(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> JobId:
-        try:
-            job_request = decode_job_request(await request.body())
-        except JobRejected as rejected:
-            raise ApiError(400, rejected.error, rejected.params) from None
-        (answer,) = await jobs_api.jobs.submit(jobs_api.identity.address(request), [job_request])
-        if "error" in answer:
-            raise ApiError(400, answer["error"], answer.get("params"))
-        return JobId(answer["id"])
 
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
           responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
@@ -113,26 +144,27 @@ class JobsController(Controller):
             raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(requests)})
         return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)
 
+
+class JobsReference(Controller):
+    """``GET`` and ``POST /api/jobs`` as the OpenAPI document shows them.
+
+    Clients send these two requests for every job, so they are served by a plain ASGI
+    route (``jobs_endpoint``) that skips Litestar's per-request handler machinery;
+    Litestar documents only its HTTP handlers, hence these, registered on a
+    documentation-only app (``app.http.openapi.document_handlers``). They run the same
+    functions as the served route.
+    """
+
+    path = "/api/jobs"
+    tags = ["jobs"]
+
+    @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
+          responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
+    async def submit(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> JobId:
+        return JobId(**await submit_job(jobs_api, request, await request.body()))
+
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
          responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
-         description="With `id`: `wait=<seconds>` (up to `server.max_wait`) answers once none of those "
-                     "jobs is running any more, or when the time is up. Without `wait`, a read of jobs that "
-                     "are all running on this node is held up to `server.poll_hold` seconds the same way.")
+         description=_READ_DESCRIPTION)
     async def read(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[JobResult] | list[str]:
-        jobs, server = jobs_api.jobs, jobs_api.server
-        query = request.query_params
-        raw_ids = query.getall("id", [])
-        client = jobs_api.identity.address(request)
-        if raw_ids:
-            if len(raw_ids) > server.max_ids:
-                raise ApiError(400, "Too many ids", {"limit": server.max_ids})
-            ids = [_job_id(value) for value in raw_ids]
-            intermediate = _flag(query, "intermediate") or False
-            wait = _wait(query, server.max_wait)
-            return await jobs.results(client, ids, intermediate, wait, server.poll_hold)  # type: ignore[return-value]
-        pending = _flag(query, "pending")
-        limit, after = _limit(query), _after(query)
-        try:
-            return await jobs.job_ids(client, pending, after, limit)
-        except UnknownCursor:
-            raise ApiError(400, "Invalid parameter", {"name": "after", "value": after}) from None
+        return await read_jobs(jobs_api, request)  # type: ignore[return-value]

@@ -76,8 +76,11 @@ class JobSignal:
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:
+    # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 ``wait_for`` wraps the
+    # coroutine in a task of its own, and the claim loop waits once per claim.
     try:
-        await asyncio.wait_for(event.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await event.wait()
     except TimeoutError:
         return False
     finally:

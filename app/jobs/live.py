@@ -75,7 +75,8 @@ class LiveJobs:
         for job_id in ids:
             self._waiters.setdefault(job_id, set()).add(waiter)
         try:
-            return await asyncio.wait_for(waiter, timeout)
+            async with asyncio.timeout(timeout):
+                return await waiter
         except TimeoutError:
             return None
         finally:

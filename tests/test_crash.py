@@ -176,7 +176,9 @@ async def test_sigterm_hands_jobs_back_and_exits_within_grace(fresh_url, databas
 
 
 async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, pg_database, tmp_path, host_service):
-    services = [host_service("count") for _ in range(2)]
+    # Steps take 20 ms: one node alone would need seconds, so every node claims work even
+    # when the node the jobs were submitted to claims first (it is woken in-process).
+    services = [host_service("count", DELAY=0.02) for _ in range(2)]
     config = _config(pg_fresh_url, services)
     nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"n{k}"}}, f"n{k}")
              for k in range(3)]

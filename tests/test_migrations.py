@@ -142,7 +142,7 @@ def api_queries() -> dict[str, Select]:
             client=client, after_seq=42, limit=100),
         "cursor": queries.CLIENT_JOB_SEQ.statement.params(client=client, id=job_id),
         "results by id": queries.RESULTS.statement.params(ids=[job_id, str(uuid.uuid4())]),
-        "pending counts": queries.unfinished_counts_by_source(),
+        "pending counts": queries.UNFINISHED_COUNTS.statement,
         "prune batch": transitions.prunable(datetime.now(UTC), 500),
     }
 

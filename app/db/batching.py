@@ -1,4 +1,5 @@
-"""Group commit: concurrent writers share one transaction instead of queueing for their own.
+"""Group commit: concurrent writers share one transaction instead of queueing for their own
+(and concurrent reads one statement: ``JobService`` reads results this way too).
 
 The first write to arrive starts a flush at once (no added latency on an idle node);
 writes that arrive while a flush is in progress wait for the next one and go in

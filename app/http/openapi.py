@@ -9,10 +9,10 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Example
+from litestar.types import ControllerRouterHandler
 
 from app.http.errors import DATABASE_UNAVAILABLE
 from app.http.structs import ErrorBody
-from litestar.types import ControllerRouterHandler
 
 _TITLES = {
     400: "Bad request",

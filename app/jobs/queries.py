@@ -55,5 +55,7 @@ RESULTS = Statement(
 )
 
 
-def unfinished_counts_by_source() -> Select[Any]:
-    return select(Job.source, func.count()).where(status_in(JobStatus.UNFINISHED)).group_by(Job.source)
+#: Pending and running jobs by source (``/info``), read from ``ix_jobs_unfinished_source``.
+UNFINISHED_COUNTS = Statement(
+    select(Job.source, func.count()).where(status_in(JobStatus.UNFINISHED)).group_by(Job.source)
+)

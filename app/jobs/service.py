@@ -179,8 +179,8 @@ class JobService:
             return [str(job_id) for (job_id,) in await conn.fetch(statement, params)]
 
     async def pending_counts(self) -> dict[str, int]:
-        async with self.database.read() as conn:
-            counts = dict((await conn.execute(queries.unfinished_counts_by_source())).all())
+        async with self.database.direct_read() as conn:
+            counts: dict[str, int] = dict(await conn.fetch(queries.UNFINISHED_COUNTS, {}))  # type: ignore[arg-type]
         return {"offchain": counts.get("offchain", 0), "onchain": counts.get("onchain", 0)}
 
     async def ping(self) -> None:

@@ -78,4 +78,3 @@ def jobs_endpoint(api: JobsApi) -> ASGIRouteHandler:
         await send({"type": "http.response.body", "body": payload})
 
     return endpoint
-

@@ -36,7 +36,15 @@ async def test_job_and_step_metrics(make_node, host_service, client_address):
         ids = [await submit(http, job(ok, data={"i": i})) for i in range(3)]
         ids.append(await submit(http, job(ok, bad)))
         await wait_finished(http, ids)
-        after = await _scrape(http)
+
+        async def caught_up() -> dict | None:
+            # A job's counters move right after the commit that makes its result readable,
+            # so a client can see the result a moment before the counters show it.
+            scraped = await _scrape(http)
+            finished = metric(scraped, "jobnode_jobs_finished_total", status="success")
+            return scraped if finished - metric(before, "jobnode_jobs_finished_total", status="success") >= 3 else None
+
+        after = await wait_for(caught_up, timeout=5)
 
     def delta(name: str, **labels: str) -> float:
         return metric(after, name, **labels) - metric(before, name, **labels)

@@ -11,7 +11,7 @@ from sqlalchemy import insert, select
 
 from app.db.models import Job, JobStep, utcnow
 from tests.helpers import assert_error, job, submit
-from tests.support import free_port, wait_finished
+from tests.support import free_port, node_settings, serve_node, wait_finished
 
 
 def _config(*containers: dict[str, Any], **scheduler: Any) -> dict[str, Any]:
@@ -160,6 +160,19 @@ async def test_a_new_job_does_not_wait_for_the_poll(make_node, host_service, cli
         job_id = await submit(http, job("echo"))
         # With a 60 s poll, only the wake-up after the commit can finish it within this bound.
         assert (await wait_finished(http, [job_id], timeout=10))[job_id]["status"] == "success"
+
+
+async def test_jobs_stored_by_another_node_wake_this_one(postgresql_url, host_service, client_address):
+    """Only the NOTIFY of the node that stored the job can start it within the bound: that
+    node runs no scheduler, and this one polls once a minute."""
+    echo = host_service("echo")
+    runs = _config(_container("echo", echo.url), poll_interval=60, node_id=f"runs-{client_address}")
+    stores = {**runs, "scheduler": {**runs["scheduler"], "enabled": False, "node_id": f"stores-{client_address}"}}
+    async with serve_node(node_settings(postgresql_url, stores)) as front, \
+            serve_node(node_settings(postgresql_url, runs)), front.client(client_address) as http:
+        job_ids = [await submit(http, job("echo", data={"n": n})) for n in range(5)]
+        results = await wait_finished(http, job_ids, timeout=10)
+    assert {r["status"] for r in results.values()} == {"success"}
 
 
 async def test_resume_skips_committed_steps(make_node, host_service, client_address):

@@ -68,7 +68,7 @@ class NodeConnection:
             if self.on_ended is not None:
                 self.on_ended(self.signal.ended_ids(sender))
         elif sender != self.signal.sender:  # (its own: woken in-process already)
-            self.signal.wake(channel)
+            self.signal.wake_from_elsewhere(channel)
 
     async def _keep_connected(self) -> None:
         while True:

@@ -20,12 +20,16 @@ LEASE_CHANNEL = "jobnode_leases"
 ENDED_CHANNEL = "jobnode_ended"
 #: NOTIFY payloads must stay under 8000 bytes: ids per notification.
 ENDED_PER_NOTIFY = 150
+#: Jobs added on another node or worker wake this node's claim loop this much later, all
+#: of them at once (see ``JobSignal.wake_from_elsewhere``).
+ELSEWHERE_WAKE_SECONDS = 0.02
 
 
 class JobSignal:
     def __init__(self, sender: str = "") -> None:
         self._event = asyncio.Event()
         self._leases = asyncio.Event()
+        self._elsewhere: asyncio.TimerHandle | None = None
         #: Sent as the NOTIFY payload, so that a node ignores its own notifications: it
         #: was already woken in-process.
         self.sender = sender
@@ -49,6 +53,21 @@ class JobSignal:
             self.leases_changed()
         else:
             self.notify()
+
+    def wake_from_elsewhere(self, channel: str) -> None:
+        """A notification from another node or worker. The node that added jobs claims
+        them itself at once, unless it is full; woken at once as well, every other node
+        raced it for them, and under load each submit there cost a claim here (two
+        workers ran slower than one). So jobs added elsewhere wake this claim loop once
+        per ``ELSEWHERE_WAKE_SECONDS``, in time to take what the busy node left."""
+        if channel != CHANNEL:
+            self.wake(channel)
+        elif self._elsewhere is None:
+            self._elsewhere = asyncio.get_running_loop().call_later(ELSEWHERE_WAKE_SECONDS, self._woken_from_elsewhere)
+
+    def _woken_from_elsewhere(self) -> None:
+        self._elsewhere = None
+        self.notify()
 
     async def notify_other_nodes(self, conn: DirectConnection, channel: str = CHANNEL) -> None:
         """Call inside the writing transaction; a no-op off PostgreSQL."""

@@ -34,6 +34,25 @@ class StepFailed(Exception):
         self.delivered = delivered
 
 
+# The failures of a call, worded the same whichever client made it (``_post``, ``_post_lean``).
+
+def _timed_out(container: ContainerSettings) -> StepFailed:
+    return StepFailed(f"timed out after {container.timeout:g} s", delivered=True)
+
+
+def _not_connected(os_error: OSError | None) -> StepFailed:
+    refused = isinstance(os_error, ConnectionRefusedError)
+    return StepFailed("connection refused" if refused else f"cannot connect: {os_error}", delivered=False)
+
+
+def _closed_before_answer() -> StepFailed:
+    return StepFailed("connection closed by the container before it answered", delivered=True)
+
+
+def _request_failed(exc: BaseException) -> StepFailed:
+    return StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True)
+
+
 def _excerpt(raw: bytes) -> str:
     text = raw[:BODY_EXCERPT].decode("utf-8", errors="replace")
     return text + ("…" if len(raw) > BODY_EXCERPT else "")
@@ -82,15 +101,13 @@ class ContainerClient:
             ) as response:
                 yield response
         except TimeoutError:
-            raise StepFailed(f"timed out after {container.timeout:g} s", delivered=True) from None
+            raise _timed_out(container) from None
         except aiohttp.ClientConnectorError as exc:
-            refused = isinstance(exc.os_error, ConnectionRefusedError)
-            raise StepFailed("connection refused" if refused else f"cannot connect: {exc.os_error}",
-                             delivered=False) from None
+            raise _not_connected(exc.os_error) from None
         except aiohttp.ServerDisconnectedError:
-            raise StepFailed("connection closed by the container before it answered", delivered=True) from None
+            raise _closed_before_answer() from None
         except aiohttp.ClientError as exc:
-            raise StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True) from None
+            raise _request_failed(exc) from None
 
     def _endpoint(self, container: ContainerSettings, base_url: str) -> http11.Endpoint | None:
         key = (base_url, container.bearer)
@@ -106,15 +123,13 @@ class ContainerClient:
         try:
             return await self._lean.post(endpoint, body, container.timeout)
         except TimeoutError:  # before OSError: it is one
-            raise StepFailed(f"timed out after {container.timeout:g} s", delivered=True) from None
+            raise _timed_out(container) from None
         except http11.ConnectFailed as exc:
-            refused = isinstance(exc.os_error, ConnectionRefusedError)
-            raise StepFailed("connection refused" if refused else f"cannot connect: {exc.os_error}",
-                             delivered=False) from None
+            raise _not_connected(exc.os_error) from None
         except http11.ClosedBeforeAnswer:
-            raise StepFailed("connection closed by the container before it answered", delivered=True) from None
+            raise _closed_before_answer() from None
         except (http11.HTTPFailure, OSError) as exc:
-            raise StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True) from None
+            raise _request_failed(exc) from None
 
     async def call(self, container: ContainerSettings, base_url: str, data: Any, requires_proof: bool) -> Any:
         """POST /service_output and return the container's JSON output."""
@@ -151,7 +166,7 @@ class ContainerClient:
                 async for chunk in response.content.iter_any():
                     yield chunk
             except TimeoutError:
-                raise StepFailed(f"timed out after {container.timeout:g} s", delivered=True) from None
+                raise _timed_out(container) from None
             except aiohttp.ClientError as exc:
                 raise StepFailed(f"stream broken: {type(exc).__name__}", delivered=True) from None
 

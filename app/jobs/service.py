@@ -50,7 +50,7 @@ class JobService:
         self.signal = signal
         self.live = live or LiveJobs()
         self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
-        self._read: GroupCommit[list[str], list[Row]] = GroupCommit(self._read_batches)
+        self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
     def _row(self, request: JobRequest, client: str, now: Any) -> dict[str, Any]:
         return {
@@ -146,15 +146,14 @@ class JobService:
 
     async def _read_results(self, client: str, job_ids: list[str], status: dict[str, str],
                             steps: dict[str, list[dict[str, Any]]]) -> None:
-        for job_id_value, owner, job_status, container, output, error in await self._read(job_ids):
+        for job_id, (_, owner, job_status, container, output, error) in await self._read(job_ids):
             if owner != client:
                 continue
-            job_id = str(job_id_value)
             status[job_id] = job_status
             if container is not None:
                 steps[job_id].append(step_result(container, output, error))
 
-    async def _read_batches(self, batches: list[list[str]]) -> list[list[Row] | BaseException]:
+    async def _read_batches(self, batches: list[list[str]]) -> list[list[tuple[str, Row]] | BaseException]:
         """Concurrent reads share one statement (one snapshot): clients waiting for their
         jobs all ask at once, and a statement per read was a tenth of the node's CPU. Each
         read starts after it was asked, so it sees every job committed before."""
@@ -165,7 +164,7 @@ class JobService:
             for chunk in range(0, len(wanted), RESULTS_CHUNK):
                 for row in await conn.fetch(queries.RESULTS, {"ids": wanted[chunk : chunk + RESULTS_CHUNK]}):
                     rows[str(row[0])].append(row)
-        return [[row for job_id in ids for row in rows.get(job_id, ())] for ids in batches]
+        return [[(job_id, row) for job_id in ids for row in rows.get(job_id, ())] for ids in batches]
 
     async def job_ids(self, client: str, pending: bool | None, after: str | None, limit: int | None) -> list[str]:
         params: dict[str, Any] = {"client": client, "limit": limit}

@@ -1,7 +1,8 @@
 """The composition root: builds the node's parts from its settings and runs their lifecycle.
 
 Only this module knows every layer; the HTTP layer and the scheduler never import each
-other, they meet here through the database and the shared container states.
+other, they meet here: through the database, the shared container states, and the
+scheduler taking new jobs from the submit path (``app.jobs.handoff``).
 """
 
 from __future__ import annotations
@@ -50,11 +51,7 @@ class Node:
         self.client = ContainerClient()
         catalog = ContainerCatalog(settings)
         live = LiveJobs()  # the scheduler's running jobs, which the API reads
-        self.jobs = JobService(self.database, catalog, self.signal, live)
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds, self.signal)
-        self.streams = StreamService(store, catalog, self.containers, self.client)
-        self.resources = ResourceService(self.containers, self.client)
-        self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
         self.connection = (
             NodeConnection(self.database, self.signal, on_ended=live.wake) if self.database.is_postgresql else None
         )
@@ -62,6 +59,12 @@ class Node:
             settings, store, ChainRunner(store, self.containers, self.client, live), self.signal,
             **({"is_leader": self.connection.is_leader} if self.connection else {}),
         )
+        # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
+        claims = self.scheduler if settings.scheduler.enabled else None
+        self.jobs = JobService(self.database, catalog, self.signal, live, claims)
+        self.streams = StreamService(store, catalog, self.containers, self.client)
+        self.resources = ResourceService(self.containers, self.client)
+        self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
         self.runtime: ContainerRuntime | None = None
 
     def _needs_runtime(self) -> bool:

@@ -3,15 +3,20 @@ configured by ``url``, i.e. unmanaged containers), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncio
 
+import pytest
 from sqlalchemy import insert, select
 
 from app.db.models import Job, JobStep, utcnow
-from tests.helpers import assert_error, job, submit
-from tests.support import free_port, node_settings, serve_node, wait_finished
+from tests.conftest import BACKENDS
+from tests.helpers import assert_error, fresh_database, job, submit
+from tests.support import RunningNode, free_port, node_settings, serve_node, wait_finished
 
 
 def _config(*containers: dict[str, Any], **scheduler: Any) -> dict[str, Any]:
@@ -20,6 +25,19 @@ def _config(*containers: dict[str, Any], **scheduler: Any) -> dict[str, Any]:
 
 def _container(cid: str, url: str, **extra: Any) -> dict[str, Any]:
     return {"id": cid, "url": url, **extra}
+
+
+@pytest.fixture(params=BACKENDS)
+def make_fresh_node(request: pytest.FixtureRequest, tmp_path: Path
+                    ) -> Callable[[dict[str, Any]], AbstractAsyncContextManager[RunningNode]]:
+    """A node on a database of its own: no job of another test waits in it."""
+
+    @asynccontextmanager
+    async def factory(config: dict[str, Any]) -> AsyncIterator[RunningNode]:
+        async with fresh_database(request.param, tmp_path) as url, serve_node(node_settings(url, config)) as node:
+            yield node
+
+    return factory
 
 
 async def _run(node, http, body: dict[str, Any]) -> dict[str, Any]:
@@ -160,6 +178,43 @@ async def test_a_new_job_does_not_wait_for_the_poll(make_node, host_service, cli
         job_id = await submit(http, job("echo"))
         # With a 60 s poll, only the wake-up after the commit can finish it within this bound.
         assert (await wait_finished(http, [job_id], timeout=10))[job_id]["status"] == "success"
+
+
+async def test_a_node_with_room_stores_a_new_job_already_running(make_fresh_node, host_service, client_address):
+    """An idle node claims the job in the INSERT that stores it: an operator sees it
+    running on its first attempt, under this node's lease, from the moment the id exists."""
+    slow = host_service("slow", DELAY=0.5)
+    config = _config(_container("slow", slow.url), node_id=f"room-{client_address}")
+    async with make_fresh_node(config) as node, node.client(client_address) as http:
+        job_id = await submit(http, job("slow"))
+        async with node.node.database.read() as conn:
+            row = (await conn.execute(select(Job).where(Job.id == job_id))).one()
+        assert (row.status, row.attempts, row.lease_owner) == ("running", 1, f"room-{client_address}")
+        assert row.lease_expires_at > row.created_at and row.started_at >= row.created_at
+        assert (await wait_finished(http, [job_id]))[job_id]["status"] == "success"
+        async with node.node.database.read() as conn:
+            row = (await conn.execute(select(Job).where(Job.id == job_id))).one()
+        assert (row.status, row.attempts, row.lease_owner) == ("success", 1, None)
+
+
+async def test_new_jobs_queue_behind_waiting_ones(make_fresh_node, host_service, client_address):
+    """A node at capacity stores new jobs pending, and a job submitted after them does not
+    jump the queue even once a slot is free: jobs start in the order they were submitted."""
+    slow = host_service("slow", DELAY=0.3)
+    config = _config(_container("slow", slow.url, concurrency=16), max_concurrent_jobs=2)
+    async with make_fresh_node(config) as node, node.client(client_address) as http:
+        batch = [a["id"] for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i})
+                                                                            for i in range(5)])).json()]
+        async with node.node.database.read() as conn:
+            stored = dict((await conn.execute(select(Job.id, Job.status).where(Job.id.in_(batch)))).all())
+        assert [stored[job_id] for job_id in batch] == ["running"] * 2 + ["pending"] * 3
+        await asyncio.sleep(0.4)  # the first two ended, two waiting ones took their slots
+        late = await submit(http, job("slow", data={"i": 5}))
+        ids = [*batch, late]
+        await wait_finished(http, ids)
+        async with node.node.database.read() as conn:
+            started = dict((await conn.execute(select(Job.id, Job.started_at).where(Job.id.in_(ids)))).all())
+    assert sorted(ids, key=lambda job_id: started[job_id]) == ids
 
 
 async def test_jobs_stored_by_another_node_wake_this_one(postgresql_url, host_service, client_address):

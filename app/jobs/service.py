@@ -16,9 +16,11 @@ from app.db.engine import Database
 from app.db.models import Job, JobStatus, utcnow
 from app.db.signal import JobSignal
 from app.jobs import queries
+from app.jobs.handoff import NoClaims, SubmitClaims
 from app.jobs.live import EndedJob, LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
+from app.jobs.transitions import ClaimedJob
 
 
 #: Ids per results statement: PostgreSQL takes at most 32,767 parameters.
@@ -44,11 +46,13 @@ class UnknownCursor(LookupError):
 
 class JobService:
     def __init__(self, database: Database, catalog: ContainerCatalog, signal: JobSignal,
-                 live: LiveJobs | None = None) -> None:
+                 live: LiveJobs | None = None, claims: SubmitClaims | None = None) -> None:
         self.database = database
         self.catalog = catalog
         self.signal = signal
         self.live = live or LiveJobs()
+        #: This process's scheduler, which takes new jobs in their INSERT when it can.
+        self.claims = claims or NoClaims()
         self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
@@ -63,8 +67,11 @@ class JobService:
             "status": JobStatus.PENDING,
             "attempts": 0,
             "stream": False,
+            "lease_owner": None,
+            "lease_expires_at": None,
             "run_after": now,
             "created_at": now,
+            "started_at": None,
         }
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
@@ -91,11 +98,28 @@ class JobService:
         return answers
 
     async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[None | BaseException]:
-        """Concurrent submits commit together: one INSERT with its NOTIFY, one commit."""
-        async with self.database.direct_write(one_statement=True) as conn:
-            await conn.insert_many(Job.__table__, [row for rows in batches for row in rows],
-                                   notify=self.signal.notification)
-        self.signal.notify()
+        """Concurrent submits commit together: one INSERT, one commit. The first jobs are
+        claimed in it when this node's scheduler can run them now (``app.jobs.handoff``);
+        the others are left ``pending`` and announced (NOTIFY in the same statement).
+
+        The claimed ones start here, in the flush's own task, whichever submits went away."""
+        rows = [row for rows in batches for row in rows]
+        claimed = self.claims.reserve(len(rows))
+        if claimed:
+            columns = self.claims.claimed_columns(utcnow())
+            for row in rows[:claimed]:
+                row.update(columns)
+        left = claimed < len(rows)
+        try:
+            async with self.database.direct_write(one_statement=True) as conn:
+                await conn.insert_many(Job.__table__, rows, notify=self.signal.notification if left else None)
+        except BaseException:
+            self.claims.unreserve(claimed)
+            raise
+        if claimed:
+            self.claims.start_claimed([ClaimedJob.inserted(row) for row in rows[:claimed]], claimed)
+        if left:
+            self.signal.notify()
         return [None] * len(batches)
 
     async def results(self, client: str, job_ids: Sequence[str], intermediate: bool,

@@ -49,6 +49,12 @@ class ClaimedJob:
     steps: tuple[CommittedStep, ...] = ()
     client: str = ""
 
+    @classmethod
+    def inserted(cls, row: dict[str, Any]) -> ClaimedJob:
+        """A job claimed by the INSERT that stored it (``app.jobs.handoff``), from that row."""
+        return cls(row["id"], row["containers"], row["input"], row["requires_proof"], row["attempts"],
+                   row["run_after"], client=row["client"])
+
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
@@ -151,6 +157,12 @@ class JobStore:
         self.lease = timedelta(seconds=lease_seconds)
         #: Announces ended jobs to reads waiting in other processes (PostgreSQL).
         self.signal = signal
+
+    def claimed_columns(self, now: datetime) -> dict[str, Any]:
+        """A new job's columns when its INSERT is its first claim (``app.jobs.handoff``),
+        as ``CLAIM`` would have set them."""
+        return {"status": JobStatus.RUNNING, "attempts": 1, "lease_owner": self.node_id,
+                "lease_expires_at": now + self.lease, "started_at": now}
 
     def claim_params(self, limit: int, now: datetime) -> dict[str, Any]:
         return {"now": now, "limit": limit, "node": self.node_id, "lease_until": now + self.lease}

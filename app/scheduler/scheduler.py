@@ -1,9 +1,11 @@
 """Claim as much work as there is free capacity, run it, keep its leases alive.
 
-One loop claims (woken at once by a submit in this process or a NOTIFY from another
-node, with a slow poll as the fallback), one renews leases, one reaps expired leases
-and prunes old jobs. A graceful stop stops claiming, lets running steps finish within
-the grace period and hands the rest back to ``pending``.
+Jobs submitted to this process while it has free capacity and nothing is waiting are
+claimed by their INSERT and handed over at once (``app.jobs.handoff``). Everything else
+is claimed by one loop (woken at once by a submit in this process or a NOTIFY from
+another node, with a slow poll as the fallback); one renews leases, one reaps expired
+leases and prunes old jobs. A graceful stop stops claiming, lets running steps finish
+within the grace period and hands the rest back to ``pending``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 from app import metrics
 from app.config import Settings
@@ -48,12 +51,23 @@ class Scheduler:
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         self._full = False
+        #: Jobs the database may hold for this node to claim (pending, runnable): new jobs
+        #: then queue behind them instead of being claimed by their INSERT.
+        self._backlog = True
+        #: Slots promised to submits whose INSERT claims their jobs, or to a claim under way.
+        self._reserved = 0
+        #: Counts the submits that left jobs pending: a claim that began before one of
+        #: them may not have seen its jobs, so it cannot tell that nothing waits.
+        self._queued = 0
 
     async def start(self) -> None:
         taken = await self.store.take_back_orphans(self.config.max_attempts)
         if taken:
             log.info("took back %d jobs this node was running before it restarted", taken)
             metrics.jobs_rescued(taken_back=taken)
+        # What waits is taken before the first request comes in: until a claim has found
+        # out, new jobs queue behind whatever may be waiting (``_backlog``).
+        await self._try_claim()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="jobnode-claim"),
             asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew, self.signal.wait_leases),
@@ -84,28 +98,71 @@ class Scheduler:
             released = await self.store.release(unfinished)
             log.info("handed %d unfinished jobs back to pending", released)
 
+    def _free(self) -> int:
+        return self.config.max_concurrent_jobs - len(self.running) - self._reserved
+
+    async def _claim(self) -> tuple[bool, int]:
+        """Claim up to the free capacity and start what came: (full, how many). Full: more
+        may be waiting."""
+        free = self._free()
+        if free <= 0:
+            return True, 0
+        self._reserved += free
+        queued = self._queued
+        try:
+            claimed = await self.store.claim(free)
+        finally:
+            self._reserved -= free
+        self._backlog = len(claimed) == free or self._queued != queued
+        for job in claimed:
+            self._spawn(job)
+        return self._backlog, len(claimed)
+
+    async def _try_claim(self) -> int | None:
+        """``_claim``; None when it failed (logged), and the loop tries again after a poll."""
+        try:
+            self._full, claimed = await self._claim()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                log.exception("claim failed")
+            else:
+                log.warning("database unavailable, claiming paused: %s", exc)
+            return None
+        return claimed
+
     async def _claim_loop(self) -> None:
         while not self._stopping:
-            free = self.config.max_concurrent_jobs - len(self.running)
-            claimed: list[ClaimedJob] = []
-            if free > 0:
-                try:
-                    claimed = await self.store.claim(free)
-                except Exception as exc:
-                    if not is_database_unavailable(exc):
-                        log.exception("claim failed")
-                    else:
-                        log.warning("database unavailable, claiming paused: %s", exc)
-                    await asyncio.sleep(self.config.poll_interval)
-                    continue
-            for job in claimed:
-                self._spawn(job)
+            claimed = await self._try_claim()
+            if claimed is None:
+                await asyncio.sleep(self.config.poll_interval)
+                continue
             # Full: more may be waiting, so a finishing job wakes this loop; otherwise only
             # new jobs (or the poll) do, and finishing jobs cost no empty claims.
-            self._full = free <= 0 or len(claimed) == free
             if claimed and self._full:
                 continue
             await self.signal.wait(self.config.poll_interval)
+
+    # -- jobs claimed by their INSERT (``app.jobs.handoff.SubmitClaims``) ----------------
+    def reserve(self, wanted: int) -> int:
+        if self._stopping or self._backlog:
+            return 0
+        taken = max(0, min(wanted, self._free()))
+        self._reserved += taken
+        if taken < wanted:  # the rest is stored pending, for the claim loop
+            self._backlog = True
+            self._queued += 1
+        return taken
+
+    def claimed_columns(self, now: datetime) -> dict[str, Any]:
+        return self.store.claimed_columns(now)
+
+    def start_claimed(self, jobs: list[ClaimedJob], reserved: int) -> None:
+        self._reserved -= reserved
+        for job in jobs:
+            self._spawn(job)
+
+    def unreserve(self, reserved: int) -> None:
+        self._reserved -= reserved
 
     def _spawn(self, job: ClaimedJob) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")

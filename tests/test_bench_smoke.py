@@ -35,6 +35,10 @@ def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
         for clients in ("1", "4"):
             assert result["end_to_end"][chain][clients]["jobs"] > 0, (chain, clients)
     assert result["idle_time_to_result"]["count"] > 0
+    reference = result["reference"]
+    assert reference["work_us"] == 250 and reference["raw"]["ops"] > 0
+    assert reference["end_to_end"]["jobs"] > 0 and reference["end_to_end_wait"]["jobs"] > 0
+    assert "reference's speed" in text
     assert result["submit"]["batch"]["jobs"] > 0 and result["submit"]["api_only_batch"]["jobs"] > 0
     reads = result["stored"]["reads"]
     assert {"get_by_id", "list_one_page", "list_page_1000", "pending", "info"} <= set(reads)

@@ -62,6 +62,9 @@ class Options:
     max_ops: int = 200_000
     raw_warmup: float = 1.0
     raw_duration: float = 3.0
+    #: The service of the reference's speed (``tests/bench/echo.py --work-us``).
+    reference_work_us: float = 250.0
+    reference_clients: int = 32
     profile_duration: float = 8.0
     idle_jobs: int = 300
     single_posts: int = 1000
@@ -81,6 +84,7 @@ class Options:
             options.stored_jobs = 5_000
             options.profile = False
             options.clients = (1, 4)
+            options.reference_clients = 4
             options.warmup, options.duration, options.max_ops = 0.2, 0.6, 2_000
             options.warmup_max = 5.0
             options.raw_warmup, options.raw_duration = 0.1, 0.3
@@ -161,6 +165,7 @@ class DatabaseRun:
         try:
             await self._raw(service)
             await self._node_phases(service)
+            await self._reference()
             if o.stored_jobs > 0:
                 await self._stored(service)
         finally:
@@ -243,6 +248,50 @@ class DatabaseRun:
                 api.stop()
             self.result["memory"] = {**memory, "api_only_node_peak_rss_mb": api.peak_rss_mb}
         finally:
+            await _drop(self.db, url)
+
+    # -- 3b. a service of the reference's speed -------------------------------------------
+    async def _reference(self) -> None:
+        """The ratio to raw against a service that spends ``reference_work_us`` of CPU per
+        call, as fast as the reference's echo service (issue 5: 3,000–4,300 req/s), on a
+        fresh database. Against the no-work echo above (tens of thousands of calls per
+        second) the ratio only says how far a durable node is from a bare socket."""
+        o = self.o
+        clients = o.reference_clients
+        info: dict[str, Any] = {"work_us": o.reference_work_us, "clients": clients}
+        self.result["reference"] = info
+        service = EchoService(self.workdir, work_us=o.reference_work_us).start()
+        url = await _database_url(self.db, self.workdir, "reference")
+        try:
+            await migrated(url)
+            raw = await measure_raw(service, clients, warmup=o.raw_warmup, duration=o.raw_duration,
+                                    max_ops=o.max_ops * 4)
+            info["raw"] = raw
+            say(f"{self.db}: reference-speed service ({o.reference_work_us:g} µs per call), {clients} clients: "
+                f"{raw['rate']:,.0f} req/s")
+            node = self._node(url, service, "reference", scheduler=True).start()
+            control = Connection("127.0.0.1", node.port)
+            try:
+                meter = load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
+                for key, (mode, processes) in load.VARIANTS.items():
+                    if processes != 1:
+                        continue
+                    window = await load.closed_loop(
+                        lambda _i: Connection("127.0.0.1", node.port), clients,
+                        load.end_to_end_op(["echo1"], None if mode == "wait" else o.poll_ms / 1000),
+                        warmup=o.warmup, duration=o.duration, max_ops=o.max_ops, meter=meter,
+                        warmup_max=o.warmup_max)
+                    summary = info[key] = self._window(window)
+                    summary["ratio_to_raw"] = round(summary["rate"] / raw["rate"], 4) if raw["rate"] else None
+                    say(f"{self.db}: {key} against the reference-speed service, {clients} clients: "
+                        f"{summary['rate']:,.0f} jobs/s (ratio {summary['ratio_to_raw']}), node "
+                        f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}")
+                    await load.wait_idle(control, 60)
+            finally:
+                control.close()
+                node.stop()
+        finally:
+            service.stop()
             await _drop(self.db, url)
 
     def _node(self, url: str, service: EchoService, name: str, *, scheduler: bool, workers: int = 1) -> NodeProcess:

@@ -184,7 +184,8 @@ async def test_a_node_with_room_stores_a_new_job_already_running(make_fresh_node
     """An idle node claims the job in the INSERT that stores it: an operator sees it
     running on its first attempt, under this node's lease, from the moment the id exists."""
     slow = host_service("slow", DELAY=0.5)
-    config = _config(_container("slow", slow.url), node_id=f"room-{client_address}")
+    # No poll: a claim under way holds every free slot, and the job would wait for it.
+    config = _config(_container("slow", slow.url), node_id=f"room-{client_address}", poll_interval=60)
     async with make_fresh_node(config) as node, node.client(client_address) as http:
         job_id = await submit(http, job("slow"))
         async with node.node.database.read() as conn:

@@ -57,7 +57,9 @@ def _port_is_closed(port: int) -> bool:
 
 
 async def test_two_workers_share_the_work_once_and_stop_together(fresh_url, database, tmp_path, host_service):
-    services = [host_service("count", DELAY=0.002)]
+    # 20 ms a call: the worker that stores the jobs cannot run all 600 before the other
+    # one's poll (0.2 s, the only wake-up between workers on SQLite) finds work.
+    services = [host_service("count", DELAY=0.02)]
     node = NodeProcess(tmp_path, _workers(fresh_url, services))
     try:
         node.start()

@@ -39,6 +39,9 @@ class NodeConnection:
         self._conn: asyncpg.Connection | None = None
         self._leader = False
         self._task: asyncio.Task[None] | None = None
+        #: One query at a time on the connection: the keep-alive and the leader check
+        #: would otherwise meet ("another operation is in progress").
+        self._querying = asyncio.Lock()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._keep_connected(), name="jobnode-listen")
@@ -58,7 +61,8 @@ class NodeConnection:
             return False
         if not self._leader:
             try:
-                self._leader = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
+                async with self._querying:
+                    self._leader = bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK_KEY))
             except (asyncpg.PostgresError, OSError):
                 self._leader = False
         return self._leader
@@ -82,7 +86,8 @@ class NodeConnection:
                 self.signal.notify()  # jobs may have arrived while we were not listening
                 while not self._conn.is_closed():
                     await asyncio.sleep(self.retry_seconds)
-                    await self._conn.execute("SELECT 1")
+                    async with self._querying:
+                        await self._conn.execute("SELECT 1")
             except asyncio.CancelledError:
                 raise
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:

@@ -138,12 +138,17 @@ _FINISH_OWNED = Statement(
     .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
     .returning(Job.id, Job.attempts, Job.run_after)
 )
-_RENEW = Statement(
-    update(Job)
-    .where(Job.id.in_(bindparam("ids", expanding=True)), status_is(JobStatus.RUNNING),
-           Job.lease_owner == bindparam("node"))
-    .values(lease_expires_at=bindparam("lease_until"))
-    .returning(Job.id)
+_HELD = (Job.id.in_(bindparam("ids", expanding=True)), status_is(JobStatus.RUNNING), Job.lease_owner == bindparam("node"))
+_RENEW = Statement(update(Job).where(*_HELD).values(lease_expires_at=bindparam("lease_until")).returning(Job.id))
+#: PostgreSQL: rows a step commit of this node holds locked at that moment are left to it
+#: (it extends or ends their leases itself) instead of waited for: a renewal that waited
+#: could deadlock with it, the two locking the same rows in different orders. What the
+#: node holds is read from the statement's snapshot, those rows included.
+_LOCKABLE = select(Job.id).where(*_HELD).with_for_update(skip_locked=True).cte("lockable")
+_RENEW_SKIPPING_LOCKED = Statement(
+    select(Job.id).where(*_HELD).add_cte(
+        update(Job).where(Job.id == _LOCKABLE.c.id).values(lease_expires_at=bindparam("lease_until")).cte("renewed")
+    )
 )
 
 
@@ -248,8 +253,9 @@ class JobStore:
         if not job_ids:
             return set()
         params = {"ids": job_ids, "node": self.node_id, "lease_until": utcnow() + self.lease}
+        statement = _RENEW_SKIPPING_LOCKED if self.database.is_postgresql else _RENEW
         async with self.database.direct_write(one_statement=True) as conn:
-            return {str(job_id) for (job_id,) in await conn.fetch(_RENEW, params)}
+            return {str(job_id) for (job_id,) in await conn.fetch(statement, params)}
 
     async def release(self, job_ids: list[str]) -> int:
         """Graceful hand-back: the jobs go back to pending, the claim not counted."""

@@ -35,6 +35,8 @@ class ChainRunner:
         self.live = live or LiveJobs()
         #: Steps finishing together (many jobs at once) share one transaction.
         self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
+        #: Jobs whose step is being committed (see ``committing``).
+        self._committing: set[str] = set()
         # Each container's ``concurrency`` bounds the calls in flight to it.
         self._slots = {state.settings.id: asyncio.Semaphore(state.settings.concurrency) for state in states}
 
@@ -80,8 +82,18 @@ class ChainRunner:
             if lost is not None:
                 raise lost
 
-        await self._outlasting_outages(job, record)
+        self._committing.add(job.id)
+        try:
+            await self._outlasting_outages(job, record)
+        finally:
+            self._committing.discard(job.id)
         self.live.step_committed(job.id, job.containers[position], step.output, step.error)
+
+    def committing(self, job_id: str) -> bool:
+        """The job's step is being committed: the commit itself tells whether the job is
+        still this node's (``LeaseLost``), and the job may already have ended by it. A
+        lease renewal that finds the job no longer running must not take that for a loss."""
+        return job_id in self._committing
 
     async def _outlasting_outages(self, job: ClaimedJob, action: Callable[[], Awaitable[T]]) -> T:
         """Wait out a database outage rather than give the job up (or call a container again).

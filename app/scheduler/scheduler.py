@@ -67,9 +67,9 @@ class Scheduler:
             metrics.jobs_rescued(taken_back=taken)
         # What waits is taken before the first request comes in: until a claim has found
         # out, new jobs queue behind whatever may be waiting (``_backlog``).
-        await self._try_claim()
+        claimed = await self._try_claim()
         self._loops = [
-            asyncio.create_task(self._claim_loop(), name="jobnode-claim"),
+            asyncio.create_task(self._claim_loop(claimed), name="jobnode-claim"),
             asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew, self.signal.wait_leases),
                                 name="jobnode-lease"),
             asyncio.create_task(self._every(max(0.5, self.config.lease_seconds / 2), self._maintain),
@@ -130,17 +130,17 @@ class Scheduler:
             return None
         return claimed
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, claimed: int | None) -> None:
+        """``claimed``: what the last claim took (None: it failed)."""
         while not self._stopping:
-            claimed = await self._try_claim()
             if claimed is None:
                 await asyncio.sleep(self.config.poll_interval)
-                continue
-            # Full: more may be waiting, so a finishing job wakes this loop; otherwise only
-            # new jobs (or the poll) do, and finishing jobs cost no empty claims.
-            if claimed and self._full:
-                continue
-            await self.signal.wait(self.config.poll_interval)
+            elif not (claimed and self._full):
+                # Full: more may be waiting, so a finishing job wakes this loop; otherwise
+                # only new jobs (or the poll) do, and finishing jobs cost no empty claims.
+                await self.signal.wait(self.config.poll_interval)
+            if not self._stopping:
+                claimed = await self._try_claim()
 
     # -- jobs claimed by their INSERT (``app.jobs.handoff.SubmitClaims``) ----------------
     def reserve(self, wanted: int) -> int:
@@ -214,7 +214,8 @@ class Scheduler:
         still_held = await self.store.renew(held)
         for job_id in set(held) - still_held:
             task = self.running.get(job_id)
-            if task is not None:  # cancelled, or taken over by another node: abandon its step
+            if task is not None and not self.runner.committing(job_id):
+                # cancelled, or taken over by another node: abandon its step
                 metrics.job_abandoned(job_id, "no longer ours (cancelled or re-queued)")
                 task.cancel()
 

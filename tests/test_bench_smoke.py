@@ -47,3 +47,5 @@ def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
     assert result["memory"]["node_peak_rss_mb"] > 0
     # SQLite must stay correct under load: its busy error never reaches a client.
     assert result["checks"]["database_locked_to_clients"] == 0, result["checks"]
+    assert result["checks"]["tracebacks_in_logs"] == 0 and result["checks"]["jobs_abandoned_in_logs"] == 0, \
+        result["checks"]

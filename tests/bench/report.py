@@ -218,7 +218,7 @@ def _latency_table(result: dict[str, Any]) -> list[str]:
                  f"\"database is locked\" to a client: {checks.get('database_locked_to_clients')}; "
                  f"503 to a client: {checks.get('database_unavailable_to_clients')}; \"database is locked\" "
                  f"in the node logs: {checks.get('database_locked_in_logs')}; tracebacks in the node logs: "
-                 f"{checks.get('tracebacks_in_logs')} |")
+                 f"{checks.get('tracebacks_in_logs')}; jobs abandoned: {checks.get('jobs_abandoned_in_logs')} |")
     for text, count in (checks.get("error_samples") or {}).items():
         lines.append(f"| error seen ×{count} | `{text[:150]}` |")
     return lines

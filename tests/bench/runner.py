@@ -183,6 +183,8 @@ class DatabaseRun:
             "error_samples": dict(errors.most_common(10)),
             "database_locked_in_logs": sum(_log_count(n, "database is locked") for n in self.nodes),
             "tracebacks_in_logs": sum(_log_count(n, "Traceback") for n in self.nodes),
+            # Nothing cancels or takes over a job here: any abandoned job is a fault.
+            "jobs_abandoned_in_logs": sum(_log_count(n, "job abandoned") for n in self.nodes),
         }
         if self.o.keep_workdir:
             self.result["checks"]["node_logs"] = [str(n.log_path) for n in self.nodes]
@@ -465,12 +467,19 @@ class DatabaseRun:
             await _drop(self.db, url)
 
 
+def _free_stamp(directory: Path, stamp: str) -> str:
+    """The day's stamp, with b, c… after it when that day already has reports: a second
+    run the same day does not overwrite the first."""
+    for suffix in ("", *"bcdefghijklmnopqrstuvwxyz"):
+        if not any(directory.glob(f"{stamp}{suffix}-*")):
+            return stamp + suffix
+    return stamp + "z"
+
+
 async def run(options: Options) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="jobnode-bench-"))
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
-    if options.quick:
-        stamp += "-quick"
+    stamp = _free_stamp(options.results_dir, datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if options.quick else ""))
     started = time.monotonic()
     say(f"work directory {workdir}; results to {options.results_dir}")
     try:

@@ -138,7 +138,10 @@ _FINISH_OWNED = Statement(
     .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
     .returning(Job.id, Job.attempts, Job.run_after)
 )
-_HELD = (Job.id.in_(bindparam("ids", expanding=True)), status_is(JobStatus.RUNNING), Job.lease_owner == bindparam("node"))
+_HELD = (
+    Job.id.in_(bindparam("ids", expanding=True)), status_is(JobStatus.RUNNING), Job.lease_owner == bindparam("node"),
+)
+#: SQLite, whose one writer serialises the renewal with every step commit.
 _RENEW = Statement(update(Job).where(*_HELD).values(lease_expires_at=bindparam("lease_until")).returning(Job.id))
 #: PostgreSQL: rows a step commit of this node holds locked at that moment are left to it
 #: (it extends or ends their leases itself) instead of waited for: a renewal that waited

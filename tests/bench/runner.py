@@ -213,7 +213,7 @@ class DatabaseRun:
             else:
                 self.result["machine"]["database_version"] = f"SQLite {sqlite3.sqlite_version}"
             node = self._node(url, service, "node", scheduler=True).start()
-            meter = load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
+            meter = self._meter(node, service, url)
             control = Connection("127.0.0.1", node.port)
             try:
                 await self._end_to_end(node, meter, control, workers=1)
@@ -229,7 +229,7 @@ class DatabaseRun:
             workers = self._node(url, service, "workers", scheduler=True, workers=2).start()
             control = Connection("127.0.0.1", workers.port)
             try:
-                meter = load.Meter(workers, service, PgBackends(url) if self.db == "postgresql" else None)
+                meter = self._meter(workers, service, url)
                 await self._end_to_end(workers, meter, control, workers=2)
             finally:
                 control.close()
@@ -237,14 +237,14 @@ class DatabaseRun:
             memory = {"node_peak_rss_mb": node.peak_rss_mb}
             node = self._node(url, service, "node-submits", scheduler=True).start()
             try:
-                meter = load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
+                meter = self._meter(node, service, url)
                 await self._submits(node, meter, prefix="")
             finally:
                 node.stop()
             memory["ingest_node_peak_rss_mb"] = node.peak_rss_mb
             api = self._node(url, service, "api-only", scheduler=False).start()
             try:
-                meter = load.Meter(api, service, PgBackends(url) if self.db == "postgresql" else None)
+                meter = self._meter(api, service, url)
                 await self._submits(api, meter, prefix="api_only_", concurrent=False)
             finally:
                 api.stop()
@@ -274,17 +274,12 @@ class DatabaseRun:
             node = self._node(url, service, "reference", scheduler=True).start()
             control = Connection("127.0.0.1", node.port)
             try:
-                meter = load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
+                meter = self._meter(node, service, url)
                 for key, (mode, processes) in load.VARIANTS.items():
                     if processes != 1:
                         continue
-                    window = await load.closed_loop(
-                        lambda _i: Connection("127.0.0.1", node.port), clients,
-                        load.end_to_end_op(["echo1"], None if mode == "wait" else o.poll_ms / 1000),
-                        warmup=o.warmup, duration=o.duration, max_ops=o.max_ops, meter=meter,
-                        warmup_max=o.warmup_max)
-                    summary = info[key] = self._window(window)
-                    summary["ratio_to_raw"] = round(summary["rate"] / raw["rate"], 4) if raw["rate"] else None
+                    summary = info[key] = await self._e2e_window(node, meter, ["echo1"], clients,
+                                                                 self._poll_interval(mode), raw["rate"])
                     say(f"{self.db}: {key} against the reference-speed service, {clients} clients: "
                         f"{summary['rate']:,.0f} jobs/s (ratio {summary['ratio_to_raw']}), node "
                         f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}")
@@ -302,10 +297,28 @@ class DatabaseRun:
         self.nodes.append(node)
         return node
 
+    def _meter(self, node: NodeProcess, service: EchoService, url: str) -> load.Meter:
+        return load.Meter(node, service, PgBackends(url) if self.db == "postgresql" else None)
+
+    def _poll_interval(self, mode: str) -> float | None:
+        """How clients of an end-to-end variant get their result: None waits (``&wait=``)."""
+        return None if mode == "wait" else self.o.poll_ms / 1000
+
+    async def _e2e_window(self, node: NodeProcess, meter: load.Meter, containers: list[str], clients: int,
+                          poll_interval: float | None, raw_rate: float | None) -> dict[str, Any]:
+        """One end-to-end window: its summary, with the ratio to ``raw_rate``."""
+        o = self.o
+        window = await load.closed_loop(
+            lambda _i: Connection("127.0.0.1", node.port), clients, load.end_to_end_op(containers, poll_interval),
+            warmup=o.warmup, duration=o.duration, max_ops=o.max_ops, meter=meter, warmup_max=o.warmup_max)
+        summary = self._window(window)
+        summary["ratio_to_raw"] = round(summary["rate"] / raw_rate, 4) if raw_rate else None
+        return summary
+
     async def _end_to_end(self, node: NodeProcess, meter: load.Meter, control: Connection, workers: int) -> None:
         for key, (mode, processes) in load.VARIANTS.items():
             if processes == workers:
-                await self._end_to_end_variant(node, meter, control, key, None if mode == "wait" else self.o.poll_ms / 1000)
+                await self._end_to_end_variant(node, meter, control, key, self._poll_interval(mode))
 
     async def _end_to_end_variant(self, node: NodeProcess, meter: load.Meter, control: Connection, key: str,
                                   poll_interval: float | None) -> None:
@@ -315,14 +328,8 @@ class DatabaseRun:
             containers = [f"echo{i}" for i in range(1, chain + 1)]
             by_clients: dict[str, Any] = {}
             for clients in o.clients:
-                window = await load.closed_loop(
-                    lambda _i: Connection("127.0.0.1", node.port), clients,
-                    load.end_to_end_op(containers, poll_interval),
-                    warmup=o.warmup, duration=o.duration, max_ops=o.max_ops, meter=meter,
-                    warmup_max=o.warmup_max)
-                summary = self._window(window)
                 raw = self.result["raw"].get(str(clients), {}).get("rate")
-                summary["ratio_to_raw"] = round(summary["rate"] / raw, 4) if raw else None
+                summary = await self._e2e_window(node, meter, containers, clients, poll_interval, raw)
                 by_clients[str(clients)] = summary
                 say(f"{self.db}: {key} {chain} container(s), {clients} clients: {summary['rate']:,.0f} jobs/s "
                     f"(ratio {summary['ratio_to_raw']}), p50 {summary['latency_p50_ms']} ms, node "

@@ -47,6 +47,9 @@ class ServerSettings(_Section):
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
     max_ids: int = 1000
+    #: Deepest nesting of objects/arrays accepted in a job's ``data`` and stored from a
+    #: container's output (``app.storable``): deeper values fail alone, 400 or ContainerError.
+    max_json_depth: int = 64
     #: Node processes behind the one port (``app.workers``); each is a whole node.
     workers: int = 1
     #: The longest ``GET /api/jobs?id=…&wait=`` may wait, in seconds.
@@ -183,6 +186,11 @@ def _strip_infernet_keys(raw: dict[str, Any]) -> list[str]:
     return ignored
 
 
+#: ``server.max_json_depth`` at most: encoding and decoding recurse once per level, and
+#: a value near Python's recursion limit (1000 frames, some already in use) fails them.
+MAX_JSON_DEPTH_LIMIT = 500
+
+
 def _positive(value: float, key: str, minimum: float = 1) -> None:
     if value < minimum:
         raise ConfigError(f"{key}: must be at least {minimum}, got {value}")
@@ -192,8 +200,11 @@ def _validate_numbers(settings: Settings) -> None:
     server, scheduler = settings.server, settings.scheduler
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port")
-    for key in ("max_body_bytes", "max_batch", "max_ids", "workers"):
+    for key in ("max_body_bytes", "max_batch", "max_ids", "max_json_depth", "workers"):
         _positive(getattr(server, key), f"server.{key}")
+    if server.max_json_depth > MAX_JSON_DEPTH_LIMIT:
+        # Deeper values would again meet Python's recursion limit on the way in or out.
+        raise ConfigError(f"server.max_json_depth: must be at most {MAX_JSON_DEPTH_LIMIT}, got {server.max_json_depth}")
     _positive(server.max_wait, "server.max_wait", minimum=0)
     _positive(server.poll_hold, "server.poll_hold", minimum=0)
     if server.rate_limit is not None:

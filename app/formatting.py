@@ -1,4 +1,4 @@
-"""Human-readable figures shared by the CLI and the dashboard."""
+"""Human-readable figures shared by the CLI and the dashboard, and client values as errors echo them."""
 
 from __future__ import annotations
 
@@ -14,3 +14,13 @@ def duration(seconds: float | None, missing: str = "-") -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+#: Characters of a client's own value that an error answer echoes back.
+ECHO_LIMIT = 256
+
+
+def clipped(text: str, limit: int = ECHO_LIMIT) -> str:
+    """A value a client sent, as an error answer or a log line echoes it: whole when short,
+    else its start and ``…`` (a 900 KB container id need not come back whole)."""
+    return text if len(text) <= limit else text[:limit] + "…"

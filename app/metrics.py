@@ -102,10 +102,12 @@ def error_kind(error: str) -> str:
         return "timeout"
     if error == "connection refused" or error.startswith("cannot connect"):
         return "connection"
-    if error.startswith("connection closed") or error.startswith("request failed") or error.startswith("stream"):
+    if error.startswith(("connection closed", "connection reset", "request failed", "stream")):
         return "disconnected"
     if error.startswith("not valid JSON"):
         return "invalid_json"
+    if error.startswith("output "):  # refused by ``app.storable``, or by the database
+        return "unstorable_output"
     if error.startswith("container not ready"):
         return "not_ready"
     if "not configured" in error:

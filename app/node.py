@@ -48,7 +48,7 @@ class Node:
         )
         self.signal = JobSignal(settings.node_id)
         self.containers = ContainerStates(settings)
-        self.client = ContainerClient()
+        self.client = ContainerClient(max_json_depth=settings.server.max_json_depth)
         catalog = ContainerCatalog(settings)
         live = LiveJobs()  # the scheduler's running jobs, which the API reads
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds, self.signal)
@@ -62,7 +62,7 @@ class Node:
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
         self.jobs = JobService(self.database, catalog, self.signal, live, claims)
-        self.streams = StreamService(store, catalog, self.containers, self.client)
+        self.streams = StreamService(store, catalog, self.containers, self.client, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
         self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
         self.runtime: ContainerRuntime | None = None

@@ -13,6 +13,7 @@ the request reached it may be retried without running the work twice.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -22,6 +23,7 @@ import msgspec
 
 from app.config import ContainerSettings
 from app.containers import http11
+from app.storable import DEFAULT_MAX_DEPTH, check_raw, nested_too_deep
 
 BODY_EXCERPT = 200
 
@@ -49,18 +51,30 @@ def _closed_before_answer() -> StepFailed:
     return StepFailed("connection closed by the container before it answered", delivered=True)
 
 
+def _reset_by_peer() -> StepFailed:
+    return StepFailed("connection reset by the container before it answered", delivered=True)
+
+
+#: errno values of a connection the peer reset or aborted (aiohttp's ``ClientOSError``).
+_RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
+
+
 def _request_failed(exc: BaseException) -> StepFailed:
     return StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True)
 
 
 def _excerpt(raw: bytes) -> str:
-    text = raw[:BODY_EXCERPT].decode("utf-8", errors="replace")
+    """The start of a body, for an error text: stored in a text column, which on
+    PostgreSQL cannot hold a NUL character either, so a NUL byte is shown as ``\\x00``."""
+    text = raw[:BODY_EXCERPT].decode("utf-8", errors="replace").replace("\x00", "\\x00")
     return text + ("…" if len(raw) > BODY_EXCERPT else "")
 
 
 class ContainerClient:
-    def __init__(self, limit: int = 0) -> None:
+    def __init__(self, limit: int = 0, max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
         self._limit = limit
+        #: ``server.max_json_depth``: deeper outputs are refused (``_output``).
+        self._max_depth = max_json_depth
         self._session: aiohttp.ClientSession | None = None
         self._lean = http11.Http11Pool()
         #: (base_url, bearer) -> where ``call`` posts; None: not plain http, aiohttp's.
@@ -106,6 +120,8 @@ class ContainerClient:
             raise _not_connected(exc.os_error) from None
         except aiohttp.ServerDisconnectedError:
             raise _closed_before_answer() from None
+        except aiohttp.ClientOSError as exc:
+            raise (_reset_by_peer() if exc.errno in _RESET_ERRNOS else _request_failed(exc)) from None
         except aiohttp.ClientError as exc:
             raise _request_failed(exc) from None
 
@@ -128,6 +144,8 @@ class ContainerClient:
             raise _not_connected(exc.os_error) from None
         except http11.ClosedBeforeAnswer:
             raise _closed_before_answer() from None
+        except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+            raise _reset_by_peer() from None
         except (http11.HTTPFailure, OSError) as exc:
             raise _request_failed(exc) from None
 
@@ -150,10 +168,22 @@ class ContainerClient:
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
         if not 200 <= status < 300:
             raise StepFailed(f"HTTP {status}: {_excerpt(raw)}", delivered=True)
+        return self._output(raw)
+
+    def _output(self, raw: bytes) -> Any:
+        """The decoded output, or a ``StepFailed`` for one that is not JSON, or that could
+        not be stored or read back (``app.storable``): such an output fails its own step,
+        here, and never the group commit it would have joined (nor is the job run again)."""
         try:
-            return msgspec.json.decode(raw)
+            output = msgspec.json.decode(raw)
         except msgspec.DecodeError:
             raise StepFailed(f"not valid JSON: {_excerpt(raw)}", delivered=True) from None
+        except RecursionError:  # too deep even to decode
+            raise StepFailed(f"output {nested_too_deep(self._max_depth)}", delivered=True) from None
+        why = check_raw(raw, output, self._max_depth)
+        if why is not None:
+            raise StepFailed(f"output {why}", delivered=True)
+        return output
 
     async def stream(self, container: ContainerSettings, base_url: str, data: Any,
                      requires_proof: bool) -> AsyncIterator[bytes]:

@@ -5,6 +5,14 @@ The first write to arrive starts a flush at once (no added latency on an idle no
 writes that arrive while a flush is in progress wait for the next one and go in
 together. The flush runs in a task of its own, so a caller that is cancelled (a client
 that went away) cannot strand the others of its batch.
+
+Sharing a statement must not mean sharing its fate (SPEC §10): when a flush of several
+items fails as a whole, each item is flushed again alone, so that only the item the
+database refused gets the error and the others go through as if nothing had happened.
+What is known to be refused (a NUL, deep nesting: ``app.storable``) is turned away before
+it joins a group; this is the net under that, for whatever slips through. Not when the
+database is unavailable (``app.db.errors``): every item alone would fail the same way,
+one wait or timeout after the other.
 """
 
 from __future__ import annotations
@@ -12,6 +20,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
+
+from app.db.errors import is_database_unavailable
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -39,10 +49,11 @@ class GroupCommit(Generic[T, R]):
             while self._waiting:
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]
+                items = [item for item, _ in batch]
                 try:
-                    results: list[R | BaseException] = await self._flush([item for item, _ in batch])
-                except Exception as exc:  # the whole transaction failed: every item gets the error
-                    results = [exc] * len(batch)
+                    results: list[R | BaseException] = await self._flush(items)
+                except Exception as exc:  # the whole transaction failed
+                    results = await self._alone(items) if self._retry_alone(exc, len(items)) else [exc] * len(batch)
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
@@ -52,3 +63,23 @@ class GroupCommit(Generic[T, R]):
                         future.set_result(result)
         finally:
             self._drainer = None
+
+    @staticmethod
+    def _retry_alone(exc: Exception, size: int) -> bool:
+        """Whether a failed flush of ``size`` items is worth flushing again item by item."""
+        return size > 1 and not is_database_unavailable(exc)
+
+    async def _alone(self, items: list[T]) -> list[R | BaseException]:
+        """Each item in a flush of its own (one after the other: this is the rare path, and
+        the database is not asked for the group's worth of connections at once). Should the
+        database become unavailable meanwhile, the items left get that error at once."""
+        results: list[R | BaseException] = []
+        for item in items:
+            try:
+                (result,) = await self._flush([item])
+            except Exception as exc:
+                result = exc
+                if is_database_unavailable(exc):
+                    return results + [exc] * (len(items) - len(results))
+            results.append(result)
+        return results

@@ -5,11 +5,15 @@ from __future__ import annotations
 import sqlalchemy.exc
 from asyncpg.exceptions import (
     CannotConnectNowError,
+    DataError,
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,
     PostgresConnectionError,
 )
+
+#: The API's answer (503) while the database cannot be reached.
+DATABASE_UNAVAILABLE = "Database unavailable"
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, timed out (TimeoutError is an OSError)
@@ -42,3 +46,19 @@ def is_database_unavailable(exc: BaseException) -> bool:
             text = str(exc.orig).lower()
             return any(message in text for message in _UNAVAILABLE_MESSAGES)
     return False
+
+
+def refused_value(exc: BaseException) -> str | None:
+    """Why the database refused a value the statement carried (PostgreSQL's data
+    exceptions, SQLSTATE class 22, such as a NUL in JSONB), or its encoding failed
+    (``RecursionError``: nested too deeply); None for anything else, which is a lost
+    database or a bug, not bad data. Whatever direct path or SQLAlchemy took the statement."""
+    cause: BaseException | None = exc
+    if isinstance(exc, sqlalchemy.exc.StatementError):  # a DBAPIError, or a value its binding refused
+        cause = exc.orig.__cause__ or exc.orig if exc.orig is not None else None
+    if isinstance(cause, RecursionError):
+        return "nested too deeply to encode"
+    if isinstance(cause, DataError) or isinstance(exc, sqlalchemy.exc.DataError):
+        text = str(cause or exc).strip().splitlines()
+        return text[0][:200] if text else type(cause or exc).__name__
+    return None

@@ -12,7 +12,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 
-from app.db.errors import is_database_unavailable
+from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable
 
 log = logging.getLogger("jobnode.http")
 
@@ -32,8 +32,6 @@ def error_response(status_code: int, error: str, params: dict[str, Any] | None =
     body: dict[str, Any] = {"error": error} if params is None else {"error": error, "params": params}
     return Response(body, status_code=status_code, media_type=MediaType.JSON, headers=headers)
 
-
-DATABASE_UNAVAILABLE = "Database unavailable"
 
 _GENERIC = {
     400: "Bad request",

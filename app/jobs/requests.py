@@ -7,12 +7,16 @@ the contract: Litestar's own validation messages are not ours.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from app import storable
 from app.config import ContainerSettings, IpNetwork, Settings, parse_networks
+from app.formatting import clipped
+from app.storable import DEFAULT_MAX_DEPTH, nested_too_deep
 
 
 class JobRequest(msgspec.Struct, kw_only=True):
@@ -35,37 +39,100 @@ class JobRejected(Exception):
         return {"error": self.error} if self.params is None else {"error": self.error, "params": self.params}
 
 
-def _invalid(exc: Exception) -> JobRejected:
+def _invalid(exc: Exception, body: bytes | msgspec.Raw) -> JobRejected:
     reason = str(exc).replace("$.", "").replace("`$`", "the body")
+    if isinstance(exc, msgspec.DecodeError):
+        # msgspec reports a lone surrogate escape as "Input data was truncated".
+        surrogate = lone_surrogate(bytes(body))
+        if surrogate is not None:
+            reason = (f"JSON is malformed: {surrogate} is half of a UTF-16 surrogate pair without its other "
+                      f"half, which is not a character")
     return JobRejected("Invalid job request", {"reason": reason})
 
 
-def decode_job_request(body: bytes | msgspec.Raw) -> JobRequest:
+#: A ``\uXXXX`` escape: after an odd run of backslashes (``\\u0041`` is a literal backslash).
+_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u([0-9a-fA-F]{4})")
+
+
+def lone_surrogate(body: bytes) -> str | None:
+    """The first ``\\uD800``-``\\uDFFF`` escape of ``body`` that is not half of a pair, as
+    written; only read for a body that failed to decode."""
+    high: re.Match[bytes] | None = None
+    for match in _ESCAPE.finditer(body):
+        code = int(match.group(1), 16)
+        if high is not None:
+            if 0xDC00 <= code <= 0xDFFF and match.end() - 6 == high.end():
+                high = None
+                continue
+            break
+        if 0xD800 <= code <= 0xDBFF:
+            high = match
+        elif 0xDC00 <= code <= 0xDFFF:
+            return "\\u" + match.group(1).decode()
+    return None if high is None else "\\u" + high.group(1).decode()
+
+
+def _too_deep(max_depth: int, what: str) -> JobRejected:
+    return JobRejected("Invalid job request", {"reason": f"{what} {nested_too_deep(max_depth)}"})
+
+
+def _storable(request: JobRequest, raw: bytes, max_depth: int) -> JobRequest:
+    """The request, if its ``data`` can be stored and read back (``app.storable``: NUL,
+    nesting); checked before the job joins a statement shared with others' jobs."""
+    why = storable.check_raw(raw, request.data, max_depth)
+    if why is not None:
+        raise JobRejected("Invalid job request", {"reason": f"data {why}"})
+    return request
+
+
+def decode_job_request(body: bytes | msgspec.Raw, max_depth: int = DEFAULT_MAX_DEPTH) -> JobRequest:
+    """The request in ``body``, or ``JobRejected`` (``Invalid job request``) for a body that
+    is not one, or whose ``data`` could not be stored or read back (``server.max_json_depth``)."""
     try:
-        return msgspec.json.decode(body, type=JobRequest)
+        request = msgspec.json.decode(body, type=JobRequest)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _invalid(exc) from None
-    except RecursionError:  # msgspec's limit on nesting depth
-        raise JobRejected("Invalid job request", {"reason": "JSON is nested too deeply"}) from None
+        raise _invalid(exc, body) from None
+    except RecursionError:  # deeper than Python's recursion limit allows to decode
+        raise _too_deep(max_depth, "JSON") from None
+    return _storable(request, body if isinstance(body, bytes) else bytes(body), max_depth)
 
 
-def decode_batch(body: bytes) -> list[JobRequest | JobRejected]:
+def decode_batch(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[JobRequest | JobRejected]:
     """Each item decoded, or rejected, on its own. A batch of valid items is decoded in one
     call (most batches); only a batch with an invalid item is decoded again item by item."""
     try:
-        return msgspec.json.decode(body, type=list[JobRequest])  # type: ignore[return-value]
+        requests: list[JobRequest | JobRejected] = msgspec.json.decode(body, type=list[JobRequest])  # type: ignore[arg-type]
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         pass
+    else:
+        return _storable_items(requests, body, max_depth)
     try:
         items = msgspec.json.decode(body, type=list[msgspec.Raw])
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         raise JobRejected("Expected a list") from None
-    requests: list[JobRequest | JobRejected] = []
+    decoded: list[JobRequest | JobRejected] = []
     for item in items:
         try:
-            requests.append(decode_job_request(item))
+            decoded.append(decode_job_request(item, max_depth))
         except JobRejected as rejected:
-            requests.append(rejected)
+            decoded.append(rejected)
+    return decoded
+
+
+def _storable_items(requests: list[JobRequest | JobRejected], body: bytes,
+                    max_depth: int) -> list[JobRequest | JobRejected]:
+    """``_storable`` for each item of a batch decoded at once: the fast paths run on the
+    whole body, and only when one fails is each item's ``data`` walked (an item that
+    cannot be stored is rejected alone)."""
+    nul = storable.NUL_ESCAPE in body
+    depth = body.count(b"{") + body.count(b"[") > max_depth
+    if not (nul or depth):
+        return requests
+    for i, request in enumerate(requests):
+        assert isinstance(request, JobRequest)
+        why = storable.unstorable(request.data, max_depth, nul, depth)
+        if why is not None:
+            requests[i] = JobRejected("Invalid job request", {"reason": f"data {why}"})
     return requests
 
 
@@ -105,7 +172,7 @@ class ContainerCatalog:
         for container_id in request.containers:
             entry = self._containers.get(container_id)
             if entry is None:
-                raise JobRejected("Container not supported", {"container": container_id})
+                raise JobRejected("Container not supported", {"container": clipped(container_id)})
             entries.append(entry)
         if not entries[0].settings.external:
             raise JobRejected("First container must be external", {"first_container": request.containers[0]})

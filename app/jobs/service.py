@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections import defaultdict
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from sqlalchemy import select
 
 from app.db.batching import GroupCommit
 from app.db.direct import Row
+from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable, refused_value
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, utcnow
 from app.db.signal import JobSignal
@@ -22,6 +24,7 @@ from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
 from app.jobs.transitions import ClaimedJob
 
+log = logging.getLogger("jobnode.jobs")
 
 #: Ids per results statement: PostgreSQL takes at most 32,767 parameters.
 RESULTS_CHUNK = 1024
@@ -38,6 +41,17 @@ def new_job_id() -> str:
     raw[8] = raw[8] & 0x3F | 0x80
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _refused_answer(job_id: str, exc: BaseException) -> dict[str, Any]:
+    """A batch item's answer when its job alone could not be stored."""
+    reason = refused_value(exc)
+    if reason is not None:
+        return JobRejected("Invalid job request", {"reason": f"data could not be stored: {reason}"}).body()
+    if is_database_unavailable(exc):
+        return {"error": DATABASE_UNAVAILABLE}
+    log.error("job %s of a batch could not be stored", job_id, exc_info=exc)
+    return {"error": "Internal server error"}
 
 
 class UnknownCursor(LookupError):
@@ -94,8 +108,31 @@ class JobService:
             rows.append(row)
             answers.append({"id": row["id"]})
         if rows:
-            await self._insert(rows)
+            try:
+                await self._insert(rows)
+            except Exception as exc:
+                await self._insert_alone(rows, answers, exc)
         return answers
+
+    async def _insert_alone(self, rows: list[dict[str, Any]], answers: list[dict[str, Any]],
+                            exc: Exception) -> None:
+        """The INSERT of a request's jobs failed. A job the database refused (bad data that
+        passed the checks of ``app.jobs.requests``) is answered ``Invalid job request``
+        like any invalid one; a batch's other jobs are stored each on its own (one bad item
+        does not fail the batch), and answered in place. A lost database, or a failure
+        that is not about the data, fails the request as before (503 or 500)."""
+        if is_database_unavailable(exc):
+            raise exc
+        accepted = [i for i, answer in enumerate(answers) if "id" in answer]
+        if len(rows) == 1:
+            if refused_value(exc) is None:
+                raise exc
+            outcomes: list[None | BaseException] = [exc]
+        else:
+            outcomes = await asyncio.gather(*(self._insert([row]) for row in rows), return_exceptions=True)
+        for i, outcome in zip(accepted, outcomes, strict=True):
+            if outcome is not None:
+                answers[i] = _refused_answer(answers[i]["id"], outcome)
 
     async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[None | BaseException]:
         """Concurrent submits commit together: one INSERT, one commit. The first jobs are
@@ -105,8 +142,10 @@ class JobService:
         The claimed ones start here, in the flush's own task, whichever submits went away."""
         rows = [row for rows in batches for row in rows]
         claimed = self.claims.reserve(len(rows))
+        unclaimed: dict[str, Any] = {}
         if claimed:
             columns = self.claims.claimed_columns(utcnow())
+            unclaimed = {key: rows[0][key] for key in columns}  # the same in every new row
             for row in rows[:claimed]:
                 row.update(columns)
         left = claimed < len(rows)
@@ -115,6 +154,11 @@ class JobService:
                 await conn.insert_many(Job.__table__, rows, notify=self.signal.notification if left else None)
         except BaseException:
             self.claims.unreserve(claimed)
+            # The rows go back as they came: ``GroupCommit`` may flush them again, each on
+            # its own, and a row must not be stored claimed without a reservation (its job
+            # would sit ``running`` here, run by nobody, until its lease expired).
+            for row in rows[:claimed]:
+                row.update(unclaimed)
             raise
         if claimed:
             self.claims.start_claimed([ClaimedJob.inserted(row) for row in rows[:claimed]], claimed)

@@ -19,17 +19,20 @@ from app.containers.state import ContainerStates
 from app.db.models import Job, JobStatus, utcnow
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.transitions import ClaimedJob, JobStore, StepResult
+from app.storable import DEFAULT_MAX_DEPTH, NUL_REFUSED
 
 STREAM_ONE_CONTAINER = "Streaming supports one container"
 
 
 class StreamService:
     def __init__(self, store: JobStore, catalog: ContainerCatalog, states: ContainerStates,
-                 client: ContainerClient) -> None:
+                 client: ContainerClient, max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
         self.store = store
         self.catalog = catalog
         self.states = states
         self.client = client
+        #: ``server.max_json_depth``, for the request's ``data`` (``app.jobs.requests``).
+        self.max_json_depth = max_json_depth
 
     async def open(self, client: str, request: JobRequest) -> ClaimedJob:
         """Check and store the job; the caller streams it with ``run``."""
@@ -70,6 +73,8 @@ class StreamService:
         finally:
             heartbeat.cancel()
             output = None if error else {"output": b"".join(received).decode("utf-8", errors="replace")}
+            if output is not None and "\x00" in output["output"]:  # PostgreSQL would refuse the step
+                output, error = None, f"output {NUL_REFUSED}"
             # Shielded: a client that disconnects must not leave the job running.
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.store.record_step(StepResult(job, 0, started, output, error)))

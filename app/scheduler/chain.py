@@ -12,7 +12,8 @@ from typing import Any, TypeVar
 from app import metrics
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
-from app.db.errors import is_database_unavailable
+from app.db.errors import is_database_unavailable, refused_value
+from app.formatting import clipped
 from app.db.models import JobStatus, utcnow
 from app.db.batching import GroupCommit
 from app.jobs.live import LiveJobs
@@ -70,24 +71,48 @@ class ChainRunner:
                 metrics.job_finished(job, "failed", container_id)
                 return JobStatus.FAILED
             metrics.step_done(job, position, state, started)
-            await self._record(job, position, started, output=data)
+            if await self._record(job, position, started, output=data) is not None:
+                metrics.job_finished(job, "failed", container_id)
+                return JobStatus.FAILED
         metrics.job_finished(job, "success")
         return JobStatus.SUCCESS
 
-    async def _record(self, job: ClaimedJob, position: int, started: datetime, **result: Any) -> None:
+    async def _record(self, job: ClaimedJob, position: int, started: datetime, **result: Any) -> str | None:
+        """Commit the step; the error it was committed with instead when its output could
+        not be stored (the job then ends failed), else None."""
         step = StepResult(job, position, started, **result)
-
-        async def record() -> None:
-            lost = await self._commit(step)
-            if lost is not None:
-                raise lost
-
         self._committing.add(job.id)
         try:
-            await self._outlasting_outages(job, record)
+            try:
+                await self._outlasting_outages(job, lambda: self._commit_step(step))
+            except LeaseLost:
+                raise
+            except Exception as exc:
+                if step.error is not None or is_database_unavailable(exc):
+                    raise
+                step = self._refused(step, exc)
+                await self._outlasting_outages(job, lambda: self._commit_step(step))
         finally:
             self._committing.discard(job.id)
         self.live.step_committed(job.id, job.containers[position], step.output, step.error)
+        return step.error
+
+    async def _commit_step(self, step: StepResult) -> None:
+        lost = await self._commit(step)
+        if lost is not None:
+            raise lost
+
+    @staticmethod
+    def _refused(step: StepResult, exc: Exception) -> StepResult:
+        """The step again, as a ``ContainerError``, when the database refused its output
+        (committed alone: ``GroupCommit`` isolated it). The checks of ``app.storable``
+        turn known cases away before; this is the net for the rest. Left to the reaper,
+        the job would run again, calling its container again, for the same refusal."""
+        reason = refused_value(exc) or f"{type(exc).__name__}: {exc}"
+        error = f"output could not be stored: {clipped(reason.replace(chr(0), ''), 200)}"
+        log.warning("job %s: step %d: %s", step.job.id, step.position, error, exc_info=exc,
+                    extra={"job_id": step.job.id, "container": step.job.containers[step.position]})
+        return StepResult(step.job, step.position, step.started_at, error=error, finished_at=step.finished_at)
 
     def committing(self, job_id: str) -> bool:
         """The job's step is being committed: the commit itself tells whether the job is

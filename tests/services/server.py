@@ -7,7 +7,8 @@ the host: ``MODE=echo PORT=3001 python3 tests/services/server.py``.
 Environment
     HOST    bind address (default 0.0.0.0)
     PORT    bind port (default 3000)
-    MODE    echo | transform | fail | badjson | slow | exit | count (default echo)
+    MODE    echo | transform | fail | badjson | slow | exit | count | answer
+            (default echo)
     NAME    service name, reported by /service-resources and used by transform
             (default: the MODE, so "transform" for MODE=transform)
     FACTOR  transform multiplier (default 2)
@@ -34,6 +35,10 @@ Endpoints
         exit       the process exits at once (os._exit(1)) without answering,
                    like a container dying mid-request
         count      echoes (the per-key counting below happens in every mode)
+        answer     by ``data["answer"]`` when data is an object: "nul" -> 200
+                   {"text": "a\\u0000b"} (a NUL character, which PostgreSQL
+                   cannot store); "deep" -> 200, arrays nested ``data["depth"]``
+                   deep (default 990); anything else -> echoes
     GET    /calls            200 {key: count} of POST /service_output calls that
                              passed validation, in every mode; key is
                              str(data["job"]) when data is an object with a
@@ -59,7 +64,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-MODES = ("echo", "transform", "fail", "badjson", "slow", "exit", "count")
+MODES = ("echo", "transform", "fail", "badjson", "slow", "exit", "count", "answer")
 
 HOST = os.environ.get("HOST", "0.0.0.0")
 PORT = int(os.environ.get("PORT", "3000"))
@@ -105,6 +110,15 @@ def _transform(data):
     if not isinstance(seen, list):
         raise BadRequest("transform needs a list as data.seen")
     return {"value": value * FACTOR + ADD, "seen": seen + [NAME]}
+
+
+def _answer(data):
+    """The body of an ``answer`` mode response, as bytes (json.dumps would recurse as
+    deep as the nesting asked for)."""
+    if data["answer"] == "nul":
+        return json.dumps({"text": "a\u0000b"}).encode()
+    depth = int(data.get("depth", 990))
+    return b"[" * depth + b"]" * depth
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -195,6 +209,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500, {"detail": "boom"})
         elif MODE == "badjson":
             self._send(200, b"not json", "text/plain")
+        elif MODE == "answer" and isinstance(data, dict) and data.get("answer") in ("nul", "deep"):
+            self._send(200, _answer(data))
         else:
             self._send(200, output)
 

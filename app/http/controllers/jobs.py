@@ -18,6 +18,7 @@ from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
 
 from app.config import ServerSettings
+from app.formatting import clipped
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
 from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
@@ -34,14 +35,14 @@ def _flag(query: MultiDict[str], name: str) -> bool | None:
         return None
     if value in ("true", "false"):
         return value == "true"
-    raise ApiError(400, "Invalid parameter", {"name": name, "value": value})
+    raise ApiError(400, "Invalid parameter", {"name": name, "value": clipped(value)})
 
 
 def _job_id(value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise ApiError(400, "Invalid job id", {"id": value}) from None
+        raise ApiError(400, "Invalid job id", {"id": clipped(value)}) from None
 
 
 def _limit(query: MultiDict[str]) -> int | None:
@@ -49,7 +50,7 @@ def _limit(query: MultiDict[str]) -> int | None:
     if value is None:
         return None
     if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
-        raise ApiError(400, "Invalid parameter", {"name": "limit", "value": value})
+        raise ApiError(400, "Invalid parameter", {"name": "limit", "value": clipped(value)})
     return int(value)
 
 
@@ -62,7 +63,7 @@ def _wait(query: MultiDict[str], limit: float) -> float | None:
     except ValueError:
         seconds = -1.0
     if not 0 <= seconds <= limit:  # also NaN
-        raise ApiError(400, "Invalid parameter", {"name": "wait", "value": value})
+        raise ApiError(400, "Invalid parameter", {"name": "wait", "value": clipped(value)})
     return seconds
 
 
@@ -73,7 +74,7 @@ def _after(query: MultiDict[str]) -> str | None:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise ApiError(400, "Invalid parameter", {"name": "after", "value": value}) from None
+        raise ApiError(400, "Invalid parameter", {"name": "after", "value": clipped(value)}) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +91,7 @@ class JobsApi:
 async def submit_job(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any], body: bytes) -> dict[str, str]:
     """``POST /api/jobs``: the stored job's id, or an ``ApiError``."""
     try:
-        job_request = decode_job_request(body)
+        job_request = decode_job_request(body, api.server.max_json_depth)
     except JobRejected as rejected:
         raise ApiError(400, rejected.error, rejected.params) from None
     (answer,) = await api.jobs.submit(api.identity.address(connection), [job_request])
@@ -137,7 +138,7 @@ class JobsController(Controller):
     async def batch(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[dict[str, Any]]:
         server = jobs_api.server
         try:
-            requests = decode_batch(await request.body())
+            requests = decode_batch(await request.body(), server.max_json_depth)
         except JobRejected as rejected:
             raise ApiError(400, rejected.error) from None
         if len(requests) > server.max_batch:

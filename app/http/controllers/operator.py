@@ -13,6 +13,7 @@ from litestar import Controller, MediaType, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
+from app.formatting import clipped
 from app.http.errors import ApiError
 from app.http.openapi import DATABASE, OPERATOR, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
@@ -33,7 +34,7 @@ def _job_id(value: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:
-        raise ApiError(400, INVALID_JOB_ID, {"id": value}) from None
+        raise ApiError(400, INVALID_JOB_ID, {"id": clipped(value)}) from None
 
 
 async def _detail(action: object) -> JobDetail:

@@ -27,7 +27,8 @@ class StreamController(Controller):
         identity: NamedDependency[ClientIdentity],
     ) -> Stream:
         try:
-            job = await streams.open(identity.address(request), decode_job_request(await request.body()))
+            job_request = decode_job_request(await request.body(), streams.max_json_depth)
+            job = await streams.open(identity.address(request), job_request)
         except JobRejected as rejected:
             raise ApiError(400, rejected.error, rejected.params) from None
         return Stream(streams.run(job), media_type=MediaType.TEXT)

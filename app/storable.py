@@ -1,0 +1,97 @@
+"""What a JSON value must be for the node to store it and read it back (SPEC §10).
+
+Two things pass JSON decoding and then fail later, where they take others down with them:
+
+- a NUL character (``"\\u0000"``): PostgreSQL refuses it in JSONB (and in text), so the
+  statement that carries it fails, and with it every other job committed in that
+  statement (group commits of submits and step results);
+- deep nesting: encoding, decoding and answering a value recurse once per level, and
+  past ~1000 levels (less, with the stack already in use) they raise ``RecursionError``,
+  on writing (SQLite: the JSON column's encoder) or on every read of the job.
+
+So input (``app.jobs.requests``) and container output (``app.containers.protocol``) are
+checked here, before anything is grouped, against ``server.max_json_depth``.
+
+Every job and every step passes through these checks, so each has a fast path on the
+raw bytes that rules the problem out for almost every value without looking at it: a
+NUL can only arrive as the escape ``\\u0000`` (JSON refuses a raw NUL byte, and so does
+msgspec), and a value can only be deeper than N when its text has more than N ``{`` or
+``[`` bytes. Only a value that fails a fast path is walked, iteratively (a recursive
+walk would be the very ``RecursionError``), since ``\\u0000`` may be a literal backslash
+followed by ``u0000`` and brackets may be inside strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: ``server.max_json_depth``'s default.
+DEFAULT_MAX_DEPTH = 64
+
+NUL_ESCAPE = b"\\u0000"
+NUL_REFUSED = "contains a NUL character, which cannot be stored"
+
+
+def contains_nul(value: Any) -> bool:
+    """Whether a string, or an object key, anywhere in ``value`` holds a NUL character."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if "\x00" in item:
+                return True
+        elif kind is dict:
+            for key, child in item.items():
+                if "\x00" in key:
+                    return True
+                stack.append(child)
+        elif kind is list:
+            stack.extend(item)
+    return False
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` objects/arrays (``{}`` is 1, a scalar 0)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        kind = type(item)
+        if kind is dict:
+            children: Any = item.values()
+        elif kind is list:
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                stack.append((child, depth + 1))
+    return False
+
+
+def unstorable(value: Any, limit: int, nul: bool = True, depth: bool = True) -> str | None:
+    """Why ``value`` cannot be stored (the end of a sentence: "<what> contains …"), or None.
+
+    ``nul`` and ``depth`` say which checks are still needed (the fast paths ruled the
+    others out)."""
+    if nul and contains_nul(value):
+        return NUL_REFUSED
+    if depth and deeper_than(value, limit):
+        return nested_too_deep(limit)
+    return None
+
+
+def nested_too_deep(limit: int) -> str:
+    return f"is nested deeper than {limit} levels"
+
+
+def check_raw(raw: bytes, value: Any, limit: int) -> str | None:
+    """``unstorable`` of ``value``, decoded from ``raw``, after the fast paths: a few
+    hundred nanoseconds for a value that is fine."""
+    nul = NUL_ESCAPE in raw
+    depth = raw.count(b"{") + raw.count(b"[") > limit
+    if not (nul or depth):
+        return None
+    return unstorable(value, limit, nul, depth)

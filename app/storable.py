@@ -23,7 +23,10 @@ followed by ``u0000`` and brackets may be inside strings.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+import msgspec
 
 #: ``server.max_json_depth``'s default.
 DEFAULT_MAX_DEPTH = 64
@@ -95,3 +98,33 @@ def check_raw(raw: bytes, value: Any, limit: int) -> str | None:
     if not (nul or depth):
         return None
     return unstorable(value, limit, nul, depth)
+
+
+#: A JSON string (escapes included), or a bracket: what ``too_deep_key`` reads of a text.
+_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_COLON = re.compile(rb"\s*:")
+
+
+def too_deep_key(raw: bytes, limit: int) -> str | None:
+    """The key of the top-level object ``raw`` whose value nests deeper than ``limit``,
+    read from the text: for a body too deep to decode at all (``RecursionError``), so that
+    the answer can still name the field. It reads up to the first level too deep only."""
+    depth = 0
+    key: bytes | None = None
+    for token in _TOKEN.finditer(raw):
+        first = raw[token.start()]
+        if first == 0x22:  # '"'
+            if depth == 1 and _COLON.match(raw, token.end()):
+                key = token.group()
+        elif first in (0x7B, 0x5B):  # '{', '['
+            depth += 1
+            if depth > limit + 1:
+                if key is None:
+                    return None
+                try:
+                    return str(msgspec.json.decode(key))
+                except msgspec.DecodeError:
+                    return None
+        else:
+            depth -= 1
+    return None

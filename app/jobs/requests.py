@@ -93,7 +93,8 @@ def decode_job_request(body: bytes | msgspec.Raw, max_depth: int = DEFAULT_MAX_D
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise _invalid(exc, body) from None
     except RecursionError:  # deeper than Python's recursion limit allows to decode
-        raise _too_deep(max_depth, "JSON") from None
+        raw = body if isinstance(body, bytes) else bytes(body)
+        raise _too_deep(max_depth, clipped(storable.too_deep_key(raw, max_depth) or "JSON")) from None
     return _storable(request, body if isinstance(body, bytes) else bytes(body), max_depth)
 
 

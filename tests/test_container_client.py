@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -428,3 +429,78 @@ def test_only_plain_http_urls_take_the_lean_path():
         assert http11.endpoint(url, {}) is None, url
     with pytest.raises(ValueError):
         http11.endpoint("http://example.com/service_output", {"Authorization": "Bearer a\r\nX-Evil: 1"})
+
+
+async def test_connection_reset_is_worded_like_the_other_failures(serve, client):
+    """A container that resets the connection (RST) instead of answering: a ContainerError
+    in the form of the others, not an exception's repr."""
+    async def reset(writer: asyncio.StreamWriter, request: Request) -> bool:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False  # closed with linger 0: a reset
+
+    service = await serve(reset)
+    failed = await failure(client, service.url, retries=2)
+    assert (failed.error, failed.delivered) == ("connection reset by the container before it answered", True)
+    assert len(service.requests) == 1, "a delivered request must not be re-sent"
+
+
+@pytest.mark.parametrize("body, error", [
+    (b'{"text": "a\\u0000b"}', "output contains a NUL character, which cannot be stored"),
+    (b'{"a\\u0000": 1}', "output contains a NUL character, which cannot be stored"),
+    (b"[" * 65 + b"]" * 65, "output is nested deeper than 64 levels"),
+    (b"[" * 5000 + b"]" * 5000, "output is nested deeper than 64 levels"),  # too deep to decode at all
+], ids=["nul", "nul-key", "deep-65", "deep-5000"])
+async def test_outputs_that_cannot_be_stored_fail_the_step(serve, client, body, error):
+    async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(response(body))
+        return True
+
+    service = await serve(answer)
+    failed = await failure(client, service.url, retries=2)
+    assert (failed.error, failed.delivered) == (error, True)
+    assert len(service.requests) == 1
+
+
+async def test_outputs_that_can_be_stored_pass_whatever_they_look_like(serve, client):
+    """A literal backslash before ``u0000`` is no NUL, brackets inside strings are no
+    nesting, and 64 levels are allowed: the checks' fast paths only send these to the walk."""
+    outputs = [{"a": "\\u0000"}, {"s": "[{" * 100}, msgspec.json.decode(b"[" * 64 + b"]" * 64)]
+    bodies = iter(msgspec.json.encode(output) for output in outputs)
+
+    async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(response(next(bodies)))
+        return True
+
+    service = await serve(answer)
+    assert [await client.call(settings(), service.url, 1, False) for _ in outputs] == outputs
+
+
+async def test_the_depth_limit_is_the_clients(serve):
+    async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(response(b'{"a": {"b": {}}}'))
+        return True
+
+    service = await serve(answer)
+    strict = ContainerClient(max_json_depth=2)
+    try:
+        failed = await failure(strict, service.url)
+        assert failed.error == "output is nested deeper than 2 levels"
+    finally:
+        await strict.close()
+    lenient = ContainerClient(max_json_depth=3)
+    try:
+        assert await lenient.call(settings(), service.url, 1, False) == {"a": {"b": {}}}
+    finally:
+        await lenient.close()
+
+
+async def test_a_nul_byte_in_an_error_body_is_not_stored_as_one(serve, client):
+    """The error text is stored in a text column, which PostgreSQL refuses a NUL in."""
+    async def broken(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(response(b"bad\x00thing", "500 Internal Server Error"))
+        return True
+
+    service = await serve(broken)
+    failed = await failure(client, service.url)
+    assert failed.error == "HTTP 500: bad\\x00thing"

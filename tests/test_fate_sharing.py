@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from app.db.batching import GroupCommit
 from app.db.engine import Database
@@ -25,7 +25,7 @@ from app.jobs.requests import JobRequest
 from app.jobs.transitions import ClaimedJob
 from tests.conftest import BACKENDS
 from tests.helpers import assert_error, assert_invalid_request, assert_uuid4, job
-from tests.operator_support import container, fresh_database, scheduled
+from tests.operator_support import add_job, container, fresh_database, scheduled
 from tests.support import RunningNode, free_port, node_settings, serve_node, wait_finished
 
 NUL_INPUT = b'{"containers": ["echo"], "data": {"a": "\\u0000"}}'
@@ -376,6 +376,34 @@ async def test_a_step_whose_output_the_database_refuses_fails_the_job_once(make_
             {"id": ids[0], "status": "success", "result": {"container": "echo", "output": {"fine": True}}},
             {"id": ids[1], "status": "failed",
              "result": {"container": "echo", "error": "output could not be stored: nested too deeply to encode"}},
+        ]
+
+
+async def test_one_unreadable_job_fails_only_its_own_read(make_fresh_node, backend):
+    """Concurrent reads share one statement; a job stored before these checks existed that
+    cannot be decoded (nested 5000 deep) fails the read that asks for it, not the others."""
+    from app.jobs.service import new_job_id
+
+    config = scheduled(container("echo", "http://127.0.0.1:9"), enabled=False)
+    async with make_fresh_node(config) as node:
+        database, jobs = node.node.database, node.node.jobs
+        clients = addresses(21, third=87)
+        ids = [new_job_id() for _ in clients]
+        for n, (client, job_id) in enumerate(zip(clients, ids, strict=True)):
+            await add_job(database, job_id, client=client, status=JobStatus.SUCCESS,
+                          steps=[{"container": "echo", "output": {"n": n}}])
+        value = "CAST(:value AS jsonb)" if backend == "postgresql" else ":value"
+        async with database.write() as conn:
+            await conn.execute(text(f"UPDATE job_steps SET output = {value} WHERE job_id IN "
+                                    f"(SELECT id FROM jobs WHERE client = :client)"),
+                               {"value": "[" * 5000 + "]" * 5000, "client": clients[0]})
+        outcomes = await asyncio.gather(*(jobs.results(client, [job_id], False)
+                                          for client, job_id in zip(clients, ids, strict=True)),
+                                        return_exceptions=True)
+        assert isinstance(outcomes[0], RecursionError), outcomes[0]
+        assert outcomes[1:] == [
+            [{"id": job_id, "status": "success", "result": {"container": "echo", "output": {"n": n}}}]
+            for n, job_id in enumerate(ids) if n > 0
         ]
 
 

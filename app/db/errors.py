@@ -59,6 +59,16 @@ def refused_value(exc: BaseException) -> str | None:
     if isinstance(cause, RecursionError):
         return "nested too deeply to encode"
     if isinstance(cause, DataError) or isinstance(exc, sqlalchemy.exc.DataError):
-        text = str(cause or exc).strip().splitlines()
-        return text[0][:200] if text else type(cause or exc).__name__
+        return short_message(cause or exc)
     return None
+
+
+def short_message(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's text, for an error stored or answered. Never
+    raises: the text of SQLAlchemy's errors shows the statement's parameters, and those
+    of a deeply nested value cannot even be shown (``RecursionError`` in ``repr``)."""
+    try:
+        lines = str(exc).strip().splitlines()
+    except Exception:  # noqa: BLE001
+        lines = []
+    return lines[0][:limit] if lines else type(exc).__name__

@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 from app import metrics
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
-from app.db.errors import is_database_unavailable, refused_value
-from app.formatting import clipped
+from app.db.errors import is_database_unavailable, refused_value, short_message
 from app.db.models import JobStatus, utcnow
 from app.db.batching import GroupCommit
 from app.jobs.live import LiveJobs
@@ -108,8 +107,8 @@ class ChainRunner:
         (committed alone: ``GroupCommit`` isolated it). The checks of ``app.storable``
         turn known cases away before; this is the net for the rest. Left to the reaper,
         the job would run again, calling its container again, for the same refusal."""
-        reason = refused_value(exc) or f"{type(exc).__name__}: {exc}"
-        error = f"output could not be stored: {clipped(reason.replace(chr(0), ''), 200)}"
+        reason = refused_value(exc) or f"{type(exc).__name__}: {short_message(exc)}"
+        error = f"output could not be stored: {reason.replace(chr(0), '')}"
         log.warning("job %s: step %d: %s", step.job.id, step.position, error, exc_info=exc,
                     extra={"job_id": step.job.id, "container": step.job.containers[step.position]})
         return StepResult(step.job, step.position, step.started_at, error=error, finished_at=step.finished_at)

@@ -55,22 +55,21 @@ def contains_nul(value: Any) -> bool:
 
 
 def deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` nests more than ``limit`` objects/arrays (``{}`` is 1, a scalar 0)."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind is dict:
-            children: Any = item.values()
-        elif kind is list:
-            children = item
-        else:
-            continue
+    """Whether ``value`` nests more than ``limit`` objects/arrays (``{}`` is 1, a scalar 0).
+
+    Level by level, so that a flat object (most job data) costs one pass over its values."""
+    level = [value] if type(value) is dict or type(value) is list else []
+    depth = 0
+    while level:
+        depth += 1
         if depth > limit:
             return True
-        for child in children:
-            if type(child) is dict or type(child) is list:
-                stack.append((child, depth + 1))
+        below = []
+        for item in level:
+            for child in item.values() if type(item) is dict else item:
+                if type(child) is dict or type(child) is list:
+                    below.append(child)
+        level = below
     return False
 
 
@@ -90,11 +89,17 @@ def nested_too_deep(limit: int) -> str:
     return f"is nested deeper than {limit} levels"
 
 
+def may_be_deeper(raw: bytes, limit: int) -> bool:
+    """False when the JSON text cannot nest more than ``limit`` levels: that takes more
+    than ``limit`` opening brackets (and as many closing ones)."""
+    return len(raw) > 2 * limit and raw.count(b"{") + raw.count(b"[") > limit
+
+
 def check_raw(raw: bytes, value: Any, limit: int) -> str | None:
     """``unstorable`` of ``value``, decoded from ``raw``, after the fast paths: a few
     hundred nanoseconds for a value that is fine."""
     nul = NUL_ESCAPE in raw
-    depth = raw.count(b"{") + raw.count(b"[") > limit
+    depth = may_be_deeper(raw, limit)
     if not (nul or depth):
         return None
     return unstorable(value, limit, nul, depth)

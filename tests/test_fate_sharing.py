@@ -253,6 +253,28 @@ async def test_a_chain_stops_at_the_unstorable_output(make_fresh_node, host_serv
         assert first.calls() == {"c": 1} and second.calls() == {}
 
 
+async def test_a_nul_byte_in_a_container_body_fails_its_step(make_fresh_node, host_service):
+    """A NUL byte is not JSON (a step's ContainerError), and a streamed body holding one
+    cannot be stored as the job's text output: the stream passes it through, and the job
+    ends failed, at once, instead of its commit failing (PostgreSQL) and the job being
+    left running."""
+    service = host_service("answer")
+    config = scheduled(container("echo", service.url), lease_seconds=3)
+    async with make_fresh_node(config) as node, node.client("127.88.0.1") as http:
+        job_id = (await http.post("/api/jobs", json=job("echo", data={"job": "b", "answer": "nulbyte"}))).json()["id"]
+        result = (await wait_finished(http, [job_id], intermediate=False))[job_id]
+        assert result["result"] == {"container": "echo", "error": "not valid JSON: a\\x00b"}, result
+        async with http.stream("POST", "/api/jobs/stream", json=job("echo", data={"job": "s", "answer": "nulbyte"})) \
+                as response:
+            assert response.status_code == 200
+            text = b"".join([chunk async for chunk in response.aiter_bytes()])
+        job_id, body = text.split(b"\n", 1)
+        assert body == b"a\x00b"
+        result = (await wait_finished(http, [job_id.decode()], timeout=2, intermediate=False))[job_id.decode()]
+        assert result["result"] == {"container": "echo", "error": NUL_OUTPUT_ERROR}
+        assert service.calls() == {"b": 1, "s": 1}
+
+
 # -- the group commits themselves ------------------------------------------------------------------
 
 def _row(job_id: str, data: Any) -> dict[str, Any]:

@@ -37,8 +37,9 @@ Endpoints
         count      echoes (the per-key counting below happens in every mode)
         answer     by ``data["answer"]`` when data is an object: "nul" -> 200
                    {"text": "a\\u0000b"} (a NUL character, which PostgreSQL
-                   cannot store); "deep" -> 200, arrays nested ``data["depth"]``
-                   deep (default 990); anything else -> echoes
+                   cannot store); "nulbyte" -> 200, the bytes ``a``, NUL, ``b``
+                   as text/plain; "deep" -> 200, arrays nested
+                   ``data["depth"]`` deep (default 990); anything else -> echoes
     GET    /calls            200 {key: count} of POST /service_output calls that
                              passed validation, in every mode; key is
                              str(data["job"]) when data is an object with a
@@ -117,6 +118,8 @@ def _answer(data):
     deep as the nesting asked for)."""
     if data["answer"] == "nul":
         return json.dumps({"text": "a\u0000b"}).encode()
+    if data["answer"] == "nulbyte":
+        return b"a\x00b"
     depth = int(data.get("depth", 990))
     return b"[" * depth + b"]" * depth
 
@@ -209,8 +212,8 @@ class Handler(BaseHTTPRequestHandler):
             self._send(500, {"detail": "boom"})
         elif MODE == "badjson":
             self._send(200, b"not json", "text/plain")
-        elif MODE == "answer" and isinstance(data, dict) and data.get("answer") in ("nul", "deep"):
-            self._send(200, _answer(data))
+        elif MODE == "answer" and isinstance(data, dict) and data.get("answer") in ("nul", "nulbyte", "deep"):
+            self._send(200, _answer(data), "text/plain" if data["answer"] == "nulbyte" else "application/json")
         else:
             self._send(200, output)
 

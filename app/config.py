@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from app.storable import DEFAULT_MAX_DEPTH
+
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///jobnode.db"
@@ -49,7 +51,7 @@ class ServerSettings(_Section):
     max_ids: int = 1000
     #: Deepest nesting of objects/arrays accepted in a job's ``data`` and stored from a
     #: container's output (``app.storable``): deeper values fail alone, 400 or ContainerError.
-    max_json_depth: int = 64
+    max_json_depth: int = DEFAULT_MAX_DEPTH
     #: Node processes behind the one port (``app.workers``); each is a whole node.
     workers: int = 1
     #: The longest ``GET /api/jobs?id=…&wait=`` may wait, in seconds.

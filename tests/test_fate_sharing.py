@@ -90,10 +90,11 @@ def _reason(response: httpx.Response) -> str:
 
 # -- input: 400 at submit, alone -----------------------------------------------------------------
 
-async def test_nul_and_deep_data_are_refused_alone_among_concurrent_submits(make_fresh_node):
+async def test_nul_and_deep_data_are_refused_alone_among_concurrent_submits(make_fresh_node, host_service):
     """60 clients submit at once, with NUL and over-deep jobs among theirs: those get a
-    400 naming ``data``, every other submit is stored and reads back as it was sent."""
-    config = scheduled(container("echo", "http://127.0.0.1:9"), enabled=False)
+    400 naming ``data``; every other job is stored, runs once, succeeds and reads back."""
+    service = host_service("count")
+    config = scheduled(container("echo", service.url, concurrency=80), lease_seconds=3, max_concurrent_jobs=100)
     bad = {
         "nul": NUL_INPUT, "nul-key": NUL_KEY_INPUT, "deep-65": body_with_data(nested(65)),
         "deep-970": body_with_data(nested(970)), "deep-5000": body_with_data(nested(5000)),
@@ -101,10 +102,10 @@ async def test_nul_and_deep_data_are_refused_alone_among_concurrent_submits(make
     async with make_fresh_node(config) as node:
         clients = [node.client(address) for address in addresses(60)]
         try:
-            async def good(i: int, http: httpx.AsyncClient) -> tuple[str, str]:
-                r = await http.post("/api/jobs", json=job("echo", data={"n": i}))
+            async def good(i: int, http: httpx.AsyncClient) -> str:
+                r = await http.post("/api/jobs", json=job("echo", data={"job": f"g{i}"}))
                 assert r.status_code == 200, r.text
-                return assert_uuid4(r.json()["id"]), str(i)
+                return assert_uuid4(r.json()["id"])
 
             async def refused(http: httpx.AsyncClient, body: bytes) -> httpx.Response:
                 return await http.post("/api/jobs", content=body)
@@ -117,12 +118,15 @@ async def test_nul_and_deep_data_are_refused_alone_among_concurrent_submits(make
             # Also 5000 levels, too deep even to decode: the reason still names the field.
             assert reasons == {"data contains a NUL character, which cannot be stored",
                                "data is nested deeper than 64 levels"}
-            for (job_id, n), http in zip(stored, clients, strict=True):
-                r = await http.get("/api/jobs", params={"id": job_id})
-                assert r.json() == [{"id": job_id, "status": "running", "result": None}]
+            for i, (job_id, http) in enumerate(zip(stored, clients, strict=True)):
+                result = (await wait_finished(http, [job_id], timeout=60, intermediate=False))[job_id]
+                assert result == {"id": job_id, "status": "success",
+                                  "result": {"container": "echo", "output": {"job": f"g{i}"}}}
                 r = await http.get(f"/api/jobs/{job_id}")
                 assert r.status_code == 200, r.text
-                assert r.json()["input"] == {"n": int(n)}
+                assert (r.json()["input"], r.json()["attempts"]) == ({"job": f"g{i}"}, 1)
+            await asyncio.sleep(3.5)  # a lease expiring would run a job again: none may
+            assert service.calls() == {f"g{i}": 1 for i in range(60)}
         finally:
             for http in clients:
                 await http.aclose()
@@ -144,19 +148,23 @@ async def test_what_is_accepted_reads_back(make_fresh_node):
             assert r.status_code == 200 and r.json()[0]["status"] == "running", r.text
 
 
-async def test_a_batch_refuses_only_its_bad_items(make_fresh_node):
-    config = scheduled(container("echo", "http://127.0.0.1:9"), enabled=False)
-    items = [b'{"containers": ["echo"], "data": {"n": 0}}', NUL_INPUT, body_with_data(nested(65)),
-             b'{"containers": ["echo"], "data": {"n": 3}}', NUL_KEY_INPUT, BACKSLASH_INPUT]
+async def test_a_batch_refuses_only_its_bad_items(make_fresh_node, host_service):
+    """A batch with NUL and too deep items, sent while 19 other clients submit: only those
+    items are refused; the batch's other jobs and the others' run once and succeed."""
+    service = host_service("count")
+    config = scheduled(container("echo", service.url, concurrency=40), lease_seconds=3)
+    items = [b'{"containers": ["echo"], "data": {"job": "b0"}}', NUL_INPUT, body_with_data(nested(65)),
+             b'{"containers": ["echo"], "data": {"job": "b3"}}', NUL_KEY_INPUT,
+             b'{"containers": ["echo"], "data": {"job": "b5", "a": "\\\\u0000"}}']
     batch = b"[" + b", ".join(items) + b"]"
     async with make_fresh_node(config) as node:
         clients = [node.client(address) for address in addresses(20, third=79)]
         try:
             async def single(i: int, http: httpx.AsyncClient) -> httpx.Response:
-                return await http.post("/api/jobs", json=job("echo", data={"single": i}))
+                return await http.post("/api/jobs", json=job("echo", data={"job": f"s{i}"}))
 
             responses = await asyncio.gather(clients[0].post("/api/jobs/batch", content=batch),
-                                             *(single(i, http) for i, http in enumerate(clients[1:])))
+                                             *(single(i, http) for i, http in enumerate(clients[1:], start=1)))
             assert all(r.status_code == 200 for r in responses[1:]), [r.text for r in responses]
             r = responses[0]
             assert r.status_code == 200, r.text
@@ -167,10 +175,15 @@ async def test_a_batch_refuses_only_its_bad_items(make_fresh_node):
             assert answers[2]["params"]["reason"] == "data is nested deeper than 64 levels"
             assert answers[1]["params"]["reason"] == "data contains a NUL character, which cannot be stored"
             ids = [assert_uuid4(answers[i]["id"]) for i in (0, 3, 5)]
-            read = await clients[0].get("/api/jobs", params=[("id", i) for i in ids])
-            assert [result["id"] for result in read.json()] == ids
-            inputs = [(await clients[0].get(f"/api/jobs/{i}")).json()["input"] for i in ids]
-            assert inputs == [{"n": 0}, {"n": 3}, {"a": "\\u0000"}]
+            results = await wait_finished(clients[0], ids, intermediate=False)
+            assert [results[i]["result"]["output"] for i in ids] == [
+                {"job": "b0"}, {"job": "b3"}, {"job": "b5", "a": "\\u0000"}]
+            for i, (response, http) in enumerate(zip(responses[1:], clients[1:], strict=True), start=1):
+                job_id = response.json()["id"]
+                result = (await wait_finished(http, [job_id], intermediate=False))[job_id]
+                assert result["result"] == {"container": "echo", "output": {"job": f"s{i}"}}
+            await asyncio.sleep(3.5)  # a lease expiring would run a job again: none may
+            assert service.calls() == {"b0": 1, "b3": 1, "b5": 1, **{f"s{i}": 1 for i in range(1, 20)}}
         finally:
             for http in clients:
                 await http.aclose()

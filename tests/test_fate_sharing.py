@@ -211,6 +211,9 @@ async def test_clear_reasons_and_clipped_echoes(make_fresh_node):
         assert r.json()[0] == {"error": "Container not supported", "params": {"container": "x" * 256 + "…"}}
         r = await http.get("/api/jobs", params={"id": "y" * 5000})
         assert_error(r, 400, "Invalid job id", {"id": "y" * 256 + "…"})
+        # The streaming endpoint checks its job's data the same way.
+        for body in (NUL_INPUT, body_with_data(nested(65))):
+            _reason(await http.post("/api/jobs/stream", content=body))
 
 
 # -- container output: a ContainerError, after one call, alone ------------------------------------

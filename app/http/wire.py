@@ -20,6 +20,7 @@ fallback, with the same JSON 400 and its own limit on a request's head
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import h11
@@ -30,6 +31,11 @@ try:
 except ImportError:  # pragma: no cover - httptools is a dependency
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from app.logging import rate_limited
+
+#: uvicorn logs a warning for every request it refuses: repeats are held back.
+rate_limited(logging.getLogger("uvicorn.error"))
 
 INVALID_REQUEST = "Invalid HTTP request"
 HEADERS_TOO_LARGE = "Request header fields too large"

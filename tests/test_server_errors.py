@@ -4,16 +4,18 @@ PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import select
 import socket
 from collections.abc import Iterator
 
 import pytest
+import uvicorn
 
-from app.http.wire import MAX_HEADER_BYTES
+from app.http.wire import H11_MAX_HEAD_BYTES, MAX_HEADER_BYTES, JsonErrorsH11Protocol
 from tests.conftest import STANDARD_CONFIG
-from tests.support import NodeProcess
+from tests.support import NodeProcess, free_port
 
 CHUNK = 8192
 
@@ -98,3 +100,29 @@ def test_refused_requests_get_the_json_shape(node_process):
     assert status == 200 and json.loads(body)["status"] == "healthy"
     # uvicorn logs a warning per refused request: clients do not control the log's volume.
     assert node_process.log().count("Invalid HTTP request received.") == 1, node_process.log()[-3000:]
+
+
+async def test_the_h11_fallback_answers_in_json_too():
+    """Without httptools uvicorn parses with h11: its refusals get the same shape."""
+
+    async def app(scope, receive, send):
+        if scope["type"] == "http":
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error",
+                            http=JsonErrorsH11Protocol, h11_max_incomplete_event_size=H11_MAX_HEAD_BYTES)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        invalid = {"error": "Invalid HTTP request"}
+        for request in (b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 200_000 + b"\r\n\r\n"):
+            _json_error(await asyncio.to_thread(exchange, port, request), 400, invalid)
+        status, _, body = await asyncio.to_thread(exchange, port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert status == 200 and body == b"ok"
+    finally:
+        server.should_exit = True
+        await task

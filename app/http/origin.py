@@ -79,7 +79,10 @@ class OriginPolicy:
 
     def __init__(self, server: ServerSettings) -> None:
         hosts = {"localhost", *server.allowed_hosts}
-        own = parse_host(server.host, "server.host") if server.host else ""
+        try:
+            own = parse_host(server.host, "server.host")
+        except ConfigError:  # not a name a Host header could carry: nothing to add
+            own = ""
         if own and not self._unspecified(own):
             hosts.add(own)
         self.hosts = frozenset(hosts)

@@ -39,7 +39,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.config import ConfigError, ServerSettings, parse_host, parse_origin
 from app.http.errors import ApiError
-from app.http.operator_auth import operator_guard
+from app.http.operator_auth import is_loopback, operator_guard
 
 CROSS_ORIGIN = "Cross-origin request refused"
 MISDIRECTED = "Misdirected request"
@@ -47,16 +47,6 @@ MISDIRECTED = "Misdirected request"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Distinct header values whose verdict is kept; past it the cache starts over.
 _CACHE_SIZE = 1024
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
 
 
 def _host_of_header(value: str) -> str:
@@ -99,7 +89,7 @@ class OriginPolicy:
 
     def own_host(self, host: str) -> bool:
         """``host`` (normalised by ``parse_host``) is one of the node's own."""
-        return host in self.hosts or _is_loopback(host)
+        return host in self.hosts or is_loopback(host)
 
     def host_allowed(self, raw: bytes) -> bool:
         verdict = self._host_verdicts.get(raw)

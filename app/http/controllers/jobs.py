@@ -17,8 +17,8 @@ from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
 
 from app.config import ServerSettings
-from app.http.client import ClientIdentity
 from app.http import params
+from app.http.client import ClientIdentity
 from app.http.errors import ApiError
 from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import JobId, JobResult

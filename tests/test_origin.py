@@ -159,3 +159,19 @@ def test_allowed_origins_and_hosts_are_normalised():
     }}, environ={}).server
     assert server.allowed_origins == ["https://dash.example.com", "http://[::1]:8080", "http://x.example"]
     assert server.allowed_hosts == ["node.example.com", "::1", "10.0.0.1"]
+
+
+async def test_the_openapi_document_lists_the_refusals(node, client_address):
+    async with node.client(client_address) as http:
+        paths = (await http.get("/docs/openapi.json")).json()["paths"]
+
+    def messages(path: str, method: str, status: str) -> list[str]:
+        content = paths[path][method]["responses"][status]["content"]["application/json"]
+        return [example["value"]["error"] for example in content["examples"].values()]
+
+    for path in ("/api/jobs", "/api/jobs/batch", "/api/jobs/stream"):
+        assert CROSS_ORIGIN in messages(path, "post", "403"), path
+    for path, method in (("/api/jobs/{job_id}", "get"), ("/api/jobs/{job_id}/cancel", "post"),
+                         ("/api/containers", "get"), ("/metrics", "get"), ("/dashboard/data", "get")):
+        assert CROSS_ORIGIN in messages(path, method, "403"), path
+        assert messages(path, method, "421") == [MISDIRECTED], path

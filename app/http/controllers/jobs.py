@@ -20,7 +20,7 @@ from app.config import ServerSettings
 from app.http import params
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
-from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.openapi import CROSS_SITE, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import JobId, JobResult
 from app.jobs.requests import JobRejected, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
@@ -109,7 +109,7 @@ class JobsController(Controller):
 
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
           responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
-                           RATE_LIMITED, DATABASE))
+                           CROSS_SITE, RATE_LIMITED, DATABASE))
     async def batch(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[dict[str, Any]]:
         server = jobs_api.server
         try:
@@ -135,7 +135,7 @@ class JobsReference(Controller):
     tags = ["jobs"]
 
     @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
-          responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
+          responses=errors(JOB_REQUEST, CROSS_SITE, RATE_LIMITED, DATABASE))
     async def submit(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> JobId:
         return JobId(**await submit_job(jobs_api, request, await request.body()))
 

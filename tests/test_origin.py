@@ -21,6 +21,8 @@ FOREIGN_ORIGINS = (
     "http://localhost.evil.example:4000",
     "file://",
     "http://127.0.0.1/path",
+    "http://évil.example".encode(),  # not ASCII
+    "http://user@localhost",
 )
 OPERATOR_GETS = ("/api/jobs/{id}", "/api/containers", "/metrics", "/dashboard", "/dashboard/data")
 OPERATOR_WRITES = (("DELETE", "/api/jobs/{id}"), ("POST", "/api/jobs/{id}/cancel"), ("POST", "/api/jobs/{id}/retry"))

@@ -68,6 +68,7 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
     """One node process serving until SIGTERM/SIGINT; on ``sock`` when a supervisor bound it."""
     import uvicorn
 
+    from app.http.wire import server_options
     from app.node import Node
 
     if sock is not None:  # a worker process: logging is configured per process
@@ -89,6 +90,7 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
         log_level=settings.log_level.lower(),
         log_config=None,  # app.logging formats uvicorn's records too
         timeout_graceful_shutdown=settings.scheduler.shutdown_grace,
+        **server_options(),  # the JSON error shape for requests uvicorn refuses itself
     )
     server = uvicorn.Server(config)
     server.run(sockets=None if sock is None else [sock])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
@@ -60,6 +61,12 @@ class ServerSettings(_Section):
     #: them to end (0: answer at once); see ``JobService.results``.
     poll_hold: float = 0.05
     operator_token: str | None = None
+    #: Origins (``scheme://host[:port]``) besides the node's own whose browser requests
+    #: are served (``app.http.origin``); e.g. a proxy's public address.
+    allowed_origins: list[str] = msgspec.field(default_factory=list)
+    #: Host names besides ``server.host``, ``localhost`` and loopback addresses that the
+    #: node answers to on its operator endpoints (DNS rebinding, ``app.http.origin``).
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
     #: Where managed containers (and unmanaged ones without a ``url``) are reached.
     container_host: str = "127.0.0.1"
 
@@ -169,6 +176,44 @@ def parse_networks(values: list[str], key: str) -> list[IpNetwork]:
     return networks
 
 
+_HOST_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?)*")
+_ORIGIN = re.compile(r"(https?)://(\[[0-9a-f:.]+\]|[^/:\[\]]+)(?::([0-9]{1,5}))?")
+
+
+def parse_host(value: str, key: str) -> str:
+    """A host name or IP address as the Host header carries it, without a port;
+    lower case, without brackets or a trailing dot."""
+    host = value.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return ipaddress.ip_address(host).compressed
+    except ValueError:
+        pass
+    if _HOST_NAME.fullmatch(host) is None:
+        raise ConfigError(f"{key}: {value!r} is not a host name or IP address (no scheme, port or path)")
+    return host
+
+
+def parse_origin(value: str, key: str) -> str:
+    """An origin, ``scheme://host[:port]``, normalised as ``app.http.origin`` compares
+    them: lower case, the default port left out."""
+    match = _ORIGIN.fullmatch(value.strip().lower().rstrip("/"))
+    if match is None:
+        raise ConfigError(f"{key}: {value!r} is not an origin (http(s)://host[:port], no path)")
+    scheme, host, port = match.groups()
+    host = parse_host(host, key)
+    if port is not None and not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: {value!r} has no valid port")
+    if port is None or int(port) == (443 if scheme == "https" else 80):
+        return f"{scheme}://{_bracketed(host)}"
+    return f"{scheme}://{_bracketed(host)}:{int(port)}"
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _strip_infernet_keys(raw: dict[str, Any]) -> list[str]:
     ignored = [key for key in INFERNET_TOP_LEVEL_KEYS if key in raw]
     for key in ignored:
@@ -273,6 +318,10 @@ def settings_from_dict(raw: dict[str, Any], *, environ: dict[str, str] | None = 
             raise ConfigError(f"JOBNODE_PORT: {env['JOBNODE_PORT']!r} is not a port number") from None
     _validate_numbers(settings)
     parse_networks(settings.server.trusted_proxies, "server.trusted_proxies")
+    settings.server.allowed_hosts = [parse_host(h, f"server.allowed_hosts[{i}]")
+                                     for i, h in enumerate(settings.server.allowed_hosts)]
+    settings.server.allowed_origins = [parse_origin(o, f"server.allowed_origins[{i}]")
+                                       for i, o in enumerate(settings.server.allowed_origins)]
     _validate_containers(settings)
     return settings
 

@@ -8,6 +8,10 @@ formatter can put on the line without a second logging pipeline.
 - stderr is not a terminal (a service manager, a container, a file): one JSON object a
   line, ``{"ts", "level", "logger", "message", <extra fields>, "exception"?}``.
 - a terminal: readable lines, ``HH:MM:SS.mmm LEVEL logger message key=value …``.
+
+Loggers that clients can make write (a line per request: ``GET /resources`` with a
+container down, a database outage, malformed requests) go through ``RepeatFilter``
+(``rate_limited``), so that clients do not control the log's volume.
 """
 
 from __future__ import annotations
@@ -66,6 +70,67 @@ class ConsoleFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+#: Seconds during which a repeated identical record is held back.
+REPEAT_INTERVAL = 60.0
+
+
+class RepeatFilter(logging.Filter):
+    """Lets one of identical INFO/WARNING records through per ``interval`` seconds.
+
+    Identical: same logger, level, formatted message and extra fields (so ``job
+    cancelled`` of two jobs are two records). The next record let through after
+    others were held back says how many: ``… (suppressed K similar)``, and carries
+    ``suppressed=K``. ERROR and above always pass: they are rare and each one matters.
+    """
+
+    def __init__(self, interval: float = REPEAT_INTERVAL, max_keys: int = 1024) -> None:
+        super().__init__()
+        self.interval = interval
+        self.max_keys = max_keys
+        self._seen: dict[tuple[Any, ...], list[float]] = {}  # key -> [last let through, held back]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR or record.levelno < logging.INFO:
+            return True
+        message = record.getMessage()
+        extra = tuple(sorted((key, str(value)) for key, value in extra_fields(record).items()))
+        key = (record.name, record.levelno, message, extra)
+        now = time.monotonic()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            return False
+        if seen is None and len(self._seen) >= self.max_keys:
+            self._forget(now)
+        self._seen[key] = [now, 0]
+        if seen is not None and seen[1]:
+            held = int(seen[1])
+            record.msg, record.args = f"{message} (suppressed {held} similar)", None
+            record.suppressed = held
+        return True
+
+    def _forget(self, now: float) -> None:
+        """Drop the keys whose interval is over (their held-back count is then lost)."""
+        for key in [key for key, (last, _) in self._seen.items() if now - last >= self.interval]:
+            del self._seen[key]
+        if len(self._seen) >= self.max_keys:  # a flood of distinct lines: start over
+            self._seen.clear()
+
+    def clear(self) -> None:
+        self._seen.clear()
+
+
+def rate_limited(logger: logging.Logger) -> logging.Logger:
+    """``logger`` with a ``RepeatFilter`` (one per logger, however often this is called)."""
+    if not any(isinstance(existing, RepeatFilter) for existing in logger.filters):
+        logger.addFilter(RepeatFilter())
+    return logger
+
+
+def repeat_filter(logger: logging.Logger) -> RepeatFilter | None:
+    return next((f for f in logger.filters if isinstance(f, RepeatFilter)), None)
 
 
 def configure_logging(level: str = "INFO", stream: IO[str] | None = None, json_lines: bool | None = None) -> None:

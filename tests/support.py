@@ -26,6 +26,7 @@ import pytest
 import uvicorn
 
 from app.config import Settings, settings_from_dict
+from app.http.wire import server_options
 from app.node import Node
 
 PG_ADMIN_URL = os.environ.get("JOBNODE_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
@@ -120,7 +121,7 @@ async def serve_node(settings: Settings) -> AsyncIterator[RunningNode]:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("::", 0))
     port = sock.getsockname()[1]
-    config = uvicorn.Config(node.app(), proxy_headers=False, log_level="warning", lifespan="on")
+    config = uvicorn.Config(node.app(), proxy_headers=False, log_level="warning", lifespan="on", **server_options())
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started:

@@ -9,8 +9,10 @@ from urllib.parse import urlencode
 
 from app.containers.protocol import ContainerClient
 from app.containers.state import ContainerStates
+from app.logging import rate_limited
 
-log = logging.getLogger("jobnode.containers")
+#: Also the logger of the container runtime (probe warnings): repeats are held back.
+log = rate_limited(logging.getLogger("jobnode.containers"))
 
 RESOURCES_TIMEOUT = 5.0
 
@@ -30,7 +32,7 @@ class ResourceService:
         )
         resources: dict[str, Any] = {}
         for state, answer in zip(ready, answers, strict=True):
-            if isinstance(answer, BaseException):
+            if isinstance(answer, BaseException):  # a line per request: rate-limited
                 log.info("resources of %s unavailable: %s", state.settings.id, answer)
             else:
                 resources[state.settings.id] = answer

@@ -71,7 +71,10 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
-        common: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": msgspec.json.decode}
+        # hide_parameters: bound values (job inputs and outputs) stay out of the texts of
+        # SQLAlchemy's exceptions, and so out of the error logs.
+        common: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": msgspec.json.decode,
+                                  "hide_parameters": True}
         self.direct_pool: AsyncpgPool | None = None
         if self.dialect == "sqlite":
             self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, **common)

@@ -25,6 +25,7 @@ from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
 from app.http.openapi import document_handlers
 from app.http.operator_auth import STATE_KEY, OperatorAuth
+from app.http.origin import origin_middleware
 from app.http.prometheus import prometheus_config
 from app.http.ratelimit import rate_limit_config
 
@@ -44,7 +45,8 @@ def create_app(
     """``services`` are injected by name into the controllers (``jobs``, ``containers``,
     ``operator``…)."""
     identity = ClientIdentity(parse_networks(server.trusted_proxies, "server.trusted_proxies"))
-    middleware: list[Any] = [prometheus_config().middleware]  # HTTP request metrics
+    # HTTP request metrics; then Origin/Host (a refused request spends no rate-limit quota).
+    middleware: list[Any] = [prometheus_config().middleware, origin_middleware(server)]
     if server.rate_limit is not None:
         limit = rate_limit_config(server.rate_limit.num_requests, server.rate_limit.period, identity.address)
         middleware.append(limit.middleware)

@@ -13,8 +13,10 @@ from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 
 from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable
+from app.logging import rate_limited
 
-log = logging.getLogger("jobnode.http")
+#: A database outage would log a line per request: repeats are held back.
+log = rate_limited(logging.getLogger("jobnode.http"))
 
 
 class ApiError(HTTPException):

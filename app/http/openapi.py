@@ -12,6 +12,7 @@ from litestar.openapi.spec import Example
 from litestar.types import ControllerRouterHandler
 
 from app.http.errors import DATABASE_UNAVAILABLE
+from app.http.origin import CROSS_ORIGIN, MISDIRECTED
 from app.http.structs import ErrorBody
 
 _TITLES = {
@@ -21,6 +22,7 @@ _TITLES = {
     404: "Not found",
     409: "Conflict with the job's state",
     413: "Request body too large",
+    421: "Host is not the node's (DNS rebinding)",
     429: "Too many requests (see Retry-After)",
     503: "Database unavailable",
 }
@@ -33,7 +35,10 @@ JOB_REQUEST = {400: ["Invalid job request", "No containers specified", "Containe
                     "Container not allowed for address"],
                413: ["Request body too large"]}
 OPERATOR = {401: ["Operator token required", "Invalid operator token"],
-            403: ["Operator endpoints answer loopback clients only"]}
+            403: ["Operator endpoints answer loopback clients only", CROSS_ORIGIN],
+            421: [MISDIRECTED]}
+#: What every state-changing endpoint can also answer (``app.http.origin``).
+CROSS_SITE = {403: [CROSS_ORIGIN]}
 
 
 def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:

@@ -8,7 +8,6 @@ busiest requests do; ``app.http.controllers.jobs_endpoint`` serves them, and
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +17,10 @@ from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
 
 from app.config import ServerSettings
-from app.formatting import clipped
+from app.http import params
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
-from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.openapi import CROSS_SITE, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import JobId, JobResult
 from app.jobs.requests import JobRejected, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
@@ -31,50 +30,26 @@ MAX_PAGE = 100_000
 
 def _flag(query: MultiDict[str], name: str) -> bool | None:
     value = query.get(name)
-    if value is None:
-        return None
-    if value in ("true", "false"):
-        return value == "true"
-    raise ApiError(400, "Invalid parameter", {"name": name, "value": clipped(value)})
+    return None if value is None else params.flag(name, value)
 
 
 def _job_id(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ApiError(400, "Invalid job id", {"id": clipped(value)}) from None
+    return params.job_id(value)
 
 
 def _limit(query: MultiDict[str]) -> int | None:
     value = query.get("limit")
-    if value is None:
-        return None
-    if not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
-        raise ApiError(400, "Invalid parameter", {"name": "limit", "value": clipped(value)})
-    return int(value)
+    return None if value is None else params.integer("limit", value, 1, MAX_PAGE)
 
 
 def _wait(query: MultiDict[str], limit: float) -> float | None:
     value = query.get("wait")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1.0
-    if not 0 <= seconds <= limit:  # also NaN
-        raise ApiError(400, "Invalid parameter", {"name": "wait", "value": clipped(value)})
-    return seconds
+    return None if value is None else params.decimal("wait", value, 0, limit)
 
 
 def _after(query: MultiDict[str]) -> str | None:
     value = query.get("after")
-    if value is None:
-        return None
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ApiError(400, "Invalid parameter", {"name": "after", "value": clipped(value)}) from None
+    return None if value is None else params.uuid_param("after", value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +109,7 @@ class JobsController(Controller):
 
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
           responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
-                           RATE_LIMITED, DATABASE))
+                           CROSS_SITE, RATE_LIMITED, DATABASE))
     async def batch(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[dict[str, Any]]:
         server = jobs_api.server
         try:
@@ -160,7 +135,7 @@ class JobsReference(Controller):
     tags = ["jobs"]
 
     @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
-          responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
+          responses=errors(JOB_REQUEST, CROSS_SITE, RATE_LIMITED, DATABASE))
     async def submit(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> JobId:
         return JobId(**await submit_job(jobs_api, request, await request.body()))
 

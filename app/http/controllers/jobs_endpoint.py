@@ -21,6 +21,7 @@ from litestar.types import Receive, Scope, Send
 
 from app.http.controllers.jobs import JobsApi, read_jobs, submit_job
 from app.http.errors import ApiError
+from app.http.params import content_length
 
 _encode = msgspec.json.Encoder().encode
 _ALLOW = "GET, POST"
@@ -33,8 +34,8 @@ class ClientGone(Exception):
 async def read_body(connection: ASGIConnection[Any, Any, Any, Any], receive: Receive, limit: int) -> bytes:
     """The request body, refused past ``limit`` bytes whether announced or streamed
     (as ``Request.body()`` does for HTTP handlers, which ASGI routes do not have)."""
-    announced = connection.headers.get("content-length")
-    if announced is not None and announced.isdigit() and int(announced) > limit:
+    announced = content_length(connection.headers.get("content-length"))
+    if announced is not None and announced > limit:
         raise RequestEntityTooLarge
     chunks: list[bytes] = []
     size = 0

@@ -6,14 +6,12 @@ compatible surface of ``/api/jobs`` stays open to clients as before.
 
 from __future__ import annotations
 
-import uuid
-
 import msgspec
 from litestar import Controller, MediaType, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath
 
-from app.formatting import clipped
+from app.http import params
 from app.http.errors import ApiError
 from app.http.openapi import DATABASE, OPERATOR, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
@@ -31,10 +29,7 @@ _RETRY = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_NOT_FAIL
 
 
 def _job_id(value: str) -> str:
-    try:
-        return str(uuid.UUID(value))
-    except ValueError:
-        raise ApiError(400, INVALID_JOB_ID, {"id": clipped(value)}) from None
+    return params.job_id(value, INVALID_JOB_ID)
 
 
 async def _detail(action: object) -> JobDetail:

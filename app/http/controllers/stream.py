@@ -12,7 +12,7 @@ from litestar.response import Stream
 from app.containers.resources import ResourceService
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
-from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.openapi import CROSS_SITE, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
 from app.jobs.requests import JobRejected, decode_job_request
 from app.jobs.stream import StreamService
 
@@ -21,7 +21,8 @@ class StreamController(Controller):
     tags = ["containers"]
 
     @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output",
-          responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, RATE_LIMITED, DATABASE))
+          responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, CROSS_SITE, RATE_LIMITED,
+                           DATABASE))
     async def stream(
         self, request: Request[Any, Any, Any], streams: NamedDependency[StreamService],
         identity: NamedDependency[ClientIdentity],

@@ -45,6 +45,7 @@ class Node:
             settings.database.url,
             pool_size=settings.database.pool_size,
             connect_timeout=settings.database.connect_timeout,
+            statement_timeout=settings.database.statement_timeout,
         )
         self.signal = JobSignal(settings.node_id)
         self.containers = ContainerStates(settings)

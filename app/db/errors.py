@@ -9,10 +9,11 @@ from asyncpg.exceptions import (
     InterfaceError,
     InternalClientError,
     PostgresConnectionError,
+    QueryCanceledError,
 )
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
+    OSError,  # refused, reset, timed out (TimeoutError is an OSError: every deadline of app.db)
     sqlalchemy.exc.TimeoutError,  # no pool connection in time
     sqlalchemy.exc.InterfaceError,
     CannotConnectNowError,
@@ -20,6 +21,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,  # asyncpg: a connection broken in the middle of an operation
+    QueryCanceledError,  # the server's statement_timeout: a database that does not answer in time
 )
 
 _UNAVAILABLE_MESSAGES = (

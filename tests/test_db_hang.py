@@ -151,7 +151,6 @@ async def _until_healthy(http: httpx.AsyncClient, timeout: float = 30.0) -> floa
 
 def _config(service_url: str) -> dict[str, Any]:
     return {
-        "database": {"statement_timeout": 2.0, "connect_timeout": 2.0},
         "scheduler": {"poll_interval": 0.2, "lease_seconds": 3.0},
         "containers": [{"id": "echo", "url": service_url}],
     }
@@ -180,3 +179,34 @@ async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(hos
             assert {job_id: r["status"] for job_id, r in results.items()} == dict.fromkeys([*accepted, again],
                                                                                            "success")
             print(f"503s during the hang: {took}; recovered after {recovered:.1f} s")
+
+
+@pytest.mark.slow
+async def test_locked_sqlite_gives_503_within_the_deadline_and_writes_resume(host_service, tmp_path: Path,
+                                                                            client_address: str) -> None:
+    """SQLite's counterpart: another connection holds the write lock. Writes answer 503
+    after the deadline (the busy timeout) instead of queueing for minutes; reads still
+    answer (WAL); once the lock is released, writes are accepted again and run."""
+    service = host_service("echo")
+    async with fresh_database("sqlite", tmp_path) as url:
+        async with serve_node(node_settings(url, _config(service.url))) as node, node.client(client_address) as http:
+            before = await submit(http, job("echo", data={"job": "before"}))
+            holder = sqlite3.connect(make_url(url).database or "", isolation_level=None)
+            try:
+                holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+                for name, request in {
+                    "POST /api/jobs": lambda: http.post("/api/jobs", json=job("echo")),
+                    "POST /api/jobs/batch": lambda: http.post("/api/jobs/batch", json=[job("echo")]),
+                    "POST /api/jobs/{id}/cancel": lambda: http.post(f"/api/jobs/{before}/cancel"),
+                }.items():
+                    response, took = await _timed(request())
+                    assert_error(response, 503, "Database unavailable")
+                    assert took < BOUND_SECONDS, f"{name} answered after {took:.1f} s"
+                assert (await http.get("/health")).status_code == 200  # reads go on beside the lock
+                assert (await http.get("/api/jobs", params={"id": before})).status_code == 200
+            finally:
+                holder.execute("ROLLBACK")
+                holder.close()
+            after = await submit(http, job("echo", data={"job": "after"}))
+            results = await wait_finished(http, [before, after], timeout=30)
+            assert {r["status"] for r in results.values()} == {"success"}

@@ -44,3 +44,11 @@ def is_database_unavailable(exc: BaseException) -> bool:
             text = str(exc.orig).lower()
             return any(message in text for message in _UNAVAILABLE_MESSAGES)
     return False
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in plain words for logs: a deadline that passed says so (its own text is
+    empty)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer within the deadline (database.statement_timeout / connect_timeout)"
+    return str(exc) or type(exc).__name__

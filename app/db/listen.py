@@ -21,6 +21,7 @@ from typing import Any
 import asyncpg
 
 from app.db.engine import Database, asyncpg_timeouts
+from app.db.errors import describe
 from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, JobSignal
 
 log = logging.getLogger("jobnode.db")
@@ -98,7 +99,7 @@ class NodeConnection:
                 raise  # stop() closes the connection
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
                 if not lost:
-                    log.warning("listen connection lost (%s); retrying every %g s", _reason(exc), self.retry_seconds)
+                    log.warning("listen connection lost (%s); retrying every %g s", describe(exc), self.retry_seconds)
                 lost = True
             self._leader = False
             self._drop()
@@ -115,7 +116,3 @@ class NodeConnection:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.terminate()
-
-
-def _reason(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

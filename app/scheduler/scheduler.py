@@ -18,7 +18,7 @@ from typing import Any
 
 from app import metrics
 from app.config import Settings
-from app.db.errors import is_database_unavailable
+from app.db.errors import describe, is_database_unavailable
 from app.db.models import utcnow
 from app.db.signal import JobSignal
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost
@@ -59,6 +59,9 @@ class Scheduler:
         #: Counts the submits that left jobs pending: a claim that began before one of
         #: them may not have seen its jobs, so it cannot tell that nothing waits.
         self._queued = 0
+        #: The loops that found the database unavailable and have not reached it since:
+        #: an outage is logged once per loop when it begins and once when it ends.
+        self._cut_off: set[str] = set()
 
     async def start(self) -> None:
         taken = await self.store.take_back_orphans(self.config.max_attempts)
@@ -126,9 +129,24 @@ class Scheduler:
             if not is_database_unavailable(exc):
                 log.exception("claim failed")
             else:
-                log.warning("database unavailable, claiming paused: %s", exc)
+                self._outage("claim", exc)
             return None
+        self._reached("claim")
         return claimed
+
+    def _outage(self, loop: str, exc: BaseException) -> None:
+        """A loop's database call failed for want of a database: logged when the outage
+        begins, not at every retry."""
+        if loop not in self._cut_off:
+            self._cut_off.add(loop)
+            log.warning("%s: database unavailable, paused until it answers: %s", loop, describe(exc))
+        else:
+            log.debug("%s: database still unavailable: %s", loop, describe(exc))
+
+    def _reached(self, loop: str) -> None:
+        if loop in self._cut_off:
+            self._cut_off.discard(loop)
+            log.info("%s: database reachable again, resumed", loop)
 
     async def _claim_loop(self, claimed: int | None) -> None:
         """``claimed``: what the last claim took (None: it failed)."""
@@ -180,7 +198,7 @@ class Scheduler:
         except Exception as exc:
             # The job keeps its lease until it expires and is then retried (or failed) by the reaper.
             if is_database_unavailable(exc):
-                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, exc,
+                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, describe(exc),
                             extra={"job_id": job.id, "container": None})
             else:
                 log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id, "container": None})
@@ -205,9 +223,11 @@ class Scheduler:
                 raise
             except Exception as exc:
                 if is_database_unavailable(exc):
-                    log.warning("%s: database unavailable: %s", action.__name__, exc)
+                    self._outage(action.__name__.lstrip("_"), exc)
                 else:
                     log.exception("%s failed", action.__name__)
+            else:
+                self._reached(action.__name__.lstrip("_"))
 
     async def _renew(self) -> None:
         held = list(self.running)

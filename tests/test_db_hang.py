@@ -87,6 +87,7 @@ class FrozenProxy:
                 await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
+            await self._flowing.wait()  # a close does not get through a frozen network either
         except OSError:
             pass
         finally:

@@ -195,5 +195,12 @@ def asyncpg_timeouts(connect_timeout: float, statement_timeout: float | None) ->
     return {
         "timeout": connect_timeout,
         "command_timeout": statement_timeout + CLIENT_MARGIN_SECONDS,
-        "server_settings": {"statement_timeout": str(max(1, int(statement_timeout * 1000)))},
+        "server_settings": {"statement_timeout": str(max(1, int(statement_timeout * 1000))), **SERVER_KEEPALIVES},
     }
+
+
+#: A connection this node gave up on (terminated while the network hung) can live on at
+#: the server, holding what it held: row locks of a transaction under way, the leader's
+#: advisory lock. The server's keep-alives end such a session within about half a minute
+#: of the network answering again (or of its silence), instead of hours (the OS default).
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}

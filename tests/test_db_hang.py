@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections.abc import AsyncIterator
@@ -160,7 +161,9 @@ def _config(service_url: str) -> dict[str, Any]:
 @pytest.mark.postgres
 @pytest.mark.slow
 async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(host_service, tmp_path: Path,
-                                                                            client_address: str) -> None:
+                                                                            client_address: str,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="jobnode.scheduler")
     service = host_service("slow", DELAY=0.5)  # jobs are still running when the database hangs
     async with fresh_database("postgresql", tmp_path) as direct_url, frozen_proxy(direct_url) as (proxy, url):
         async with serve_node(node_settings(url, _config(service.url))) as node, node.client(client_address) as http:
@@ -180,6 +183,11 @@ async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(hos
             assert {job_id: r["status"] for job_id, r in results.items()} == dict.fromkeys([*accepted, again],
                                                                                            "success")
             print(f"503s during the hang: {took}; recovered after {recovered:.1f} s")
+    scheduler = [r.getMessage() for r in caplog.records if r.name == "jobnode.scheduler"]
+    for loop in ("claim", "renew", "maintain"):  # an outage is logged when it begins, not at every retry
+        assert sum(m.startswith(f"{loop}: database unavailable") for m in scheduler) <= 1, scheduler
+    assert sum(m.startswith("claim: database unavailable") for m in scheduler) == 1, scheduler
+    assert "claim: database reachable again, resumed" in scheduler
 
 
 @pytest.mark.slow

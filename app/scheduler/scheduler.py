@@ -207,18 +207,19 @@ class Scheduler:
             if self._full:
                 self.signal.notify()
 
-    async def _every(self, period: float, action: Callable[[], Awaitable[None]],
+    async def _every(self, period: float, action: Callable[[], Awaitable[bool | None]],
                      wake: Callable[[float], Awaitable[bool]] | None = None) -> None:
         """``action`` every ``period`` seconds, and at once whenever ``wake`` returns. The loop
         is cancelled at shutdown; an action under way is shielded and finishes its
-        transaction."""
+        transaction. An action returns False when it did not use the database (an outage
+        is then not taken for over)."""
         while True:
             if wake is None:
                 await asyncio.sleep(period)
             else:
                 await wake(period)
             try:
-                await asyncio.shield(action())
+                reached = await asyncio.shield(action())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -227,10 +228,13 @@ class Scheduler:
                 else:
                     log.exception("%s failed", action.__name__)
             else:
-                self._reached(action.__name__.lstrip("_"))
+                if reached is not False:
+                    self._reached(action.__name__.lstrip("_"))
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
         held = list(self.running)
+        if not held:
+            return False  # nothing to renew: no database call
         still_held = await self.store.renew(held)
         for job_id in set(held) - still_held:
             task = self.running.get(job_id)
@@ -238,10 +242,11 @@ class Scheduler:
                 # cancelled, or taken over by another node: abandon its step
                 metrics.job_abandoned(job_id, "no longer ours (cancelled or re-queued)")
                 task.cancel()
+        return True
 
-    async def _maintain(self) -> None:
+    async def _maintain(self) -> bool:
         if not await self.is_leader():
-            return
+            return False
         requeued, failed = await self.store.reap(self.config.max_attempts)
         metrics.jobs_rescued(requeued=requeued, failed=failed)
         if requeued or failed:
@@ -253,4 +258,5 @@ class Scheduler:
             while (deleted := await self.store.prune(cutoff)) > 0:
                 log.info("pruned %d finished jobs older than %g days", deleted, self.retention_days)
                 await asyncio.sleep(0)
+        return True
 

@@ -289,18 +289,17 @@ class AsyncpgPool:
                 await connection.execute("BEGIN")
                 try:
                     yield _AsyncpgConnection(connection)
-                except BaseException as exc:
-                    if isinstance(exc, TimeoutError):
-                        connection.terminate()
-                    else:
-                        try:
-                            await connection.execute("ROLLBACK")
-                        except BaseException:
-                            connection.terminate()  # never back in the pool mid-transaction
+                except TimeoutError:
+                    raise  # terminated below
+                except BaseException:
+                    try:
+                        await connection.execute("ROLLBACK")
+                    except BaseException:
+                        connection.terminate()  # never back in the pool mid-transaction
                     raise
                 await connection.execute("COMMIT")
             except TimeoutError:
-                connection.terminate()  # BEGIN or COMMIT without an answer
+                connection.terminate()  # a statement, BEGIN or COMMIT without an answer
                 raise
 
     async def close(self) -> None:

@@ -174,7 +174,8 @@ def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awa
     settings = _settings(config_path)
 
     async def run() -> T:
-        database = Database(settings.database.url, pool_size=2, connect_timeout=settings.database.connect_timeout)
+        database = Database(settings.database.url, pool_size=2, connect_timeout=settings.database.connect_timeout,
+                            statement_timeout=settings.database.statement_timeout)
         store = JobStore(database, f"cli@{socket.gethostname()}", settings.scheduler.lease_seconds)
         try:
             return await action(OperatorService(database, store), settings)

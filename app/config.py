@@ -74,7 +74,11 @@ class ServerSettings(_Section):
 class DatabaseSettings(_Section):
     url: str = DEFAULT_DATABASE_URL
     pool_size: int = 20
+    #: Seconds to open a connection (TCP, TLS, authentication).
     connect_timeout: float = 5.0
+    #: Seconds one database call may take (each statement, COMMIT, waiting for a pooled
+    #: connection): a database that hangs gives 503 within seconds, not minutes (SPEC §10).
+    statement_timeout: float = 5.0
 
 
 class SchedulerSettings(_Section):
@@ -262,6 +266,8 @@ def _validate_numbers(settings: Settings) -> None:
     _positive(scheduler.lease_seconds, "scheduler.lease_seconds", minimum=0.1)
     _positive(scheduler.poll_interval, "scheduler.poll_interval", minimum=0.001)
     _positive(settings.database.pool_size, "database.pool_size")
+    _positive(settings.database.connect_timeout, "database.connect_timeout", minimum=0.1)
+    _positive(settings.database.statement_timeout, "database.statement_timeout", minimum=0.1)
     _positive(settings.retention.finished_jobs_days, "retention.finished_jobs_days", minimum=0)
 
 

@@ -45,6 +45,7 @@ class Node:
             settings.database.url,
             pool_size=settings.database.pool_size,
             connect_timeout=settings.database.connect_timeout,
+            statement_timeout=settings.database.statement_timeout,
         )
         self.signal = JobSignal(settings.node_id)
         self.containers = ContainerStates(settings)
@@ -68,8 +69,9 @@ class Node:
         self.runtime: ContainerRuntime | None = None
 
     def _needs_runtime(self) -> bool:
-        """Docker only when something is managed; probes only when a health_path is set."""
-        return any(state.managed or state.settings.health_path for state in self.containers)
+        """Docker only when something is managed; probes for any container (a TCP connect
+        for one run elsewhere without a health_path)."""
+        return bool(self.settings.containers)
 
     @asynccontextmanager
     async def lifespan(self, _app: Litestar) -> AsyncIterator[None]:
@@ -87,6 +89,7 @@ class Node:
                 self.runtime = ContainerRuntime(self.settings, self.containers)
                 await self.runtime.start()
                 stack.push_async_callback(self.runtime.stop)
+                await self.runtime.first_probes()  # /info is right from the first request
             if self.connection is not None:  # wake-ups: new jobs, cancels, jobs ended elsewhere
                 await self.connection.start()
                 stack.push_async_callback(self.connection.stop)

@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import socketserver
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -76,15 +78,41 @@ async def node(make_node: Callable[..., AbstractAsyncContextManager[RunningNode]
         yield running
 
 
-#: Unmanaged containers (nothing listens at their url: issue 2 only stores jobs).
+class _Acceptor(socketserver.ThreadingTCPServer):
+    """A loopback port that accepts connections (and says nothing): up for the node's TCP
+    probe of an unmanaged container. Bound at import, so that its URL can be a constant."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), socketserver.BaseRequestHandler)
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+_STANDARD_PORT = _Acceptor()
+#: Where the standard containers are: a port that accepts connections (so the node's probe
+#: finds them up) and speaks no HTTP (the scheduler is off: jobs are only stored).
+STANDARD_URL = _STANDARD_PORT.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def standard_port() -> Iterator[str]:
+    thread = threading.Thread(target=_STANDARD_PORT.serve_forever, name="standard-port", daemon=True)
+    thread.start()
+    yield STANDARD_URL
+    _STANDARD_PORT.shutdown()
+    _STANDARD_PORT.server_close()
+
+
+#: Unmanaged containers at a port that accepts connections (issue 2 only stores jobs).
 STANDARD_CONFIG: dict[str, Any] = {
     "scheduler": {"enabled": False},
     "containers": [
-        {"id": "echo", "url": "http://127.0.0.1:9", "description": "returns its input"},
-        {"id": "inner", "url": "http://127.0.0.1:9", "external": False},
-        {"id": "prover", "url": "http://127.0.0.1:9", "generates_proofs": True},
-        {"id": "private", "url": "http://127.0.0.1:9", "allowed_ips": ["10.1.0.0/16", "::2"]},
-        {"id": "local", "url": "http://127.0.0.1:9", "allowed_ips": ["127.0.0.0/8"]},
+        {"id": "echo", "url": STANDARD_URL, "description": "returns its input"},
+        {"id": "inner", "url": STANDARD_URL, "external": False},
+        {"id": "prover", "url": STANDARD_URL, "generates_proofs": True},
+        {"id": "private", "url": STANDARD_URL, "allowed_ips": ["10.1.0.0/16", "::2"]},
+        {"id": "local", "url": STANDARD_URL, "allowed_ips": ["127.0.0.0/8"]},
     ],
 }
 

@@ -248,3 +248,28 @@ class NodeProcess:
     def client(self, address: str = "127.0.0.1") -> httpx.AsyncClient:
         transport = httpx.AsyncHTTPTransport(local_address=address, retries=3)
         return httpx.AsyncClient(base_url=self.url, transport=transport, timeout=30)
+
+
+class PortListener:
+    """A loopback TCP port that accepts connections and closes them: what the node's TCP
+    probe of an unmanaged container sees as a container that is up. ``open()`` and
+    ``close()`` it to make the container come and go; the port stays the same."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: asyncio.Server | None = None
+
+    async def open(self) -> PortListener:
+        self._server = await asyncio.start_server(self._refuse_to_talk, "127.0.0.1", self.port, reuse_address=True)
+        return self
+
+    async def close(self) -> None:
+        if self._server is not None:
+            server, self._server = self._server, None
+            server.close()
+            await server.wait_closed()
+
+    @staticmethod
+    def _refuse_to_talk(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()

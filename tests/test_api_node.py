@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from app import __version__
+from app.containers.docker import ContainerRuntime
+from tests.conftest import STANDARD_URL
 from tests.helpers import assert_error, finish, job, submit, submit_batch
+from tests.support import PortListener, wait_finished
 
 URL = "http://127.0.0.1:9"
 
@@ -55,13 +61,71 @@ async def test_info_lists_only_ready_containers(make_node, client_address):
         "scheduler": {"enabled": False},
         "containers": [
             {"id": "probed", "url": URL, "health_path": "/health", "description": "not up yet"},
-            {"id": "plain", "url": URL, "image": "some/image:1", "external": False},
+            {"id": "plain", "url": STANDARD_URL, "image": "some/image:1", "external": False},
+            {"id": "down", "url": URL},  # nothing listens: its TCP probe fails
         ],
     }
     async with make_node(config) as node, node.client(client_address) as http:
         r = await http.get("/info")
         assert r.status_code == 200, r.text
         assert r.json()["containers"] == [{"id": "plain", "image": "some/image:1", "external": False, "description": ""}]
+
+
+async def _readiness(http) -> tuple[list[str], dict[str, str], dict[str, tuple[str, str | None]]]:
+    """What each surface says: /info's ids, /health's not-ready section, /api/containers."""
+    info = [c["id"] for c in (await http.get("/info")).json()["containers"]]
+    health = (await http.get("/health")).json()
+    assert health["status"] == "healthy", health  # a container down does not make the node unhealthy
+    live = {c["id"]: (c["state"], c["last_error"]) for c in (await http.get("/api/containers")).json()}
+    return info, health.get("containers", {}), live
+
+
+async def test_unmanaged_container_without_health_path_is_probed_by_tcp(make_node, client_address, monkeypatch,
+                                                                         host_service):
+    """Ready while its url's port accepts connections, not ready (and why) while it does not,
+    both ways; a job for it while it is down is called anyway and fails at once."""
+    monkeypatch.setattr(ContainerRuntime, "probe_interval", 0.1)
+    port = await PortListener().open()
+    gone = PortListener()  # never opened: nothing listens there
+    echo = host_service("echo")
+    # Ids of this test only: other tests' jobs in the shared database are left alone.
+    flips, down, up = (f"{name}-{client_address}" for name in ("flips", "down", "up"))
+    config = {"scheduler": {"poll_interval": 0.1},
+              "containers": [{"id": flips, "url": port.url}, {"id": down, "url": gone.url, "startup_timeout": 30},
+                             {"id": up, "url": echo.url}]}
+    refused = f"failed: 127.0.0.1:{gone.port}: connection refused"
+    try:
+        async with make_node(config) as node, node.client(client_address) as http:
+            info, not_ready, live = await _readiness(http)  # right from the first request
+            assert info == [flips, up]
+            assert not_ready == {down: refused}
+            assert live[down] == ("failed", f"127.0.0.1:{gone.port}: connection refused")
+            assert live[flips] == ("ready", None) and live[up] == ("ready", None)
+
+            await port.close()
+            await _until(http, lambda r: r[0] == [up] and set(r[1]) == {flips, down}
+                         and r[1][flips] == f"failed: 127.0.0.1:{port.port}: connection refused"
+                         and r[2][flips][0] == "failed")
+            await port.open()
+            await _until(http, lambda r: r[0] == [flips, up] and set(r[1]) == {down} and r[2][flips] == ("ready", None))
+
+            started = time.monotonic()
+            job_id = await submit(http, job(down))
+            result = (await wait_finished(http, [job_id], timeout=20))[job_id]
+            assert result["status"] == "failed" and result["result"] == {"container": down,
+                                                                        "error": "connection refused"}
+            assert time.monotonic() - started < 10  # called at once, not held for its startup_timeout (30 s)
+            ok = await submit(http, job(up))
+            assert (await wait_finished(http, [ok]))[ok]["status"] == "success"
+    finally:
+        await port.close()
+
+
+async def _until(http, condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition(seen := await _readiness(http)):
+        assert time.monotonic() < deadline, f"readiness did not change: {seen}"
+        await asyncio.sleep(0.05)
 
 
 async def test_router_errors_are_json_error_bodies(node, client_address):

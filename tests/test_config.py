@@ -73,6 +73,7 @@ def test_defaults():
     assert settings.server.trusted_proxies == []
     assert (settings.server.max_body_bytes, settings.server.max_batch, settings.server.max_ids) == (1048576, 1000, 1000)
     assert settings.database.url == "sqlite+aiosqlite:///jobnode.db"
+    assert (settings.database.connect_timeout, settings.database.statement_timeout) == (5.0, 5.0)
     assert (settings.scheduler.max_concurrent_jobs, settings.scheduler.lease_seconds,
             settings.scheduler.max_attempts, settings.scheduler.poll_interval) == (64, 30, 3, 1.0)
     assert settings.retention.finished_jobs_days == 30
@@ -137,6 +138,9 @@ def test_the_file_is_not_changed_by_loading(tmp_path):
         ({"docker": {"network_mode": "overlay"}}, "docker.network_mode"),
         ({"server": {"workers": 0}}, "server.workers"),
         ({"server": {"max_wait": -1}}, "server.max_wait"),
+        ({"database": {"statement_timeout": 0}}, "database.statement_timeout"),
+        ({"database": {"statement_timeout": "5s"}}, "database.statement_timeout"),
+        ({"database": {"connect_timeout": -1}}, "database.connect_timeout"),
         ({"server": {"workers": 2}, "containers": [{"id": "a", "image": "x"}]}, "server.workers"),
     ],
 )

@@ -286,7 +286,9 @@ async def test_unreachable_engine_fails_managed_containers(node_id: str, runtime
     await wait_for(lambda: a.readiness is b.readiness is Readiness.FAILED, 10, "managed containers FAILED")
     for state in (a, b):
         assert "Docker Engine unreachable at unix:///nonexistent.sock" in state.last_error
-    assert remote.ready  # run elsewhere, no health_path: ready as configured
+    # Run elsewhere, no health_path: probed by a TCP connect, and nothing listens there.
+    await wait_for(lambda: remote.readiness is Readiness.FAILED, 10, "remote container probed down")
+    assert remote.last_error == "127.0.0.1:9: connection refused"
     await runtime.stop()
 
 

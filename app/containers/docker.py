@@ -12,7 +12,11 @@ jobs), started again unless Docker's restart policy already did, re-checked, and
 once it answers.
 
 Containers the node does not manage but that have a ``health_path`` are probed
-periodically and marked READY/FAILED.
+periodically and marked READY/FAILED. Those without one are probed too, by a TCP connect
+to the host and port of their ``url`` every ``probe_interval``: READY while it accepts,
+FAILED (with the reason) while it does not. Their first probe is made as the node starts
+(``first_probes``), so ``/info`` is right from the first request. A job for such a
+container is not held back by the probe (``ContainerState.holds_jobs``).
 
 Why a container is not ready is always written to ``state.last_error`` in plain words
 and logged on ``jobnode.containers``; engine problems never raise out of ``start()``.
@@ -161,6 +165,7 @@ class ContainerRuntime:
         self._stopping = False
         self._started = False
         self._published = settings.docker.network_mode == "bridge"
+        self._first_probes: list[asyncio.Task[Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------
     async def start(self) -> None:
@@ -173,8 +178,17 @@ class ContainerRuntime:
                 state.mark(Readiness.STARTING)
             elif state.settings.health_path:
                 self._spawn(self._probe_loop(state), f"probe {state.settings.id}")
+            else:
+                first = self._spawn(self._probe_port(state), f"first probe {state.settings.id}")
+                self._first_probes.append(first)
+                self._spawn(self._port_loop(state, first), f"probe {state.settings.id}")
         if self._managed:
             self._spawn(self._supervise(), "docker supervisor")
+
+    async def first_probes(self) -> None:
+        """Wait for the first probe of each unmanaged container without a ``health_path``
+        (a connect: at most ``PROBE_TIMEOUT`` each, all at once)."""
+        await asyncio.gather(*self._first_probes, return_exceptions=True)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -555,3 +569,24 @@ class ContainerRuntime:
                     log.warning("container %s: not ready: %s", container.id, error)
                 state.mark(Readiness.FAILED, error)
                 await asyncio.sleep(self.probe_interval)
+
+    async def _port_loop(self, state: ContainerState, first: asyncio.Task[None]) -> None:
+        await asyncio.gather(first, return_exceptions=True)
+        while True:
+            await asyncio.sleep(self.probe_interval)
+            await self._probe_port(state)
+
+    async def _probe_port(self, state: ContainerState) -> None:
+        """One TCP probe of a container run elsewhere without a ``health_path``; a change
+        is logged once, not at every probe."""
+        container = state.settings
+        reason = await self._prober.probe(container)
+        if reason is None:
+            if not state.ready:
+                log.info("container %s: ready (%s accepts connections)", container.id, self._prober.target(container))
+                state.mark(Readiness.READY)
+            return
+        error = f"{self._prober.target(container)}: {reason}"
+        if state.readiness is not Readiness.FAILED or state.last_error != error:
+            log.warning("container %s: not ready: %s", container.id, error)
+        state.mark(Readiness.FAILED, error)

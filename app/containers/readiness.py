@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -84,7 +85,21 @@ class Prober:
         """What is probed, for messages: ``GET http://…/health`` or ``127.0.0.1:3000``."""
         if container.health_path:
             return f"GET {self._url(container)}"
-        return f"{self._settings.server.container_host}:{container.port}"
+        host, port = self._address(container)
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _address(self, container: ContainerSettings) -> tuple[str, int]:
+        """Host and port of the container's base URL: its ``url`` when it runs elsewhere,
+        else ``server.container_host`` and its port."""
+        if container.url is None:
+            assert container.port is not None
+            return self._settings.server.container_host, container.port
+        parts = urlsplit(container.url)
+        try:
+            port = parts.port
+        except ValueError:  # not a port number: nothing can listen there
+            port = None
+        return parts.hostname or "127.0.0.1", port or (443 if parts.scheme == "https" else 80)
 
     def _url(self, container: ContainerSettings) -> str:
         path = container.health_path or "/"
@@ -105,8 +120,7 @@ class Prober:
             return await probe_http(self._http(), self._url(container), headers=headers)
         if published:
             return await probe_http_any(self._http(), self._settings.base_url(container) + "/")
-        assert container.port is not None
-        return await probe_tcp(self._settings.server.container_host, container.port)
+        return await probe_tcp(*self._address(container))
 
     async def close(self) -> None:
         if self._session is not None:

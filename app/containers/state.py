@@ -41,6 +41,15 @@ class ContainerState:
     def ready(self) -> bool:
         return self.readiness is Readiness.READY
 
+    @property
+    def holds_jobs(self) -> bool:
+        """Does a job wait for this container to be ready before calling it? Yes when the
+        node runs it or its ``health_path`` says whether it can work. One run elsewhere
+        without a ``health_path`` is only probed by a TCP connect, up to
+        ``probe_interval`` old: a job calls it whatever the probe said last (when it is
+        down the call fails at once, "connection refused")."""
+        return self.managed or self.settings.health_path is not None
+
     def mark(self, readiness: Readiness, error: str | None = None) -> None:
         """Record a transition; ``error`` says why a container is not ready."""
         self.readiness = readiness
@@ -70,7 +79,8 @@ class ContainerStates:
         }
         for state in self._states.values():
             if not state.managed and state.settings.health_path is None:
-                # Run by someone else and nothing to probe: ready as configured.
+                # Run by someone else, probed by a TCP connect: ready as configured until
+                # the runtime's first probe (made before the node serves).
                 state.mark(Readiness.READY)
 
     def __iter__(self) -> Iterator[ContainerState]:

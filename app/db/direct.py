@@ -244,12 +244,17 @@ _SESSION = {"enable_seqscan": "off"}
 
 
 class AsyncpgPool:
-    """asyncpg's own pool for the hot statements, opened at first use."""
+    """asyncpg's own pool for the hot statements, opened at first use.
 
-    def __init__(self, url: URL, size: int, connect_timeout: float, acquire_timeout: float) -> None:
+    ``connect_args``: asyncpg's timeouts (``app.db.engine.asyncpg_timeouts``). A
+    connection whose call timed out is terminated before it goes back: releasing it would
+    wait for the server's answer to the cancel request, and rolling it back for an answer
+    to the ROLLBACK, from a server that may hang."""
+
+    def __init__(self, url: URL, size: int, connect_args: dict[str, Any], acquire_timeout: float) -> None:
         self.dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
         self.size = size
-        self.connect_timeout = connect_timeout
+        self.connect_args = connect_args
         self.acquire_timeout = acquire_timeout
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
@@ -258,9 +263,10 @@ class AsyncpgPool:
         if self._pool is None:
             async with self._opening:
                 if self._pool is None:
+                    server_settings = {**_SESSION, **self.connect_args.get("server_settings", {})}
                     self._pool = await asyncpg.create_pool(
                         self.dsn, min_size=0, max_size=self.size, init=_init_connection, reset=_reset,
-                        timeout=self.connect_timeout, command_timeout=60, server_settings=_SESSION,
+                        **{**self.connect_args, "server_settings": server_settings},
                     )
         return self._pool
 
@@ -269,27 +275,41 @@ class AsyncpgPool:
         """Each statement is its own transaction."""
         pool = await self._open()
         async with pool.acquire(timeout=self.acquire_timeout) as connection:
-            yield _AsyncpgConnection(connection)
+            try:
+                yield _AsyncpgConnection(connection)
+            except TimeoutError:
+                connection.terminate()
+                raise
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[DirectConnection]:
         pool = await self._open()
         async with pool.acquire(timeout=self.acquire_timeout) as connection:
-            await connection.execute("BEGIN")
             try:
-                yield _AsyncpgConnection(connection)
-            except BaseException:
+                await connection.execute("BEGIN")
                 try:
-                    await connection.execute("ROLLBACK")
+                    yield _AsyncpgConnection(connection)
+                except TimeoutError:
+                    raise  # terminated below
                 except BaseException:
-                    connection.terminate()  # never back in the pool mid-transaction
+                    try:
+                        await connection.execute("ROLLBACK")
+                    except BaseException:
+                        connection.terminate()  # never back in the pool mid-transaction
+                    raise
+                await connection.execute("COMMIT")
+            except TimeoutError:
+                connection.terminate()  # a statement, BEGIN or COMMIT without an answer
                 raise
-            await connection.execute("COMMIT")
 
     async def close(self) -> None:
+        """Close the connections; those that do not close in time are dropped."""
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                await asyncio.wait_for(pool.close(), self.connect_args.get("timeout"))
+            except TimeoutError:
+                pool.terminate()
 
 
 def wrap(connection: AsyncConnection) -> DirectConnection:

@@ -14,33 +14,46 @@ a 503, and the next ones reconnect.
 The hot statements (``direct_read``/``direct_write``) run on PostgreSQL through an
 asyncpg pool of ``pool_size`` connections (``app.db.direct``); SQLAlchemy's pool, for
 everything else, is kept small.
+
+Every call has a deadline (``statement_timeout``), so that a database that hangs (a
+frozen proxy or network: connections open, no answer) gives 503 within seconds instead
+of waiting for TCP to give up: waiting for a pooled connection, each statement and
+COMMIT on the client (asyncpg's ``command_timeout``), the same on the server
+(``statement_timeout``, which stops the work there too), and SQLite's busy timeout. A
+connection whose call timed out is terminated, never reset or rolled back: on a peer
+that hangs, those would hang as well. ``None`` (migrations) means no deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import msgspec
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.db.direct import AsyncpgPool, DirectConnection, json_dumps, wrap
 
-SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: SQLAlchemy's connections on PostgreSQL: operator reads, maintenance, migrations.
 PG_COLD_POOL_SIZE = 4
-#: How long a request may wait for a free pooled connection (busy, not an outage).
-POOL_WAIT_SECONDS = 30.0
+#: Without a deadline (``statement_timeout=None``): how long to wait for a pooled
+#: connection, and SQLite's busy timeout.
+UNBOUNDED_WAIT_SECONDS = 30.0
+#: The client gives the server this much longer than its own ``statement_timeout``: a
+#: server that answers cancels the statement itself and the connection stays usable.
+CLIENT_MARGIN_SECONDS = 0.5
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     cursor = dbapi_connection.cursor()
     for pragma in (
         "PRAGMA journal_mode=WAL",
-        f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+        f"PRAGMA busy_timeout={busy_timeout_ms}",
         # FULL: a committed job survives a power cut too, not just a process crash.
         "PRAGMA synchronous=FULL",
         "PRAGMA foreign_keys=ON",
@@ -49,14 +62,14 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _take_over_begin(engine: AsyncEngine, begin_sql: str | None) -> None:
+def _take_over_begin(engine: AsyncEngine, begin_sql: str | None, busy_timeout_ms: int) -> None:
     """SQLAlchemy's documented recipe: let us emit BEGIN instead of the driver
     (``None``: emit nothing, every statement commits by itself)."""
 
     @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_connection: Any, record: Any) -> None:
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
-        _sqlite_pragmas(dbapi_connection, record)
+        _sqlite_pragmas(dbapi_connection, busy_timeout_ms)
 
     if begin_sql is not None:
 
@@ -65,39 +78,60 @@ def _take_over_begin(engine: AsyncEngine, begin_sql: str | None) -> None:
             conn.exec_driver_sql(begin_sql)
 
 
+def _terminate_on_timeout(engine: AsyncEngine) -> None:
+    """A statement or COMMIT that timed out leaves its connection waiting for an answer
+    (and asyncpg for a cancel request) from a server that may hang: terminate it at once
+    and have SQLAlchemy drop it (and the pool's other connections, likely just as stuck)
+    instead of rolling it back on the same dead socket."""
+
+    @event.listens_for(engine.sync_engine, "handle_error")
+    def _timed_out(context: ExceptionContext) -> None:
+        if isinstance(context.original_exception, TimeoutError) and context.connection is not None:
+            with contextlib.suppress(Exception):
+                context.connection.connection.driver_connection.terminate()  # type: ignore[union-attr]
+            context.is_disconnect = True
+
+
 class Database:
     """The node's handle on its database: ``read()`` and ``write()`` connections."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0,
+                 statement_timeout: float | None = 5.0) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
+        self.connect_timeout = connect_timeout
+        self.statement_timeout = statement_timeout
+        #: Waiting for a pooled connection is a database call like any other.
+        wait = UNBOUNDED_WAIT_SECONDS if statement_timeout is None else statement_timeout
         # hide_parameters: bound values (job inputs and outputs) stay out of the texts of
         # SQLAlchemy's exceptions, and so out of the error logs.
         common: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": msgspec.json.decode,
                                   "hide_parameters": True}
         self.direct_pool: AsyncpgPool | None = None
         if self.dialect == "sqlite":
-            self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, **common)
-            _take_over_begin(self.writer, "BEGIN IMMEDIATE")
-            self.reader = create_async_engine(self.url, pool_size=pool_size, max_overflow=0, **common)
-            _take_over_begin(self.reader, None)
+            busy_ms = int(wait * 1000)
+            self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=wait, **common)
+            _take_over_begin(self.writer, "BEGIN IMMEDIATE", busy_ms)
+            self.reader = create_async_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=wait,
+                                              **common)
+            _take_over_begin(self.reader, None, busy_ms)
         else:
             connect_args: dict[str, Any] = {}
             if self.url.get_driver_name() == "asyncpg":
-                connect_args = {"timeout": connect_timeout, "command_timeout": 60}
-            # A fixed pool: overflow connections would be opened and closed under load, each
-            # paying a connect and re-preparing its statements.
-            if self.url.get_driver_name() == "asyncpg":
-                self.direct_pool = AsyncpgPool(self.url, pool_size, connect_timeout, POOL_WAIT_SECONDS)
+                connect_args = asyncpg_timeouts(connect_timeout, statement_timeout)
+                # A fixed pool: overflow connections would be opened and closed under load, each
+                # paying a connect and re-preparing its statements.
+                self.direct_pool = AsyncpgPool(self.url, pool_size, connect_args, wait)
                 pool_size = min(pool_size, PG_COLD_POOL_SIZE)
             self.writer = create_async_engine(
                 self.url,
                 pool_size=pool_size,
                 max_overflow=0,
-                pool_timeout=POOL_WAIT_SECONDS,
+                pool_timeout=wait,
                 connect_args=connect_args,
                 **common,
             )
+            _terminate_on_timeout(self.writer)
             self.reader = self.writer.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
@@ -142,8 +176,34 @@ class Database:
                 yield wrap(conn)
 
     async def dispose(self) -> None:
+        """Close every connection; on a database that hangs, drop them after a deadline
+        (closing politely would wait for answers that never come)."""
         if self.direct_pool is not None:
             await self.direct_pool.close()
-        await self.writer.dispose()
+        engines = [self.writer]
         if self.reader.sync_engine.pool is not self.writer.sync_engine.pool:
-            await self.reader.dispose()
+            engines.append(self.reader)
+        for engine in engines:
+            try:
+                await asyncio.wait_for(engine.dispose(), self.connect_timeout)
+            except TimeoutError:
+                await engine.dispose(close=False)
+
+
+def asyncpg_timeouts(connect_timeout: float, statement_timeout: float | None) -> dict[str, Any]:
+    """asyncpg's connect arguments for these deadlines: ``timeout`` to connect,
+    ``command_timeout`` per call on the client, ``statement_timeout`` on the server."""
+    if statement_timeout is None:
+        return {"timeout": connect_timeout, "command_timeout": None}
+    return {
+        "timeout": connect_timeout,
+        "command_timeout": statement_timeout + CLIENT_MARGIN_SECONDS,
+        "server_settings": {"statement_timeout": str(max(1, int(statement_timeout * 1000))), **SERVER_KEEPALIVES},
+    }
+
+
+#: A connection this node gave up on (terminated while the network hung) can live on at
+#: the server, holding what it held: row locks of a transaction under way, the leader's
+#: advisory lock. The server's keep-alives end such a session within about half a minute
+#: of the network answering again (or of its silence), instead of hours (the OS default).
+SERVER_KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}

@@ -10,13 +10,14 @@ from asyncpg.exceptions import (
     InterfaceError,
     InternalClientError,
     PostgresConnectionError,
+    QueryCanceledError,
 )
 
 #: The API's answer (503) while the database cannot be reached.
 DATABASE_UNAVAILABLE = "Database unavailable"
 
 _UNREACHABLE: tuple[type[BaseException], ...] = (
-    OSError,  # refused, reset, timed out (TimeoutError is an OSError)
+    OSError,  # refused, reset, timed out (TimeoutError is an OSError: every deadline of app.db)
     sqlalchemy.exc.TimeoutError,  # no pool connection in time
     sqlalchemy.exc.InterfaceError,
     CannotConnectNowError,
@@ -24,6 +25,7 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,  # asyncpg: a connection broken in the middle of an operation
+    QueryCanceledError,  # the server's statement_timeout: a database that does not answer in time
 )
 
 _UNAVAILABLE_MESSAGES = (
@@ -72,3 +74,11 @@ def short_message(exc: BaseException, limit: int = 200) -> str:
     except Exception:  # noqa: BLE001
         lines = []
     return lines[0][:limit] if lines else type(exc).__name__
+
+
+def describe(exc: BaseException) -> str:
+    """A failure in plain words for logs: a deadline that passed says so (its own text is
+    empty)."""
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "no answer within the deadline (database.statement_timeout / connect_timeout)"
+    return short_message(exc)

@@ -20,7 +20,8 @@ from typing import Any
 
 import asyncpg
 
-from app.db.engine import Database
+from app.db.engine import Database, asyncpg_timeouts
+from app.db.errors import describe
 from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, JobSignal
 
 log = logging.getLogger("jobnode.db")
@@ -33,6 +34,9 @@ class NodeConnection:
     def __init__(self, database: Database, signal: JobSignal, retry_seconds: float = 1.0,
                  on_ended: Callable[[list[str]], None] | None = None) -> None:
         self.dsn = database.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        #: The node's deadlines: a keep-alive or leader check without an answer fails in
+        #: seconds, and the connection is replaced.
+        self.timeouts = asyncpg_timeouts(database.connect_timeout, database.statement_timeout)
         self.signal = signal
         self.on_ended = on_ended
         self.retry_seconds = retry_seconds
@@ -75,26 +79,30 @@ class NodeConnection:
             self.signal.wake_from_elsewhere(channel)
 
     async def _keep_connected(self) -> None:
+        lost = False  # logged once per outage, not at every retry
         while True:
             try:
-                self._conn = await asyncpg.connect(self.dsn, timeout=5)
+                self._conn = await asyncpg.connect(self.dsn, **self.timeouts)
                 await self._conn.add_listener(CHANNEL, self._on_notify)
                 await self._conn.add_listener(LEASE_CHANNEL, self._on_notify)
                 if self.on_ended is not None:
                     await self._conn.add_listener(ENDED_CHANNEL, self._on_notify)
                 log.info("listening for new jobs on %s", CHANNEL)
+                lost = False
                 self.signal.notify()  # jobs may have arrived while we were not listening
                 while not self._conn.is_closed():
                     await asyncio.sleep(self.retry_seconds)
                     async with self._querying:
                         await self._conn.execute("SELECT 1")
             except asyncio.CancelledError:
-                raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("listen connection lost (%s); retrying", exc)
-            finally:
                 self._leader = False
-                await self._close()
+                raise  # stop() closes the connection
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                if not lost:
+                    log.warning("listen connection lost (%s); retrying every %g s", describe(exc), self.retry_seconds)
+                lost = True
+            self._leader = False
+            self._drop()
             await asyncio.sleep(self.retry_seconds)
 
     async def _close(self) -> None:
@@ -102,3 +110,9 @@ class NodeConnection:
         if conn is not None and not conn.is_closed():
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
+
+    def _drop(self) -> None:
+        """A lost connection is terminated, not closed: closing waits for the server."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()

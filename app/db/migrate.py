@@ -22,7 +22,17 @@ def alembic_config() -> Config:
 
 
 async def upgrade(database: Database, revision: str = "head") -> None:
-    """Migrate through the writer engine (on SQLite: under its write lock)."""
+    """Migrate through the writer engine (on SQLite: under its write lock). On PostgreSQL
+    through connections without the node's deadline: a migration may wait for another
+    node's (its advisory lock) or rewrite a big table, legitimately for long."""
+    if database.is_postgresql and database.statement_timeout is not None:
+        unbounded = Database(database.url.render_as_string(hide_password=False), pool_size=1,
+                             connect_timeout=database.connect_timeout, statement_timeout=None)
+        try:
+            await upgrade(unbounded, revision)
+        finally:
+            await unbounded.dispose()
+        return
     config = alembic_config()
 
     def _upgrade(connection: Connection) -> None:

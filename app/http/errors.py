@@ -12,7 +12,7 @@ from typing import Any
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException
 
-from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable
+from app.db.errors import DATABASE_UNAVAILABLE, describe, is_database_unavailable
 from app.logging import rate_limited
 
 #: A database outage would log a line per request: repeats are held back.
@@ -63,7 +63,7 @@ def exception_handlers(max_body_bytes: int) -> dict[Any, Any]:
 
     def unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
         if is_database_unavailable(exc):
-            log.warning("database unavailable: %s", exc)
+            log.warning("database unavailable: %s", describe(exc))
             return error_response(503, DATABASE_UNAVAILABLE)
         log.exception("unhandled error", exc_info=exc)
         return error_response(500, "Internal server error")

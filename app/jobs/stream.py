@@ -62,7 +62,7 @@ class StreamService:
         error: str | None = "stream cancelled: the client went away"
         heartbeat = asyncio.create_task(self._keep_lease(job))
         try:
-            if not state.ready:
+            if state.holds_jobs and not state.ready:
                 raise StepFailed(f"container not ready ({state.readiness.value})", delivered=False)
             async for chunk in self.client.stream(state.settings, state.base_url, job.input, job.requires_proof):
                 received.append(chunk)

@@ -61,7 +61,8 @@ class ChainRunner:
                 if state is None:
                     raise StepFailed(f"container {container_id} is not configured on this node", delivered=False)
                 async with self._slots[container_id]:
-                    await self._wait_ready(state)
+                    if state.holds_jobs:
+                        await self._wait_ready(state)
                     started = utcnow()
                     data = await self._call(state, job, data)
             except StepFailed as failed:

@@ -18,7 +18,7 @@ from typing import Any
 
 from app import metrics
 from app.config import Settings
-from app.db.errors import is_database_unavailable
+from app.db.errors import describe, is_database_unavailable
 from app.db.models import utcnow
 from app.db.signal import JobSignal
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost
@@ -59,6 +59,9 @@ class Scheduler:
         #: Counts the submits that left jobs pending: a claim that began before one of
         #: them may not have seen its jobs, so it cannot tell that nothing waits.
         self._queued = 0
+        #: The loops that found the database unavailable and have not reached it since:
+        #: an outage is logged once per loop when it begins and once when it ends.
+        self._cut_off: set[str] = set()
 
     async def start(self) -> None:
         taken = await self.store.take_back_orphans(self.config.max_attempts)
@@ -126,9 +129,24 @@ class Scheduler:
             if not is_database_unavailable(exc):
                 log.exception("claim failed")
             else:
-                log.warning("database unavailable, claiming paused: %s", exc)
+                self._outage("claim", exc)
             return None
+        self._reached("claim")
         return claimed
+
+    def _outage(self, loop: str, exc: BaseException) -> None:
+        """A loop's database call failed for want of a database: logged when the outage
+        begins, not at every retry."""
+        if loop not in self._cut_off:
+            self._cut_off.add(loop)
+            log.warning("%s: database unavailable, paused until it answers: %s", loop, describe(exc))
+        else:
+            log.debug("%s: database still unavailable: %s", loop, describe(exc))
+
+    def _reached(self, loop: str) -> None:
+        if loop in self._cut_off:
+            self._cut_off.discard(loop)
+            log.info("%s: database reachable again, resumed", loop)
 
     async def _claim_loop(self, claimed: int | None) -> None:
         """``claimed``: what the last claim took (None: it failed)."""
@@ -180,7 +198,7 @@ class Scheduler:
         except Exception as exc:
             # The job keeps its lease until it expires and is then retried (or failed) by the reaper.
             if is_database_unavailable(exc):
-                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, exc,
+                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, describe(exc),
                             extra={"job_id": job.id, "container": None})
             else:
                 log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id, "container": None})
@@ -189,28 +207,34 @@ class Scheduler:
             if self._full:
                 self.signal.notify()
 
-    async def _every(self, period: float, action: Callable[[], Awaitable[None]],
+    async def _every(self, period: float, action: Callable[[], Awaitable[bool | None]],
                      wake: Callable[[float], Awaitable[bool]] | None = None) -> None:
         """``action`` every ``period`` seconds, and at once whenever ``wake`` returns. The loop
         is cancelled at shutdown; an action under way is shielded and finishes its
-        transaction."""
+        transaction. An action returns False when it did not use the database (an outage
+        is then not taken for over)."""
         while True:
             if wake is None:
                 await asyncio.sleep(period)
             else:
                 await wake(period)
             try:
-                await asyncio.shield(action())
+                reached = await asyncio.shield(action())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 if is_database_unavailable(exc):
-                    log.warning("%s: database unavailable: %s", action.__name__, exc)
+                    self._outage(action.__name__.lstrip("_"), exc)
                 else:
                     log.exception("%s failed", action.__name__)
+            else:
+                if reached is not False:
+                    self._reached(action.__name__.lstrip("_"))
 
-    async def _renew(self) -> None:
+    async def _renew(self) -> bool:
         held = list(self.running)
+        if not held:
+            return False  # nothing to renew: no database call
         still_held = await self.store.renew(held)
         for job_id in set(held) - still_held:
             task = self.running.get(job_id)
@@ -218,10 +242,11 @@ class Scheduler:
                 # cancelled, or taken over by another node: abandon its step
                 metrics.job_abandoned(job_id, "no longer ours (cancelled or re-queued)")
                 task.cancel()
+        return True
 
-    async def _maintain(self) -> None:
+    async def _maintain(self) -> bool:
         if not await self.is_leader():
-            return
+            return False
         requeued, failed = await self.store.reap(self.config.max_attempts)
         metrics.jobs_rescued(requeued=requeued, failed=failed)
         if requeued or failed:
@@ -233,4 +258,5 @@ class Scheduler:
             while (deleted := await self.store.prune(cutoff)) > 0:
                 log.info("pruned %d finished jobs older than %g days", deleted, self.retention_days)
                 await asyncio.sleep(0)
+        return True
 

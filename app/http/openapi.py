@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Example
+from litestar.openapi.spec import Components, Example, SecurityRequirement, SecurityScheme
 from litestar.types import ControllerRouterHandler
 
 from app.http.errors import DATABASE_UNAVAILABLE
@@ -34,6 +34,17 @@ JOB_REQUEST = {400: ["Invalid job request", "No containers specified", "Containe
                413: ["Request body too large"]}
 OPERATOR = {401: ["Operator token required", "Invalid operator token"],
             403: ["Operator endpoints answer loopback clients only"]}
+#: What Litestar answers for a parameter or body it could not parse (app.http.errors).
+BAD_REQUEST = {400: ["Bad request"]}
+
+#: ``security=`` of the operator endpoints (app.http.operator_auth).
+OPERATOR_SECURITY: list[SecurityRequirement] = [{"operator": []}]
+COMPONENTS = Components(security_schemes={"operator": SecurityScheme(
+    type="http", scheme="bearer",
+    description="`server.operator_token` as `Authorization: Bearer <token>`. Without a configured token, "
+                "operator endpoints answer loopback clients only (403 otherwise). The dashboard also takes the "
+                "token once as `?token=` and then a cookie, for reads.",
+)})
 
 
 def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:

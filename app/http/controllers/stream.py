@@ -3,17 +3,19 @@ go straight to a container."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, MediaType, Request, get, post
 from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from app.containers.resources import ResourceService
 from app.http.client import ClientIdentity
+from app.http.bodies import JobRequestBody
 from app.http.errors import ApiError
-from app.http.openapi import DATABASE, JOB_REQUEST, RATE_LIMITED, errors
-from app.jobs.requests import JobRejected, decode_job_request
+from app.http.openapi import BAD_REQUEST, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
+from app.jobs.requests import JobRejected, JobRequest
 from app.jobs.stream import StreamService
 
 
@@ -21,20 +23,22 @@ class StreamController(Controller):
     tags = ["containers"]
 
     @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output",
+          media_type=MediaType.TEXT, dto=JobRequestBody, return_dto=None,
           responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, RATE_LIMITED, DATABASE))
     async def stream(
-        self, request: Request[Any, Any, Any], streams: NamedDependency[StreamService],
+        self, request: Request[Any, Any, Any], data: JobRequest, streams: NamedDependency[StreamService],
         identity: NamedDependency[ClientIdentity],
     ) -> Stream:
         try:
-            job = await streams.open(identity.address(request), decode_job_request(await request.body()))
+            job = await streams.open(identity.address(request), data)
         except JobRejected as rejected:
             raise ApiError(400, rejected.error, rejected.params) from None
         return Stream(streams.run(job), media_type=MediaType.TEXT)
 
     @get("/resources", media_type=MediaType.JSON, summary="Each container's service resources",
-         responses=errors(RATE_LIMITED))
+         responses=errors(BAD_REQUEST, RATE_LIMITED))
     async def resources(
-        self, resources: NamedDependency[ResourceService], model_id: str | None = None
+        self, resources: NamedDependency[ResourceService],
+        model_id: Annotated[str | None, QueryParameter(description="Passed on to each container")] = None,
     ) -> dict[str, Any]:
         return await resources.collect(model_id)

@@ -4,11 +4,23 @@ bodies with the messages it can answer, e.g. ``responses=errors({404: [JOB_NOT_F
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Components, Example, SecurityRequirement, SecurityScheme
+from litestar.openapi.spec import (
+    Components,
+    Example,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
 from litestar.types import ControllerRouterHandler
 
 from app.http.errors import DATABASE_UNAVAILABLE
@@ -62,6 +74,30 @@ def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
         )
         for status, messages in sorted(merged.items())
     }
+
+
+#: ``app.jobs.requests.JobRequest``, whose schema ``JobsReference.submit`` (``data: JobRequest``) puts
+#: in the document.
+JOB_REQUEST_SCHEMA = Reference(ref="#/components/schemas/JobRequest")
+
+
+def json_body(schema: Schema | Reference) -> type[Operation]:
+    """``operation_class=`` for a handler that decodes its JSON body itself (``request.body()``,
+    so that its error messages are the node's, not Litestar's): Litestar documents a body
+    only from a ``data`` argument, which it would decode."""
+
+    @dataclass
+    class WithJsonBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=schema)},
+                                            required=True)
+
+    return WithJsonBody
+
+
+#: ``operation_class=`` of the handlers that take one job request, and a batch of them.
+JOB_REQUEST_BODY = json_body(JOB_REQUEST_SCHEMA)
+JOB_BATCH_BODY = json_body(Schema(type=OpenAPIType.ARRAY, items=JOB_REQUEST_SCHEMA))
 
 
 def document_handlers(app: Litestar, route_handlers: Sequence[ControllerRouterHandler],

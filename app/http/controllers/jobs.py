@@ -17,15 +17,14 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPI
-from litestar.params import QueryParameter
+from litestar.params import JSONBody, QueryParameter
 
 from app.config import ServerSettings
-from app.http.bodies import JobBatchBody, JobRequestBody
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
-from app.http.openapi import BAD_REQUEST, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.openapi import DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import ErrorBody, JobId, JobResult
-from app.jobs.requests import JobRejected, JobRequest, decode_job_request
+from app.jobs.requests import JobRejected, JobRequest, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
 
 MAX_PAGE = 100_000
@@ -137,13 +136,16 @@ class JobsController(Controller):
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
           description="Each item is answered in place: `{\"id\"}`, or the `{\"error\", \"params\"?}` of a "
                       "rejected job request.",
-          dto=JobBatchBody, return_dto=None,
+          operation_class=JOB_BATCH_BODY,
           responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
                            RATE_LIMITED, DATABASE))
-    async def batch(self, request: Request[Any, Any, Any], data: list[JobRequest],
+    async def batch(self, request: Request[Any, Any, Any],
                     jobs_api: NamedDependency[JobsApi]) -> list[JobId | ErrorBody]:
         server = jobs_api.server
-        requests = data  # items decode_batch rejected are JobRejected, answered in place by submit
+        try:
+            requests = decode_batch(await request.body())
+        except JobRejected as rejected:
+            raise ApiError(400, rejected.error) from None
         if len(requests) > server.max_batch:
             raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(requests)})
         return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)  # type: ignore[return-value]
@@ -163,9 +165,11 @@ class JobsReference(Controller):
     tags = ["jobs"]
 
     @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
-          dto=JobRequestBody, return_dto=None, responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
-    async def submit(self, request: Request[Any, Any, Any], data: JobRequest,
+          responses=errors(JOB_REQUEST, RATE_LIMITED, DATABASE))
+    async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobRequest],
                      jobs_api: NamedDependency[JobsApi]) -> JobId:
+        """``data`` is there for the document (it puts ``JobRequest`` in it, which
+        ``JOB_REQUEST_BODY`` refers to): the body is decoded by ``submit_job``."""
         return JobId(**await submit_job(jobs_api, request, await request.body()))
 
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",

@@ -12,10 +12,9 @@ from litestar.response import Stream
 
 from app.containers.resources import ResourceService
 from app.http.client import ClientIdentity
-from app.http.bodies import JobRequestBody
 from app.http.errors import ApiError
-from app.http.openapi import BAD_REQUEST, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
-from app.jobs.requests import JobRejected, JobRequest
+from app.http.openapi import BAD_REQUEST, DATABASE, JOB_REQUEST, JOB_REQUEST_BODY, RATE_LIMITED, errors
+from app.jobs.requests import JobRejected, decode_job_request
 from app.jobs.stream import StreamService
 
 
@@ -23,14 +22,14 @@ class StreamController(Controller):
     tags = ["containers"]
 
     @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output",
-          media_type=MediaType.TEXT, dto=JobRequestBody, return_dto=None,
+          media_type=MediaType.TEXT, operation_class=JOB_REQUEST_BODY,
           responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, RATE_LIMITED, DATABASE))
     async def stream(
-        self, request: Request[Any, Any, Any], data: JobRequest, streams: NamedDependency[StreamService],
+        self, request: Request[Any, Any, Any], streams: NamedDependency[StreamService],
         identity: NamedDependency[ClientIdentity],
     ) -> Stream:
         try:
-            job = await streams.open(identity.address(request), data)
+            job = await streams.open(identity.address(request), decode_job_request(await request.body()))
         except JobRejected as rejected:
             raise ApiError(400, rejected.error, rejected.params) from None
         return Stream(streams.run(job), media_type=MediaType.TEXT)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,12 +48,45 @@ pytestmark = pytest.mark.slow
 TOKEN = "fuzz-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 #: Generated cases per operation and generation mode (positive, negative): 15 operations,
-#: 2 modes, 2 databases.
-MAX_EXAMPLES = 25
+#: 2 modes, 2 databases; without the token (8 operator operations refusing at once), fewer.
+MAX_EXAMPLES = 12
+MAX_EXAMPLES_ANONYMOUS = 4
 
-#: Hand cases (their ``Sent.label``) that answer 500 on this branch and are fixed on another
-#: one; the integrator empties this list after merging. Nothing else is excused.
-KNOWN_ELSEWHERE: list[str] = []
+Query = list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Known:
+    """A 500 that this branch still answers and that another branch fixes."""
+
+    request: str  # the requests, in words
+    fixed_by: str
+    backends: tuple[str, ...]
+    matches: Callable[[str, str, Query, bytes], bool]  # (method, path as documented, query, body)
+
+
+def _nul_in_job_data(method: str, path: str, query: Query, body: bytes) -> bool:
+    return (method == "POST" and path in ("/api/jobs", "/api/jobs/batch", "/api/jobs/stream")
+            and (b"\\u0000" in body or b"\x00" in body))
+
+
+def _limit_int_fails(method: str, path: str, query: Query, body: bytes) -> bool:
+    """``str.isdigit`` takes ``²`` and other Unicode digits that ``int`` refuses, and
+    ``int`` refuses more than 4,300 digits."""
+    return method == "GET" and path == "/api/jobs" and any(
+        name == "limit" and value.isdigit() and (not value.isascii() or len(value) > 4300) for name, value in query)
+
+
+#: The 500s this fuzz still finds on this branch, each fixed on another branch of issue 13.
+#: The integrator empties this list after merging those. Nothing else is excused, and a
+#: listed 500 that no longer happens fails the hand-list test.
+KNOWN_ELSEWHERE: list[Known] = [
+    Known("POST /api/jobs, /api/jobs/batch (an item) and /api/jobs/stream with NUL (\\u0000) in a key or value "
+          "of data: PostgreSQL refuses it in jsonb", "(a) NUL / deep nesting in job data", ("postgresql",),
+          _nul_in_job_data),
+    Known("GET /api/jobs?limit=%C2%B2 (and other non-ASCII digits), GET /api/jobs?limit=<5000 digits>",
+          "(b) strict parsing of query parameters", ("sqlite", "postgresql"), _limit_int_fails),
+]
 
 
 @dataclass(frozen=True)
@@ -62,30 +95,40 @@ class Sent:
 
     label: str
     method: str
+    template: str  # the path as documented
     path: str
-    params: list[tuple[str, str]] = field(default_factory=list)
+    params: Query = field(default_factory=list)
     body: bytes | None = None
     headers: dict[str, str | bytes] = field(default_factory=dict)
 
 
 @dataclass
 class Findings:
-    """What went wrong, per request: all of them are reported at once."""
+    """What went wrong, per request: all of it is reported at once."""
 
+    backend: str
     server_errors: list[str] = field(default_factory=list)
     bad_shapes: list[str] = field(default_factory=list)
-    excused: set[str] = field(default_factory=set)
+    excused: set[str] = field(default_factory=set)  # Known.request
 
-    def record(self, label: str, status: int, content_type: str, text: str) -> None:
+    def record(self, label: str, sent: tuple[str, str, Query, bytes], status: int, content_type: str,
+               text: str) -> bool:
+        """False for a 500 that ``KNOWN_ELSEWHERE`` excuses (not to be checked further)."""
         if status >= 500:
-            if label in KNOWN_ELSEWHERE:
-                self.excused.add(label)
-            else:
-                self.server_errors.append(f"{label} -> {status} {text[:300]}")
+            known = [k for k in KNOWN_ELSEWHERE if self.backend in k.backends and k.matches(*sent)]
+            if known:
+                self.excused.add(known[0].request)
+                return False
+            self.server_errors.append(f"{label} -> {status} {text[:300]}")
         elif status >= 400:
             problem = error_shape_problem(content_type, text)
             if problem:
                 self.bad_shapes.append(f"{label} -> {status}: {problem}: {text[:300]}")
+        return True
+
+    def check(self) -> None:
+        assert not self.server_errors, f"{len(self.server_errors)} server errors:\n" + "\n".join(self.server_errors)
+        assert not self.bad_shapes, "\n".join(self.bad_shapes)
 
 
 def error_shape_problem(content_type: str, text: str) -> str | None:
@@ -108,6 +151,7 @@ def error_shape_problem(content_type: str, text: str) -> str | None:
 
 @dataclass
 class FuzzTarget:
+    backend: str
     node: NodeProcess
     job_id: str  # a job of this node's database, for the path parameters
 
@@ -139,7 +183,7 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         node.start()
         answer = httpx.post(f"{node.url}/api/jobs", json={"containers": ["echo"], "data": {"x": 1}}, timeout=10)
         assert answer.status_code == 200, answer.text
-        yield FuzzTarget(node, answer.json()["id"])
+        yield FuzzTarget(request.param, node, answer.json()["id"])
     finally:
         node.kill()
         echo.stop()
@@ -193,6 +237,13 @@ def _use_real_containers(case: schemathesis.Case, containers: list[str] | None) 
             body["containers"] = list(containers)
 
 
+def _as_sent(case: schemathesis.Case, response: schemathesis.Response) -> tuple[str, str, Query, bytes]:
+    body = response.request.body or b""
+    query = [(str(name), str(v)) for name, value in (case.query or {}).items()
+             for v in (value if isinstance(value, list) else [value])]
+    return case.method.upper(), case.path, query, body.encode() if isinstance(body, str) else body
+
+
 @pytest.mark.parametrize("with_token", [True, False], ids=["operator", "anonymous"])
 def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: bool) -> None:
     """Without the token, only the operator endpoints: the others do not look at it."""
@@ -200,7 +251,7 @@ def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: boo
     secured = {(o.method, o.path) for o in operations(document) if o.secured}
     schema = schemathesis.openapi.from_dict(document)
     headers = AUTH if with_token else {}
-    findings = Findings()
+    findings = Findings(target.backend)
     nonconforming: list[str] = []
     operations_run = 0
     for result in schema.get_all_operations():
@@ -211,7 +262,7 @@ def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: boo
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = st.tuples(operation.as_strategy(generation_mode=mode), _REAL_CONTAINERS)
 
-            @settings(max_examples=MAX_EXAMPLES, derandomize=True, deadline=None, database=None,
+            @settings(max_examples=MAX_EXAMPLES if with_token else MAX_EXAMPLES_ANONYMOUS, derandomize=True, deadline=None, database=None,
                       phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
             @given(strategy)
             def run(drawn: tuple[schemathesis.Case, list[str] | None]) -> None:
@@ -220,7 +271,9 @@ def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: boo
                 response = case.call(base_url=target.node.url, headers=headers, timeout=60)
                 label = f"{case.method} {case.formatted_path} {mode.value}: {case.as_curl_command(headers)}"
                 content_type = (response.headers.get("content-type") or [""])[0]  # schemathesis: lists
-                findings.record(label, response.status_code, content_type, response.text)
+                if not findings.record(label, _as_sent(case, response), response.status_code, content_type,
+                                       response.text):
+                    return
                 if not with_token:
                     assert response.status_code == 401, label
                 checks = [not_a_server_error, response_schema_conformance]
@@ -235,8 +288,7 @@ def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: boo
                 # Nothing to make invalid: an operation without parameters or body.
                 assert mode is GenerationMode.NEGATIVE, operation.label
     assert operations_run >= (15 if with_token else len(secured)) and len(secured) >= 8
-    assert not findings.server_errors, "\n".join(findings.server_errors)
-    assert not findings.bad_shapes, "\n".join(findings.bad_shapes)
+    findings.check()
     assert not nonconforming, "\n\n".join(nonconforming[:20])
 
 
@@ -347,19 +399,19 @@ def hand_cases(document: dict[str, Any], job_id: str, operator_only: bool = Fals
         method, path = op.method, op.path
         concrete = path.replace("{job_id}", job_id)
         for name in bodies if op.has_body else _SOME_BODIES:
-            yield Sent(f"{method} {path} body {name}", method, concrete, body=bodies[name],
+            yield Sent(f"{method} {path} body {name}", method, path, concrete, body=bodies[name],
                        headers={"content-type": "application/json"})
         for content_type in _CONTENT_TYPES if op.has_body else _CONTENT_TYPES[:1]:
-            yield Sent(f"{method} {path} content-type {content_type!r}", method, concrete,
+            yield Sent(f"{method} {path} content-type {content_type!r}", method, path, concrete,
                        body=b'{"containers": ["echo"], "data": {}}', headers={"content-type": content_type})
         for name in dict.fromkeys(op.query + _UNDOCUMENTED_QUERY):
             for value_name, value in _QUERY_VALUES.items():
-                yield Sent(f"{method} {path} ?{name!r}={value_name}", method, concrete, params=[(name, value)])
-        yield Sent(f"{method} {path} ?id repeated 1001 times", method, concrete,
+                yield Sent(f"{method} {path} ?{name!r}={value_name}", method, path, concrete, params=[(name, value)])
+        yield Sent(f"{method} {path} ?id repeated 1001 times", method, path, concrete,
                    params=[("id", str(uuid.UUID(int=k))) for k in range(1001)])
         if "{job_id}" in path:
             for name, raw in _PATH_IDS.items():
-                yield Sent(f"{method} {path} job_id={name}", method, path.replace("{job_id}", raw))
+                yield Sent(f"{method} {path} job_id={name}", method, path, path.replace("{job_id}", raw))
 
 
 def send(http: httpx.Client, sent: Sent, headers: dict[str, str]) -> httpx.Response:
@@ -371,20 +423,19 @@ def send(http: httpx.Client, sent: Sent, headers: dict[str, str]) -> httpx.Respo
 @pytest.mark.parametrize("with_token", [True, False], ids=["operator", "anonymous"])
 def test_nasty_requests_get_no_server_error(target: FuzzTarget, with_token: bool) -> None:
     document = httpx.get(f"{target.node.url}/docs/openapi.json", timeout=10).json()
-    findings = Findings()
+    findings = Findings(target.backend)
     count = 0
     with httpx.Client(base_url=target.node.url, timeout=60) as http:
         for sent in hand_cases(document, target.job_id, operator_only=not with_token):
             response = send(http, sent, AUTH if with_token else {})
-            if not with_token:
-                assert response.status_code == 401, (sent.label, response.status_code, response.text)
-            findings.record(sent.label, response.status_code, response.headers.get("content-type", ""), response.text)
+            findings.record(sent.label, (sent.method, sent.template, sent.params, sent.body or b""),
+                            response.status_code, response.headers.get("content-type", ""), response.text)
+            if not with_token:  # 404: a job_id that leaves the route (../)
+                assert response.status_code in (401, 404), (sent.label, response.status_code, response.text)
             count += 1
         assert http.get("/health").status_code == 200  # still up
     assert count > (200 if not with_token else 800), count
-    assert not findings.server_errors, f"{len(findings.server_errors)} server errors:\n" + "\n".join(
-        findings.server_errors)
-    assert not findings.bad_shapes, "\n".join(findings.bad_shapes)
+    findings.check()
     if with_token:
-        no_longer_failing = set(KNOWN_ELSEWHERE) - findings.excused
-        assert not no_longer_failing, f"fixed: remove from KNOWN_ELSEWHERE: {sorted(no_longer_failing)}"
+        still_listed = {k.request for k in KNOWN_ELSEWHERE if target.backend in k.backends} - findings.excused
+        assert not still_listed, f"fixed here: remove from KNOWN_ELSEWHERE: {sorted(still_listed)}"

@@ -151,4 +151,4 @@ async def test_openapi_document_describes_bodies_parameters_statuses_and_securit
     error_body = schemas["ErrorBody"]
     assert error_body["required"] == ["error"]
     assert error_body["properties"]["error"] == {"type": "string"}
-    assert error_body["properties"]["params"]["type"] == "object"
+    assert error_body["properties"]["params"] == {"oneOf": [{"type": "object", "additionalProperties": {}}]}

@@ -17,7 +17,7 @@ from litestar.params import QueryParameter
 from litestar.response import Redirect
 
 from app.http import dashboard_page
-from app.http.openapi import DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
+from app.http.openapi import BAD_REQUEST, DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import ACCEPTS_QUERY_TOKEN, COOKIE, STATE_KEY, OperatorAuth, operator_guard
 from app.jobs.operator import OperatorService
 
@@ -40,7 +40,7 @@ class DashboardController(Controller):
                      "every 2 s. `?token=` sets an HTTP-only cookie and redirects here without it.",
          opt={ACCEPTS_QUERY_TOKEN: True},
          responses={303: ResponseSpec(None, description="`?token=` accepted: the cookie is set, see Location"),
-                    **errors(OPERATOR, RATE_LIMITED, DATABASE)})
+                    **errors(BAD_REQUEST, OPERATOR, RATE_LIMITED, DATABASE)})
     async def page(
         self, request: Request[Any, Any, Any], operator: NamedDependency[OperatorService],
         token: Annotated[str | None, QueryParameter(description="The operator token, once (checked by the guard)")]

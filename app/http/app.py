@@ -23,7 +23,7 @@ from app.http.controllers.node import NodeController
 from app.http.controllers.operator import ContainersController, OperatorJobsController
 from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
-from app.http.openapi import COMPONENTS, document_handlers
+from app.http.openapi import components, document_handlers
 from app.http.operator_auth import STATE_KEY, OperatorAuth
 from app.http.prometheus import prometheus_config
 from app.http.ratelimit import rate_limit_config
@@ -68,7 +68,7 @@ def create_app(
         lifespan=list(lifespan),
         openapi_config=OpenAPIConfig(
             title="jobnode", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin()],
-            components=COMPONENTS,
+            components=components(),
         ),
         debug=False,
         # Logging is configured once, by app.logging (jobnode serve), not by Litestar.

@@ -51,12 +51,17 @@ BAD_REQUEST = {400: ["Bad request"]}
 
 #: ``security=`` of the operator endpoints (app.http.operator_auth).
 OPERATOR_SECURITY: list[SecurityRequirement] = [{"operator": []}]
-COMPONENTS = Components(security_schemes={"operator": SecurityScheme(
-    type="http", scheme="bearer",
-    description="`server.operator_token` as `Authorization: Bearer <token>`. Without a configured token, "
-                "operator endpoints answer loopback clients only (403 otherwise). The dashboard also takes the "
-                "token once as `?token=` and then a cookie, for reads.",
-)})
+
+
+def components() -> Components:
+    """``OpenAPIConfig(components=…)``: the operator token's scheme. A new object per app,
+    since Litestar adds the app's schemas to it."""
+    return Components(security_schemes={"operator": SecurityScheme(
+        type="http", scheme="bearer",
+        description="`server.operator_token` as `Authorization: Bearer <token>`. Without a configured token, "
+                    "operator endpoints answer loopback clients only (403 otherwise). The dashboard also takes "
+                    "the token once as `?token=` and then a cookie, for reads.",
+    )})
 
 
 def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:

@@ -177,8 +177,9 @@ class JobsReference(Controller):
          description=_READ_DESCRIPTION)
     async def read(
         self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi],
-        id: Annotated[list[uuid.UUID], QueryParameter(
-            required=False, description="A job's id; repeat it for several jobs (up to `server.max_ids`).")],
+        ids: Annotated[list[uuid.UUID], QueryParameter(
+            name="id", required=False,
+            description="A job's id; repeat it for several jobs (up to `server.max_ids`).")],
         intermediate: Annotated[bool, QueryParameter(
             required=False, description="With `id`: also each step's output, as `intermediate_results`.")],
         wait: Annotated[float, QueryParameter(

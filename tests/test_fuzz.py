@@ -34,8 +34,8 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
-from hypothesis.errors import Unsatisfiable
 from hypothesis import strategies as st
+from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.errors import FailureGroup
@@ -106,7 +106,7 @@ KNOWN_ELSEWHERE: list[Known] = [
 
 @dataclass(frozen=True)
 class Sent:
-    """One request of the hand list; ``label`` names it in failures and ``KNOWN_ELSEWHERE``."""
+    """One request of the hand list; ``label`` names it in failures."""
 
     label: str
     method: str

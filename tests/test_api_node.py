@@ -146,3 +146,73 @@ async def test_openapi_document(node, client_address):
         for path in ("/api/jobs", "/api/jobs/batch", "/health", "/info"):
             assert path in document["paths"], (path, sorted(document["paths"]))
         assert {"get", "post"} <= set(document["paths"]["/api/jobs"])
+
+
+OPERATOR_OPERATIONS = {("get", "/api/jobs/{job_id}"), ("delete", "/api/jobs/{job_id}"),
+                       ("post", "/api/jobs/{job_id}/cancel"), ("post", "/api/jobs/{job_id}/retry"),
+                       ("get", "/api/containers"), ("get", "/metrics"), ("get", "/dashboard"), ("get", "/dashboard/data")}
+
+
+async def test_openapi_document_describes_bodies_parameters_statuses_and_security(make_node, client_address):
+    """What a client generator or a fuzzer reads: request bodies, query and path
+    parameters with their formats and the node's configured bounds, the status enums,
+    the error shape of every 4xx, and the operator token as a bearer scheme."""
+    async with make_node({"server": {"max_wait": 7, "max_ids": 12}}) as node, node.client(client_address) as http:
+        document = (await http.get("/docs/openapi.json")).json()
+    paths, schemas = document["paths"], document["components"]["schemas"]
+
+    job_request = {"$ref": "#/components/schemas/JobRequest"}
+    for path in ("/api/jobs", "/api/jobs/stream"):
+        assert paths[path]["post"]["requestBody"]["content"]["application/json"]["schema"] == job_request, path
+    batch = paths["/api/jobs/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert batch == {"type": "array", "items": job_request}
+    request_schema = schemas["JobRequest"]
+    assert set(request_schema["required"]) == {"containers", "data"}
+    assert request_schema["properties"]["containers"] == {"type": "array", "items": {"type": "string"}}
+    assert request_schema["properties"]["data"]["type"] == "object"
+    assert request_schema["properties"]["requires_proof"]["type"] == "boolean"
+
+    read = {p["name"]: p for p in paths["/api/jobs"]["get"]["parameters"]}
+    assert set(read) == {"id", "intermediate", "wait", "pending", "limit", "after"}
+    assert all(p["in"] == "query" and not p["required"] for p in read.values())
+    assert read["id"]["schema"]["type"] == "array" and read["id"]["schema"]["items"]["format"] == "uuid"
+    assert read["id"]["schema"]["maxItems"] == 12  # server.max_ids of this node
+    assert (read["wait"]["schema"]["type"], read["wait"]["schema"]["minimum"], read["wait"]["schema"]["maximum"]) \
+        == ("number", 0, 7)  # server.max_wait of this node
+    assert (read["limit"]["schema"]["type"], read["limit"]["schema"]["minimum"],
+            read["limit"]["schema"]["maximum"]) == ("integer", 1, 100_000)
+    assert read["after"]["schema"]["format"] == "uuid"
+    assert read["intermediate"]["schema"]["type"] == read["pending"]["schema"]["type"] == "boolean"
+    assert [p["name"] for p in paths["/resources"]["get"]["parameters"]] == ["model_id"]
+    assert [p["name"] for p in paths["/dashboard"]["get"]["parameters"]] == ["token"]
+    for method, path in OPERATOR_OPERATIONS:
+        if "{job_id}" in path:
+            (parameter,) = paths[path][method]["parameters"]
+            assert (parameter["name"], parameter["in"], parameter["required"], parameter["schema"]["format"]) \
+                == ("job_id", "path", True, "uuid"), (method, path)
+
+    assert schemas["JobResult"]["properties"]["status"]["enum"] == ["running", "success", "failed"]
+    assert schemas["JobResult"]["properties"]["id"]["format"] == schemas["JobId"]["properties"]["id"]["format"] == "uuid"
+    assert schemas["JobDetail"]["properties"]["status"]["enum"] == ["pending", "running", "success", "failed",
+                                                                    "cancelled"]
+    assert schemas["JobDetail"]["properties"]["api_status"]["enum"] == ["running", "success", "failed"]
+    assert schemas["Health"]["properties"]["status"]["enum"] == ["healthy", "unhealthy"]
+
+    assert document["components"]["securitySchemes"]["operator"] | {"description": ""} == \
+        {"type": "http", "scheme": "bearer", "description": ""}
+    operations = {(method, path): operation for path, item in paths.items() for method, operation in item.items()}
+    assert OPERATOR_OPERATIONS <= set(operations)
+    for key, operation in operations.items():
+        expected = [{"operator": []}] if key in OPERATOR_OPERATIONS else None
+        assert operation.get("security") == expected, key
+        if key in OPERATOR_OPERATIONS:
+            assert {"401", "403"} <= set(operation["responses"]), key
+        for status, response in operation["responses"].items():
+            if status.startswith("4"):  # the error shape, with the messages as examples
+                content = response["content"]["application/json"]
+                assert content["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, (key, status)
+                assert all(isinstance(e["value"]["error"], str) for e in content["examples"].values()), (key, status)
+    error_body = schemas["ErrorBody"]
+    assert error_body["required"] == ["error"]
+    assert error_body["properties"]["error"] == {"type": "string"}
+    assert error_body["properties"]["params"] == {"oneOf": [{"type": "object", "additionalProperties": {}}]}

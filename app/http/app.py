@@ -16,14 +16,14 @@ from app import __version__
 from app.config import ServerSettings, parse_networks
 from app.http.client import ClientIdentity
 from app.http.controllers.dashboard import DashboardController
-from app.http.controllers.jobs import JobsApi, JobsController, JobsReference
+from app.http.controllers.jobs import JobsApi, JobsController, JobsReference, document_read_limits
 from app.http.controllers.jobs_endpoint import jobs_endpoint
 from app.http.controllers.metrics import MetricsController
 from app.http.controllers.node import NodeController
 from app.http.controllers.operator import ContainersController, OperatorJobsController
 from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
-from app.http.openapi import document_handlers
+from app.http.openapi import components, document_handlers
 from app.http.operator_auth import STATE_KEY, OperatorAuth
 from app.http.origin import origin_middleware
 from app.http.prometheus import prometheus_config
@@ -69,11 +69,13 @@ def create_app(
         request_max_body_size=server.max_body_bytes,
         lifespan=list(lifespan),
         openapi_config=OpenAPIConfig(
-            title="jobnode", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin()]
+            title="jobnode", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin()],
+            components=components(),
         ),
         debug=False,
         # Logging is configured once, by app.logging (jobnode serve), not by Litestar.
         logging_config=None,
     )
     document_handlers(app, [JobsReference], dependencies)
+    document_read_limits(app.openapi_schema, server)
     return app

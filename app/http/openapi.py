@@ -4,11 +4,23 @@ bodies with the messages it can answer, e.g. ``responses=errors({404: [JOB_NOT_F
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.spec import Example
+from litestar.openapi.spec import (
+    Components,
+    Example,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    Reference,
+    RequestBody,
+    Schema,
+    SecurityRequirement,
+    SecurityScheme,
+)
 from litestar.types import ControllerRouterHandler
 
 from app.http.errors import DATABASE_UNAVAILABLE
@@ -39,6 +51,22 @@ OPERATOR = {401: ["Operator token required", "Invalid operator token"],
             421: [MISDIRECTED]}
 #: What every state-changing endpoint can also answer (``app.http.origin``).
 CROSS_SITE = {403: [CROSS_ORIGIN]}
+#: What Litestar answers for a parameter or body it could not parse (app.http.errors).
+BAD_REQUEST = {400: ["Bad request"]}
+
+#: ``security=`` of the operator endpoints (app.http.operator_auth).
+OPERATOR_SECURITY: list[SecurityRequirement] = [{"operator": []}]
+
+
+def components() -> Components:
+    """``OpenAPIConfig(components=…)``: the operator token's scheme. A new object per app,
+    since Litestar adds the app's schemas to it."""
+    return Components(security_schemes={"operator": SecurityScheme(
+        type="http", scheme="bearer",
+        description="`server.operator_token` as `Authorization: Bearer <token>`. Without a configured token, "
+                    "operator endpoints answer loopback clients only (403 otherwise). The dashboard also takes "
+                    "the token once as `?token=` and then a cookie, for reads.",
+    )})
 
 
 def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
@@ -56,6 +84,30 @@ def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
         )
         for status, messages in sorted(merged.items())
     }
+
+
+#: ``app.jobs.requests.JobRequest``, whose schema ``JobsReference.submit`` (``data: JobRequest``) puts
+#: in the document.
+JOB_REQUEST_SCHEMA = Reference(ref="#/components/schemas/JobRequest")
+
+
+def json_body(schema: Schema | Reference) -> type[Operation]:
+    """``operation_class=`` for a handler that decodes its JSON body itself (``request.body()``,
+    so that its error messages are the node's, not Litestar's): Litestar documents a body
+    only from a ``data`` argument, which it would decode."""
+
+    @dataclass
+    class WithJsonBody(Operation):
+        def __post_init__(self) -> None:
+            self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=schema)},
+                                            required=True)
+
+    return WithJsonBody
+
+
+#: ``operation_class=`` of the handlers that take one job request, and a batch of them.
+JOB_REQUEST_BODY = json_body(JOB_REQUEST_SCHEMA)
+JOB_BATCH_BODY = json_body(Schema(type=OpenAPIType.ARRAY, items=JOB_REQUEST_SCHEMA))
 
 
 def document_handlers(app: Litestar, route_handlers: Sequence[ControllerRouterHandler],

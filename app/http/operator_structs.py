@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 import msgspec
+
+from app.http.structs import ApiStatus
+
+#: A job's stored state (SPEC §5).
+StoredStatus = Literal["pending", "running", "success", "failed", "cancelled"]
 
 
 class StepDetail(msgspec.Struct):
@@ -23,9 +29,9 @@ class JobDetail(msgspec.Struct):
     """One job in full. ``status`` is the stored state (pending, running, success, failed,
     cancelled); ``api_status`` is how the compatible surface shows it."""
 
-    id: str
-    status: str
-    api_status: str
+    id: uuid.UUID
+    status: StoredStatus
+    api_status: ApiStatus
     client: str
     source: str
     containers: list[str]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, Literal
 
 import msgspec
+
+#: How the compatible surface shows a job: pending and running jobs are both ``running``.
+ApiStatus = Literal["running", "success", "failed"]
 
 
 class ErrorBody(msgspec.Struct):
@@ -13,12 +17,12 @@ class ErrorBody(msgspec.Struct):
 
 
 class JobId(msgspec.Struct):
-    id: str
+    id: uuid.UUID
 
 
 class JobResult(msgspec.Struct):
-    id: str
-    status: str
+    id: uuid.UUID
+    status: ApiStatus
     result: dict[str, Any] | None
     intermediate_results: list[dict[str, Any]] | msgspec.UnsetType = msgspec.UNSET
 
@@ -48,6 +52,6 @@ class NodeInfo(msgspec.Struct):
 
 
 class Health(msgspec.Struct):
-    status: str
+    status: Literal["healthy", "unhealthy"]
     database: str | msgspec.UnsetType = msgspec.UNSET
     containers: dict[str, str] | msgspec.UnsetType = msgspec.UNSET

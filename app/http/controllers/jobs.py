@@ -8,21 +8,24 @@ busiest requests do; ``app.http.controllers.jobs_endpoint`` serves them, and
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, MediaType, Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPI
+from litestar.params import JSONBody, QueryParameter
 
 from app.config import ServerSettings
 from app.http import params
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
-from app.http.openapi import CROSS_SITE, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
-from app.http.structs import JobId, JobResult
-from app.jobs.requests import JobRejected, decode_batch, decode_job_request
+from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.structs import ErrorBody, JobId, JobResult
+from app.jobs.requests import JobRejected, JobRequest, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
 
 MAX_PAGE = 100_000
@@ -108,9 +111,13 @@ class JobsController(Controller):
     tags = ["jobs"]
 
     @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
+          description="Each item is answered in place: `{\"id\"}`, or the `{\"error\", \"params\"?}` of a "
+                      "rejected job request.",
+          operation_class=JOB_BATCH_BODY,
           responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
                            CROSS_SITE, RATE_LIMITED, DATABASE))
-    async def batch(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[dict[str, Any]]:
+    async def batch(self, request: Request[Any, Any, Any],
+                    jobs_api: NamedDependency[JobsApi]) -> list[JobId | ErrorBody]:
         server = jobs_api.server
         try:
             requests = decode_batch(await request.body(), server.max_json_depth)
@@ -118,7 +125,7 @@ class JobsController(Controller):
             raise ApiError(400, rejected.error) from None
         if len(requests) > server.max_batch:
             raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(requests)})
-        return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)
+        return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)  # type: ignore[return-value]
 
 
 class JobsReference(Controller):
@@ -136,11 +143,45 @@ class JobsReference(Controller):
 
     @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
           responses=errors(JOB_REQUEST, CROSS_SITE, RATE_LIMITED, DATABASE))
-    async def submit(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> JobId:
+    async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobRequest],
+                     jobs_api: NamedDependency[JobsApi]) -> JobId:
+        """``data`` is there for the document (it puts ``JobRequest`` in it, which
+        ``JOB_REQUEST_BODY`` refers to): the body is decoded by ``submit_job``."""
         return JobId(**await submit_job(jobs_api, request, await request.body()))
 
     @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
          responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
          description=_READ_DESCRIPTION)
-    async def read(self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]) -> list[JobResult] | list[str]:
+    async def read(
+        self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi],
+        ids: Annotated[list[uuid.UUID], QueryParameter(
+            name="id", required=False,
+            description="A job's id; repeat it for several jobs (up to `server.max_ids`).")],
+        intermediate: Annotated[bool, QueryParameter(
+            required=False, description="With `id`: also each step's output, as `intermediate_results`.")],
+        wait: Annotated[float, QueryParameter(
+            required=False, ge=0,
+            description="With `id`: seconds to wait for the jobs to finish (up to `server.max_wait`).")],
+        pending: Annotated[bool, QueryParameter(
+            required=False, description="Without `id`: only unfinished jobs (`true`) or finished ones (`false`).")],
+        limit: Annotated[int, QueryParameter(
+            required=False, ge=1, le=MAX_PAGE, description="Without `id`: at most this many ids, oldest first.")],
+        after: Annotated[uuid.UUID, QueryParameter(
+            required=False, description="Without `id`: the ids after this one (the last id of the previous page).")],
+    ) -> list[JobResult | uuid.UUID]:
+        """With ``id``, a list of results; without, a list of ids. The query is parsed by
+        ``read_jobs`` (its 400s are part of the contract); the parameters are for the document."""
         return await read_jobs(jobs_api, request)  # type: ignore[return-value]
+
+
+def document_read_limits(document: OpenAPI, server: ServerSettings) -> None:
+    """The configured bounds of ``GET /api/jobs`` in ``document``: annotations are fixed
+    when the module loads, ``server.max_ids`` and ``server.max_wait`` only per node."""
+    operation = document.paths["/api/jobs"].get
+    assert operation is not None and operation.parameters is not None
+    for parameter in operation.parameters:
+        schema = parameter.schema  # type: ignore[union-attr]
+        if parameter.name == "id":  # type: ignore[union-attr]
+            schema.max_items = server.max_ids  # type: ignore[union-attr]
+        elif parameter.name == "wait":  # type: ignore[union-attr]
+            schema.maximum = server.max_wait  # type: ignore[union-attr]

@@ -28,7 +28,7 @@ from prometheus_client.registry import Collector
 
 from app.db.errors import is_database_unavailable
 from app.db.models import JobStatus
-from app.http.openapi import OPERATOR, errors
+from app.http.openapi import OPERATOR, OPERATOR_SECURITY, errors
 from app.http.operator_auth import operator_guard
 from app.jobs.operator import OperatorService, QueueSnapshot
 
@@ -75,6 +75,7 @@ class MetricsController(PrometheusController):
     path = "/metrics"
     tags = ["operator"]
     guards = [operator_guard]
+    security = OPERATOR_SECURITY
 
     @get(
         "/",

@@ -6,20 +6,25 @@ compatible surface of ``/api/jobs`` stays open to clients as before.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 from litestar import Controller, MediaType, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import PathParameter
 
 from app.http import params
 from app.http.errors import ApiError
-from app.http.openapi import DATABASE, OPERATOR, RATE_LIMITED, errors
+from app.http.openapi import DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
 from app.http.operator_structs import ContainerLiveState, JobDetail
 from app.jobs.operator import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JobConflict, JobNotFound, OperatorService
 
 JOB_NOT_FOUND = "Job not found"
 INVALID_JOB_ID = "Invalid job id"
+
+#: Parsed by ``_job_id`` (its 400 is part of the contract), documented as a UUID.
+JobIdPath = Annotated[str, PathParameter(format="uuid", description="The job's id (a UUID)")]
 
 _READ = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND]}, OPERATOR, RATE_LIMITED, DATABASE)
 _CANCEL = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_ALREADY_FINISHED]}, OPERATOR,
@@ -46,34 +51,36 @@ class OperatorJobsController(Controller):
     path = "/api/jobs/{job_id:str}"
     tags = ["operator"]
     guards = [operator_guard]
+    security = OPERATOR_SECURITY
 
     @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts",
          responses=_READ)
-    async def show(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+    async def show(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.job(_job_id(job_id)))
 
     @delete("/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished",
             responses=_CANCEL)
-    async def remove(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+    async def remove(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.cancel(_job_id(job_id)))
 
     @post("/cancel", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished",
           description="The same as DELETE /api/jobs/{job_id}: the job ends `cancelled` (shown as `failed` with "
                       "error \"cancelled\" on the compatible surface); its running step is abandoned.",
           responses=_CANCEL)
-    async def cancel(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+    async def cancel(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.cancel(_job_id(job_id)))
 
     @post("/retry", media_type=MediaType.JSON, status_code=200, summary="Re-queue a failed or cancelled job",
           description="It resumes at the step that failed: steps that succeeded are not run again.",
           responses=_RETRY)
-    async def retry(self, job_id: FromPath[str], operator: NamedDependency[OperatorService]) -> JobDetail:
+    async def retry(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.retry(_job_id(job_id)))
 
 
 class ContainersController(Controller):
     tags = ["operator"]
     guards = [operator_guard]
+    security = OPERATOR_SECURITY
 
     @get("/api/containers", media_type=MediaType.JSON, summary="Each container's live state on this node",
          description="Readiness, restarts, last error, calls in flight, done and failed counts since the node "

@@ -3,16 +3,17 @@ go straight to a container."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, MediaType, Request, get, post
 from litestar.di import NamedDependency
+from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from app.containers.resources import ResourceService
 from app.http.client import ClientIdentity
 from app.http.errors import ApiError
-from app.http.openapi import CROSS_SITE, DATABASE, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.openapi import BAD_REQUEST, CROSS_SITE, DATABASE, JOB_REQUEST, JOB_REQUEST_BODY, RATE_LIMITED, errors
 from app.jobs.requests import JobRejected, decode_job_request
 from app.jobs.stream import StreamService
 
@@ -21,6 +22,7 @@ class StreamController(Controller):
     tags = ["containers"]
 
     @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output",
+          media_type=MediaType.TEXT, operation_class=JOB_REQUEST_BODY,
           responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, CROSS_SITE, RATE_LIMITED,
                            DATABASE))
     async def stream(
@@ -35,8 +37,9 @@ class StreamController(Controller):
         return Stream(streams.run(job), media_type=MediaType.TEXT)
 
     @get("/resources", media_type=MediaType.JSON, summary="Each container's service resources",
-         responses=errors(RATE_LIMITED))
+         responses=errors(BAD_REQUEST, RATE_LIMITED))
     async def resources(
-        self, resources: NamedDependency[ResourceService], model_id: str | None = None
+        self, resources: NamedDependency[ResourceService],
+        model_id: Annotated[str | None, QueryParameter(description="Passed on to each container")] = None,
     ) -> dict[str, Any]:
         return await resources.collect(model_id)

@@ -8,6 +8,8 @@ from asyncpg.exceptions import (
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,
+    InvalidAuthorizationSpecificationError,
+    InvalidCatalogNameError,
     PostgresConnectionError,
 )
 
@@ -20,6 +22,10 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,  # asyncpg: a connection broken in the middle of an operation
+    # The server refused the connection: wrong password, unknown role (both 28xxx), no
+    # such database (3D000). Nothing a query did; the node cannot reach its data.
+    InvalidAuthorizationSpecificationError,
+    InvalidCatalogNameError,
 )
 
 _UNAVAILABLE_MESSAGES = (
@@ -42,3 +48,13 @@ def is_database_unavailable(exc: BaseException) -> bool:
             text = str(exc.orig).lower()
             return any(message in text for message in _UNAVAILABLE_MESSAGES)
     return False
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """One line for an operator: the driver's own exception (not SQLAlchemy's wrapper,
+    whose text carries the statement and a link), as ``Type: first line of its message``."""
+    root: BaseException = exc
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        root = exc.orig.__cause__ or exc.orig  # asyncpg's error behind SQLAlchemy's adapter
+    lines = str(root).strip().splitlines()
+    return f"{type(root).__name__}: {lines[0]}" if lines else type(root).__name__

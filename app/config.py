@@ -287,7 +287,12 @@ def settings_from_dict(raw: dict[str, Any], *, environ: Mapping[str, str] | None
     try:
         settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
-        raise ConfigError(str(exc).replace("$.", "").replace("`$`", "the top level")) from None
+        message, at, path = str(exc).rpartition(" - at `$")
+        if not at:
+            raise ConfigError(str(exc)) from None
+        # "Expected `int`, got `str` - at `$.server.port`" -> "server.port: Expected …": the key
+        # first, as in every other message (and as the environment's errors find it).
+        raise ConfigError(f"{path.lstrip('.').rstrip('`') or 'the top level'}: {message}") from None
     settings.ignored_keys = ignored
     from_environment = _apply_environment(settings, os.environ if environ is None else environ)
     try:

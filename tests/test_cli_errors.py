@@ -9,7 +9,6 @@ SQLSTATE 28000, the parent of the wrong-password error 28P01), and so is tested 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import JOBNODE, free_port
+from tests.support import free_port, run_jobnode as jobnode
 
 JOB_ID = str(uuid.uuid4())
 #: Every command that opens the database.
@@ -26,14 +25,6 @@ DATABASE_COMMANDS = [
     ["jobs", "list"], ["jobs", "show", JOB_ID], ["jobs", "cancel", JOB_ID], ["jobs", "retry", JOB_ID],
     ["jobs", "retry", "--all-failed"], ["serve", "--port", "0"],
 ]
-
-
-def jobnode(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """``jobnode ARGS`` with only ``env`` of the JOBNODE_* variables (PYTHONPATH and the
-    rest of this environment are kept: the process runs this tree's code)."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBNODE_")}
-    return subprocess.run([str(JOBNODE), *args], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={**environ, **env})
 
 
 def assert_one_line_error(done: subprocess.CompletedProcess[str], status: int, starts: str) -> None:

@@ -95,6 +95,7 @@ async def test_the_docs_page_loads_everything_from_the_node(node, client_address
             r = await http.get(page)
             assert r.status_code == 200, r.text
             assert "SwaggerUIBundle(" in r.text
+            assert re.findall(r"https?://[^\s'\"<>]+", r.text) == []  # not even a link
             urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
             assert {url.rsplit(".", 1)[-1] for url in urls} == {"js", "css", "png"}, urls
             for url in urls:

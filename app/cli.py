@@ -34,7 +34,7 @@ class InvalidConfiguration(click.ClickException):
 
     exit_code = 2
 
-    def __init__(self, error: ConfigError | ValueError) -> None:
+    def __init__(self, error: ValueError) -> None:
         super().__init__(f"invalid configuration: {error}")
 
 

@@ -7,6 +7,7 @@ import json
 import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -14,7 +15,8 @@ from typing import Any, TypeVar
 
 import click
 
-from app.config import ConfigError, Settings, load_settings
+from app import __version__
+from app.config import ConfigError, Settings, load_settings, masked
 from app.formatting import duration
 from app.logging import configure_logging
 
@@ -26,11 +28,52 @@ config_option = click.option(
 )
 
 
+class InvalidConfiguration(click.ClickException):
+    """``Error: invalid configuration: <key>: …``, exit status 2: starting again will not
+    help (a database that cannot be reached exits with 1)."""
+
+    exit_code = 2
+
+    def __init__(self, error: ValueError) -> None:
+        super().__init__(f"invalid configuration: {error}")
+
+
 def _settings(config_path: str | None) -> Settings:
     try:
         return load_settings(config_path)
     except ConfigError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+        raise InvalidConfiguration(exc) from None
+
+
+def _database_call(run: Callable[[], Awaitable[T]]) -> T:
+    """``asyncio.run(run())`` for every command that uses the database: one that cannot be
+    reached (refused, unreachable, authentication refused, no such database, unable to
+    open the file) ends the command with one line, ``Error: database unavailable: …``,
+    and exit status 1; anything else is a bug and keeps its traceback."""
+    from app.db.errors import is_database_unavailable, unavailable_reason
+
+    async def guarded() -> T:
+        try:
+            return await run()
+        except Exception:
+            _join_sqlite_threads()
+            raise
+
+    try:
+        return asyncio.run(guarded())
+    except Exception as exc:
+        if is_database_unavailable(exc):
+            raise click.ClickException(f"database unavailable: {unavailable_reason(exc)}") from None
+        raise
+
+
+def _join_sqlite_threads(timeout: float = 2.0) -> None:
+    """After a failed SQLite connect, aiosqlite's worker thread still hands a result to the
+    event loop; were the loop closed by then, the thread would print a traceback after
+    the one-line error. Its threads are named after their function."""
+    for thread in threading.enumerate():
+        if thread.name.endswith("(_connection_worker_thread)"):
+            thread.join(timeout)
 
 
 def _exit_cleanly(_signum: int, _frame: object) -> None:
@@ -38,6 +81,7 @@ def _exit_cleanly(_signum: int, _frame: object) -> None:
 
 
 @click.group()
+@click.version_option(__version__, "--version", prog_name="jobnode", message="%(prog)s %(version)s")
 def main() -> None:
     """jobnode: a restart-safe job node."""
 
@@ -47,7 +91,9 @@ def main() -> None:
 @click.option("--host", default=None, help="Override server.host.")
 @click.option("--port", type=int, default=None, help="Override server.port.")
 def serve(config_path: str | None, host: str | None, port: int | None) -> None:
-    """Run the node (migrates the database first); ``server.workers`` processes of it."""
+    """Run the node (migrates the database first); server.workers processes of it."""
+    from app.db import migrate
+
     settings = _settings(config_path)
     if host:
         settings.server.host = host
@@ -56,7 +102,10 @@ def serve(config_path: str | None, host: str | None, port: int | None) -> None:
     try:
         configure_logging(settings.log_level)
     except ValueError as exc:
-        raise click.ClickException(f"invalid configuration: {exc}") from None
+        raise InvalidConfiguration(exc) from None
+    # Migrating here, before any server process starts, is also the check that the
+    # database can be reached: a failure is one line, not the server's startup traceback.
+    _on_database(settings, migrate.upgrade)
     if settings.server.workers > 1:
         from app.workers import Supervisor
 
@@ -103,18 +152,18 @@ def db() -> None:
     """Database schema (Alembic)."""
 
 
-def _on_database(config_path: str | None, action: Callable[[Any], Awaitable[T]]) -> T:
+def _on_database(settings: Settings, action: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``action(database)`` on the configured database, closing it afterwards."""
     from app.db.engine import Database
 
     async def run() -> T:
-        database = Database(_settings(config_path).database.url)
+        database = Database(settings.database.url, connect_timeout=settings.database.connect_timeout)
         try:
             return await action(database)
         finally:
             await database.dispose()
 
-    return asyncio.run(run())
+    return _database_call(run)
 
 
 @db.command()
@@ -127,7 +176,7 @@ def upgrade(config_path: str | None) -> None:
         await migrate.upgrade(database)
         return await migrate.current_revision(database)
 
-    click.echo(f"database at revision {_on_database(config_path, run)}")
+    click.echo(f"database at revision {_on_database(_settings(config_path), run)}")
 
 
 @db.command()
@@ -136,8 +185,24 @@ def current(config_path: str | None) -> None:
     """Show the database's revision and the code's head."""
     from app.db import migrate
 
-    revision = _on_database(config_path, migrate.current_revision)
+    revision = _on_database(_settings(config_path), migrate.current_revision)
     click.echo(f"database: {revision}  code head: {migrate.head_revision()}")
+
+
+@main.group("config")
+def config_group() -> None:
+    """The configuration (file, then environment variables)."""
+
+
+@config_group.command("check")
+@config_option
+def config_check(config_path: str | None) -> None:
+    """Print the effective configuration as JSON, secrets as "***"; exit 2 naming the key
+    when something is wrong. Reads no database."""
+    settings = _settings(config_path)
+    if settings.ignored_keys:
+        click.echo(f"config keys ignored (Infernet-only): {', '.join(settings.ignored_keys)}", err=True)
+    click.echo(json.dumps(masked(settings), indent=2))
 
 
 # -- operators: jobs and the queue, against the database straight -----------------------
@@ -167,7 +232,6 @@ def _when(iso: str | None) -> str:
 def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awaitable[T]]) -> T:
     """Run ``action(operator, settings)`` with an ``OperatorService`` on the configured database."""
     from app.db.engine import Database
-    from app.db.errors import is_database_unavailable
     from app.jobs.operator import JobConflict, JobNotFound, OperatorService
     from app.jobs.transitions import JobStore
 
@@ -183,15 +247,11 @@ def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awa
             await database.dispose()
 
     try:
-        return asyncio.run(run())
+        return _database_call(run)
     except JobNotFound:
         raise click.ClickException("Job not found") from None
     except JobConflict as conflict:
         raise click.ClickException(conflict.message) from None
-    except Exception as exc:
-        if is_database_unavailable(exc):
-            raise click.ClickException(f"database unavailable: {type(exc).__name__}: {exc}") from None
-        raise
 
 
 def _job_id_argument(value: str) -> str:
@@ -354,14 +414,15 @@ def stats(config_path: str | None) -> None:
 
 @db.command()
 @config_option
-@click.option("--days", type=float, default=None,
-              help="Delete finished jobs older than this (default: retention.finished_jobs_days).")
+@click.option("--days", type=click.FloatRange(0, min_open=True), default=None,
+              help="Delete finished jobs older than this many days, more than 0 "
+                   "(default: retention.finished_jobs_days).")
 def prune(config_path: str | None, days: float | None) -> None:
     """Apply the retention now: delete old finished jobs in small batches."""
 
     async def run(op: Any, settings: Settings) -> tuple[int, float]:
         keep = settings.retention.finished_jobs_days if days is None else days
-        if keep <= 0:
+        if keep <= 0:  # only the configured value can be 0 (--days must be more)
             return -1, keep
         cutoff = datetime.now(UTC) - timedelta(days=keep)
         total = await op.prunable(cutoff)

@@ -6,14 +6,13 @@ section). Each worker is a whole node — API and scheduler — with an identity
 ``<node_id>/<n>``: claims are as safe across processes as across nodes, and a worker
 restarted under its identity takes its own orphaned jobs back at once.
 
-The parent runs the migrations once, binds the socket once and shares it (the kernel
+The parent (``jobnode serve``, which has migrated the database) binds the socket once and shares it (the kernel
 spreads the connections over the workers), restarts a worker that dies, and on SIGTERM
 or SIGINT stops every worker gracefully (each hands its unfinished jobs back).
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import logging
@@ -61,17 +60,7 @@ class Supervisor:
         self._stopping = False
 
     def run(self) -> int:
-        from app.db import migrate
-        from app.db.engine import Database
-
-        async def upgrade() -> None:
-            database = Database(self.settings.database.url)
-            try:
-                await migrate.upgrade(database)
-            finally:
-                await database.dispose()
-
-        asyncio.run(upgrade())
+        """Serve until SIGTERM/SIGINT; the database is migrated already (``jobnode serve``)."""
         sock = bind(self.settings.server.host, self.settings.server.port)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._stop)

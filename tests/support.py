@@ -199,6 +199,14 @@ async def wait_finished(http: httpx.AsyncClient, job_ids: list[str], timeout: fl
 JOBNODE = Path(sys.executable).parent / "jobnode"
 
 
+def run_jobnode(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """``jobnode ARGS`` as a user runs it, with only ``env`` of the JOBNODE_* variables (the
+    rest of this environment, PYTHONPATH included, is kept: it runs this tree's code)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBNODE_")}
+    return subprocess.run([str(JOBNODE), *args], capture_output=True, text=True, timeout=120, cwd=cwd,
+                          env={**environ, **env})
+
+
 class NodeProcess:
     """``jobnode serve`` as a real process, for crash, restart and multi-node tests."""
 

@@ -1,9 +1,10 @@
-"""/health, /info, the error shapes of the router, and the OpenAPI document."""
+"""/health, /info, the error shapes of the router, the OpenAPI document and /docs."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+import re
 
 from app import __version__
 from app.containers.docker import ContainerRuntime
@@ -216,3 +217,26 @@ async def test_openapi_document_describes_bodies_parameters_statuses_and_securit
     assert error_body["required"] == ["error"]
     assert error_body["properties"]["error"] == {"type": "string"}
     assert error_body["properties"]["params"] == {"oneOf": [{"type": "object", "additionalProperties": {}}]}
+
+
+async def test_the_docs_page_loads_everything_from_the_node(node, client_address):
+    """/docs works offline: every script, stylesheet and icon it names is a path of the
+    node, and each answers 200 with its content type (no CDN, SPEC §11)."""
+    expected = {".js": "javascript", ".css": "text/css", ".png": "image/png"}
+    async with node.client(client_address) as http:
+        for page in ("/docs", "/docs/swagger"):
+            r = await http.get(page)
+            assert r.status_code == 200, r.text
+            assert "SwaggerUIBundle(" in r.text
+            assert re.findall(r"https?://[^\s'\"<>]+", r.text) == []  # not even a link
+            urls = re.findall(r"""(?:src|href)=["']([^"']+)["']""", r.text)
+            assert {url.rsplit(".", 1)[-1] for url in urls} == {"js", "css", "png"}, urls
+            for url in urls:
+                assert url.startswith("/docs/assets/"), f"{page} loads {url} from elsewhere"
+                asset = await http.get(url)
+                assert asset.status_code == 200, (url, asset.status_code)
+                assert expected["." + url.rsplit(".", 1)[-1]] in asset.headers["content-type"], (url, asset.headers)
+                assert len(asset.content) > 500, url
+        bundle = await http.get("/docs/assets/swagger-ui-bundle.js")
+        assert b"SwaggerUIBundle" in bundle.content
+        assert_error(await http.get("/docs/assets/nothing-here.js"), 404, "Not found")

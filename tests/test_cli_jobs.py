@@ -151,8 +151,14 @@ async def test_db_prune(database, config_path):
     assert {line.split()[0] for line in out.splitlines()[2:]} == {*recent.values(), yesterday}
     result = await cli("db", "prune", "--config", config_path, "--days", "0.5")
     assert result.stdout == "deleted 1 finished jobs older than 0.5 days\n"
-    result = await cli("db", "prune", "--config", config_path, "--days", "0")
-    assert "retention is off" in result.stdout
+    # --days 0 is refused as an option (it would delete every finished job), not blamed on
+    # the config; a config that turns retention off prunes nothing unless --days says so.
+    result = await cli("db", "prune", "--config", config_path, "--days", "0", ok=False)
+    assert result.exit_code == 2 and "'--days'" in result.stderr and "retention" not in result.stderr
+    raw = json.loads(Path(config_path).read_text())
+    Path(config_path).write_text(json.dumps({**raw, "retention": {"finished_jobs_days": 0}}))
+    result = await cli("db", "prune", "--config", config_path)
+    assert result.stdout.startswith("retention is off (retention.finished_jobs_days is 0)")
 
 
 async def test_containers_from_a_running_node(fresh_url, host_service):

@@ -4,16 +4,13 @@ environment overrides, and the CLI refusing a bad file."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from app.config import ConfigError, load_settings, settings_from_dict
-
-JOBNODE = Path(sys.executable).parent / "jobnode"
+from app.config import ENVIRONMENT, ConfigError, load_settings, masked, settings_from_dict
+from tests.support import run_jobnode
 
 #: What an Infernet node operator has on disk (the hello-world starter's config).
 INFERNET_CONFIG: dict[str, Any] = {
@@ -184,9 +181,123 @@ def test_environment_overrides(tmp_path):
 )
 def test_the_cli_refuses_a_bad_config_naming_the_key(tmp_path, command, raw, key):
     path = write_config(tmp_path, raw, "bad.json")
-    done = subprocess.run([str(JOBNODE), *command, "--config", str(path)], capture_output=True, text=True,
-                          timeout=60, cwd=tmp_path, env={"PATH": "/usr/bin:/bin"})
-    assert done.returncode != 0, done
+    done = run_jobnode(*command, "--config", str(path), cwd=tmp_path)
+    assert done.returncode == 2, done
     assert key in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "jobnode.db").exists()
+
+
+#: A value for every variable of ``ENVIRONMENT`` and what its key holds then.
+ENV_SAMPLES: dict[str, tuple[str, Any]] = {
+    "JOBNODE_DATABASE_URL": ("postgresql+asyncpg://jobs:pw@db:5432/jobs", "postgresql+asyncpg://jobs:pw@db:5432/jobs"),
+    "JOBNODE_DATABASE_POOL_SIZE": ("7", 7),
+    "JOBNODE_DATABASE_CONNECT_TIMEOUT": ("2.5", 2.5),
+    "JOBNODE_HOST": ("0.0.0.0", "0.0.0.0"),
+    "JOBNODE_PORT": ("4555", 4555),
+    "JOBNODE_WORKERS": ("3", 3),
+    "JOBNODE_OPERATOR_TOKEN": ("t0ken", "t0ken"),
+    "JOBNODE_CONTAINER_HOST": ("172.17.0.1", "172.17.0.1"),
+    "JOBNODE_NODE_ID": ("node-a", "node-a"),
+    "JOBNODE_SCHEDULER_ENABLED": ("false", False),
+    "JOBNODE_MAX_CONCURRENT_JOBS": ("9", 9),
+    "JOBNODE_RETENTION_DAYS": ("0.5", 0.5),
+    "JOBNODE_MANAGE_CONTAINERS": ("false", False),
+    "JOBNODE_DOCKER_URL": ("unix:///run/docker.sock", "unix:///run/docker.sock"),
+    "JOBNODE_DOCKER_USERNAME": ("robot", "robot"),
+    "JOBNODE_DOCKER_PASSWORD": ("d0cker", "d0cker"),
+    "JOBNODE_LOG_LEVEL": ("DEBUG", "DEBUG"),
+}
+
+
+def _value(settings: Any, key: str) -> Any:
+    for name in key.split("."):
+        settings = getattr(settings, name)
+    return settings
+
+
+def test_every_variable_sets_its_key_over_the_file(tmp_path):
+    assert set(ENV_SAMPLES) == set(ENVIRONMENT)
+    path = write_config(tmp_path, {"server": {"port": 4100, "operator_token": "from-file"},
+                                   "docker": {"password": "from-file"}, "scheduler": {"enabled": True}})
+    for variable, (text, expected) in ENV_SAMPLES.items():
+        key = ENVIRONMENT[variable]
+        assert _value(load_settings(path, environ={}), key) != expected, variable
+        assert _value(load_settings(path, environ={variable: text}), key) == expected, variable
+    # An empty variable counts as unset: the file's value stays.
+    assert load_settings(path, environ={"JOBNODE_OPERATOR_TOKEN": ""}).server.operator_token == "from-file"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"JOBNODE_WORKERS": "two"}, "JOBNODE_WORKERS: 'two' is not a valid server.workers"),
+        ({"JOBNODE_WORKERS": "0"}, "JOBNODE_WORKERS: server.workers: must be at least 1"),
+        ({"JOBNODE_SCHEDULER_ENABLED": "maybe"}, "JOBNODE_SCHEDULER_ENABLED: 'maybe' is not a valid scheduler.enabled"),
+        ({"JOBNODE_DATABASE_CONNECT_TIMEOUT": "soon"}, "JOBNODE_DATABASE_CONNECT_TIMEOUT: 'soon' is not a valid"),
+        ({"JOBNODE_LOG_LEVEL": "LOUD"}, "JOBNODE_LOG_LEVEL: log_level: unknown level 'LOUD'"),
+        ({"JOBNODE_DATABASE_URL": "mysql://a@b/c"}, "JOBNODE_DATABASE_URL: database.url: invalid database URL"),
+        ({"JOBNODE_PORT": "70000"}, "JOBNODE_PORT: server.port: 70000 is not a TCP port"),
+    ],
+)
+def test_a_bad_value_from_the_environment_names_the_variable(env, message):
+    with pytest.raises(ConfigError) as raised:
+        load_settings(None, environ=env)
+    assert str(raised.value).startswith(message), str(raised.value)
+
+
+def test_masked_shows_whether_a_secret_is_set_not_what_it_is():
+    settings = settings_from_dict(
+        {"containers": [{"id": "a", "url": "http://10.0.0.5:3000", "bearer": "b3arer", "env": {"API_KEY": "k3y"}}],
+         "docker": {"password": "d0cker"}},
+        environ={"JOBNODE_OPERATOR_TOKEN": "t0ken", "JOBNODE_DATABASE_URL": "postgresql+asyncpg://u:pw@db/jobs"},
+    )
+    shown = masked(settings)
+    assert shown["server"]["operator_token"] == shown["docker"]["password"] == "***"
+    assert shown["docker"]["username"] is None  # unset stays null
+    assert shown["database"]["url"] == "postgresql+asyncpg://u:***@db/jobs"
+    assert shown["containers"][0]["bearer"] == "***" and shown["containers"][0]["env"] == {"API_KEY": "***"}
+    assert not {"t0ken", "d0cker", "b3arer", "k3y", "pw"} & set(json.dumps(shown).replace('"', " ").replace(":", " ").replace("@", " ").split())
+    assert settings.server.operator_token == "t0ken"  # the settings themselves are untouched
+
+
+def test_config_check_prints_the_effective_configuration(tmp_path):
+    path = write_config(tmp_path, INFERNET_CONFIG)
+    done = run_jobnode("config", "check", "--config", str(path), cwd=tmp_path,
+                       JOBNODE_OPERATOR_TOKEN="t0ken-from-env", JOBNODE_PORT="4321",
+                       JOBNODE_DATABASE_URL="postgresql+asyncpg://jobs:s3cret@db:5432/jobs")
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["server"]["port"] == 4321 and shown["server"]["operator_token"] == "***"
+    assert shown["docker"] == {**shown["docker"], "username": "operator", "password": "***"}
+    assert shown["database"]["url"] == "postgresql+asyncpg://jobs:***@db:5432/jobs"
+    assert [c["id"] for c in shown["containers"]] == ["hello-world", "second"]
+    for secret in ("t0ken-from-env", "s3cret", INFERNET_CONFIG["docker"]["password"]):
+        assert secret not in done.stdout + done.stderr
+    assert done.stderr.startswith("config keys ignored (Infernet-only): chain, redis,"), done.stderr
+    assert not (tmp_path / "jobnode.db").exists()  # no database is opened
+
+
+@pytest.mark.parametrize(
+    ("raw", "env", "message"),
+    [
+        ({"server": {"port": "x"}}, {}, "server.port: Expected `int`, got `str`"),
+        ({"database": {"pool_size": 0}}, {}, "database.pool_size: must be at least 1"),
+        ({}, {"JOBNODE_PORT": "http"}, "JOBNODE_PORT: 'http' is not a valid server.port"),
+        ({}, {"JOBNODE_DATABASE_URL": "garbage"}, "JOBNODE_DATABASE_URL: database.url: invalid database URL 'garbage'"),
+    ],
+)
+def test_config_check_names_the_key_and_exits_2(tmp_path, raw, env, message):
+    done = run_jobnode("config", "check", "--config", str(write_config(tmp_path, raw)), cwd=tmp_path, **env)
+    assert done.returncode == 2, done
+    assert done.stdout == "" and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith(f"Error: invalid configuration: {message}"), done.stderr
+
+
+def test_the_readme_documents_every_variable():
+    """The README's table of variables is ``ENVIRONMENT``: each row names its key."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {line.split("|")[1].strip(" `"): line for line in readme.splitlines() if line.startswith("| `JOBNODE_")}
+    for variable, key in ENVIRONMENT.items():
+        assert variable in rows, f"{variable} is not in the README's table"
+        assert f"`{key}`" in rows[variable], (variable, rows[variable])

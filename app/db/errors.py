@@ -9,6 +9,8 @@ from asyncpg.exceptions import (
     ConnectionDoesNotExistError,
     InterfaceError,
     InternalClientError,
+    InvalidAuthorizationSpecificationError,
+    InvalidCatalogNameError,
     PostgresConnectionError,
     QueryCanceledError,
 )
@@ -26,6 +28,10 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
     InterfaceError,
     InternalClientError,  # asyncpg: a connection broken in the middle of an operation
     QueryCanceledError,  # the server's statement_timeout: a database that does not answer in time
+    # The server refused the connection: wrong password, unknown role (both 28xxx), no
+    # such database (3D000). Nothing a query did; the node cannot reach its data.
+    InvalidAuthorizationSpecificationError,
+    InvalidCatalogNameError,
 )
 
 _UNAVAILABLE_MESSAGES = (
@@ -81,4 +87,14 @@ def describe(exc: BaseException) -> str:
     empty)."""
     if isinstance(exc, TimeoutError) and not str(exc):
         return "no answer within the deadline (database.statement_timeout / connect_timeout)"
-    return short_message(exc)
+    return unavailable_reason(exc)
+
+
+def unavailable_reason(exc: BaseException) -> str:
+    """One line for an operator: the driver's own exception (not SQLAlchemy's wrapper,
+    whose text carries the statement and a link), as ``Type: first line of its message``."""
+    root: BaseException = exc
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        root = exc.orig.__cause__ or exc.orig  # asyncpg's error behind SQLAlchemy's adapter
+    text = short_message(root)
+    return text if text == type(root).__name__ else f"{type(root).__name__}: {text}"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from pathlib import Path
 from typing import Any
 
-from litestar import Litestar
-from litestar.datastructures import State
+from litestar import Litestar, Router
+from litestar.datastructures import CacheControlHeader, State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.static_files import create_static_files_router
+from swagger_ui_bundle import swagger_ui_path
 
 from app import __version__
 from app.config import ServerSettings, parse_networks
@@ -28,6 +31,28 @@ from app.http.operator_auth import STATE_KEY, OperatorAuth
 from app.http.origin import origin_middleware
 from app.http.prometheus import prometheus_config
 from app.http.ratelimit import rate_limit_config
+
+
+#: Where the node serves Swagger UI's own files (from the ``swagger-ui-bundle-v2`` package).
+DOCS_ASSETS = "/docs/assets"
+
+
+def _docs() -> tuple[OpenAPIConfig, Router]:
+    """``/docs`` with Swagger UI's script, styles and icon served by the node itself: the page
+    works without the internet and loads nothing from a CDN (Litestar's default)."""
+    swagger = SwaggerRenderPlugin(
+        js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+        css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+        standalone_preset_js_url=f"{DOCS_ASSETS}/swagger-ui-standalone-preset.js",
+        favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
+    )
+    assets = create_static_files_router(
+        DOCS_ASSETS, directories=[Path(str(swagger_ui_path))], name="docs-assets",
+        cache_control=CacheControlHeader(max_age=86400), include_in_schema=False,
+    )
+    config = OpenAPIConfig(title="jobnode", version=__version__, path="/docs", render_plugins=[swagger],
+                           components=components())
+    return config, assets
 
 
 def _constant(value: Any) -> Provide:
@@ -57,10 +82,11 @@ def create_app(
         "server": _constant(server),
         "jobs_api": _constant(jobs_api),
     }
+    openapi_config, docs_assets = _docs()
     app = Litestar(
         route_handlers=[
             NodeController, jobs_endpoint(jobs_api), JobsController, StreamController,
-            OperatorJobsController, ContainersController, MetricsController, DashboardController,
+            OperatorJobsController, ContainersController, MetricsController, DashboardController, docs_assets,
         ],
         state=State({STATE_KEY: OperatorAuth(server.operator_token, identity)}),
         dependencies=dependencies,
@@ -68,10 +94,7 @@ def create_app(
         exception_handlers=exception_handlers(server.max_body_bytes),
         request_max_body_size=server.max_body_bytes,
         lifespan=list(lifespan),
-        openapi_config=OpenAPIConfig(
-            title="jobnode", version=__version__, path="/docs", render_plugins=[SwaggerRenderPlugin()],
-            components=components(),
-        ),
+        openapi_config=openapi_config,
         debug=False,
         # Logging is configured once, by app.logging (jobnode serve), not by Litestar.
         logging_config=None,

@@ -36,7 +36,7 @@ class Recorder:
     def start(self) -> bool:
         binary = py_spy()
         if binary is None:
-            self.error = "py-spy is not installed (pip install py-spy, or the project's test extras)"
+            self.error = "py-spy is not installed (pip install py-spy, or the project's bench extra)"
             return False
         self.process = subprocess.Popen(
             [binary, "record", "--pid", str(self.pid), "--duration", str(max(1, round(self.duration))),

@@ -14,3 +14,13 @@ def duration(seconds: float | None, missing: str = "-") -> str:
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.1f} h"
+
+
+def error_text(exc: BaseException) -> str:
+    """``TypeName: message``, never empty: many exceptions (an ``assert``, a bare
+    ``ConnectionResetError()``) carry no message, and a reason must still say what happened.
+    An ``OSError`` without a message names its errno."""
+    message = str(exc).strip()
+    if not message and isinstance(exc, OSError) and exc.errno is not None:
+        message = f"[Errno {exc.errno}] {exc.strerror or ''}".strip()
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

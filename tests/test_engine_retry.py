@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import pytest
 
 from app.containers.state import Readiness
@@ -90,7 +91,9 @@ def test_no_socket_anywhere_means_the_default_socket(monkeypatch, tmp_path):
 @contextlib.asynccontextmanager
 async def forwarding_proxy(path: Path, target: str = ENGINE) -> AsyncIterator[None]:
     """A unix socket at ``path`` that forwards every connection to ``target``: the engine
-    "appears" at ``path`` while the real one keeps serving the other tests."""
+    "appears" at ``path`` while the real one keeps serving the other tests. Leaving the
+    block hangs up every connection and removes the socket: the engine is "lost"."""
+    writers: set[asyncio.StreamWriter] = set()
 
     async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -104,6 +107,7 @@ async def forwarding_proxy(path: Path, target: str = ENGINE) -> AsyncIterator[No
 
     async def forward(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         engine_reader, engine_writer = await asyncio.open_unix_connection(target)
+        writers.update((client_writer, engine_writer))
         await asyncio.gather(pipe(client_reader, engine_writer), pipe(engine_reader, client_writer))
 
     server = await asyncio.start_unix_server(forward, str(path))
@@ -112,11 +116,13 @@ async def forwarding_proxy(path: Path, target: str = ENGINE) -> AsyncIterator[No
     finally:
         server.close()
         path.unlink(missing_ok=True)
+        for writer in writers:
+            writer.close()
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-async def test_engine_appearing_is_picked_up(make_node, client_address, tmp_path):
+async def test_engine_appearing_is_picked_up(make_node, client_address, tmp_path, caplog):
     """Needs the real engine (reached through a proxy at a path of this test's own);
     its containers carry ``jobnode.deploy-test=1`` and are removed at the end."""
     from tests.docker_support import ROOT, engine_problem, remove_containers
@@ -142,5 +148,19 @@ async def test_engine_appearing_is_picked_up(make_node, client_address, tmp_path
                 second = await submit(http, job("echo", data={"n": 2}))
                 result = (await wait_finished(http, [second], timeout=30))[second]
                 assert (result["status"], result["result"]) == ("success", {"container": "echo", "output": {"n": 2}})
+
+            # The engine is lost: the container still answers (as under live-restore), so
+            # it keeps serving; meanwhile it is stopped behind the node's back.
+            lost = f"Docker Engine lost at unix://{socket_path}: "
+            await wait_for(lambda: lost in caplog.text, 10, "the node to notice the engine lost")
+            assert state.ready, state.last_error
+            async with aiodocker.Docker() as docker:
+                await docker.containers.container(state.docker_id).stop(t=1)
+            # The engine comes back: the node reconciles and brings the container back.
+            async with forwarding_proxy(socket_path):
+                await wait_for(lambda: state.restarts == 1 and state.ready, 90, "the container back after reconnect")
+                third = await submit(http, job("echo", data={"n": 3}))
+                result = (await wait_finished(http, [third], timeout=30))[third]
+                assert result["status"] == "success", result
     finally:
         await remove_containers(f"jobnode.node={node_id}")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.helpers import job
 from tests.support import create_pg_database, drop_pg_database, free_port, unavailable
@@ -199,10 +200,10 @@ def test_compose_file_is_valid() -> None:
     if shutil.which("docker-compose") is None:
         unavailable("docker-compose", "not installed (apt-get install docker-compose; .ci/run does)")
     env = {**os.environ, "POSTGRES_PASSWORD": "secret", "DOCKER_GID": "998"}
-    done = subprocess.run(["docker-compose", "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
+    done = subprocess.run(["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
                           capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr
-    services = json.loads(done.stdout)["services"]
+    services = yaml.safe_load(done.stdout)["services"]  # the file as docker-compose resolved it
     assert set(services) == {"postgres", "node-1", "node-2"}
     node_1 = services["node-1"]
     assert "/var/run/docker.sock:/var/run/docker.sock:rw" in node_1["volumes"]

@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -217,3 +218,98 @@ def test_compose_file_is_valid() -> None:
     missing = subprocess.run(["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"], capture_output=True,
                              text=True, env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}, timeout=60)
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+
+
+COMPOSE_PROJECT = "jobnodedeploytest"
+POSTGRES_CONTEXT = ROOT / "tests" / "images" / "postgres"
+
+
+def compose(*args: str, env: dict[str, str], files: list[Path], timeout: float = 180,
+            check: bool = True) -> subprocess.CompletedProcess[str]:
+    command = ["docker-compose", "-p", COMPOSE_PROJECT]
+    for file in files:
+        command += ["-f", str(file)]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check:
+        assert done.returncode == 0, f"docker-compose {' '.join(args)}: {done.stdout}{done.stderr}"
+    return done
+
+
+@pytest.fixture
+def postgres_image() -> str:
+    """The offline stand-in for the official postgres image (tests/images/postgres)."""
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(POSTGRES_CONTEXT.iterdir()))).hexdigest()[:16]
+    tag = f"jobnode-deploy-test/postgres:{digest}"
+    if docker("image", "inspect", tag, check=False).returncode != 0:
+        docker("build", "--network", "host", "-t", tag, str(POSTGRES_CONTEXT), timeout=900)
+    return tag
+
+
+def wait_until(check: Any, timeout: float, what: str, logs: Any) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}:\n{logs()}")
+        time.sleep(0.5)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_compose_deployment_runs(image: str, postgres_image: str, tmp_path: Path) -> None:
+    """compose.yaml brought up as it is, with free ports and test labels laid over it:
+    PostgreSQL, node-1 running the echo container through the Docker socket, node-2
+    calling it; a job submitted through one node is read back through the other."""
+    if shutil.which("docker-compose") is None:
+        unavailable("docker-compose", "not installed (apt-get install docker-compose; .ci/run does)")
+    ports = {"pg": free_port(), "node-1": free_port(), "node-2": free_port(), "echo": free_port()}
+    directory = Path(tempfile.mkdtemp(prefix="jobnode-compose-"))
+    directory.chmod(0o755)
+    node_1 = json.loads((ROOT / "deploy" / "compose-node-1.json").read_text())
+    node_1["docker"]["labels"] = {LABEL.split("=")[0]: "1"}  # removed with the test's containers
+    node_1["containers"][0].update(port=ports["echo"], image="jobnode-deploy-test/echo:latest")
+    node_2 = json.loads((ROOT / "deploy" / "compose-node-2.json").read_text())
+    node_2["containers"][0]["url"] = f"http://127.0.0.1:{ports['echo']}"
+    override = {"version": "3.8", "services": {}}
+    for name, config in (("node-1", node_1), ("node-2", node_2)):
+        (directory / f"{name}.json").write_text(json.dumps(config))
+        (directory / f"{name}.json").chmod(0o644)
+        override["services"][name] = {
+            "environment": {"JOBNODE_PORT": str(ports[name])},
+            "volumes": [f"{directory / name}.json:/etc/jobnode/config.json:ro"],
+        }
+    (directory / "override.yaml").write_text(yaml.safe_dump(override))
+    files = [ROOT / "compose.yaml", directory / "override.yaml"]
+    env = {**os.environ, "POSTGRES_PASSWORD": "compose-secret", "JOBNODE_PG_PORT": str(ports["pg"]),
+           "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid), "JOBNODE_IMAGE": image,
+           "POSTGRES_IMAGE": postgres_image}
+    urls = {name: f"http://127.0.0.1:{ports[name]}" for name in ("node-1", "node-2")}
+
+    def logs() -> str:
+        return compose("logs", "--tail", "30", env=env, files=files, check=False).stdout[-6000:]
+
+    compose("down", "-v", "-t", "5", env=env, files=files, check=False)
+    try:
+        compose("up", "-d", "--no-build", env=env, files=files)
+        for name, url in urls.items():  # a node that started before PostgreSQL is restarted
+            wait_until(lambda: httpx.get(f"{url}/health/ready", timeout=2).status_code == 200, 180,
+                       f"{name} ready", logs)
+        for name, url in urls.items():  # node-1 built and started echo; node-2 probes it
+            wait_until(lambda: [c["id"] for c in httpx.get(f"{url}/info", timeout=5).json()["containers"]]
+                       == ["echo"], 180, f"echo ready on {name}", logs)
+        submitted = {}
+        for name, url in urls.items():
+            r = httpx.post(f"{url}/api/jobs", json=job("echo", data={"via": name}), timeout=10)
+            assert r.status_code == 200, r.text
+            submitted[name] = r.json()["id"]
+        for name, other in (("node-1", "node-2"), ("node-2", "node-1")):
+            result = finished(urls[other], submitted[name])
+            assert (result["status"], result["result"]) == ("success", {"container": "echo", "output": {"via": name}})
+    finally:
+        compose("down", "-v", "-t", "30", env=env, files=files, check=False)
+        remove_test_containers()
+        shutil.rmtree(directory)

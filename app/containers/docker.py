@@ -14,6 +14,11 @@ once it answers.
 Containers the node does not manage but that have a ``health_path`` are probed
 periodically and marked READY/FAILED.
 
+An engine that is absent at start, or lost later, is tried again with backoff (1 s up to
+30 s) for as long as the node runs; meanwhile the managed containers that do not answer
+are FAILED with what went wrong, so that their jobs fail at once with that reason, and
+once the engine answers the containers are brought up (or checked, after a loss).
+
 Why a container is not ready is always written to ``state.last_error`` in plain words
 and logged on ``jobnode.containers``; engine problems never raise out of ``start()``.
 

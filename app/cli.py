@@ -142,6 +142,15 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
         **server_options(),  # the JSON error shape for requests uvicorn refuses itself
     )
     server = uvicorn.Server(config)
+    stop = server.handle_exit
+
+    def handle_exit(sig: int, frame: Any) -> None:
+        """Tell the node the moment a stop signal arrives: /health/ready answers 503 while
+        uvicorn still finishes the requests in flight."""
+        node.drain()
+        stop(sig, frame)
+
+    server.handle_exit = handle_exit  # type: ignore[method-assign]  # uvicorn installs it per signal
     server.run(sockets=None if sock is None else [sock])
     if not server.started:
         sys.exit(3)  # as uvicorn.run: the startup (e.g. the lifespan) failed

@@ -21,6 +21,7 @@ from app.db import migrate
 from app.db.engine import Database
 from app.db.listen import NodeConnection
 from app.db.signal import JobSignal
+from app.health import NodeReadiness
 from app.http.app import create_app
 from app.jobs.live import LiveJobs
 from app.jobs.requests import ContainerCatalog
@@ -67,6 +68,11 @@ class Node:
         self.resources = ResourceService(self.containers, self.client)
         self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
         self.runtime: ContainerRuntime | None = None
+        self.readiness = NodeReadiness(self.database)
+
+    def drain(self) -> None:
+        """Shutdown has begun (a signal, or the lifespan ending): stop getting traffic."""
+        self.readiness.drain()
 
     def _needs_runtime(self) -> bool:
         """Docker only when something is managed; probes for any container (a TCP connect
@@ -96,12 +102,15 @@ class Node:
             if self.settings.scheduler.enabled:
                 await self.scheduler.start()
                 stack.push_async_callback(self.scheduler.stop)
-            yield
+            try:
+                yield
+            finally:
+                self.drain()  # before anything stops (run_node drains already on the signal)
 
     def app(self) -> Litestar:
         return create_app(
             self.settings.server,
             {"jobs": self.jobs, "containers": self.containers, "streams": self.streams, "resources": self.resources,
-             "operator": self.operator},
+             "operator": self.operator, "readiness": self.readiness},
             lifespan=[self.lifespan],
         )

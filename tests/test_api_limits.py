@@ -63,9 +63,11 @@ async def test_rate_limit_per_client(make_node, client_address):
                 r = await http.request(method, path, json=job("echo") if method == "POST" else None)
                 assert_error(r, 429, "Too many requests")
                 assert 1 <= int(r.headers["retry-after"]) <= 60, r.headers
-            for _ in range(5):
+            for _ in range(5):  # probes are never rate-limited
                 r = await http.get("/health")
                 assert (r.status_code, r.json()) == (200, {"status": "healthy"})
+                assert (await http.get("/health/live")).status_code == 200
+                assert (await http.get("/health/ready")).status_code == 200
         # The refused submit stored nothing.
         assert await jobs_of_client(node.node.database, client_address) == 1
         async with node.client(other_address(client_address)) as other:

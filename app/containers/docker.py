@@ -18,6 +18,11 @@ FAILED (with the reason) while it does not. Their first probe is made as the nod
 (``first_probes``), so ``/info`` is right from the first request. A job for such a
 container is not held back by the probe (``ContainerState.holds_jobs``).
 
+An engine that is absent at start, or lost later, is tried again with backoff (1 s up to
+30 s) for as long as the node runs; meanwhile the managed containers that do not answer
+are FAILED with what went wrong, so that their jobs fail at once with that reason, and
+once the engine answers the containers are brought up (or checked, after a loss).
+
 Why a container is not ready is always written to ``state.last_error`` in plain words
 and logged on ``jobnode.containers``; engine problems never raise out of ``start()``.
 
@@ -31,6 +36,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import re
 import shlex
 from collections.abc import Coroutine
@@ -47,6 +53,7 @@ from app.config import ContainerSettings, Settings
 from app.containers.images import ImageError, ensure_image, image_ref
 from app.containers.readiness import Prober
 from app.containers.state import ContainerState, ContainerStates, Readiness
+from app.formatting import error_text
 
 log = logging.getLogger("jobnode.containers")
 
@@ -61,6 +68,8 @@ CONTAINER_PORT = 3000
 STOP_TIMEOUT = 10
 LOG_TAIL_LINES = 20
 LOG_TAIL_CHARS = 2000
+#: Where aiodocker looks first when neither ``docker.url`` nor DOCKER_HOST says.
+DEFAULT_DOCKER_URL = "unix:///var/run/docker.sock"
 
 
 class _Failed(Exception):
@@ -130,6 +139,18 @@ def _docker_message(exc: DockerError) -> str:
     return str(exc.message).strip() or repr(exc)
 
 
+def engine_error(exc: BaseException) -> str:
+    """What went wrong talking to the engine, never empty (``FileNotFoundError: [Errno 2]
+    No such file or directory`` rather than aiohttp's "Cannot connect to host localhost:80")."""
+    if isinstance(exc, DockerError) and exc.status == 900 and exc.__context__ is not None:
+        exc = exc.__context__  # aiodocker's "Cannot connect to Docker Engine via …" wrapping
+    if isinstance(exc, DockerError):
+        return _docker_message(exc)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return error_text(exc.os_error)
+    return error_text(exc)
+
+
 @dataclass(eq=False)
 class _Managed:
     settings: ContainerSettings
@@ -150,6 +171,9 @@ class ContainerRuntime:
 
     #: Seconds between probes of a running unmanaged container (and after a failed one).
     probe_interval: float = 5.0
+    #: Backoff between attempts to reach an absent or lost Docker Engine: 1, 2, 4 … 30 s.
+    engine_retry_initial: float = 1.0
+    engine_retry_max: float = 30.0
 
     def __init__(self, settings: Settings, states: ContainerStates, *, probe_interval: float | None = None) -> None:
         self._settings = settings
@@ -203,10 +227,7 @@ class ContainerRuntime:
                 await asyncio.gather(
                     *(self._stop_container(docker, rec) for rec in self._managed.values() if rec.state.docker_id)
                 )
-            try:
-                await docker.close()
-            except Exception:  # noqa: BLE001 - closing must not fail shutdown
-                log.debug("closing the Docker client failed", exc_info=True)
+            await self._close(docker)
         await self._prober.close()
 
     async def _stop_container(self, docker: aiodocker.Docker, rec: _Managed) -> None:
@@ -234,48 +255,89 @@ class ContainerRuntime:
         return task
 
     # -- engine -------------------------------------------------------------------------
-    def _fail_all(self, reason: str) -> None:
-        for rec in self._managed.values():
-            rec.up = False
-            rec.state.mark(Readiness.FAILED, reason)
+    def _where(self) -> str:
+        """The engine's address as the operator would look for it."""
+        return self._settings.docker.url or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_URL
+
+    def _open_client(self) -> aiodocker.Docker:
+        """aiodocker's client; with no ``docker.url`` and no socket there yet, the default
+        socket, so that an engine that starts later is found (aiodocker itself fails then
+        with an empty ``AssertionError``)."""
+        # Connect fast or fail; long operations (build, pull, logs, events) lift the total.
+        timeout = aiohttp.ClientTimeout(total=120, connect=10)
+        try:
+            return aiodocker.Docker(url=self._settings.docker.url, timeout=timeout)
+        except (AssertionError, ValueError):
+            if self._settings.docker.url is not None:
+                raise
+            return aiodocker.Docker(url=DEFAULT_DOCKER_URL, timeout=timeout)
+
+    async def _connect(self) -> tuple[aiodocker.Docker, dict[str, Any]]:
+        """A client whose engine answers, retried with backoff for as long as it takes.
+
+        Meanwhile every managed container that is not up is FAILED with what went wrong,
+        so that its jobs fail at once with that reason instead of waiting for it."""
+        delay, logged = self.engine_retry_initial, None
+        while True:
+            docker: aiodocker.Docker | None = None
+            try:
+                docker = self._open_client()
+                return docker, await docker.version()
+            except Exception as exc:  # noqa: BLE001 - whatever it is, say it and try again
+                reason = f"Docker Engine unreachable at {self._where()}: {engine_error(exc)}"
+            if docker is not None:
+                await self._close(docker)
+            for rec in self._managed.values():
+                if not rec.up:
+                    rec.state.mark(Readiness.FAILED, f"{reason}; retrying (backoff up to {self.engine_retry_max:g} s)")
+            if reason != logged:
+                log.error("%s; managed containers are FAILED until it answers; retrying with backoff", reason)
+                logged = reason
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.engine_retry_max)
+
+    async def _close(self, docker: aiodocker.Docker) -> None:
+        await self._stop_events(docker)
+        try:
+            await docker.close()
+        except Exception:  # noqa: BLE001 - closing must not fail shutdown or a reconnect
+            log.debug("closing the Docker client failed", exc_info=True)
 
     async def _supervise(self) -> None:
-        where = self._settings.docker.url or "the default socket"
-        try:
-            # Connect fast or fail; long operations (build, pull, logs, events) lift the total.
-            timeout = aiohttp.ClientTimeout(total=120, connect=10)
-            self._docker = aiodocker.Docker(url=self._settings.docker.url, timeout=timeout)
-        except Exception as exc:  # noqa: BLE001 - e.g. no socket found, bad URL scheme
-            reason = f"cannot use the Docker Engine at {where}: {exc}"
-            log.error("%s; managed containers are not started", reason)
-            self._fail_all(reason)
-            return
-        docker = self._docker
-        delay, warned = 1.0, False
+        """Connect, bring the containers up, follow them; when the engine is lost, connect
+        again and bring back what did not survive."""
+        first = True
         while True:
-            try:
-                version = await docker.version()
-                break
-            except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                message = _docker_message(exc) if isinstance(exc, DockerError) else str(exc) or type(exc).__name__
-                reason = f"Docker Engine unreachable at {where}: {message}"
-                self._fail_all(reason)
-                if not warned:
-                    log.error("%s; managed containers are FAILED; retrying (backoff up to 30 s)", reason)
-                    warned = True
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-        log.info(
-            "Docker Engine %s (API %s) at %s; bringing up %d container(s)",
-            version.get("Version"),
-            docker.api_version,
-            where,
-            len(self._managed),
-        )
-        self._spawn(self._watch_events(docker), "docker events")
+            docker, version = await self._connect()
+            self._docker = docker
+            log.info(
+                "Docker Engine %s (API %s) at %s; bringing up %d container(s)",
+                version.get("Version"), docker.api_version, self._where(), len(self._managed),
+            )
+            for rec in self._managed.values():
+                if not rec.up:
+                    rec.state.mark(Readiness.STARTING)
+                    rec.task = self._spawn(self._bring_up(docker, rec), f"bring up {rec.settings.id}")
+            reason = await self._watch_events(docker, reconcile=not first)
+            first = False
+            self._docker = None
+            await self._engine_lost(reason)
+            await self._close(docker)
+
+    async def _engine_lost(self, reason: str) -> None:
+        """The engine stopped answering: what was being done with it is abandoned, and a
+        container that no longer answers is FAILED with the reason (one that still does,
+        e.g. under the engine's live-restore, keeps serving)."""
+        log.error("%s; reconnecting with backoff", reason)
+        abandoned = [rec.task for rec in self._managed.values() if rec.busy and rec.task is not None]
+        for task in abandoned:
+            task.cancel()
+        await asyncio.gather(*abandoned, return_exceptions=True)
         for rec in self._managed.values():
-            rec.state.mark(Readiness.STARTING)
-            rec.task = self._spawn(self._bring_up(docker, rec), f"bring up {rec.settings.id}")
+            if rec.up and await self._prober.probe(rec.settings, published=self._published) is None:
+                continue
+            rec.up = False
+            rec.state.mark(Readiness.FAILED, f"{reason}; reconnecting")
 
     # -- bring-up -----------------------------------------------------------------------
     async def _bring_up(self, docker: aiodocker.Docker, rec: _Managed) -> None:
@@ -295,7 +357,7 @@ class ContainerRuntime:
         except DockerError as exc:
             error = f"Docker Engine error: {_docker_message(exc)}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = f"Docker Engine error: {type(exc).__name__}: {exc}"
+            error = f"Docker Engine error: {engine_error(exc)}"
         except Exception as exc:  # noqa: BLE001 - a bug must not leave it STARTING forever
             log.exception("container %s: bring-up failed", container.id)
             error = f"unexpected error: {type(exc).__name__}: {exc}"
@@ -442,12 +504,15 @@ class ContainerRuntime:
             log.debug("stopping the docker events stream failed", exc_info=True)
             docker.events.task = None
 
-    async def _watch_events(self, docker: aiodocker.Docker) -> None:
+    async def _watch_events(self, docker: aiodocker.Docker, *, reconcile: bool = False) -> str:
+        """Follow the deaths of this node's containers until the engine is lost; why it was.
+
+        ``reconcile``: look at the containers first (after a reconnect, deaths were missed)."""
         filters = {"type": ["container"], "event": ["die"], "label": [f"{LABEL_NODE}={self._settings.node_id}"]}
-        delay, reconnect = 1.0, False
+        delay = 1.0
         while True:
             subscriber = docker.events.subscribe(filters=filters)
-            if reconnect:
+            if reconcile:
                 # Deaths while the stream was down were not seen: look at the containers.
                 try:
                     await self._reconcile(docker)
@@ -464,9 +529,13 @@ class ContainerRuntime:
                     log.exception("cannot handle docker event %r", event)
             del subscriber
             await self._stop_events(docker)
+            try:
+                await docker.version()
+            except Exception as exc:  # noqa: BLE001 - whatever it is, say it and reconnect
+                return f"Docker Engine lost at {self._where()}: {engine_error(exc)}"
             log.warning("docker events stream ended; reconnecting in %g s", delay)
             await asyncio.sleep(delay)
-            delay, reconnect = min(delay * 2, 30.0), True
+            delay, reconcile = min(delay * 2, 30.0), True
 
     def _on_event(self, docker: aiodocker.Docker, event: dict[str, Any]) -> None:
         if self._stopping or event.get("Type") != "container" or event.get("Action") != "die":
@@ -533,7 +602,7 @@ class ContainerRuntime:
         except DockerError as exc:
             error = f"Docker Engine error: {_docker_message(exc)}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = f"Docker Engine error: {type(exc).__name__}: {exc}"
+            error = f"Docker Engine error: {engine_error(exc)}"
         except Exception as exc:  # noqa: BLE001
             log.exception("container %s: recovery failed", rec.settings.id)
             error = f"unexpected error: {type(exc).__name__}: {exc}"

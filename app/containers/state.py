@@ -35,6 +35,9 @@ class ContainerState:
     done: int = 0
     failed: int = 0
     docker_id: str | None = field(default=None, repr=False)
+    #: Set when READY, and when FAILED on a managed container: the runtime gave up on it
+    #: (no engine, no image, it would not start) until something changes, so waiting for
+    #: it is pointless; an unmanaged one keeps being probed and may come back.
     _ready_event: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -59,9 +62,13 @@ class ContainerState:
         else:
             if error is not None:
                 self.last_error = error
-            self._ready_event.clear()
+            if readiness is Readiness.FAILED and self.managed:
+                self._ready_event.set()  # wake the waiters: they fail now, with last_error
+            else:
+                self._ready_event.clear()
 
     async def wait_ready(self, timeout: float) -> bool:
+        """Ready within ``timeout``? False at once when the runtime has given up on it."""
         if self.ready:
             return True
         try:

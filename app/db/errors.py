@@ -15,6 +15,8 @@ from asyncpg.exceptions import (
     QueryCanceledError,
 )
 
+from app.formatting import error_text
+
 #: The API's answer (503) while the database cannot be reached.
 DATABASE_UNAVAILABLE = "Database unavailable"
 
@@ -96,5 +98,4 @@ def unavailable_reason(exc: BaseException) -> str:
     root: BaseException = exc
     if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
         root = exc.orig.__cause__ or exc.orig  # asyncpg's error behind SQLAlchemy's adapter
-    text = short_message(root)
-    return text if text == type(root).__name__ else f"{type(root).__name__}: {text}"
+    return error_text(root)

@@ -1,8 +1,15 @@
-"""Apply or inspect the Alembic history from inside the node."""
+"""Apply or inspect the Alembic history from inside the node.
+
+The migrations ship inside the package as ``app._migrations`` (in a checkout a symlink to
+the top-level ``migrations/``), so an installed node (wheel, ``pip install .``, the image)
+migrates from any directory: the Alembic config is built here, not read from an
+``alembic.ini`` in the working directory. ``alembic.ini`` at the root stays for ``alembic``
+command-line users in a checkout.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import as_file, files
 
 from alembic import command
 from alembic.config import Config
@@ -12,12 +19,17 @@ from sqlalchemy import Connection
 
 from app.db.engine import Database
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+#: The package holding ``env.py``, ``script.py.mako`` and ``versions/``.
+MIGRATIONS_PACKAGE = "app._migrations"
 
 
 def alembic_config() -> Config:
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    """Alembic's config for the migrations installed with this code, wherever the cwd is."""
+    config = Config()
+    # Installed as plain files (wheel or checkout): as_file hands back the real directory.
+    with as_file(files(MIGRATIONS_PACKAGE)) as location:
+        config.set_main_option("script_location", str(location))
+    config.set_main_option("path_separator", "os")
     return config
 
 

@@ -57,6 +57,6 @@ def rate_limit_config(num_requests: int, period: float, identifier: Any) -> Peri
         rate_limit=("second", num_requests),
         period=period,
         identifier_for_request=identifier,
-        exclude=[r"^/health$", r"^/metrics$"],
+        exclude=[r"^/health(/live|/ready)?$", r"^/metrics$"],
         set_rate_limit_headers=True,
     )

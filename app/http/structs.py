@@ -55,3 +55,10 @@ class Health(msgspec.Struct):
     status: Literal["healthy", "unhealthy"]
     database: str | msgspec.UnsetType = msgspec.UNSET
     containers: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+
+
+class Probe(msgspec.Struct):
+    """``/health/live`` and ``/health/ready``: ``reason`` says why a node is not ready."""
+
+    status: str
+    reason: str | msgspec.UnsetType = msgspec.UNSET

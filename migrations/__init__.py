@@ -1,0 +1,1 @@
+"""Alembic migrations; installed with the node as ``app._migrations`` (see app/db/migrate.py)."""

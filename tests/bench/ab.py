@@ -1,0 +1,86 @@
+"""Two checkouts' nodes measured alternately on one machine: the comparison to trust when
+runs of the same code differ by a third (see README.md, Performance).
+
+    python -m tests.bench.ab OLD_TREE NEW_TREE [--db postgresql|sqlite] [--rounds 4]
+
+Each tree's node (``python -m app.cli serve`` with that tree first on ``PYTHONPATH``) runs
+on a fresh database of its own against one echo service; each round measures 32 clients
+polling every 1 ms and 32 clients waiting (``&wait=``), 1 container, one node process, a
+5-second window after the warm-up, alternating which tree goes first. Prints a line per
+window and the means with their spread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+from pathlib import Path
+
+import click
+
+from tests.bench import load
+from tests.bench.http import Connection
+from tests.bench.procs import (
+    EchoService,
+    NodeProcess,
+    PgBackends,
+    create_pg_database,
+    drop_pg_database,
+    node_config,
+    sqlite_url,
+)
+
+MODES = {"polling": 0.001, "waiting": None}
+
+
+async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -> None:
+    work = Path(tempfile.mkdtemp(prefix="jobnode-ab-"))
+    service = EchoService(work).start()
+    nodes: dict[str, NodeProcess] = {}
+    urls: dict[str, str] = {}
+    figures: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    try:
+        for name, tree in trees.items():
+            urls[name] = await create_pg_database() if db == "postgresql" else sqlite_url(work / f"{name}.db")
+            node = NodeProcess(work, node_config(urls[name], service.url, containers=1), name=name)
+            node.env = {"PYTHONPATH": str(tree)}
+            nodes[name] = node.start()
+        for round_ in range(rounds):
+            for name in list(trees) if round_ % 2 == 0 else list(reversed(trees)):
+                node = nodes[name]
+                meter = load.Meter(node, service, PgBackends(urls[name]) if db == "postgresql" else None)
+                for mode, interval in MODES.items():
+                    window = await load.closed_loop(
+                        lambda _i, port=node.port: Connection("127.0.0.1", port), clients,
+                        load.end_to_end_op(["echo1"], interval), warmup=1.5, duration=5, max_ops=10**6, meter=meter)
+                    s = window.summary()
+                    figures.setdefault((name, mode), []).append((s["rate"], s["node_cpu_ms_per_job"]))
+                    click.echo(f"round {round_} {name:>4} {mode}: {s['rate']:,.0f} jobs/s, "
+                               f"node {s['node_cpu_ms_per_job']:.3f} ms CPU/job, errors {s['errors']}")
+        for (name, mode), values in figures.items():
+            rates, cpus = [v[0] for v in values], [v[1] for v in values]
+            click.echo(f"{name:>4} {mode}: {statistics.mean(rates):,.0f} jobs/s ({min(rates):,.0f}-{max(rates):,.0f}), "
+                       f"node {statistics.mean(cpus):.2f} ms/job ({min(cpus):.2f}-{max(cpus):.2f})")
+    finally:
+        for node in nodes.values():
+            node.stop()
+        service.stop()
+        if db == "postgresql":
+            for url in urls.values():
+                await drop_pg_database(url)
+
+
+@click.command()
+@click.argument("old", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.argument("new", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--db", type=click.Choice(["postgresql", "sqlite"]), default="postgresql", show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 20), default=4, show_default=True)
+@click.option("--clients", type=click.IntRange(1, 256), default=32, show_default=True)
+def main(old: Path, new: Path, db: str, rounds: int, clients: int) -> None:
+    """Measure the nodes of two checkouts (OLD, NEW: e.g. `git worktree add`) alternately."""
+    asyncio.run(_compare({"old": old.resolve(), "new": new.resolve()}, db, rounds, clients))
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,10 @@ database refused gets the error and the others go through as if nothing had happ
 What is known to be refused (a NUL, deep nesting: ``app.storable``) is turned away before
 it joins a group; this is the net under that, for whatever slips through. Not when the
 database is unavailable (``app.db.errors``): every item alone would fail the same way,
-one wait or timeout after the other.
+one wait or timeout after the other. Then the items queued behind the failed flush get
+its error too, at once: on a database that hangs, each flush waits out the deadline
+(``database.statement_timeout``), and a request queued behind one must not wait out a
+second before its 503.
 """
 
 from __future__ import annotations
@@ -53,7 +56,12 @@ class GroupCommit(Generic[T, R]):
                 try:
                     results: list[R | BaseException] = await self._flush(items)
                 except Exception as exc:  # the whole transaction failed
-                    results = await self._alone(items) if self._retry_alone(exc, len(items)) else [exc] * len(batch)
+                    if is_database_unavailable(exc):
+                        batch += self._waiting  # they would meet the same outage, a deadline later
+                        del self._waiting[:]
+                        results = [exc] * len(batch)
+                    else:
+                        results = await self._alone(items) if len(items) > 1 else [exc]
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
@@ -63,11 +71,6 @@ class GroupCommit(Generic[T, R]):
                         future.set_result(result)
         finally:
             self._drainer = None
-
-    @staticmethod
-    def _retry_alone(exc: Exception, size: int) -> bool:
-        """Whether a failed flush of ``size`` items is worth flushing again item by item."""
-        return size > 1 and not is_database_unavailable(exc)
 
     async def _alone(self, items: list[T]) -> list[R | BaseException]:
         """Each item in a flush of its own (one after the other: this is the rare path, and

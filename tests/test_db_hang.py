@@ -155,7 +155,8 @@ async def _burst_during_outage(http: httpx.AsyncClient, job_id: str) -> dict[str
         requests[f"/info #{i}"] = http.get("/info")
     answers = dict(zip(requests, await asyncio.gather(*(_timed(r) for r in requests.values())), strict=True))
     for name, (response, _) in answers.items():
-        assert_error(response, 503, "Database unavailable"), name
+        assert response.status_code == 503, (name, response.status_code, response.text)
+        assert_error(response, 503, "Database unavailable")
     took = {name: seconds for name, (_, seconds) in answers.items()}
     slow = {name: round(seconds, 1) for name, seconds in took.items() if seconds >= BOUND_SECONDS}
     assert not slow, f"answered after the bound of {BOUND_SECONDS} s: {slow}"

@@ -23,7 +23,10 @@ from app.logging import configure_logging
 T = TypeVar("T")
 
 config_option = click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), envvar="JOBNODE_CONFIG",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="JOBNODE_CONFIG",
     help="JSON config file (default: all defaults, SQLite jobnode.db).",
 )
 
@@ -224,7 +227,9 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     numeric = [bool(rows) and all(isinstance(r[i], int | float) for r in rows) for i in range(len(headers))]
 
     def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+        return "  ".join(
+            v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric, strict=True)
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
@@ -247,8 +252,12 @@ def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awa
     settings = _settings(config_path)
 
     async def run() -> T:
-        database = Database(settings.database.url, pool_size=2, connect_timeout=settings.database.connect_timeout,
-                            statement_timeout=settings.database.statement_timeout)
+        database = Database(
+            settings.database.url,
+            pool_size=2,
+            connect_timeout=settings.database.connect_timeout,
+            statement_timeout=settings.database.statement_timeout,
+        )
         store = JobStore(database, f"cli@{socket.gethostname()}", settings.scheduler.lease_seconds)
         try:
             return await action(OperatorService(database, store), settings)
@@ -299,11 +308,23 @@ def jobs_list(config_path: str | None, status: str | None, client: str | None, l
     if not rows:
         click.echo("no jobs")
         return
-    click.echo(_table(
-        ["ID", "STATUS", "CLIENT", "CONTAINERS", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
-        [[r["id"], r["status"], r["client"], ",".join(r["containers"]), r["attempts"], _when(r["created_at"]),
-          _short(r["error"], 50)] for r in rows],
-    ))
+    click.echo(
+        _table(
+            ["ID", "STATUS", "CLIENT", "CONTAINERS", "ATTEMPTS", "CREATED (UTC)", "ERROR"],
+            [
+                [
+                    r["id"],
+                    r["status"],
+                    r["client"],
+                    ",".join(r["containers"]),
+                    r["attempts"],
+                    _when(r["created_at"]),
+                    _short(r["error"], 50),
+                ]
+                for r in rows
+            ],
+        )
+    )
 
 
 @jobs.command("show")
@@ -317,12 +338,18 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
         click.echo(json.dumps(detail, indent=2))
         return
     fields = [
-        ("id", detail["id"]), ("status", f"{detail['status']} (API: {detail['api_status']})"),
-        ("client", detail["client"]), ("source", detail["source"]),
-        ("containers", " -> ".join(detail["containers"])), ("attempts", detail["attempts"]),
-        ("node", detail["node"] or "-"), ("created", _when(detail["created_at"])),
-        ("started", _when(detail["started_at"]) or "-"), ("finished", _when(detail["finished_at"]) or "-"),
-        ("queued for", duration(detail["queued_seconds"])), ("ran for", duration(detail["duration_seconds"])),
+        ("id", detail["id"]),
+        ("status", f"{detail['status']} (API: {detail['api_status']})"),
+        ("client", detail["client"]),
+        ("source", detail["source"]),
+        ("containers", " -> ".join(detail["containers"])),
+        ("attempts", detail["attempts"]),
+        ("node", detail["node"] or "-"),
+        ("created", _when(detail["created_at"])),
+        ("started", _when(detail["started_at"]) or "-"),
+        ("finished", _when(detail["finished_at"]) or "-"),
+        ("queued for", duration(detail["queued_seconds"])),
+        ("ran for", duration(detail["duration_seconds"])),
         ("input", json.dumps(detail["input"])),
     ]
     width = max(len(k) for k, _ in fields)
@@ -332,12 +359,22 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
     if not detail["steps"]:
         click.echo("no step finished yet")
         return
-    click.echo(_table(
-        ["#", "CONTAINER", "RESULT", "DURATION", "ATTEMPT", "NODE"],
-        [[s["position"], s["container"],
-          _short(f"error: {s['error']}" if s["error"] is not None else json.dumps(s["output"]), 70),
-          duration(s["duration_seconds"]), s["attempt"], s["node"] or ""] for s in detail["steps"]],
-    ))
+    click.echo(
+        _table(
+            ["#", "CONTAINER", "RESULT", "DURATION", "ATTEMPT", "NODE"],
+            [
+                [
+                    s["position"],
+                    s["container"],
+                    _short(f"error: {s['error']}" if s["error"] is not None else json.dumps(s["output"]), 70),
+                    duration(s["duration_seconds"]),
+                    s["attempt"],
+                    s["node"] or "",
+                ]
+                for s in detail["steps"]
+            ],
+        )
+    )
 
 
 @jobs.command("cancel")
@@ -380,8 +417,12 @@ def jobs_retry(config_path: str | None, job_id: str | None, all_failed: bool) ->
 
 @main.command()
 @click.option("--url", default="http://127.0.0.1:4000", show_default=True, help="A running node.")
-@click.option("--token", envvar="JOBNODE_OPERATOR_TOKEN", default=None,
-              help="server.operator_token of that node (or env JOBNODE_OPERATOR_TOKEN).")
+@click.option(
+    "--token",
+    envvar="JOBNODE_OPERATOR_TOKEN",
+    default=None,
+    help="server.operator_token of that node (or env JOBNODE_OPERATOR_TOKEN).",
+)
 def containers(url: str, token: str | None) -> None:
     """Each container's live state, from a running node's /api/containers."""
     import httpx
@@ -401,11 +442,25 @@ def containers(url: str, token: str | None) -> None:
     if not body:
         click.echo("no containers configured")
         return
-    click.echo(_table(
-        ["CONTAINER", "STATE", "IN FLIGHT", "DONE", "FAILED", "RESTARTS", "MEAN", "P95", "LAST ERROR"],
-        [[c["id"], c["state"], f"{c['in_flight']}/{c['concurrency']}", c["done"], c["failed"], c["restarts"],
-          duration(c["mean_seconds"]), duration(c["p95_seconds"]), _short(c["last_error"], 50)] for c in body],
-    ))
+    click.echo(
+        _table(
+            ["CONTAINER", "STATE", "IN FLIGHT", "DONE", "FAILED", "RESTARTS", "MEAN", "P95", "LAST ERROR"],
+            [
+                [
+                    c["id"],
+                    c["state"],
+                    f"{c['in_flight']}/{c['concurrency']}",
+                    c["done"],
+                    c["failed"],
+                    c["restarts"],
+                    duration(c["mean_seconds"]),
+                    duration(c["p95_seconds"]),
+                    _short(c["last_error"], 50),
+                ]
+                for c in body
+            ],
+        )
+    )
 
 
 @main.command()
@@ -423,9 +478,12 @@ def stats(config_path: str | None) -> None:
 
 @db.command()
 @config_option
-@click.option("--days", type=click.FloatRange(0, min_open=True), default=None,
-              help="Delete finished jobs older than this many days, more than 0 "
-                   "(default: retention.finished_jobs_days).")
+@click.option(
+    "--days",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Delete finished jobs older than this many days, more than 0 (default: retention.finished_jobs_days).",
+)
 def prune(config_path: str | None, days: float | None) -> None:
     """Apply the retention now: delete old finished jobs in small batches."""
 

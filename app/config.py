@@ -325,8 +325,10 @@ def _validate_containers(settings: Settings) -> None:
             raise ConfigError(f"{key}.image: required for a container the node manages (or set url)")
         if settings.server.workers > 1 and settings.managed(container):
             # Every worker would run the container on the Docker Engine at once.
-            raise ConfigError(f"server.workers: {settings.server.workers} workers cannot manage containers "
-                              f"({key} {container.id!r}); run them elsewhere (url, or manage_containers: false)")
+            raise ConfigError(
+                f"server.workers: {settings.server.workers} workers cannot manage containers "
+                f"({key} {container.id!r}); run them elsewhere (url, or manage_containers: false)"
+            )
         if container.url is not None and not container.url.startswith(("http://", "https://")):
             raise ConfigError(f"{key}.url: {container.url!r} is not an http(s) URL")
         parse_networks(container.allowed_ips, f"{key}.allowed_ips")
@@ -364,10 +366,12 @@ def settings_from_dict(raw: dict[str, Any], *, environ: Mapping[str, str] | None
         _validate_database_url(settings.database.url)
         _validate_log_level(settings.log_level)
         parse_networks(settings.server.trusted_proxies, "server.trusted_proxies")
-        settings.server.allowed_hosts = [parse_host(h, f"server.allowed_hosts[{i}]")
-                                         for i, h in enumerate(settings.server.allowed_hosts)]
-        settings.server.allowed_origins = [parse_origin(o, f"server.allowed_origins[{i}]")
-                                           for i, o in enumerate(settings.server.allowed_origins)]
+        settings.server.allowed_hosts = [
+            parse_host(h, f"server.allowed_hosts[{i}]") for i, h in enumerate(settings.server.allowed_hosts)
+        ]
+        settings.server.allowed_origins = [
+            parse_origin(o, f"server.allowed_origins[{i}]") for i, o in enumerate(settings.server.allowed_origins)
+        ]
         _validate_containers(settings)
     except ConfigError as exc:
         key = str(exc).split(":", 1)[0]
@@ -407,8 +411,9 @@ def _validate_database_url(url: str) -> None:
         shown = f" {url!r}" if "@" not in url else ""  # it may hold a password
         raise ConfigError(f"database.url: invalid database URL{shown}: {_DATABASE_URL_HINT}") from None
     if scheme not in DATABASE_SCHEMES:
-        raise ConfigError(f"database.url: invalid database URL: jobnode does not run on {scheme}://; "
-                          f"{_DATABASE_URL_HINT}")
+        raise ConfigError(
+            f"database.url: invalid database URL: jobnode does not run on {scheme}://; {_DATABASE_URL_HINT}"
+        )
 
 
 def _validate_log_level(level: str) -> None:
@@ -430,7 +435,7 @@ def masked(settings: Settings) -> dict[str, Any]:
     for container in raw["containers"]:
         if container.get("bearer") is not None:
             container["bearer"] = MASK
-        container["env"] = {name: MASK for name in container.get("env", {})}
+        container["env"] = dict.fromkeys(container.get("env", {}), MASK)
     return raw
 
 

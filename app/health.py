@@ -31,10 +31,13 @@ class NodeReadiness:
             return DRAINING
         try:
             current = await migrate.current_revision(self._database)
-        except Exception as exc:  # noqa: BLE001 - any failure to answer means unready
+        except Exception as exc:
             return f"database unreachable: {error_text(exc)}"
         if self._head is None:  # parsed once: the scripts ship with the code
             self._head = migrate.head_revision()
         if current != self._head:
-            return f"database schema at revision {current or 'none'}, this node needs {self._head} (run: jobnode db upgrade)"
+            return (
+                f"database schema at revision {current or 'none'}, "
+                f"this node needs {self._head} (run: jobnode db upgrade)"
+            )
         return None

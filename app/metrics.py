@@ -78,7 +78,8 @@ JOBS_RESCUED = Counter(
 )
 JOBS_RETRIED = Counter("jobnode_jobs_retried_total", "Failed or cancelled jobs re-queued by an operator")
 JOBS_ABANDONED = Counter(
-    "jobnode_jobs_abandoned_total", "Running jobs this node stopped because it no longer held them (cancelled, taken over)"
+    "jobnode_jobs_abandoned_total",
+    "Running jobs this node stopped because it no longer held them (cancelled, taken over)",
 )
 
 
@@ -159,8 +160,11 @@ def job_claimed(job: ClaimedJob) -> None:
     if waited is not None and job.attempts == 1 and first is not None:
         _child(QUEUE_WAIT, first).observe(waited)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("job claimed (attempt %d)", job.attempts,
-                  extra=_extra(job.id, first, attempt=job.attempts, queued_seconds=waited))
+        log.debug(
+            "job claimed (attempt %d)",
+            job.attempts,
+            extra=_extra(job.id, first, attempt=job.attempts, queued_seconds=waited),
+        )
 
 
 def step_done(job: ClaimedJob, position: int, state: ContainerState, started: datetime) -> None:
@@ -168,20 +172,30 @@ def step_done(job: ClaimedJob, position: int, state: ContainerState, started: da
     _child(STEP_DURATION, state.settings.id, "ok").observe(seconds)
     RECENT.add(state, seconds)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("step %d done in %.3f s", position, seconds,
-                  extra=_extra(job.id, state.settings.id, step=position, duration_seconds=seconds))
+        log.debug(
+            "step %d done in %.3f s",
+            position,
+            seconds,
+            extra=_extra(job.id, state.settings.id, step=position, duration_seconds=seconds),
+        )
 
 
-def step_failed(job: ClaimedJob, position: int, container: str, state: ContainerState | None,
-                failed: StepFailed, started: datetime) -> None:
+def step_failed(
+    job: ClaimedJob, position: int, container: str, state: ContainerState | None, failed: StepFailed, started: datetime
+) -> None:
     kind = error_kind(failed.error)
     CONTAINER_ERRORS.labels(container, kind).inc()
     seconds = _seconds_since(started) or 0.0
     if failed.delivered and state is not None:
         _child(STEP_DURATION, container, "error").observe(seconds)
         RECENT.add(state, seconds)
-    log.warning("step %d failed (%s): %s", position, kind, failed.error,
-                extra=_extra(job.id, container, step=position, error=failed.error, error_kind=kind))
+    log.warning(
+        "step %d failed (%s): %s",
+        position,
+        kind,
+        failed.error,
+        extra=_extra(job.id, container, step=position, error=failed.error, error_kind=kind),
+    )
 
 
 def job_finished(job: ClaimedJob, status: str, container: str | None = None) -> None:
@@ -192,8 +206,12 @@ def job_finished(job: ClaimedJob, status: str, container: str | None = None) -> 
     level = logging.DEBUG if status == "success" else logging.INFO
     if log.isEnabledFor(level):
         container = container or (job.containers[-1] if job.containers else None)
-        log.log(level, "job %s", status, extra=_extra(job.id, container, status=status, attempt=job.attempts,
-                                                       duration_seconds=took))
+        log.log(
+            level,
+            "job %s",
+            status,
+            extra=_extra(job.id, container, status=status, attempt=job.attempts, duration_seconds=took),
+        )
 
 
 def job_abandoned(job_id: str, why: str) -> None:

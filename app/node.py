@@ -16,6 +16,7 @@ from litestar import Litestar
 
 from app.config import Settings
 from app.containers.protocol import ContainerClient
+from app.containers.resources import ResourceService
 from app.containers.state import ContainerStates
 from app.db import migrate
 from app.db.engine import Database
@@ -24,11 +25,10 @@ from app.db.signal import JobSignal
 from app.health import NodeReadiness
 from app.http.app import create_app
 from app.jobs.live import LiveJobs
-from app.jobs.requests import ContainerCatalog
 from app.jobs.operator import OperatorService
+from app.jobs.requests import ContainerCatalog
 from app.jobs.service import JobService
 from app.jobs.stream import StreamService
-from app.containers.resources import ResourceService
 from app.jobs.transitions import JobStore
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
@@ -58,7 +58,10 @@ class Node:
             NodeConnection(self.database, self.signal, on_ended=live.wake) if self.database.is_postgresql else None
         )
         self.scheduler = Scheduler(
-            settings, store, ChainRunner(store, self.containers, self.client, live), self.signal,
+            settings,
+            store,
+            ChainRunner(store, self.containers, self.client, live),
+            self.signal,
             **({"is_leader": self.connection.is_leader} if self.connection else {}),
         )
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
@@ -110,7 +113,13 @@ class Node:
     def app(self) -> Litestar:
         return create_app(
             self.settings.server,
-            {"jobs": self.jobs, "containers": self.containers, "streams": self.streams, "resources": self.resources,
-             "operator": self.operator, "readiness": self.readiness},
+            {
+                "jobs": self.jobs,
+                "containers": self.containers,
+                "streams": self.streams,
+                "resources": self.resources,
+                "operator": self.operator,
+                "readiness": self.readiness,
+            },
             lifespan=[self.lifespan],
         )

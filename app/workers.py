@@ -84,8 +84,10 @@ class Supervisor:
 
     def _start(self, index: int, sock: socket.socket) -> tuple[BaseProcess, float]:
         process = self._context.Process(
-            target=_worker_main, args=(self.run_worker, worker_settings(self.settings, index), sock, os.getpid()),
-            name=f"jobnode-worker-{index}", daemon=False,
+            target=_worker_main,
+            args=(self.run_worker, worker_settings(self.settings, index), sock, os.getpid()),
+            name=f"jobnode-worker-{index}",
+            daemon=False,
         )
         process.start()
         return process, time.monotonic()
@@ -106,8 +108,9 @@ class Supervisor:
                 process.join(5)
 
 
-def _worker_main(run_worker: Callable[[Settings, socket.socket], None], settings: Settings,
-                 sock: socket.socket, parent: int) -> None:
+def _worker_main(
+    run_worker: Callable[[Settings, socket.socket], None], settings: Settings, sock: socket.socket, parent: int
+) -> None:
     # A session of its own: a Ctrl-C at the terminal reaches the parent only, which then
     # stops each worker once (a second signal would make uvicorn skip the graceful part).
     os.setsid()

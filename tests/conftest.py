@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from tests.support import (
-    migrated,
     HostService,
     RunningNode,
     create_pg_database,
     drop_pg_database,
+    migrated,
     node_settings,
     serve_node,
     unavailable,
@@ -31,7 +31,7 @@ def postgresql_url() -> Iterator[str]:
     """One fresh PostgreSQL database for the whole run, dropped at the end."""
     try:
         url = asyncio.run(create_pg_database())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
     try:
         asyncio.run(migrated(url))

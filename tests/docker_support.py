@@ -39,7 +39,7 @@ async def engine_problem() -> str | None:
     try:
         async with aiodocker.Docker() as docker:
             await asyncio.wait_for(docker.version(), 10)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -108,7 +108,12 @@ def runtime_settings(
 
 def service(container_id: str, port: int | None = None, **keys: Any) -> dict[str, Any]:
     """A managed container running the test service image."""
-    entry: dict[str, Any] = {"id": container_id, "image": TEST_IMAGE, "port": port or free_port(), "startup_timeout": 20}
+    entry: dict[str, Any] = {
+        "id": container_id,
+        "image": TEST_IMAGE,
+        "port": port or free_port(),
+        "startup_timeout": 20,
+    }
     entry.update(keys)
     return entry
 
@@ -165,4 +170,3 @@ def recorder(state: Any) -> list[tuple[str, str | None]]:
 
     state.mark = mark
     return transitions
-

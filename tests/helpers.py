@@ -132,7 +132,7 @@ async def fresh_database(backend: str, directory: Path) -> AsyncIterator[str]:
         return
     try:
         url = await create_pg_database()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
     try:
         yield url

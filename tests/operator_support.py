@@ -62,7 +62,7 @@ async def fresh_database(backend: str, directory: Path) -> AsyncIterator[str]:
     else:
         try:
             url = await create_pg_database()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
         drop = url
     database = Database(url)
@@ -77,26 +77,56 @@ async def fresh_database(backend: str, directory: Path) -> AsyncIterator[str]:
             await drop_pg_database(drop)
 
 
-async def add_job(database: Database, job_id: str, *, client: str = "127.0.0.1", containers: list[str] | None = None,
-                  status: str = JobStatus.PENDING, steps: list[dict[str, Any]] = (),  # type: ignore[assignment]
-                  created_at: datetime | None = None, finished_at: datetime | None = None,
-                  data: dict[str, Any] | None = None, **columns: Any) -> None:
+async def add_job(
+    database: Database,
+    job_id: str,
+    *,
+    client: str = "127.0.0.1",
+    containers: list[str] | None = None,
+    status: str = JobStatus.PENDING,
+    steps: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    created_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    data: dict[str, Any] | None = None,
+    **columns: Any,
+) -> None:
     """A job row (and step rows ``{"container", "output"|"error"}``) as the node would have written them."""
     now = created_at or utcnow()
     if finished_at is None and status in JobStatus.FINISHED:
         finished_at = now
     async with database.write() as conn:
-        await conn.execute(insert(Job).values(
-            id=job_id, client=client, source="offchain", containers=containers or ["echo"],
-            input=data if data is not None else {"x": 1}, requires_proof=False, status=status,
-            attempts=1 if status != JobStatus.PENDING else 0, stream=False, run_after=now, created_at=now,
-            started_at=None if status == JobStatus.PENDING else now, finished_at=finished_at, **columns,
-        ))
+        await conn.execute(
+            insert(Job).values(
+                id=job_id,
+                client=client,
+                source="offchain",
+                containers=containers or ["echo"],
+                input=data if data is not None else {"x": 1},
+                requires_proof=False,
+                status=status,
+                attempts=1 if status != JobStatus.PENDING else 0,
+                stream=False,
+                run_after=now,
+                created_at=now,
+                started_at=None if status == JobStatus.PENDING else now,
+                finished_at=finished_at,
+                **columns,
+            )
+        )
         for position, step in enumerate(steps):
-            await conn.execute(insert(JobStep).values(
-                job_id=job_id, position=position, container=step["container"], output=step.get("output"),
-                error=step.get("error"), attempt=1, node="test-node", started_at=now, finished_at=finished_at or now,
-            ))
+            await conn.execute(
+                insert(JobStep).values(
+                    job_id=job_id,
+                    position=position,
+                    container=step["container"],
+                    output=step.get("output"),
+                    error=step.get("error"),
+                    attempt=1,
+                    node="test-node",
+                    started_at=now,
+                    finished_at=finished_at or now,
+                )
+            )
 
 
 async def set_job(database: Database, job_id: str, **values: Any) -> None:

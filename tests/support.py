@@ -153,8 +153,9 @@ class HostService:
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {**os.environ, "MODE": mode, "PORT": str(self.port), "HOST": "127.0.0.1"}
         environment.update({k: str(v) for k, v in env.items()})
-        self.process = subprocess.Popen([sys.executable, str(SERVICE)], env=environment,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [sys.executable, str(SERVICE)], env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
 
     def wait_ready(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -172,15 +173,16 @@ class HostService:
         self.process.wait(5)
 
 
-async def wait_finished(http: httpx.AsyncClient, job_ids: list[str], timeout: float = 30.0,
-                        intermediate: bool = True) -> dict[str, dict[str, Any]]:
+async def wait_finished(
+    http: httpx.AsyncClient, job_ids: list[str], timeout: float = 30.0, intermediate: bool = True
+) -> dict[str, dict[str, Any]]:
     """Poll until every job left ``running``; returns the results by id."""
     deadline = time.monotonic() + timeout
     pending = list(job_ids)
     done: dict[str, dict[str, Any]] = {}
     while pending:
         for start in range(0, len(pending), 500):
-            params = [("id", i) for i in pending[start:start + 500]]
+            params = [("id", i) for i in pending[start : start + 500]]
             if intermediate:
                 params.append(("intermediate", "true"))
             response = await http.get("/api/jobs", params=params)
@@ -203,8 +205,9 @@ def run_jobnode(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProces
     """``jobnode ARGS`` as a user runs it, with only ``env`` of the JOBNODE_* variables (the
     rest of this environment, PYTHONPATH included, is kept: it runs this tree's code)."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBNODE_")}
-    return subprocess.run([str(JOBNODE), *args], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={**environ, **env})
+    return subprocess.run(
+        [str(JOBNODE), *args], capture_output=True, text=True, timeout=120, cwd=cwd, env={**environ, **env}
+    )
 
 
 class NodeProcess:
@@ -224,8 +227,9 @@ class NodeProcess:
 
     def spawn(self) -> NodeProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([str(JOBNODE), "serve", "--config", str(self.config_path)],
-                                        stdout=log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [str(JOBNODE), "serve", "--config", str(self.config_path)], stdout=log, stderr=subprocess.STDOUT
+        )
         return self
 
     def wait_healthy(self, timeout: float = 60.0) -> NodeProcess:

@@ -54,8 +54,11 @@ async def test_mixed_items_are_answered_in_order_and_the_valid_ones_stored(node,
 async def test_a_batch_of_only_rejections_stores_nothing(node, client_address):
     async with node.client(client_address) as http:
         answers = await submit_batch(http, [job(), job("nope"), 3])
-        assert [a["error"] for a in answers] == ["No containers specified", "Container not supported",
-                                                 "Invalid job request"]
+        assert [a["error"] for a in answers] == [
+            "No containers specified",
+            "Container not supported",
+            "Invalid job request",
+        ]
         assert await listed(http) == []
 
 
@@ -81,7 +84,9 @@ async def test_batch_too_large(make_node, client_address):
         async with node.client(client_address) as http:
             assert_error(
                 await http.post("/api/jobs/batch", json=[job("echo")] * 4),
-                400, "Batch too large", {"limit": 3, "size": 4},
+                400,
+                "Batch too large",
+                {"limit": 3, "size": 4},
             )
             assert await listed(http) == []
             answers = await submit_batch(http, [job("echo")] * 3)

@@ -103,13 +103,16 @@ async def test_a_trusted_proxy_names_the_client(make_node, client_address):
     async with make_node(proxy_config(f"{client_address}/32", "192.0.2.0/24")) as node:
         async with node.client(client_address) as proxy:
             job_id = await submit(proxy, job("private"), headers=via(behind))
-            assert_error(await proxy.post("/api/jobs", json=job("private"), headers=via("10.9.9.9")),
-                         *not_allowed("private", "10.9.9.9"))
+            assert_error(
+                await proxy.post("/api/jobs", json=job("private"), headers=via("10.9.9.9")),
+                *not_allowed("private", "10.9.9.9"),
+            )
             # The nearest untrusted hop is the client; trusted hops are skipped; an
             # IPv4-mapped IPv6 address is its IPv4 address.
             for chain in (f"{behind}, 192.0.2.7", f"198.51.100.1, {behind}, {client_address}", f"::ffff:{behind}"):
-                assert_error(await proxy.post("/api/jobs", json=job("local"), headers=via(chain)),
-                             *not_allowed("local", behind))
+                assert_error(
+                    await proxy.post("/api/jobs", json=job("local"), headers=via(chain)), *not_allowed("local", behind)
+                )
             # An IPv6 client behind the proxy ("private" allows ::2).
             v6_job = await submit(proxy, job("private"), headers=via("::2"))
 
@@ -121,22 +124,28 @@ async def test_a_trusted_proxy_names_the_client(make_node, client_address):
             assert r.json() == [{"id": v6_job, "status": "running", "result": None}]
             # A hop that is not an address ends the walk: the hop that reported it is the client.
             for chain in ("not-an-ip", "x" * 100, f"unknown, {client_address}", f"{behind}:1234"):
-                assert_error(await proxy.post("/api/jobs", json=job("private"), headers=via(chain)),
-                             *not_allowed("private", client_address))
+                assert_error(
+                    await proxy.post("/api/jobs", json=job("private"), headers=via(chain)),
+                    *not_allowed("private", client_address),
+                )
             own_job = await submit(proxy, headers=via("x" * 100))
             assert await listed(proxy) == [own_job]
         # A peer that is not a trusted proxy cannot name a client.
         untrusted = other_address(client_address)
         async with node.client(untrusted) as http:
-            assert_error(await http.post("/api/jobs", json=job("private"), headers=via(behind)),
-                         *not_allowed("private", untrusted))
+            assert_error(
+                await http.post("/api/jobs", json=job("private"), headers=via(behind)),
+                *not_allowed("private", untrusted),
+            )
             assert (await http.get("/api/jobs", headers=via(behind))).json() == []
 
 
 async def test_forwarded_for_is_ignored_without_trusted_proxies(node, client_address):
     async with node.client(client_address) as http:
-        assert_error(await http.post("/api/jobs", json=job("private"), headers=via("10.1.2.3")),
-                     *not_allowed("private", client_address))
+        assert_error(
+            await http.post("/api/jobs", json=job("private"), headers=via("10.1.2.3")),
+            *not_allowed("private", client_address),
+        )
         job_id = await submit(http, headers=via("10.1.2.3"))
         assert await listed(http) == [job_id]
         assert (await http.get("/api/jobs", headers=via("10.1.2.3"))).json() == [job_id]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import time
 import re
+import time
 
 from app import __version__
 from app.containers.docker import ContainerRuntime
@@ -31,6 +31,7 @@ async def test_health(node, client_address):
 
 async def test_info_shape_and_pending_counts(node, client_address):
     async with node.client(client_address) as http:
+
         async def info():
             r = await http.get("/info")
             assert r.status_code == 200, r.text
@@ -49,12 +50,18 @@ async def test_info_shape_and_pending_counts(node, client_address):
         ids += [a["id"] for a in await submit_batch(http, [job("echo"), job("nope"), job("echo")]) if "id" in a]
         await http.post("/api/jobs", json=job("nope"))
         added = await info()
-        assert added["pending"] == {"offchain": before["pending"]["offchain"] + 4, "onchain": before["pending"]["onchain"]}
+        assert added["pending"] == {
+            "offchain": before["pending"]["offchain"] + 4,
+            "onchain": before["pending"]["onchain"],
+        }
 
         await finish(node.node.database, ids[0], "success", [{"container": "echo", "output": {}}])
         await finish(node.node.database, ids[1], "running", [])
         after = await info()
-        assert after["pending"] == {"offchain": before["pending"]["offchain"] + 3, "onchain": before["pending"]["onchain"]}
+        assert after["pending"] == {
+            "offchain": before["pending"]["offchain"] + 3,
+            "onchain": before["pending"]["onchain"],
+        }
 
 
 async def test_info_lists_only_ready_containers(make_node, client_address):
@@ -69,7 +76,9 @@ async def test_info_lists_only_ready_containers(make_node, client_address):
     async with make_node(config) as node, node.client(client_address) as http:
         r = await http.get("/info")
         assert r.status_code == 200, r.text
-        assert r.json()["containers"] == [{"id": "plain", "image": "some/image:1", "external": False, "description": ""}]
+        assert r.json()["containers"] == [
+            {"id": "plain", "image": "some/image:1", "external": False, "description": ""}
+        ]
 
 
 async def _readiness(http) -> tuple[list[str], dict[str, str], dict[str, tuple[str, str | None]]]:
@@ -81,8 +90,9 @@ async def _readiness(http) -> tuple[list[str], dict[str, str], dict[str, tuple[s
     return info, health.get("containers", {}), live
 
 
-async def test_unmanaged_container_without_health_path_is_probed_by_tcp(make_node, client_address, monkeypatch,
-                                                                         host_service):
+async def test_unmanaged_container_without_health_path_is_probed_by_tcp(
+    make_node, client_address, monkeypatch, host_service
+):
     """Ready while its url's port accepts connections, not ready (and why) while it does not,
     both ways; a job for it while it is down is called anyway and fails at once."""
     monkeypatch.setattr(ContainerRuntime, "probe_interval", 0.1)
@@ -91,9 +101,14 @@ async def test_unmanaged_container_without_health_path_is_probed_by_tcp(make_nod
     echo = host_service("echo")
     # Ids of this test only: other tests' jobs in the shared database are left alone.
     flips, down, up = (f"{name}-{client_address}" for name in ("flips", "down", "up"))
-    config = {"scheduler": {"poll_interval": 0.1},
-              "containers": [{"id": flips, "url": port.url}, {"id": down, "url": gone.url, "startup_timeout": 30},
-                             {"id": up, "url": echo.url}]}
+    config = {
+        "scheduler": {"poll_interval": 0.1},
+        "containers": [
+            {"id": flips, "url": port.url},
+            {"id": down, "url": gone.url, "startup_timeout": 30},
+            {"id": up, "url": echo.url},
+        ],
+    }
     refused = f"failed: 127.0.0.1:{gone.port}: connection refused"
     try:
         async with make_node(config) as node, node.client(client_address) as http:
@@ -104,17 +119,25 @@ async def test_unmanaged_container_without_health_path_is_probed_by_tcp(make_nod
             assert live[flips] == ("ready", None) and live[up] == ("ready", None)
 
             await port.close()
-            await _until(http, lambda r: r[0] == [up] and set(r[1]) == {flips, down}
-                         and r[1][flips] == f"failed: 127.0.0.1:{port.port}: connection refused"
-                         and r[2][flips][0] == "failed")
+            await _until(
+                http,
+                lambda r: (
+                    r[0] == [up]
+                    and set(r[1]) == {flips, down}
+                    and r[1][flips] == f"failed: 127.0.0.1:{port.port}: connection refused"
+                    and r[2][flips][0] == "failed"
+                ),
+            )
             await port.open()
             await _until(http, lambda r: r[0] == [flips, up] and set(r[1]) == {down} and r[2][flips] == ("ready", None))
 
             started = time.monotonic()
             job_id = await submit(http, job(down))
             result = (await wait_finished(http, [job_id], timeout=20))[job_id]
-            assert result["status"] == "failed" and result["result"] == {"container": down,
-                                                                        "error": "connection refused"}
+            assert result["status"] == "failed" and result["result"] == {
+                "container": down,
+                "error": "connection refused",
+            }
             assert time.monotonic() - started < 10  # called at once, not held for its startup_timeout (30 s)
             ok = await submit(http, job(up))
             assert (await wait_finished(http, [ok]))[ok]["status"] == "success"
@@ -133,7 +156,12 @@ async def test_router_errors_are_json_error_bodies(node, client_address):
     async with node.client(client_address) as http:
         for path in ("/nope", "/api", "/api/jobs/x/y/z"):
             assert_error(await http.get(path), 404, "Not found")
-        for method, path in (("DELETE", "/health"), ("POST", "/info"), ("PUT", "/api/jobs"), ("PATCH", "/api/jobs/batch")):
+        for method, path in (
+            ("DELETE", "/health"),
+            ("POST", "/info"),
+            ("PUT", "/api/jobs"),
+            ("PATCH", "/api/jobs/batch"),
+        ):
             r = await http.request(method, path)
             assert_error(r, 405, "Method not allowed")
 
@@ -149,9 +177,16 @@ async def test_openapi_document(node, client_address):
         assert {"get", "post"} <= set(document["paths"]["/api/jobs"])
 
 
-OPERATOR_OPERATIONS = {("get", "/api/jobs/{job_id}"), ("delete", "/api/jobs/{job_id}"),
-                       ("post", "/api/jobs/{job_id}/cancel"), ("post", "/api/jobs/{job_id}/retry"),
-                       ("get", "/api/containers"), ("get", "/metrics"), ("get", "/dashboard"), ("get", "/dashboard/data")}
+OPERATOR_OPERATIONS = {
+    ("get", "/api/jobs/{job_id}"),
+    ("delete", "/api/jobs/{job_id}"),
+    ("post", "/api/jobs/{job_id}/cancel"),
+    ("post", "/api/jobs/{job_id}/retry"),
+    ("get", "/api/containers"),
+    ("get", "/metrics"),
+    ("get", "/dashboard"),
+    ("get", "/dashboard/data"),
+}
 
 
 async def test_openapi_document_describes_bodies_parameters_statuses_and_security(make_node, client_address):
@@ -178,10 +213,16 @@ async def test_openapi_document_describes_bodies_parameters_statuses_and_securit
     assert all(p["in"] == "query" and not p["required"] for p in read.values())
     assert read["id"]["schema"]["type"] == "array" and read["id"]["schema"]["items"]["format"] == "uuid"
     assert read["id"]["schema"]["maxItems"] == 12  # server.max_ids of this node
-    assert (read["wait"]["schema"]["type"], read["wait"]["schema"]["minimum"], read["wait"]["schema"]["maximum"]) \
-        == ("number", 0, 7)  # server.max_wait of this node
-    assert (read["limit"]["schema"]["type"], read["limit"]["schema"]["minimum"],
-            read["limit"]["schema"]["maximum"]) == ("integer", 1, 100_000)
+    assert (read["wait"]["schema"]["type"], read["wait"]["schema"]["minimum"], read["wait"]["schema"]["maximum"]) == (
+        "number",
+        0,
+        7,
+    )  # server.max_wait of this node
+    assert (
+        read["limit"]["schema"]["type"],
+        read["limit"]["schema"]["minimum"],
+        read["limit"]["schema"]["maximum"],
+    ) == ("integer", 1, 100_000)
     assert read["after"]["schema"]["format"] == "uuid"
     assert read["intermediate"]["schema"]["type"] == read["pending"]["schema"]["type"] == "boolean"
     assert [p["name"] for p in paths["/resources"]["get"]["parameters"]] == ["model_id"]
@@ -189,18 +230,32 @@ async def test_openapi_document_describes_bodies_parameters_statuses_and_securit
     for method, path in OPERATOR_OPERATIONS:
         if "{job_id}" in path:
             (parameter,) = paths[path][method]["parameters"]
-            assert (parameter["name"], parameter["in"], parameter["required"], parameter["schema"]["format"]) \
-                == ("job_id", "path", True, "uuid"), (method, path)
+            assert (parameter["name"], parameter["in"], parameter["required"], parameter["schema"]["format"]) == (
+                "job_id",
+                "path",
+                True,
+                "uuid",
+            ), (method, path)
 
     assert schemas["JobResult"]["properties"]["status"]["enum"] == ["running", "success", "failed"]
-    assert schemas["JobResult"]["properties"]["id"]["format"] == schemas["JobId"]["properties"]["id"]["format"] == "uuid"
-    assert schemas["JobDetail"]["properties"]["status"]["enum"] == ["pending", "running", "success", "failed",
-                                                                    "cancelled"]
+    assert (
+        schemas["JobResult"]["properties"]["id"]["format"] == schemas["JobId"]["properties"]["id"]["format"] == "uuid"
+    )
+    assert schemas["JobDetail"]["properties"]["status"]["enum"] == [
+        "pending",
+        "running",
+        "success",
+        "failed",
+        "cancelled",
+    ]
     assert schemas["JobDetail"]["properties"]["api_status"]["enum"] == ["running", "success", "failed"]
     assert schemas["Health"]["properties"]["status"]["enum"] == ["healthy", "unhealthy"]
 
-    assert document["components"]["securitySchemes"]["operator"] | {"description": ""} == \
-        {"type": "http", "scheme": "bearer", "description": ""}
+    assert document["components"]["securitySchemes"]["operator"] | {"description": ""} == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "",
+    }
     operations = {(method, path): operation for path, item in paths.items() for method, operation in item.items()}
     assert OPERATOR_OPERATIONS <= set(operations)
     for key, operation in operations.items():

@@ -45,7 +45,9 @@ async def test_clients_see_only_their_own_jobs(node, client_address):
         # Another client's job id is no cursor either: indistinguishable from a missing one.
         assert_error(
             await other.get("/api/jobs", params={"after": mine}),
-            400, "Invalid parameter", {"name": "after", "value": mine},
+            400,
+            "Invalid parameter",
+            {"name": "after", "value": mine},
         )
 
 
@@ -63,7 +65,9 @@ async def test_invalid_job_id(node, client_address):
         for bad in ("not-a-uuid", "", "123", job_id + "0"):
             assert_error(
                 await http.get("/api/jobs", params=[("id", job_id), ("id", bad)]),
-                400, "Invalid job id", {"id": bad},
+                400,
+                "Invalid job id",
+                {"id": bad},
             )
 
 
@@ -74,7 +78,9 @@ async def test_too_many_ids(make_node, client_address):
             assert await results(http, a, b) == [running(a), running(b)]
             assert_error(
                 await http.get("/api/jobs", params=[("id", a), ("id", b), ("id", a)]),
-                400, "Too many ids", {"limit": 2},
+                400,
+                "Too many ids",
+                {"limit": 2},
             )
 
 
@@ -150,26 +156,54 @@ async def test_finished_jobs_read_as_spec_says(node, client_address):
         succeeded, failed, cancelled, halfway, queued, one_step = [
             await submit(http, job("echo", "prover")) for _ in range(5)
         ] + [await submit(http)]
-        await finish(node.node.database, succeeded, "success",
-                     [{"container": "echo", "output": {"a": 1}}, {"container": "prover", "output": output}])
-        await finish(node.node.database, failed, "failed",
-                     [{"container": "echo", "output": [1, 2]}, {"container": "prover", "error": "HTTP 500: oops"}])
+        await finish(
+            node.node.database,
+            succeeded,
+            "success",
+            [{"container": "echo", "output": {"a": 1}}, {"container": "prover", "output": output}],
+        )
+        await finish(
+            node.node.database,
+            failed,
+            "failed",
+            [{"container": "echo", "output": [1, 2]}, {"container": "prover", "error": "HTTP 500: oops"}],
+        )
         await finish(node.node.database, cancelled, "cancelled", [{"container": "echo", "error": "cancelled"}])
         await finish(node.node.database, halfway, "running", [{"container": "echo", "output": "partial"}])
         await finish(node.node.database, one_step, "success", [{"container": "echo", "output": 42}])
 
         expected = [
-            {"id": succeeded, "status": "success", "result": {"container": "prover", "output": output},
-             "intermediate_results": [{"container": "echo", "output": {"a": 1}}]},
-            {"id": failed, "status": "failed", "result": {"container": "prover", "error": "HTTP 500: oops"},
-             "intermediate_results": [{"container": "echo", "output": [1, 2]}]},
-            {"id": cancelled, "status": "failed", "result": {"container": "echo", "error": "cancelled"},
-             "intermediate_results": []},
-            {"id": halfway, "status": "running", "result": None,
-             "intermediate_results": [{"container": "echo", "output": "partial"}]},
+            {
+                "id": succeeded,
+                "status": "success",
+                "result": {"container": "prover", "output": output},
+                "intermediate_results": [{"container": "echo", "output": {"a": 1}}],
+            },
+            {
+                "id": failed,
+                "status": "failed",
+                "result": {"container": "prover", "error": "HTTP 500: oops"},
+                "intermediate_results": [{"container": "echo", "output": [1, 2]}],
+            },
+            {
+                "id": cancelled,
+                "status": "failed",
+                "result": {"container": "echo", "error": "cancelled"},
+                "intermediate_results": [],
+            },
+            {
+                "id": halfway,
+                "status": "running",
+                "result": None,
+                "intermediate_results": [{"container": "echo", "output": "partial"}],
+            },
             {"id": queued, "status": "running", "result": None, "intermediate_results": []},
-            {"id": one_step, "status": "success", "result": {"container": "echo", "output": 42},
-             "intermediate_results": []},
+            {
+                "id": one_step,
+                "status": "success",
+                "result": {"container": "echo", "output": 42},
+                "intermediate_results": [],
+            },
         ]
         ids = [body["id"] for body in expected]
         assert await results(http, *ids, intermediate="true") == expected

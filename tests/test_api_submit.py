@@ -57,9 +57,7 @@ async def test_accepted_job_gets_a_fresh_uuid4_and_is_stored_as_sent(node, clien
         assert await listed(http) == [first, second]
     async with node.node.database.read() as conn:
         row = (
-            await conn.execute(
-                select(Job.client, Job.containers, Job.input, Job.requires_proof).where(Job.id == first)
-            )
+            await conn.execute(select(Job.client, Job.containers, Job.input, Job.requires_proof).where(Job.id == first))
         ).one()
     assert tuple(row) == (client_address, ["echo", "prover"], data, True)
 
@@ -76,6 +74,7 @@ async def test_malformed_bodies_are_invalid_job_requests_naming_the_field(node, 
 
 async def test_each_rejection_of_the_table(node, client_address):
     async with node.client(client_address) as http:
+
         async def rejected(body, error, params=None):
             r = await http.post("/api/jobs", json=body)
             if params is None:
@@ -145,20 +144,26 @@ async def test_allowed_ips_take_cidr_ranges_for_ipv4_and_ipv6(make_node, client_
             allowed = await submit(http, job("v4net", "open"))
             assert_error(
                 await http.post("/api/jobs", json=job("v6")),
-                400, "Container not allowed for address", {"container": "v6", "address": client_address},
+                400,
+                "Container not allowed for address",
+                {"container": "v6", "address": client_address},
             )
             assert await listed(http) == [allowed]
         async with node.client(outsider) as http:
             assert_error(
                 await http.post("/api/jobs", json=job("open", "v4net")),
-                400, "Container not allowed for address", {"container": "v4net", "address": outsider},
+                400,
+                "Container not allowed for address",
+                {"container": "v4net", "address": outsider},
             )
             assert await listed(http) == []
         async with node.client("::1") as http6:
             v6_job = await submit(http6, job("v6"))
             assert_error(
                 await http6.post("/api/jobs", json=job("v4net")),
-                400, "Container not allowed for address", {"container": "v4net", "address": "::1"},
+                400,
+                "Container not allowed for address",
+                {"container": "v4net", "address": "::1"},
             )
             assert v6_job in await listed(http6)
 
@@ -168,7 +173,9 @@ async def test_ipv6_client_is_its_own_client(node, client_address):
         for container in ("private", "local"):
             assert_error(
                 await http6.post("/api/jobs", json=job(container)),
-                400, "Container not allowed for address", {"container": container, "address": "::1"},
+                400,
+                "Container not allowed for address",
+                {"container": container, "address": "::1"},
             )
         job_id = await submit(http6)
         assert job_id in await listed(http6)
@@ -189,7 +196,9 @@ async def test_body_cannot_choose_the_job_id_or_the_client(node, client_address)
         # "private" allows 10.1.0.0/16: a body field naming such an address changes nothing.
         assert_error(
             await http.post("/api/jobs", json=job("private", ip=spoofed, client=spoofed)),
-            400, "Container not allowed for address", {"container": "private", "address": client_address},
+            400,
+            "Container not allowed for address",
+            {"container": "private", "address": client_address},
         )
     async with node.node.database.read() as conn:
         clients = (await conn.execute(select(Job.client).where(Job.id.in_([job_id, chosen_id])))).scalars().all()

@@ -16,26 +16,33 @@ async def test_wait_answers_once_the_chain_ended(make_node, host_service, client
         job_id = await submit(http, job("first", "second", data={"job": "w", "value": 2}))
         r = await http.get("/api/jobs", params={"id": job_id, "wait": "20", "intermediate": "true"})
         assert r.status_code == 200, r.text
-        assert r.json() == [{
-            "id": job_id, "status": "success",
-            "result": {"container": "second", "output": {"value": 4, "seen": ["transform"]}},
-            "intermediate_results": [{"container": "first", "output": {"job": "w", "value": 2}}],
-        }]
+        assert r.json() == [
+            {
+                "id": job_id,
+                "status": "success",
+                "result": {"container": "second", "output": {"value": 4, "seen": ["transform"]}},
+                "intermediate_results": [{"container": "first", "output": {"job": "w", "value": 2}}],
+            }
+        ]
         assert first.calls() == {"w": 1}
 
 
 async def test_wait_gives_up_at_its_time_and_answers_running(make_node, client_address):
     # No scheduler: the job stays queued.
-    async with make_node(scheduled(container("echo", "http://127.0.0.1:9"), enabled=False)) as node, \
-            node.client(client_address) as http:
+    async with (
+        make_node(scheduled(container("echo", "http://127.0.0.1:9"), enabled=False)) as node,
+        node.client(client_address) as http,
+    ):
         job_id = await submit(http, job("echo"))
         other = await submit(http, job("echo"))
         started = time.monotonic()
         r = await http.get("/api/jobs", params=[("id", job_id), ("id", other), ("wait", "0.4")])
         waited = time.monotonic() - started
         assert r.status_code == 200, r.text
-        assert r.json() == [{"id": job_id, "status": "running", "result": None},
-                            {"id": other, "status": "running", "result": None}]
+        assert r.json() == [
+            {"id": job_id, "status": "running", "result": None},
+            {"id": other, "status": "running", "result": None},
+        ]
         assert waited >= 0.4
         # wait=0 is an ordinary read.
         r = await http.get("/api/jobs", params={"id": job_id, "wait": "0"})
@@ -57,25 +64,35 @@ async def test_waiting_on_one_node_for_a_job_another_node_runs(make_node, host_s
     async with make_node(worker), make_node(front) as api, api.client(client_address) as http:
         job_id = await submit(http, job("remote", data={"job": "r"}))
         r = await http.get("/api/jobs", params={"id": job_id, "wait": "20"})
-        assert r.json() == [{"id": job_id, "status": "success",
-                             "result": {"container": "remote", "output": {"job": "r"}}}]
+        assert r.json() == [
+            {"id": job_id, "status": "success", "result": {"container": "remote", "output": {"job": "r"}}}
+        ]
 
 
-async def test_a_running_job_reads_the_same_from_memory_and_from_the_database(
-        make_node, host_service, client_address):
+async def test_a_running_job_reads_the_same_from_memory_and_from_the_database(make_node, host_service, client_address):
     """The node running a job answers its reads itself; another node reads the database.
     Both see the committed steps, and a cancel on either is seen by both at once."""
     fast, slow = host_service("transform"), host_service("slow", DELAY=30)
-    config = scheduled(container("fast", fast.url), container("slow", slow.url), lease_seconds=30, shutdown_grace=1,
-                       node_id="worker")
-    front_config = scheduled(container("fast", fast.url), container("slow", slow.url), enabled=False,
-                             node_id="front")
-    async with make_node(config) as worker, make_node(front_config) as front, \
-            worker.client(client_address) as at_worker, front.client(client_address) as at_front:
+    config = scheduled(
+        container("fast", fast.url), container("slow", slow.url), lease_seconds=30, shutdown_grace=1, node_id="worker"
+    )
+    front_config = scheduled(container("fast", fast.url), container("slow", slow.url), enabled=False, node_id="front")
+    async with (
+        make_node(config) as worker,
+        make_node(front_config) as front,
+        worker.client(client_address) as at_worker,
+        front.client(client_address) as at_front,
+    ):
         job_id = await submit(at_worker, job("fast", "slow", data={"job": "m", "value": 1}))
         params = {"id": job_id, "intermediate": "true"}
-        expected = [{"id": job_id, "status": "running", "result": None, "intermediate_results": [
-            {"container": "fast", "output": {"value": 2, "seen": ["transform"]}}]}]
+        expected = [
+            {
+                "id": job_id,
+                "status": "running",
+                "result": None,
+                "intermediate_results": [{"container": "fast", "output": {"value": 2, "seen": ["transform"]}}],
+            }
+        ]
 
         async def second_step_running() -> bool:
             return (await at_front.get("/api/jobs", params=params)).json() == expected
@@ -108,13 +125,13 @@ async def test_a_plain_read_of_a_job_running_here_is_held_until_it_ends(make_nod
         async with make_node(config) as node, node.client(client_address) as http:
             job_id = await submit(http, job("slow", data={"job": f"hold{hold}"}))
 
-            async def running_here() -> bool:
+            async def running_here(job_id: str = job_id) -> bool:
                 return node.node.jobs.live.get(job_id, client_address) is not None
 
             await wait_for(running_here)
             r = await http.get("/api/jobs", params={"id": job_id})
             assert r.json()[0]["status"] == expected, (hold, r.text)
-            await wait_for(lambda: _finished(http, job_id))
+            await wait_for(lambda job_id=job_id: _finished(http, job_id))
 
 
 async def test_a_plain_read_of_a_queued_job_is_not_held(make_node, client_address):

@@ -18,9 +18,23 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
     completed = subprocess.run(
-        [sys.executable, "-m", "tests.bench", "--db", "sqlite", "--quick", "--no-profile",
-         "--stored-jobs", "2000", "--results-dir", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "tests.bench",
+            "--db",
+            "sqlite",
+            "--quick",
+            "--no-profile",
+            "--stored-jobs",
+            "2000",
+            "--results-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
@@ -47,5 +61,6 @@ def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
     assert result["memory"]["node_peak_rss_mb"] > 0
     # SQLite must stay correct under load: its busy error never reaches a client.
     assert result["checks"]["database_locked_to_clients"] == 0, result["checks"]
-    assert result["checks"]["tracebacks_in_logs"] == 0 and result["checks"]["jobs_abandoned_in_logs"] == 0, \
-        result["checks"]
+    assert result["checks"]["tracebacks_in_logs"] == 0 and result["checks"]["jobs_abandoned_in_logs"] == 0, result[
+        "checks"
+    ]

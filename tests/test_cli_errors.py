@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.support import free_port, run_jobnode as jobnode
+from tests.support import free_port
+from tests.support import run_jobnode as jobnode
 
 JOB_ID = str(uuid.uuid4())
 #: Every command that opens the database.
 DATABASE_COMMANDS = [
-    ["db", "current"], ["db", "upgrade"], ["db", "prune"], ["stats"],
-    ["jobs", "list"], ["jobs", "show", JOB_ID], ["jobs", "cancel", JOB_ID], ["jobs", "retry", JOB_ID],
-    ["jobs", "retry", "--all-failed"], ["serve", "--port", "0"],
+    ["db", "current"],
+    ["db", "upgrade"],
+    ["db", "prune"],
+    ["stats"],
+    ["jobs", "list"],
+    ["jobs", "show", JOB_ID],
+    ["jobs", "cancel", JOB_ID],
+    ["jobs", "retry", JOB_ID],
+    ["jobs", "retry", "--all-failed"],
+    ["serve", "--port", "0"],
 ]
 
 
@@ -62,8 +69,15 @@ def test_a_role_or_database_the_server_refuses_is_one_line(command, tmp_path, po
 
 def test_serve_with_workers_says_the_same_one_line(tmp_path):
     url = f"postgresql+asyncpg://nobody@127.0.0.1:{free_port()}/x"
-    done = jobnode("serve", "--port", "0", cwd=tmp_path, JOBNODE_DATABASE_URL=url, JOBNODE_WORKERS="2",
-                   JOBNODE_MANAGE_CONTAINERS="false")
+    done = jobnode(
+        "serve",
+        "--port",
+        "0",
+        cwd=tmp_path,
+        JOBNODE_DATABASE_URL=url,
+        JOBNODE_WORKERS="2",
+        JOBNODE_MANAGE_CONTAINERS="false",
+    )
     assert_one_line_error(done, 1, "Error: database unavailable: ConnectionRefusedError: ")
 
 

@@ -19,7 +19,7 @@ from app.db.engine import Database
 from app.db.models import JobStatus, utcnow
 from tests.conftest import BACKENDS
 from tests.operator_support import TOKEN, add_job, container, fresh_database, scheduled
-from tests.support import serve_node, node_settings
+from tests.support import node_settings, serve_node
 
 
 @pytest.fixture(params=BACKENDS)
@@ -56,16 +56,32 @@ def _ids() -> list[str]:
 
 async def _jobs(database: Database) -> dict[str, str]:
     """pending, running, success, failed (with an error step) and a second failed job."""
-    ids = dict(zip(("pending", "running", "success", "failed", "failed2"), _ids()))
+    ids = dict(zip(("pending", "running", "success", "failed", "failed2"), _ids(), strict=True))
     old = utcnow() - timedelta(minutes=3)
     await add_job(database, ids["pending"], client="10.0.0.1", created_at=old)
     await add_job(database, ids["running"], client="10.0.0.1", status=JobStatus.RUNNING)
-    await add_job(database, ids["success"], client="10.0.0.2", status=JobStatus.SUCCESS,
-                  steps=[{"container": "echo", "output": {"y": 2}}])
-    await add_job(database, ids["failed"], client="10.0.0.2", containers=["echo", "fail"], status=JobStatus.FAILED,
-                  steps=[{"container": "echo", "output": {"y": 2}}, {"container": "fail", "error": "HTTP 500: boom"}])
-    await add_job(database, ids["failed2"], client="10.0.0.3", status=JobStatus.FAILED,
-                  steps=[{"container": "echo", "error": "connection refused"}])
+    await add_job(
+        database,
+        ids["success"],
+        client="10.0.0.2",
+        status=JobStatus.SUCCESS,
+        steps=[{"container": "echo", "output": {"y": 2}}],
+    )
+    await add_job(
+        database,
+        ids["failed"],
+        client="10.0.0.2",
+        containers=["echo", "fail"],
+        status=JobStatus.FAILED,
+        steps=[{"container": "echo", "output": {"y": 2}}, {"container": "fail", "error": "HTTP 500: boom"}],
+    )
+    await add_job(
+        database,
+        ids["failed2"],
+        client="10.0.0.3",
+        status=JobStatus.FAILED,
+        steps=[{"container": "echo", "error": "connection refused"}],
+    )
     return ids
 
 
@@ -74,8 +90,9 @@ async def test_list_and_show(database, config_path):
     out = (await cli("jobs", "list", "--config", config_path)).stdout
     lines = out.splitlines()
     assert lines[0].split() == ["ID", "STATUS", "CLIENT", "CONTAINERS", "ATTEMPTS", "CREATED", "(UTC)", "ERROR"]
-    assert [line.split()[0] for line in lines[2:]] == [ids[k] for k in ("failed2", "failed", "success", "running",
-                                                                       "pending")], out
+    assert [line.split()[0] for line in lines[2:]] == [
+        ids[k] for k in ("failed2", "failed", "success", "running", "pending")
+    ], out
     assert "fail: HTTP 500: boom" in out and "echo,fail" in out
     assert lines[0].index("STATUS") == lines[2].index("failed"), "columns are not aligned"
 
@@ -120,8 +137,9 @@ async def test_cancel_and_retry(database, config_path):
     assert result.stdout == "re-queued 2 of 2 failed or cancelled jobs\n"  # failed2 and the cancelled one
     assert "re-queueing 2 jobs" in result.stderr
     out = (await cli("jobs", "list", "--config", config_path, "--status", "pending")).stdout
-    assert {line.split()[0] for line in out.splitlines()[2:]} == {ids[k] for k in ("pending", "running", "failed",
-                                                                                  "failed2")}
+    assert {line.split()[0] for line in out.splitlines()[2:]} == {
+        ids[k] for k in ("pending", "running", "failed", "failed2")
+    }
 
 
 async def test_stats(database, config_path):
@@ -139,8 +157,9 @@ async def test_db_prune(database, config_path):
     old = utcnow() - timedelta(days=40)
     old_ids = _ids() + _ids()
     for job_id in old_ids:
-        await add_job(database, job_id, status=JobStatus.SUCCESS, created_at=old,
-                      steps=[{"container": "echo", "output": 1}])
+        await add_job(
+            database, job_id, status=JobStatus.SUCCESS, created_at=old, steps=[{"container": "echo", "output": 1}]
+        )
     yesterday = str(uuid.uuid4())
     await add_job(database, yesterday, status=JobStatus.FAILED, created_at=utcnow() - timedelta(days=1))
     recent = await _jobs(database)
@@ -163,8 +182,11 @@ async def test_db_prune(database, config_path):
 
 async def test_containers_from_a_running_node(fresh_url, host_service):
     echo = host_service("echo")
-    config = scheduled(container("echo", echo.url), container("down", "http://127.0.0.1:9", health_path="/health"),
-                       server={"operator_token": TOKEN})
+    config = scheduled(
+        container("echo", echo.url),
+        container("down", "http://127.0.0.1:9", health_path="/health"),
+        server={"operator_token": TOKEN},
+    )
     async with serve_node(node_settings(fresh_url, config)) as node:
         out = (await cli("containers", "--url", node.url, "--token", TOKEN)).stdout
         lines = out.splitlines()

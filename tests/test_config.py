@@ -71,8 +71,12 @@ def test_defaults():
     assert (settings.server.max_body_bytes, settings.server.max_batch, settings.server.max_ids) == (1048576, 1000, 1000)
     assert settings.database.url == "sqlite+aiosqlite:///jobnode.db"
     assert (settings.database.connect_timeout, settings.database.statement_timeout) == (5.0, 5.0)
-    assert (settings.scheduler.max_concurrent_jobs, settings.scheduler.lease_seconds,
-            settings.scheduler.max_attempts, settings.scheduler.poll_interval) == (64, 30, 3, 1.0)
+    assert (
+        settings.scheduler.max_concurrent_jobs,
+        settings.scheduler.lease_seconds,
+        settings.scheduler.max_attempts,
+        settings.scheduler.poll_interval,
+    ) == (64, 30, 3, 1.0)
     assert settings.retention.finished_jobs_days == 30
     assert settings.manage_containers is True
     assert settings.docker.network_mode == "bridge"
@@ -81,25 +85,44 @@ def test_defaults():
 
 def test_container_defaults():
     (container,) = settings_from_dict({"containers": [{"id": "echo", "image": "jobnode/echo"}]}, environ={}).containers
-    assert (container.description, container.external, container.url, container.allowed_ips,
-            container.generates_proofs, container.concurrency, container.timeout, container.retries) == (
-        "", True, None, [], False, 16, 180, 0
-    )
+    assert (
+        container.description,
+        container.external,
+        container.url,
+        container.allowed_ips,
+        container.generates_proofs,
+        container.concurrency,
+        container.timeout,
+        container.retries,
+    ) == ("", True, None, [], False, 16, 180, 0)
 
 
 def test_an_infernet_config_loads_and_reports_what_it_ignores(tmp_path):
     settings = load_settings(write_config(tmp_path, INFERNET_CONFIG), environ={})
-    assert sorted(settings.ignored_keys) == sorted([
-        "chain", "redis", "forward_stats", "snapshot_sync", "log", "log_path", "startup_wait",
-        "containers[0].allowed_addresses", "containers[0].allowed_delegate_addresses",
-        "containers[0].accepted_payments",
-    ])
+    assert sorted(settings.ignored_keys) == sorted(
+        [
+            "chain",
+            "redis",
+            "forward_stats",
+            "snapshot_sync",
+            "log",
+            "log_path",
+            "startup_wait",
+            "containers[0].allowed_addresses",
+            "containers[0].allowed_delegate_addresses",
+            "containers[0].accepted_payments",
+        ]
+    )
     assert settings.server.port == 4000
     assert (settings.server.rate_limit.num_requests, settings.server.rate_limit.period) == (100, 100)
     assert (settings.docker.username, settings.docker.password) == ("operator", "secret")
     hello, second = settings.containers
     assert (hello.id, hello.image, hello.external, hello.port, hello.command) == (
-        "hello-world", "ritualnetwork/hello-world-infernet:latest", True, 3000, "--bind=0.0.0.0:3000 --workers=2"
+        "hello-world",
+        "ritualnetwork/hello-world-infernet:latest",
+        True,
+        3000,
+        "--bind=0.0.0.0:3000 --workers=2",
     )
     assert hello.allowed_ips == ["10.0.0.0/8", "192.168.1.7"]
     assert hello.env == {"MODEL_SOURCE": 1, "USE_JIT": "false"}
@@ -125,8 +148,10 @@ def test_the_file_is_not_changed_by_loading(tmp_path):
         ({"database": {"url": 5}}, "database.url"),
         ({"scheduler": {"max_attempts": 0}}, "scheduler.max_attempts"),
         ({"containers": [{"id": "a", "url": "http://x", "allowed_ips": ["10.0.0.0/33"]}]}, "containers[0].allowed_ips"),
-        ({"containers": [{"id": "a", "url": "http://x"}, {"id": "b", "url": "http://x", "allowed_ips": ["nope"]}]},
-         "containers[1].allowed_ips"),
+        (
+            {"containers": [{"id": "a", "url": "http://x"}, {"id": "b", "url": "http://x", "allowed_ips": ["nope"]}]},
+            "containers[1].allowed_ips",
+        ),
         ({"containers": [{"id": "a", "url": "http://x"}, {"id": "a", "url": "http://y"}]}, "containers[1].id"),
         ({"containers": [{"id": "a", "url": "http://x", "alowed_ips": []}]}, "alowed_ips"),
         ({"containers": [{"url": "http://x"}]}, "id"),
@@ -167,7 +192,7 @@ def test_environment_overrides(tmp_path):
     assert load_settings(None, environ={"JOBNODE_CONFIG": str(path)}).server.port == 4100
     with pytest.raises(ConfigError, match="JOBNODE_PORT"):
         load_settings(path, environ={"JOBNODE_PORT": "http"})
-    with pytest.raises(ConfigError, match="JOBNODE_PORT|server.port"):
+    with pytest.raises(ConfigError, match=r"JOBNODE_PORT|server\.port"):
         load_settings(path, environ={"JOBNODE_PORT": "99999"})
 
 
@@ -175,8 +200,11 @@ def test_environment_overrides(tmp_path):
     ("command", "raw", "key"),
     [
         (["serve"], {"server": {"port": "x"}}, "server.port"),
-        (["db", "upgrade"], {"containers": [{"id": "a", "url": "http://x", "allowed_ips": ["300.1.1.1"]}]},
-         "containers[0].allowed_ips"),
+        (
+            ["db", "upgrade"],
+            {"containers": [{"id": "a", "url": "http://x", "allowed_ips": ["300.1.1.1"]}]},
+            "containers[0].allowed_ips",
+        ),
     ],
 )
 def test_the_cli_refuses_a_bad_config_naming_the_key(tmp_path, command, raw, key):
@@ -218,8 +246,14 @@ def _value(settings: Any, key: str) -> Any:
 
 def test_every_variable_sets_its_key_over_the_file(tmp_path):
     assert set(ENV_SAMPLES) == set(ENVIRONMENT)
-    path = write_config(tmp_path, {"server": {"port": 4100, "operator_token": "from-file"},
-                                   "docker": {"password": "from-file"}, "scheduler": {"enabled": True}})
+    path = write_config(
+        tmp_path,
+        {
+            "server": {"port": 4100, "operator_token": "from-file"},
+            "docker": {"password": "from-file"},
+            "scheduler": {"enabled": True},
+        },
+    )
     for variable, (text, expected) in ENV_SAMPLES.items():
         key = ENVIRONMENT[variable]
         assert _value(load_settings(path, environ={}), key) != expected, variable
@@ -248,8 +282,10 @@ def test_a_bad_value_from_the_environment_names_the_variable(env, message):
 
 def test_masked_shows_whether_a_secret_is_set_not_what_it_is():
     settings = settings_from_dict(
-        {"containers": [{"id": "a", "url": "http://10.0.0.5:3000", "bearer": "b3arer", "env": {"API_KEY": "k3y"}}],
-         "docker": {"password": "d0cker"}},
+        {
+            "containers": [{"id": "a", "url": "http://10.0.0.5:3000", "bearer": "b3arer", "env": {"API_KEY": "k3y"}}],
+            "docker": {"password": "d0cker"},
+        },
         environ={"JOBNODE_OPERATOR_TOKEN": "t0ken", "JOBNODE_DATABASE_URL": "postgresql+asyncpg://u:pw@db/jobs"},
     )
     shown = masked(settings)
@@ -257,15 +293,24 @@ def test_masked_shows_whether_a_secret_is_set_not_what_it_is():
     assert shown["docker"]["username"] is None  # unset stays null
     assert shown["database"]["url"] == "postgresql+asyncpg://u:***@db/jobs"
     assert shown["containers"][0]["bearer"] == "***" and shown["containers"][0]["env"] == {"API_KEY": "***"}
-    assert not {"t0ken", "d0cker", "b3arer", "k3y", "pw"} & set(json.dumps(shown).replace('"', " ").replace(":", " ").replace("@", " ").split())
+    assert not {"t0ken", "d0cker", "b3arer", "k3y", "pw"} & set(
+        json.dumps(shown).replace('"', " ").replace(":", " ").replace("@", " ").split()
+    )
     assert settings.server.operator_token == "t0ken"  # the settings themselves are untouched
 
 
 def test_config_check_prints_the_effective_configuration(tmp_path):
     path = write_config(tmp_path, INFERNET_CONFIG)
-    done = run_jobnode("config", "check", "--config", str(path), cwd=tmp_path,
-                       JOBNODE_OPERATOR_TOKEN="t0ken-from-env", JOBNODE_PORT="4321",
-                       JOBNODE_DATABASE_URL="postgresql+asyncpg://jobs:s3cret@db:5432/jobs")
+    done = run_jobnode(
+        "config",
+        "check",
+        "--config",
+        str(path),
+        cwd=tmp_path,
+        JOBNODE_OPERATOR_TOKEN="t0ken-from-env",
+        JOBNODE_PORT="4321",
+        JOBNODE_DATABASE_URL="postgresql+asyncpg://jobs:s3cret@db:5432/jobs",
+    )
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["server"]["port"] == 4321 and shown["server"]["operator_token"] == "***"

@@ -24,11 +24,10 @@ from app.containers import http11
 from app.containers.protocol import ContainerClient, StepFailed
 from tests.support import free_port
 
-
 # The policy fixture works on every pytest-asyncio the project allows (>=0.24); its
 # replacement hook exists only in the newest. Should the override stop working, the
 # ``client`` fixture's loop check fails instead of uvloop going untested in silence.
-pytestmark = pytest.mark.filterwarnings("ignore:Overriding the \"event_loop_policy\" fixture is deprecated")
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy" fixture is deprecated')
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -74,7 +73,7 @@ class Service:
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")[:-2]
-                headers = dict((k.strip().lower(), v.strip()) for k, v in (h.split(":", 1) for h in head[1:]))
+                headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:])}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 request = Request(head[0], headers, body, number)
                 self.requests.append(request)
@@ -99,7 +98,10 @@ class Service:
 
 
 def response(body: bytes, status: str = "200 OK", *, version: str = "HTTP/1.1", extra: str = "") -> bytes:
-    return f"{version} {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode() + body
+    return (
+        f"{version} {status}\r\nContent-Type: application/json\r\n{extra}Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
 
 
 async def echo(writer: asyncio.StreamWriter, request: Request) -> bool:
@@ -152,8 +154,7 @@ async def test_consecutive_calls_share_one_connection(serve, client):
     assert first.headers["host"] == service.url.removeprefix("http://")
     assert first.headers["content-type"] == "application/json"
     assert "authorization" not in first.headers
-    assert msgspec.json.decode(first.body) == {"source": 1, "destination": 1, "data": {"n": 0},
-                                               "requires_proof": True}
+    assert msgspec.json.decode(first.body) == {"source": 1, "destination": 1, "data": {"n": 0}, "requires_proof": True}
 
 
 async def test_concurrent_calls_open_as_many_connections_and_keep_them(serve, client):
@@ -180,8 +181,9 @@ async def test_an_idle_connection_the_server_closed_is_not_used(serve, client):
     assert service.connections == 2
 
 
-@pytest.mark.parametrize("version, extra", [("HTTP/1.1", "Connection: close\r\n"), ("HTTP/1.0", "")],
-                         ids=["connection-close", "http-1.0"])
+@pytest.mark.parametrize(
+    "version, extra", [("HTTP/1.1", "Connection: close\r\n"), ("HTTP/1.0", "")], ids=["connection-close", "http-1.0"]
+)
 async def test_a_response_that_ends_keep_alive_closes_the_connection(serve, client, version, extra):
     async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
         writer.write(response(msgspec.json.encode(request.data), version=version, extra=extra))
@@ -196,7 +198,9 @@ async def test_a_response_that_ends_keep_alive_closes_the_connection(serve, clie
 
 async def test_http_1_0_keep_alive_is_honoured(serve, client):
     async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
-        writer.write(response(msgspec.json.encode(request.data), version="HTTP/1.0", extra="Connection: keep-alive\r\n"))
+        writer.write(
+            response(msgspec.json.encode(request.data), version="HTTP/1.0", extra="Connection: keep-alive\r\n")
+        )
         return True
 
     service = await serve(answer)
@@ -209,7 +213,7 @@ async def test_chunked_body_in_separate_writes(serve, client):
         body = msgspec.json.encode({"echo": request.data, "pad": "x" * 100})
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         for start in range(0, len(body), 7):
-            piece = body[start:start + 7]
+            piece = body[start : start + 7]
             writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             await writer.drain()
             await asyncio.sleep(0.001)
@@ -286,6 +290,7 @@ async def test_server_closes_without_answering(serve, client):
 async def test_request_on_a_reused_connection_is_not_sent_twice(serve, client):
     """A POST that met a closing keep-alive connection fails; it is not re-sent: the
     container may have run it (RFC 9112 §9.3.1.1; aiohttp does not retry a POST either)."""
+
     async def answer_once(writer: asyncio.StreamWriter, request: Request) -> bool:
         if len(service.requests) == 1:
             return await echo(writer, request)
@@ -423,9 +428,13 @@ def test_only_plain_http_urls_take_the_lean_path():
     assert http11.endpoint("http://127.0.0.1:3000/service_output", {}) is not None
     assert http11.endpoint("HTTP://example.com/service_output", {}).key == ("example.com", 80)
     assert http11.endpoint("http://[::1]:8/x", {}).key == ("::1", 8)
-    for url in ("https://example.com/service_output", "http://user:pw@example.com/service_output",
-                "http://example.com/service_output?q=1", "http://example.com:99999/service_output",
-                "http://bücher.example/service_output"):
+    for url in (
+        "https://example.com/service_output",
+        "http://user:pw@example.com/service_output",
+        "http://example.com/service_output?q=1",
+        "http://example.com:99999/service_output",
+        "http://bücher.example/service_output",
+    ):
         assert http11.endpoint(url, {}) is None, url
     with pytest.raises(ValueError):
         http11.endpoint("http://example.com/service_output", {"Authorization": "Bearer a\r\nX-Evil: 1"})
@@ -434,6 +443,7 @@ def test_only_plain_http_urls_take_the_lean_path():
 async def test_connection_reset_is_worded_like_the_other_failures(serve, client):
     """A container that resets the connection (RST) instead of answering: a ContainerError
     in the form of the others, not an exception's repr."""
+
     async def reset(writer: asyncio.StreamWriter, request: Request) -> bool:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -445,12 +455,16 @@ async def test_connection_reset_is_worded_like_the_other_failures(serve, client)
     assert len(service.requests) == 1, "a delivered request must not be re-sent"
 
 
-@pytest.mark.parametrize("body, error", [
-    (b'{"text": "a\\u0000b"}', "output contains a NUL character, which cannot be stored"),
-    (b'{"a\\u0000": 1}', "output contains a NUL character, which cannot be stored"),
-    (b"[" * 65 + b"]" * 65, "output is nested deeper than 64 levels"),
-    (b"[" * 5000 + b"]" * 5000, "output is nested deeper than 64 levels"),  # too deep to decode at all
-], ids=["nul", "nul-key", "deep-65", "deep-5000"])
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        (b'{"text": "a\\u0000b"}', "output contains a NUL character, which cannot be stored"),
+        (b'{"a\\u0000": 1}', "output contains a NUL character, which cannot be stored"),
+        (b"[" * 65 + b"]" * 65, "output is nested deeper than 64 levels"),
+        (b"[" * 5000 + b"]" * 5000, "output is nested deeper than 64 levels"),  # too deep to decode at all
+    ],
+    ids=["nul", "nul-key", "deep-65", "deep-5000"],
+)
 async def test_outputs_that_cannot_be_stored_fail_the_step(serve, client, body, error):
     async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
         writer.write(response(body))
@@ -497,6 +511,7 @@ async def test_the_depth_limit_is_the_clients(serve):
 
 async def test_a_nul_byte_in_an_error_body_is_not_stored_as_one(serve, client):
     """The error text is stored in a text column, which PostgreSQL refuses a NUL in."""
+
     async def broken(writer: asyncio.StreamWriter, request: Request) -> bool:
         writer.write(response(b"bad\x00thing", "500 Internal Server Error"))
         return True

@@ -44,8 +44,12 @@ async def test_chains_through_managed_containers(docker_engine, make_node, clien
     async with make_node(config) as node, node.client(client_address) as http:
         await _all_ready(http, {"echo", "times3", "plus1", "boom"})
         info = (await http.get("/info")).json()
-        assert {"id": "echo", "image": "jobnode-test/svc:latest", "external": True,
-                "description": "returns its input"} in info["containers"]
+        assert {
+            "id": "echo",
+            "image": "jobnode-test/svc:latest",
+            "external": True,
+            "description": "returns its input",
+        } in info["containers"]
         one = await submit(http, job("echo", data={"value": 5}))
         three = await submit(http, job("echo", "times3", "plus1", data={"value": 5}))
         failed = await submit(http, job("echo", "boom", "plus1", data={"value": 5}))

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 def _fresh_pg_url() -> Iterator[str]:
     try:
         url = asyncio.run(create_pg_database())
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("PostgreSQL", str(exc))
     yield url
     asyncio.run(drop_pg_database(url))
@@ -111,8 +111,9 @@ async def _wait_all(node: NodeProcess, ids: list[str], timeout: float = 120) -> 
         return await wait_finished(http, ids, timeout=timeout, intermediate=False)
 
 
-def _check_calls(services: list[Any], ids: list[str], committed_before: set[tuple[str, int]],
-                 allowed_reruns: int) -> None:
+def _check_calls(
+    services: list[Any], ids: list[str], committed_before: set[tuple[str, int]], allowed_reruns: int
+) -> None:
     """A step committed before the crash was called once; only steps in flight may run twice."""
     reruns = 0
     for position, service in enumerate(services):
@@ -142,8 +143,9 @@ async def test_sigkill_mid_run_then_restart(fresh_url, database, tmp_path, host_
     finally:
         node.kill()
     assert {r["status"] for r in results.values()} == {"success"}
-    assert all(r["result"] == {"container": "s2", "output": {"job": str(i)}}
-               for i, r in enumerate(results[i] for i in ids))
+    assert all(
+        r["result"] == {"container": "s2", "output": {"job": str(i)}} for i, r in enumerate(results[i] for i in ids)
+    )
     _check_calls(services, ids, committed, allowed_reruns=16)
 
 
@@ -180,8 +182,10 @@ async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, pg_database
     # when the node the jobs were submitted to claims first (it is woken in-process).
     services = [host_service("count", DELAY=0.02) for _ in range(2)]
     config = _config(pg_fresh_url, services)
-    nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"n{k}"}}, f"n{k}")
-             for k in range(3)]
+    nodes = [
+        NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"n{k}"}}, f"n{k}")
+        for k in range(3)
+    ]
     try:
         for node in nodes:  # all at once: migrations on a fresh database must serialise
             node.spawn()
@@ -204,8 +208,10 @@ async def test_three_nodes_share_the_work_exactly_once(pg_fresh_url, pg_database
 async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, pg_database, tmp_path, host_service):
     services = [host_service("count", DELAY=0.005) for _ in range(2)]
     config = _config(pg_fresh_url, services, lease_seconds=2)
-    nodes = [NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"k{k}"}}, f"k{k}")
-             for k in range(2)]
+    nodes = [
+        NodeProcess(tmp_path, {**config, "scheduler": {**config["scheduler"], "node_id": f"k{k}"}}, f"k{k}")
+        for k in range(2)
+    ]
     try:
         for node in nodes:
             node.start()
@@ -223,8 +229,12 @@ async def test_killed_node_jobs_finish_on_the_others(pg_fresh_url, pg_database, 
 
 def _pg_ctl(action: str) -> None:
     version = subprocess.run(["ls", "/etc/postgresql"], capture_output=True, text=True).stdout.split()[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True,
-                   capture_output=True, timeout=60)
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 async def test_postgresql_restart_under_load(pg_fresh_url, pg_database, tmp_path, host_service):

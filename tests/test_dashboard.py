@@ -30,8 +30,10 @@ CHROMEDRIVER = os.environ.get("JOBNODE_CHROMEDRIVER", "/usr/bin/chromedriver")
 async def test_page_and_data(make_node, host_service, client_address):
     echo, fail = host_service("echo"), host_service("fail")
     ok, bad = f"ok-{client_address}", f"bad-{client_address}"
-    async with make_node(scheduled(container(ok, echo.url), container(bad, fail.url))) as node, \
-            node.client(client_address) as http:
+    async with (
+        make_node(scheduled(container(ok, echo.url), container(bad, fail.url))) as node,
+        node.client(client_address) as http,
+    ):
         done = await submit(http, job(ok, data={"<b>": "<script>alert(1)</script>"}))
         failed = await submit(http, job(bad))
         await wait_finished(http, [done, failed])
@@ -44,7 +46,7 @@ async def test_page_and_data(make_node, host_service, client_address):
             assert asset not in page, asset
         nonce = csp.split("'nonce-")[1].split("'")[0]
         assert page.count(f'nonce="{nonce}"') == 2
-        assert done[:8] in page and failed[:8] in page and 'HTTP 500: {&quot;detail&quot;: &quot;boom&quot;}' in page
+        assert done[:8] in page and failed[:8] in page and "HTTP 500: {&quot;detail&quot;: &quot;boom&quot;}" in page
         assert ok in page and bad in page
 
         data = (await http.get("/dashboard/data")).json()
@@ -71,9 +73,18 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         unavailable("selenium", str(exc))
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,1700"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1400,1700",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(30)
@@ -107,9 +118,12 @@ async def _count_at_least(driver: Any, element_id: str, minimum: int) -> bool:
 async def test_dashboard_in_chromium(make_node, host_service, client_address, browser, tmp_path, monkeypatch):
     monkeypatch.setattr(OperatorService, "SAMPLE_SECONDS", 0.3)
     echo, fail, slow = host_service("echo"), host_service("fail"), host_service("slow", DELAY=30)
-    config = scheduled(container("echo", echo.url, description="returns its input"),
-                       container("transform", fail.url), container("slow", slow.url),
-                       server={"operator_token": TOKEN})
+    config = scheduled(
+        container("echo", echo.url, description="returns its input"),
+        container("transform", fail.url),
+        container("slow", slow.url),
+        server={"operator_token": TOKEN},
+    )
     async with make_node(config) as node, node.client(client_address) as http:
         warmup = [await submit(http, job("echo", data={"i": i})) for i in range(6)]
         await wait_finished(http, warmup)
@@ -133,8 +147,10 @@ async def test_dashboard_in_chromium(make_node, host_service, client_address, br
 
         row = await _in_thread(browser.find_element, By.CSS_SELECTOR, f'#failed tr[data-id="{failed}"]')
         await _in_thread(row.click)
-        await wait_for(lambda: _shows(browser, "detail-body", failed, "transform", 'HTTP 500: {"detail": "boom"}',
-                                      '"x": 1'), timeout=10)
+        await wait_for(
+            lambda: _shows(browser, "detail-body", failed, "transform", 'HTTP 500: {"detail": "boom"}', '"x": 1'),
+            timeout=10,
+        )
         logs = await _in_thread(browser.get_log, "browser")
         assert not [entry for entry in logs if entry["level"] == "SEVERE"], logs
         await asyncio.sleep(1.0)  # a few depth samples for the chart

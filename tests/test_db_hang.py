@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.helpers import assert_error, fresh_database, job, submit, submit_batch
-from tests.support import RunningNode, node_settings, serve_node, wait_finished
+from tests.support import node_settings, serve_node, wait_finished
 
 #: What SPEC §10 promises ("503 within seconds"), with room for a slow shared machine.
 BOUND_SECONDS = 10.0
@@ -79,8 +79,9 @@ class FrozenProxy:
             writer.close()
             return
         self._writers.add(upstream_writer)
-        await asyncio.gather(self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer),
-                             return_exceptions=True)
+        await asyncio.gather(
+            self._pipe(reader, upstream_writer), self._pipe(upstream_reader, writer), return_exceptions=True
+        )
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -181,16 +182,15 @@ def _config(service_url: str) -> dict[str, Any]:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(host_service, tmp_path: Path,
-                                                                            client_address: str,
-                                                                            caplog: pytest.LogCaptureFixture) -> None:
+async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(
+    host_service, tmp_path: Path, client_address: str, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="jobnode.scheduler")
     service = host_service("slow", DELAY=0.5)  # jobs are still running when the database hangs
     async with fresh_database("postgresql", tmp_path) as direct_url, frozen_proxy(direct_url) as (proxy, url):
         async with serve_node(node_settings(url, _config(service.url))) as node, node.client(client_address) as http:
             accepted = [await submit(http, job("echo", data={"job": i})) for i in range(3)]
-            accepted += [a["id"] for a in await submit_batch(http, [job("echo", data={"job": i})
-                                                                     for i in range(3, 8)])]
+            accepted += [a["id"] for a in await submit_batch(http, [job("echo", data={"job": i}) for i in range(3, 8)])]
             proxy.freeze()
             try:
                 took = await _each_endpoint_during_outage(http, accepted[0])
@@ -202,8 +202,9 @@ async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(hos
             assert (await http.get("/info")).status_code == 200
             again = await submit(http, job("echo", data={"job": "after"}))
             results = await wait_finished(http, [*accepted, again], timeout=60)
-            assert {job_id: r["status"] for job_id, r in results.items()} == dict.fromkeys([*accepted, again],
-                                                                                           "success")
+            assert {job_id: r["status"] for job_id, r in results.items()} == dict.fromkeys(
+                [*accepted, again], "success"
+            )
             print(f"503s during the hang: {took}; recovered after {recovered:.1f} s")
     scheduler = [r.getMessage() for r in caplog.records if r.name == "jobnode.scheduler"]
     for loop in ("claim", "renew", "maintain"):  # an outage is logged when it begins, not at every retry
@@ -213,8 +214,9 @@ async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(hos
 
 
 @pytest.mark.slow
-async def test_locked_sqlite_gives_503_within_the_deadline_and_writes_resume(host_service, tmp_path: Path,
-                                                                            client_address: str) -> None:
+async def test_locked_sqlite_gives_503_within_the_deadline_and_writes_resume(
+    host_service, tmp_path: Path, client_address: str
+) -> None:
     """SQLite's counterpart: another connection holds the write lock. Writes answer 503
     after the deadline (the busy timeout) instead of queueing for minutes; reads still
     answer (WAL); once the lock is released, writes are accepted again and run."""

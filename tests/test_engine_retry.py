@@ -45,7 +45,9 @@ async def test_absent_engine_reason_and_jobs_fail_fast(make_node, client_address
     async with make_node(config) as node, node.client(client_address) as http:
         state = node.node.containers.get("echo")
         await wait_for(lambda: state.readiness is Readiness.FAILED, 10, "the container FAILED")
-        reason = f"Docker Engine unreachable at unix://{socket_path}: FileNotFoundError: [Errno 2] No such file or directory"
+        reason = (
+            f"Docker Engine unreachable at unix://{socket_path}: FileNotFoundError: [Errno 2] No such file or directory"
+        )
         assert state.last_error.startswith(reason), state.last_error
         health = (await http.get("/health")).json()
         assert health["containers"]["echo"].startswith(f"failed: {reason}"), health

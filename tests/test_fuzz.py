@@ -56,6 +56,7 @@ Query = list[tuple[str, str]]
 #: The request target httptools takes (``app.http.wire`` answers past it in the error shape).
 URL_LIMIT = 65_536
 
+
 @dataclass(frozen=True)
 class Sent:
     """One request of the hand list; ``label`` names it in failures."""
@@ -129,17 +130,20 @@ def target(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = drop = asyncio.run(create_pg_database(prefix="jobnode_fuzz"))
     echo = HostService("echo")
     echo.wait_ready()
-    node = NodeProcess(directory, {
-        "database": {"url": url},
-        "manage_containers": False,
-        "server": {"host": "127.0.0.1", "operator_token": TOKEN, "rate_limit": None},
-        "scheduler": {"poll_interval": 0.2},
-        "containers": [
-            {"id": "echo", "url": echo.url},
-            {"id": "inner", "url": echo.url, "external": False},
-            {"id": "prover", "url": echo.url, "generates_proofs": True},
-        ],
-    })
+    node = NodeProcess(
+        directory,
+        {
+            "database": {"url": url},
+            "manage_containers": False,
+            "server": {"host": "127.0.0.1", "operator_token": TOKEN, "rate_limit": None},
+            "scheduler": {"poll_interval": 0.2},
+            "containers": [
+                {"id": "echo", "url": echo.url},
+                {"id": "inner", "url": echo.url, "external": False},
+                {"id": "prover", "url": echo.url, "generates_proofs": True},
+            ],
+        },
+    )
     try:
         node.start()
         answer = httpx.post(f"{node.url}/api/jobs", json={"containers": ["echo"], "data": {"x": 1}}, timeout=10)
@@ -168,8 +172,9 @@ def operations(document: dict[str, Any]) -> list[Operation]:
         for method, operation in item.items():
             if method in ("get", "post", "put", "patch", "delete"):
                 names = [p["name"] for p in operation.get("parameters", []) if p["in"] == "query"]
-                found.append(Operation(method.upper(), path, names, "requestBody" in operation,
-                                       bool(operation.get("security"))))
+                found.append(
+                    Operation(method.upper(), path, names, "requestBody" in operation, bool(operation.get("security")))
+                )
     return found
 
 
@@ -177,11 +182,23 @@ def test_the_document_covers_the_fuzzed_surface(target: FuzzTarget) -> None:
     """Not an empty run: the fuzz below covers every operation the node serves."""
     document = httpx.get(f"{target.node.url}/docs/openapi.json", timeout=10).json()
     served = {(o.method, o.path) for o in operations(document)}
-    assert {("GET", "/api/jobs"), ("POST", "/api/jobs"), ("POST", "/api/jobs/batch"), ("POST", "/api/jobs/stream"),
-            ("GET", "/api/jobs/{job_id}"), ("DELETE", "/api/jobs/{job_id}"), ("POST", "/api/jobs/{job_id}/cancel"),
-            ("POST", "/api/jobs/{job_id}/retry"), ("GET", "/api/containers"), ("GET", "/metrics"),
-            ("GET", "/dashboard"), ("GET", "/dashboard/data"), ("GET", "/resources"), ("GET", "/health"),
-            ("GET", "/info")} <= served
+    assert {
+        ("GET", "/api/jobs"),
+        ("POST", "/api/jobs"),
+        ("POST", "/api/jobs/batch"),
+        ("POST", "/api/jobs/stream"),
+        ("GET", "/api/jobs/{job_id}"),
+        ("DELETE", "/api/jobs/{job_id}"),
+        ("POST", "/api/jobs/{job_id}/cancel"),
+        ("POST", "/api/jobs/{job_id}/retry"),
+        ("GET", "/api/containers"),
+        ("GET", "/metrics"),
+        ("GET", "/dashboard"),
+        ("GET", "/dashboard/data"),
+        ("GET", "/resources"),
+        ("GET", "/health"),
+        ("GET", "/info"),
+    } <= served
 
 
 # --- schemathesis --------------------------------------------------------------------------------
@@ -216,10 +233,16 @@ def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: boo
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             strategy = st.tuples(operation.as_strategy(generation_mode=mode), _REAL_CONTAINERS)
 
-            @settings(max_examples=MAX_EXAMPLES if with_token else MAX_EXAMPLES_ANONYMOUS, derandomize=True, deadline=None, database=None,
-                      phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+            @settings(
+                max_examples=MAX_EXAMPLES if with_token else MAX_EXAMPLES_ANONYMOUS,
+                derandomize=True,
+                deadline=None,
+                database=None,
+                phases=[Phase.explicit, Phase.generate],
+                suppress_health_check=list(HealthCheck),
+            )
             @given(strategy)
-            def run(drawn: tuple[schemathesis.Case, list[str] | None]) -> None:
+            def run(drawn: tuple[schemathesis.Case, list[str] | None], mode: GenerationMode = mode) -> None:
                 case, containers = drawn
                 _use_real_containers(case, containers)
                 response = case.call(base_url=target.node.url, headers=headers, timeout=60)
@@ -260,22 +283,24 @@ _STRINGS = {
 def _json_values() -> dict[str, str]:
     """Raw JSON texts (not all of them valid JSON) to put where a value goes."""
     values = {f"string-{name}": json.dumps(text) for name, text in _STRINGS.items()}
-    values.update({
-        "lone-surrogate": '"\\ud800"',
-        "lone-low-surrogate": '"x\\udfff"',
-        "float-1e400": "1e400",
-        "float--1e400": "-1e400",
-        "int-400-digits": "1" + "0" * 400,
-        "int-5000-digits": "9" * 5000,
-        "nan": "NaN",
-        "infinity": "Infinity",
-        "null": "null",
-        "true": "true",
-        "empty-object": "{}",
-        "nul-key": '{"a\\u0000b": 1}',
-        "nul-value": '{"a": "x\\u0000y"}',
-        "nul-nested": '{"a": [{"\\u0000": ["\\u0000"]}]}',
-    })
+    values.update(
+        {
+            "lone-surrogate": '"\\ud800"',
+            "lone-low-surrogate": '"x\\udfff"',
+            "float-1e400": "1e400",
+            "float--1e400": "-1e400",
+            "int-400-digits": "1" + "0" * 400,
+            "int-5000-digits": "9" * 5000,
+            "nan": "NaN",
+            "infinity": "Infinity",
+            "null": "null",
+            "true": "true",
+            "empty-object": "{}",
+            "nul-key": '{"a\\u0000b": 1}',
+            "nul-value": '{"a": "x\\u0000y"}',
+            "nul-nested": '{"a": [{"\\u0000": ["\\u0000"]}]}',
+        }
+    )
     for depth, (array, obj) in _DEEP.items():
         values[f"array-deep-{depth}"] = array
         values[f"object-deep-{depth}"] = obj
@@ -326,11 +351,22 @@ _QUERY_VALUES = {
     "not-a-uuid": "00000000-0000-0000-0000-00000000000g",
 }
 _QUERY_NAMES = ["id", "intermediate", "wait", "pending", "limit", "after", "token", "model_id", "\u0000"]
-_CONTENT_TYPES: list[str | bytes] = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-                  "application/json; charset=latin-1", b"application/\xe9"]
+_CONTENT_TYPES: list[str | bytes] = [
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "multipart/form-data; boundary=x",
+    "application/json; charset=latin-1",
+    b"application/\xe9",
+]
 _PATH_IDS = {
-    "nul": "%00", "dot-dot": "..%2F..%2Fhealth", "superscript": "%C2%B2", "huge": "9" * 5000,
-    "emoji": "%F0%9F%92%A5", "invalid-percent": "%ZZ", "lone-surrogate": "%ED%A0%80", "uuid-braces": "{" + "0" * 32 + "}",
+    "nul": "%00",
+    "dot-dot": "..%2F..%2Fhealth",
+    "superscript": "%C2%B2",
+    "huge": "9" * 5000,
+    "emoji": "%F0%9F%92%A5",
+    "invalid-percent": "%ZZ",
+    "lone-surrogate": "%ED%A0%80",
+    "uuid-braces": "{" + "0" * 32 + "}",
 }
 
 
@@ -351,19 +387,41 @@ def hand_cases(document: dict[str, Any], job_id: str, operator_only: bool = Fals
         method, path = op.method, op.path
         concrete = path.replace("{job_id}", job_id)
         for name in bodies if op.has_body else _SOME_BODIES:
-            yield Sent(f"{method} {path} body {name}", method, path, concrete, body=bodies[name],
-                       headers={"content-type": "application/json"})
+            yield Sent(
+                f"{method} {path} body {name}",
+                method,
+                path,
+                concrete,
+                body=bodies[name],
+                headers={"content-type": "application/json"},
+            )
         for content_type in _CONTENT_TYPES if op.has_body else _CONTENT_TYPES[:1]:
-            yield Sent(f"{method} {path} content-type {content_type!r}", method, path, concrete,
-                       body=b'{"containers": ["echo"], "data": {}}', headers={"content-type": content_type})
+            yield Sent(
+                f"{method} {path} content-type {content_type!r}",
+                method,
+                path,
+                concrete,
+                body=b'{"containers": ["echo"], "data": {}}',
+                headers={"content-type": content_type},
+            )
         for name in dict.fromkeys(op.query + _UNDOCUMENTED_QUERY):
             for value_name, value in _QUERY_VALUES.items():
                 yield Sent(f"{method} {path} ?{name!r}={value_name}", method, path, concrete, params=[(name, value)])
-        yield Sent(f"{method} {path} ?id repeated 1001 times", method, path, concrete,
-                   params=[("id", str(uuid.UUID(int=k))) for k in range(1001)])
+        yield Sent(
+            f"{method} {path} ?id repeated 1001 times",
+            method,
+            path,
+            concrete,
+            params=[("id", str(uuid.UUID(int=k))) for k in range(1001)],
+        )
         # Past it, httpx sends nothing; tests/test_server_errors.py sends one with a raw socket.
-        yield Sent(f"{method} {path} a request target just under 64 KiB", method, path, concrete,
-                   params=[("x", "y" * (URL_LIMIT - len(concrete) - 100))])
+        yield Sent(
+            f"{method} {path} a request target just under 64 KiB",
+            method,
+            path,
+            concrete,
+            params=[("x", "y" * (URL_LIMIT - len(concrete) - 100))],
+        )
         if "{job_id}" in path:
             for name, raw in _PATH_IDS.items():
                 yield Sent(f"{method} {path} job_id={name}", method, path, path.replace("{job_id}", raw))
@@ -371,8 +429,9 @@ def hand_cases(document: dict[str, Any], job_id: str, operator_only: bool = Fals
 
 def send(http: httpx.Client, sent: Sent, headers: dict[str, str]) -> httpx.Response:
     # A path given as already percent-encoded text: httpx leaves its escapes alone.
-    return http.request(sent.method, sent.path, params=sent.params, content=sent.body,
-                        headers={**headers, **sent.headers})
+    return http.request(
+        sent.method, sent.path, params=sent.params, content=sent.body, headers={**headers, **sent.headers}
+    )
 
 
 @pytest.mark.parametrize("with_token", [True, False], ids=["operator", "anonymous"])

@@ -71,9 +71,12 @@ async def test_schema_behind_head_is_unready(fresh_url):
             await connection.run_sync(downgrade)
             await connection.commit()
         head = migrate.head_revision()
-        assert await probe(node, "/health/ready") == (503, {
-            "status": "unready",
-            "reason": f"database schema at revision 0001, this node needs {head} (run: jobnode db upgrade)",
-        })
+        assert await probe(node, "/health/ready") == (
+            503,
+            {
+                "status": "unready",
+                "reason": f"database schema at revision 0001, this node needs {head} (run: jobnode db upgrade)",
+            },
+        )
         await migrate.upgrade(node.node.database)
         assert await probe(node, "/health/ready") == READY

@@ -46,8 +46,12 @@ def inputs_digest() -> str:
     digest = hashlib.sha256()
     for name in IMAGE_INPUTS:
         path = ROOT / name
-        files = [path] if path.is_file() else sorted(
-            p for p in path.rglob("*") if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts
+        files = (
+            [path]
+            if path.is_file()
+            else sorted(
+                p for p in path.rglob("*") if p.is_file() and not p.is_symlink() and "__pycache__" not in p.parts
+            )
         )
         for file in files:
             digest.update(str(file.relative_to(ROOT)).encode() + b"\0" + file.read_bytes() + b"\0")
@@ -97,7 +101,7 @@ def image() -> Iterator[str]:
 def database() -> Iterator[str]:
     try:
         url = asyncio.run(create_pg_database(prefix="jobnode_image"))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
     try:
         yield url
@@ -109,10 +113,26 @@ def run_node(image: str, name: str, database_url: str, port: int, config: Path) 
     """A node container on the host's network: settings and secrets from the environment,
     the container list from a mounted config file."""
     return docker(
-        "run", "-d", "--name", name, "--label", LABEL, "--network", "host",
-        "-e", f"JOBNODE_DATABASE_URL={database_url}", "-e", f"JOBNODE_PORT={port}",
-        "-e", "JOBNODE_CONFIG=/etc/jobnode/config.json", "-v", f"{config}:/etc/jobnode/config.json:ro",
-        image, "serve", "--host", "127.0.0.1",
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--label",
+        LABEL,
+        "--network",
+        "host",
+        "-e",
+        f"JOBNODE_DATABASE_URL={database_url}",
+        "-e",
+        f"JOBNODE_PORT={port}",
+        "-e",
+        "JOBNODE_CONFIG=/etc/jobnode/config.json",
+        "-v",
+        f"{config}:/etc/jobnode/config.json:ro",
+        image,
+        "serve",
+        "--host",
+        "127.0.0.1",
     ).stdout.strip()
 
 
@@ -179,7 +199,7 @@ def test_image_runs_nodes_sharing_one_database(image: str, database: str, config
         r = httpx.post(f"{url}/api/jobs", json=job("echo", data={"via": name}), timeout=10)
         assert r.status_code == 200, r.text
         submitted[name] = r.json()["id"]
-    for (name, _), (_, other_url) in zip(nodes, reversed(nodes)):
+    for (name, _), (_, other_url) in zip(nodes, reversed(nodes), strict=True):
         result = finished(other_url, submitted[name])
         assert (result["status"], result["result"]) == ("success", {"container": "echo", "output": {"via": name}})
 
@@ -201,8 +221,13 @@ def test_compose_file_is_valid() -> None:
     if shutil.which("docker-compose") is None:
         unavailable("docker-compose", "not installed (apt-get install docker-compose; .ci/run does)")
     env = {**os.environ, "POSTGRES_PASSWORD": "secret", "DOCKER_GID": "998"}
-    done = subprocess.run(["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]  # the file as docker-compose resolved it
     assert set(services) == {"postgres", "node-1", "node-2"}
@@ -215,8 +240,13 @@ def test_compose_file_is_valid() -> None:
     assert config_1["containers"][0]["build"] == "examples/echo"
     assert config_2["containers"][0]["url"] == f"http://127.0.0.1:{config_1['containers'][0]['port']}"
     # Without the password it refuses to start instead of running with an empty one.
-    missing = subprocess.run(["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"], capture_output=True,
-                             text=True, env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"}, timeout=60)
+    missing = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in env.items() if k != "POSTGRES_PASSWORD"},
+        timeout=60,
+    )
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
 
 
@@ -224,8 +254,9 @@ COMPOSE_PROJECT = "jobnodedeploytest"
 POSTGRES_CONTEXT = ROOT / "tests" / "images" / "postgres"
 
 
-def compose(*args: str, env: dict[str, str], files: list[Path], timeout: float = 180,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+def compose(
+    *args: str, env: dict[str, str], files: list[Path], timeout: float = 180, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     command = ["docker-compose", "-p", COMPOSE_PROJECT]
     for file in files:
         command += ["-f", str(file)]
@@ -284,9 +315,14 @@ def test_compose_deployment_runs(image: str, postgres_image: str, tmp_path: Path
         }
     (directory / "override.yaml").write_text(yaml.safe_dump(override))
     files = [ROOT / "compose.yaml", directory / "override.yaml"]
-    env = {**os.environ, "POSTGRES_PASSWORD": "compose-secret", "JOBNODE_PG_PORT": str(ports["pg"]),
-           "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid), "JOBNODE_IMAGE": image,
-           "POSTGRES_IMAGE": postgres_image}
+    env = {
+        **os.environ,
+        "POSTGRES_PASSWORD": "compose-secret",
+        "JOBNODE_PG_PORT": str(ports["pg"]),
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        "JOBNODE_IMAGE": image,
+        "POSTGRES_IMAGE": postgres_image,
+    }
     urls = {name: f"http://127.0.0.1:{ports[name]}" for name in ("node-1", "node-2")}
 
     def logs() -> str:
@@ -296,11 +332,19 @@ def test_compose_deployment_runs(image: str, postgres_image: str, tmp_path: Path
     try:
         compose("up", "-d", "--no-build", env=env, files=files)
         for name, url in urls.items():  # a node that started before PostgreSQL is restarted
-            wait_until(lambda: httpx.get(f"{url}/health/ready", timeout=2).status_code == 200, 180,
-                       f"{name} ready", logs)
+            wait_until(
+                lambda url=url: httpx.get(f"{url}/health/ready", timeout=2).status_code == 200,
+                180,
+                f"{name} ready",
+                logs,
+            )
         for name, url in urls.items():  # node-1 built and started echo; node-2 probes it
-            wait_until(lambda: [c["id"] for c in httpx.get(f"{url}/info", timeout=5).json()["containers"]]
-                       == ["echo"], 180, f"echo ready on {name}", logs)
+            wait_until(
+                lambda url=url: [c["id"] for c in httpx.get(f"{url}/info", timeout=5).json()["containers"]] == ["echo"],
+                180,
+                f"echo ready on {name}",
+                logs,
+            )
         submitted = {}
         for name, url in urls.items():
             r = httpx.post(f"{url}/api/jobs", json=job("echo", data={"via": name}), timeout=10)

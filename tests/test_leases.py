@@ -27,12 +27,27 @@ async def test_renewal_leaves_rows_locked_by_a_commit_to_it(postgresql_url, clie
     locked, free, lost = (str(uuid.uuid4()) for _ in range(3))
     try:
         async with database.write() as conn:
-            await conn.execute(insert(Job), [
-                {"id": job_id, "client": client_address, "source": "offchain", "containers": ["c"], "input": {},
-                 "requires_proof": False, "status": JobStatus.RUNNING, "attempts": 1, "stream": False,
-                 "lease_owner": owner, "lease_expires_at": old_lease, "run_after": now, "created_at": now}
-                for job_id, owner in ((locked, node), (free, node), (lost, "another-node"))
-            ])
+            await conn.execute(
+                insert(Job),
+                [
+                    {
+                        "id": job_id,
+                        "client": client_address,
+                        "source": "offchain",
+                        "containers": ["c"],
+                        "input": {},
+                        "requires_proof": False,
+                        "status": JobStatus.RUNNING,
+                        "attempts": 1,
+                        "stream": False,
+                        "lease_owner": owner,
+                        "lease_expires_at": old_lease,
+                        "run_after": now,
+                        "created_at": now,
+                    }
+                    for job_id, owner in ((locked, node), (free, node), (lost, "another-node"))
+                ],
+            )
         commit = await asyncpg.connect(postgresql_url.replace("postgresql+asyncpg://", "postgresql://"))
         try:
             async with commit.transaction():  # a step commit of this node, under way
@@ -43,8 +58,9 @@ async def test_renewal_leaves_rows_locked_by_a_commit_to_it(postgresql_url, clie
             await commit.close()
         assert held == {locked, free}
         async with database.read() as conn:
-            leases = dict((await conn.execute(select(Job.id, Job.lease_expires_at)
-                                              .where(Job.id.in_([locked, free, lost])))).all())
+            leases = dict(
+                (await conn.execute(select(Job.id, Job.lease_expires_at).where(Job.id.in_([locked, free, lost])))).all()
+            )
         assert leases[free] > old_lease + timedelta(seconds=20)  # renewed
         assert leases[locked] == old_lease  # left to the commit that holds it
         assert leases[lost] == old_lease  # not this node's

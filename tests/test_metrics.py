@@ -15,7 +15,15 @@ from app.db.models import JobStatus, utcnow
 from tests.conftest import STANDARD_CONFIG
 from tests.helpers import assert_error, job, submit
 from tests.operator_support import (
-    TOKEN, add_job, bearer, container, metric, parse_metrics, scheduled, set_job, wait_for,
+    TOKEN,
+    add_job,
+    bearer,
+    container,
+    metric,
+    parse_metrics,
+    scheduled,
+    set_job,
+    wait_for,
 )
 from tests.support import wait_finished
 
@@ -62,8 +70,10 @@ async def test_job_and_step_metrics(make_node, host_service, client_address):
     assert metric(after, "jobnode_container_ready", container=ok) == 1
     assert metric(after, "jobnode_container_in_flight", container=ok) == 0
     assert metric(after, "jobnode_container_restarts_total", container=ok) == 0
-    assert delta("jobnode_http_requests_total", method="POST", path="/api/jobs", status_code="200",
-                 app_name="jobnode") == 4
+    assert (
+        delta("jobnode_http_requests_total", method="POST", path="/api/jobs", status_code="200", app_name="jobnode")
+        == 4
+    )
     assert metric(after, "jobnode_database_up") == 1
 
 
@@ -78,8 +88,11 @@ async def test_queue_gauges_from_sql(make_node, client_address):
         after = await _scrape(http)
         pending = metric(after, "jobnode_jobs", state="pending", source="offchain")
         assert pending - metric(before, "jobnode_jobs", state="pending", source="offchain") == 4
-        assert metric(after, "jobnode_jobs", state="running", source="offchain") - \
-            metric(before, "jobnode_jobs", state="running", source="offchain") == 1
+        assert (
+            metric(after, "jobnode_jobs", state="running", source="offchain")
+            - metric(before, "jobnode_jobs", state="running", source="offchain")
+            == 1
+        )
         assert metric(after, "jobnode_jobs", state="pending", source="onchain") == 0
         assert metric(after, "jobnode_queue_depth") == pending
         assert metric(after, "jobnode_oldest_pending_age_seconds") >= 90
@@ -98,18 +111,36 @@ async def test_rescued_retried_and_cancelled_jobs_are_counted(make_node, host_se
         before = await _scrape(http)
         # A job whose node died: running, its lease expired. The reaper re-queues it.
         orphan = str(uuid.uuid4())
-        await add_job(node.node.database, orphan, client=client_address, containers=[cid], status=JobStatus.RUNNING,
-                      lease_owner="dead-node", lease_expires_at=utcnow() - timedelta(seconds=5))
+        await add_job(
+            node.node.database,
+            orphan,
+            client=client_address,
+            containers=[cid],
+            status=JobStatus.RUNNING,
+            lease_owner="dead-node",
+            lease_expires_at=utcnow() - timedelta(seconds=5),
+        )
         await wait_finished(http, [orphan])
         # A failed job re-queued by an operator, and a cancelled one.
         failed = str(uuid.uuid4())
-        await add_job(node.node.database, failed, client=client_address, containers=[cid], status=JobStatus.FAILED,
-                      steps=[{"container": cid, "error": "boom"}])
+        await add_job(
+            node.node.database,
+            failed,
+            client=client_address,
+            containers=[cid],
+            status=JobStatus.FAILED,
+            steps=[{"container": cid, "error": "boom"}],
+        )
         assert (await http.post(f"/api/jobs/{failed}/retry")).status_code == 200
         await wait_finished(http, [failed])
         pending = str(uuid.uuid4())
-        await add_job(node.node.database, pending, client=client_address, containers=[cid],
-                      created_at=utcnow() + timedelta(hours=1))  # not runnable yet: stays pending
+        await add_job(
+            node.node.database,
+            pending,
+            client=client_address,
+            containers=[cid],
+            created_at=utcnow() + timedelta(hours=1),
+        )  # not runnable yet: stays pending
         assert (await http.delete(f"/api/jobs/{pending}")).status_code == 200
         after = await wait_for(lambda: _rescued(http, before))
 
@@ -123,8 +154,12 @@ async def test_rescued_retried_and_cancelled_jobs_are_counted(make_node, host_se
 
 async def _rescued(http, before: dict) -> dict | None:
     after = await _scrape(http)
-    return after if metric(after, "jobnode_jobs_rescued_total", outcome="requeued") > \
-        metric(before, "jobnode_jobs_rescued_total", outcome="requeued") else None
+    return (
+        after
+        if metric(after, "jobnode_jobs_rescued_total", outcome="requeued")
+        > metric(before, "jobnode_jobs_rescued_total", outcome="requeued")
+        else None
+    )
 
 
 async def test_metrics_are_an_operator_endpoint_and_not_rate_limited(make_node, client_address):

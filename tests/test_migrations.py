@@ -28,7 +28,10 @@ from tests.helpers import fresh_database
 BIN = Path(sys.executable).parent
 TABLES = {"jobs", "job_steps"}
 INDEXES = {index.name for table in Base.metadata.tables.values() for index in table.indexes} | {
-    "uq_jobs_id", "uq_job_steps_job_position", "jobs_pkey", "job_steps_pkey",
+    "uq_jobs_id",
+    "uq_job_steps_job_position",
+    "jobs_pkey",
+    "job_steps_pkey",
 }
 
 
@@ -103,13 +106,16 @@ async def test_postgresql_column_types(postgresql_url):
     database = Database(postgresql_url)
     try:
         async with database.reader.connect() as connection:
-            rows = await connection.execute(text(
-                "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                "WHERE table_schema = 'public' AND table_name IN ('jobs', 'job_steps')"
-            ))
+            rows = await connection.execute(
+                text(
+                    "SELECT table_name, column_name, data_type FROM information_schema.columns "
+                    "WHERE table_schema = 'public' AND table_name IN ('jobs', 'job_steps')"
+                )
+            )
             types = {(table, column): data_type for table, column, data_type in rows}
-            client_index = (await connection.execute(text(
-                "SELECT pg_get_indexdef('ix_jobs_client_seq'::regclass)"))).scalar_one()
+            client_index = (
+                await connection.execute(text("SELECT pg_get_indexdef('ix_jobs_client_seq'::regclass)"))
+            ).scalar_one()
     finally:
         await database.dispose()
     # A page of a client's ids is read from the index alone.
@@ -121,9 +127,9 @@ async def test_postgresql_column_types(postgresql_url):
         ("job_steps", "job_id"): "uuid",
         ("job_steps", "output"): "jsonb",
     }
-    for table, column in [("jobs", c) for c in ("lease_expires_at", "run_after", "created_at", "started_at",
-                                                "finished_at")] + [("job_steps", "started_at"),
-                                                                   ("job_steps", "finished_at")]:
+    for table, column in [
+        ("jobs", c) for c in ("lease_expires_at", "run_after", "created_at", "started_at", "finished_at")
+    ] + [("job_steps", "started_at"), ("job_steps", "finished_at")]:
         expected[(table, column)] = "timestamp with time zone"
     assert {key: types.get(key) for key in expected} == expected
     # No other timestamp column without a zone, no other JSON column as plain json.
@@ -139,7 +145,8 @@ def api_queries() -> dict[str, Select]:
         "list finished": queries.client_job_ids(False, False, False).statement.params(client=client),
         "list page": queries.client_job_ids(None, True, True).statement.params(client=client, after_seq=42, limit=100),
         "list pending page": queries.client_job_ids(True, True, True).statement.params(
-            client=client, after_seq=42, limit=100),
+            client=client, after_seq=42, limit=100
+        ),
         "cursor": queries.CLIENT_JOB_SEQ.statement.params(client=client, id=job_id),
         "results by id": queries.RESULTS.statement.params(ids=[job_id, str(uuid.uuid4())]),
         "pending counts": queries.UNFINISHED_COUNTS.statement,

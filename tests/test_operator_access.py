@@ -3,7 +3,6 @@ the OpenAPI document's error shapes; on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-
 from tests.conftest import STANDARD_CONFIG
 from tests.helpers import assert_error, job, submit
 from tests.operator_support import TOKEN, bearer, container, scheduled, wait_for
@@ -28,8 +27,9 @@ async def test_token_is_required_when_set(make_node, client_address):
             assert_error(r, 401, "Operator token required")
             assert r.headers["www-authenticate"].startswith("Bearer")
             assert_error(await http.get(path, headers=bearer("wrong")), 401, "Invalid operator token")
-            assert_error(await http.get(path, headers={"Authorization": f"Basic {TOKEN}"}), 401,
-                         "Invalid operator token")
+            assert_error(
+                await http.get(path, headers={"Authorization": f"Basic {TOKEN}"}), 401, "Invalid operator token"
+            )
             assert (await http.get(path, headers=bearer())).status_code == 200, path
         for method, path in OPERATOR_WRITES:
             assert_error(await http.request(method, path.format(id=job_id)), 401, "Operator token required")
@@ -73,11 +73,19 @@ async def test_without_token_loopback_only(make_node, client_address):
                     assert (await local.get(path.format(id=job_id))).status_code == 200, (address, path)
         remote = {"X-Forwarded-For": "203.0.113.7"}
         for path in OPERATOR_GETS:
-            assert_error(await http.get(path.format(id=job_id), headers=remote), 403,
-                         "Operator endpoints answer loopback clients only", {"address": "203.0.113.7"})
+            assert_error(
+                await http.get(path.format(id=job_id), headers=remote),
+                403,
+                "Operator endpoints answer loopback clients only",
+                {"address": "203.0.113.7"},
+            )
         for method, path in OPERATOR_WRITES:
-            assert_error(await http.request(method, path.format(id=job_id), headers=remote), 403,
-                         "Operator endpoints answer loopback clients only", {"address": "203.0.113.7"})
+            assert_error(
+                await http.request(method, path.format(id=job_id), headers=remote),
+                403,
+                "Operator endpoints answer loopback clients only",
+                {"address": "203.0.113.7"},
+            )
         # The token header is not a way around it when no token is configured.
         assert (await http.get("/api/containers", headers={**remote, **bearer()})).status_code == 403
         # The remote client keeps the compatible surface.

@@ -31,8 +31,9 @@ async def test_a_job_in_full(make_node, host_service, client_address):
         assert detail["containers"] == ["first"] and detail["input"] == {"value": 3}
         assert detail["attempts"] == 1 and detail["node"] == node.node.settings.node_id
         assert detail["result"] == {"container": "first", "output": {"value": 6, "seen": ["transform"]}}
-        created, started, finished = (datetime.fromisoformat(detail[k])
-                                      for k in ("created_at", "started_at", "finished_at"))
+        created, started, finished = (
+            datetime.fromisoformat(detail[k]) for k in ("created_at", "started_at", "finished_at")
+        )
         assert created <= started <= finished and created.utcoffset().total_seconds() == 0
         assert detail["duration_seconds"] >= 0 and detail["queued_seconds"] >= 0
         (step,) = detail["steps"]
@@ -45,7 +46,9 @@ async def test_a_job_in_full(make_node, host_service, client_address):
         failed = await _detail(http, bad)
         assert failed["status"] == "failed" and failed["api_status"] == "failed"
         assert [(s["container"], s["error"]) for s in failed["steps"]] == [
-            ("first", None), ("fail", 'HTTP 500: {"detail": "boom"}')]
+            ("first", None),
+            ("fail", 'HTTP 500: {"detail": "boom"}'),
+        ]
         assert failed["result"] == {"container": "fail", "error": 'HTTP 500: {"detail": "boom"}'}
 
 
@@ -54,8 +57,9 @@ async def test_unknown_and_invalid_ids(node, client_address):
         missing = str(uuid.uuid4())
         for method, path in (("GET", ""), ("DELETE", ""), ("POST", "/cancel"), ("POST", "/retry")):
             assert_error(await http.request(method, f"/api/jobs/{missing}{path}"), 404, "Job not found")
-            assert_error(await http.request(method, f"/api/jobs/not-a-uuid{path}"), 400, "Invalid job id",
-                         {"id": "not-a-uuid"})
+            assert_error(
+                await http.request(method, f"/api/jobs/not-a-uuid{path}"), 400, "Invalid job id", {"id": "not-a-uuid"}
+            )
         # Another client's job is visible to the operator (it is not the compatible surface).
         job_id = await submit(http)
         assert (await _detail(http, job_id.upper()))["id"] == job_id
@@ -126,7 +130,7 @@ async def test_retry_resumes_at_the_failed_step(make_node, host_service, client_
             assert result["status"] == "success"
             assert result["result"] == {"container": "later", "output": {"value": 2, "seen": ["transform"]}}
             assert first.calls() == {"r": 1}, "the step that had succeeded ran again"
-            assert later.calls() == {"{\"seen\":[\"transform\"],\"value\":2}": 1}
+            assert later.calls() == {'{"seen":["transform"],"value":2}': 1}
             detail = await _detail(http, job_id)
             assert detail["attempts"] == 1 and [s["error"] for s in detail["steps"]] == [None, None]
             assert_error(await http.post(f"/api/jobs/{job_id}/retry"), 409, "Job is not failed")

@@ -16,8 +16,9 @@ from tests.support import NodeProcess, wait_finished
 
 
 def _record(message: str = "step %d done", *args: object, **extra: object) -> logging.LogRecord:
-    return logging.getLogger("jobnode.jobs").makeRecord("jobnode.jobs", logging.INFO, __file__, 1, message,
-                                                        args or (0,), None, extra=extra)
+    return logging.getLogger("jobnode.jobs").makeRecord(
+        "jobnode.jobs", logging.INFO, __file__, 1, message, args or (0,), None, extra=extra
+    )
 
 
 def test_json_lines_carry_the_extra_fields():

@@ -76,8 +76,14 @@ async def test_foreign_origin_is_refused_on_operator_reads(make_node, client_add
 
 async def test_no_origin_and_own_origins_keep_working(make_node, client_address):
     async with make_node(STANDARD_CONFIG) as node, node.client(client_address) as http:
-        own = (None, f"http://127.0.0.1:{node.port}", f"http://localhost:{node.port}", f"https://LOCALHOST",
-               f"http://[::1]:{node.port}", "http://127.9.9.9:1234")
+        own = (
+            None,
+            f"http://127.0.0.1:{node.port}",
+            f"http://localhost:{node.port}",
+            "https://LOCALHOST",
+            f"http://[::1]:{node.port}",
+            "http://127.9.9.9:1234",
+        )
         for origin in own:
             headers = {} if origin is None else {"Origin": origin}
             job_id = await submit(http, headers=headers)
@@ -104,23 +110,31 @@ async def test_foreign_host_is_misdirected_on_operator_endpoints(make_node, clie
             assert (await http.get("/api/jobs", params={"id": job_id}, headers=headers)).status_code == 200
             assert (await http.get("/health", headers=headers)).status_code == 200
         assert await _status(http, job_id) == "pending"
-        for host in ("localhost", f"localhost:{node.port}", f"127.0.0.1:{node.port}", f"[::1]:{node.port}",
-                     "127.0.0.2", "LOCALHOST."):
+        for host in (
+            "localhost",
+            f"localhost:{node.port}",
+            f"127.0.0.1:{node.port}",
+            f"[::1]:{node.port}",
+            "127.0.0.2",
+            "LOCALHOST.",
+        ):
             r = await http.get("/dashboard/data", headers={"Host": host})
             assert r.status_code == 200, (host, r.text)
 
 
 async def test_allowed_origins_and_hosts_are_honoured(make_node, client_address):
-    server = {"allowed_origins": ["https://Dash.Example.com:443/"], "allowed_hosts": ["node.example.com"],
-              "host": "jobs.internal"}
+    server = {
+        "allowed_origins": ["https://Dash.Example.com:443/"],
+        "allowed_hosts": ["node.example.com"],
+        "host": "jobs.internal",
+    }
     async with make_node({**STANDARD_CONFIG, "server": server}) as node, node.client(client_address) as http:
         for origin in ("https://dash.example.com", "http://node.example.com:8080", "http://jobs.internal:4000"):
             job_id = await submit(http, headers={"Origin": origin})
             r = await http.post(f"/api/jobs/{job_id}/cancel", headers={"Origin": origin})
             assert r.status_code == 200, (origin, r.text)
         for origin in ("http://dash.example.com", "https://dash.example.com:8443", "https://other.example.com"):
-            assert_error(await http.post("/api/jobs", json=job("echo"), headers={"Origin": origin}), 403,
-                         CROSS_ORIGIN)
+            assert_error(await http.post("/api/jobs", json=job("echo"), headers={"Origin": origin}), 403, CROSS_ORIGIN)
         for host in ("node.example.com", "NODE.example.com:443", "jobs.internal:4000", "localhost"):
             assert (await http.get("/dashboard/data", headers={"Host": host})).status_code == 200, host
         # An allowed origin's host is not thereby a host of the node.
@@ -133,32 +147,42 @@ async def test_any_interface_means_loopback_and_allowed_hosts(make_node, client_
         assert_error(await http.get("/api/containers", headers={"Host": "0.0.0.0:4000"}), 421, MISDIRECTED)
         for host in ("node.example.com", "localhost", "127.0.0.1"):
             assert (await http.get("/api/containers", headers={"Host": host})).status_code == 200, host
-        assert_error(await http.post("/api/jobs", json=job("echo"), headers={"Origin": "http://0.0.0.0:4000"}),
-                     403, CROSS_ORIGIN)
+        assert_error(
+            await http.post("/api/jobs", json=job("echo"), headers={"Origin": "http://0.0.0.0:4000"}), 403, CROSS_ORIGIN
+        )
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("allowed_origins", "evil.example"),
-    ("allowed_origins", "http://x.example/path"),
-    ("allowed_origins", "ftp://x.example"),
-    ("allowed_origins", "http://x.example:99999"),
-    ("allowed_origins", "*"),
-    ("allowed_hosts", "http://x.example"),
-    ("allowed_hosts", "x.example:80"),
-    ("allowed_hosts", "x.example/"),
-    ("allowed_hosts", ""),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("allowed_origins", "evil.example"),
+        ("allowed_origins", "http://x.example/path"),
+        ("allowed_origins", "ftp://x.example"),
+        ("allowed_origins", "http://x.example:99999"),
+        ("allowed_origins", "*"),
+        ("allowed_hosts", "http://x.example"),
+        ("allowed_hosts", "x.example:80"),
+        ("allowed_hosts", "x.example/"),
+        ("allowed_hosts", ""),
+    ],
+)
 def test_invalid_allowed_origins_and_hosts_are_refused(key, value):
     with pytest.raises(ConfigError, match=rf"server\.{key}\[1\]"):
-        settings_from_dict({"server": {key: ["localhost" if key == "allowed_hosts" else "http://localhost", value]}},
-                           environ={})
+        settings_from_dict(
+            {"server": {key: ["localhost" if key == "allowed_hosts" else "http://localhost", value]}}, environ={}
+        )
 
 
 def test_allowed_origins_and_hosts_are_normalised():
-    server = settings_from_dict({"server": {
-        "allowed_origins": ["HTTPS://Dash.Example.com:443/", "http://[::1]:8080", "http://x.example:80"],
-        "allowed_hosts": ["Node.Example.com.", "[::1]", "10.0.0.1"],
-    }}, environ={}).server
+    server = settings_from_dict(
+        {
+            "server": {
+                "allowed_origins": ["HTTPS://Dash.Example.com:443/", "http://[::1]:8080", "http://x.example:80"],
+                "allowed_hosts": ["Node.Example.com.", "[::1]", "10.0.0.1"],
+            }
+        },
+        environ={},
+    ).server
     assert server.allowed_origins == ["https://dash.example.com", "http://[::1]:8080", "http://x.example"]
     assert server.allowed_hosts == ["node.example.com", "::1", "10.0.0.1"]
 
@@ -173,7 +197,12 @@ async def test_the_openapi_document_lists_the_refusals(node, client_address):
 
     for path in ("/api/jobs", "/api/jobs/batch", "/api/jobs/stream"):
         assert CROSS_ORIGIN in messages(path, "post", "403"), path
-    for path, method in (("/api/jobs/{job_id}", "get"), ("/api/jobs/{job_id}/cancel", "post"),
-                         ("/api/containers", "get"), ("/metrics", "get"), ("/dashboard/data", "get")):
+    for path, method in (
+        ("/api/jobs/{job_id}", "get"),
+        ("/api/jobs/{job_id}/cancel", "post"),
+        ("/api/containers", "get"),
+        ("/metrics", "get"),
+        ("/dashboard/data", "get"),
+    ):
         assert CROSS_ORIGIN in messages(path, method, "403"), path
         assert messages(path, method, "421") == [MISDIRECTED], path

@@ -59,8 +59,16 @@ async def test_ids_take_the_uuid_shape_in_ascii(node, client_address):
     async with node.client(client_address) as http:
         job_id = await submit(http)
         arabic = "٣" * 8 + "-" + "٣" * 4 + "-" + "٣" * 4 + "-" + "٣" * 4 + "-" + "٣" * 12  # uuid.UUID took it
-        for bad in (arabic, "٣" * 32, "{" + job_id + "}", "urn:uuid:" + job_id, job_id.replace("-", "_"),
-                    "+" + job_id[1:], NINES, job_id[:-1] + "g"):
+        for bad in (
+            arabic,
+            "٣" * 32,
+            "{" + job_id + "}",
+            "urn:uuid:" + job_id,
+            job_id.replace("-", "_"),
+            "+" + job_id[1:],
+            NINES,
+            job_id[:-1] + "g",
+        ):
             r = await http.get("/api/jobs", params=[("id", job_id), ("id", bad)])
             assert_error(r, 400, "Invalid job id", {"id": _echo(bad)})
             assert_error(await http.get(f"/api/jobs/{bad}"), 400, "Invalid job id", {"id": _echo(bad)})
@@ -79,9 +87,15 @@ async def test_no_parameter_value_is_a_500(node, client_address):
     async with node.client(client_address) as http:
         job_id = await submit(http)
         for value in (*HOSTILE, "\x00", "%", "é" * 3000, "1" * 100_00):
-            for params in ({"limit": value}, {"after": value}, {"pending": value},
-                           {"id": job_id, "wait": value}, {"id": job_id, "intermediate": value}, {"id": value},
-                           {"model_id": value}):
+            for params in (
+                {"limit": value},
+                {"after": value},
+                {"pending": value},
+                {"id": job_id, "wait": value},
+                {"id": job_id, "intermediate": value},
+                {"id": value},
+                {"model_id": value},
+            ):
                 path = "/resources" if "model_id" in params else "/api/jobs"
                 r = await http.get(path, params=params)
                 assert r.status_code < 500, (params, r.status_code, r.text[:200])

@@ -26,16 +26,23 @@ async def test_jobs_and_results_survive_a_sigkill(fresh_url, tmp_path, client_ad
         process.start()
         async with process.client(client_address) as http:
             ids = [await submit(http, job("echo", data={"n": 1}))]
-            ids += [a["id"] for a in await submit_batch(http, [job("echo", "prover"), job("nope"), job("local")])
-                    if "id" in a]
+            ids += [
+                a["id"]
+                for a in await submit_batch(http, [job("echo", "prover"), job("nope"), job("local")])
+                if "id" in a
+            ]
             ids.append(await submit(http))
             before = await results(http, *ids, intermediate="true")
         assert len(ids) == 4
         # A finished job too, written as the scheduler would have.
         database = Database(fresh_url)
         try:
-            await finish(database, ids[1], "success",
-                         [{"container": "echo", "output": {"a": 1}}, {"container": "prover", "output": {"proof": "p"}}])
+            await finish(
+                database,
+                ids[1],
+                "success",
+                [{"container": "echo", "output": {"a": 1}}, {"container": "prover", "output": {"proof": "p"}}],
+            )
         finally:
             await database.dispose()
 
@@ -47,8 +54,12 @@ async def test_jobs_and_results_survive_a_sigkill(fresh_url, tmp_path, client_ad
             assert await listed(http, pending="false") == [ids[1]]
             after = await results(http, *ids, intermediate="true")
             expected = [dict(body) for body in before]
-            expected[1] = {"id": ids[1], "status": "success", "result": {"container": "prover", "output": {"proof": "p"}},
-                           "intermediate_results": [{"container": "echo", "output": {"a": 1}}]}
+            expected[1] = {
+                "id": ids[1],
+                "status": "success",
+                "result": {"container": "prover", "output": {"proof": "p"}},
+                "intermediate_results": [{"container": "echo", "output": {"a": 1}}],
+            }
             assert after == expected
             # The restarted node takes new jobs after the old ones.
             ids.append(await submit(http))

@@ -3,12 +3,11 @@ configured by ``url``, i.e. unmanaged containers), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
-
-import asyncio
 
 import pytest
 from sqlalchemy import insert, select
@@ -28,8 +27,9 @@ def _container(cid: str, url: str, **extra: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(params=BACKENDS)
-def make_fresh_node(request: pytest.FixtureRequest, tmp_path: Path
-                    ) -> Callable[[dict[str, Any]], AbstractAsyncContextManager[RunningNode]]:
+def make_fresh_node(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[[dict[str, Any]], AbstractAsyncContextManager[RunningNode]]:
     """A node on a database of its own: no job of another test waits in it."""
 
     @asynccontextmanager
@@ -46,13 +46,22 @@ async def _run(node, http, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_chain_of_one_and_three(make_node, host_service, client_address):
-    echo, double, triple = host_service("echo"), host_service("transform"), host_service("transform", FACTOR=3, NAME="x3")
-    config = _config(_container("echo", echo.url), _container("double", double.url, external=False),
-                     _container("triple", triple.url))
+    echo, double, triple = (
+        host_service("echo"),
+        host_service("transform"),
+        host_service("transform", FACTOR=3, NAME="x3"),
+    )
+    config = _config(
+        _container("echo", echo.url), _container("double", double.url, external=False), _container("triple", triple.url)
+    )
     async with make_node(config) as node, node.client(client_address) as http:
         one = await _run(node, http, job("echo", data={"value": 7}))
-        assert one == {"id": one["id"], "status": "success", "result": {"container": "echo", "output": {"value": 7}},
-                       "intermediate_results": []}
+        assert one == {
+            "id": one["id"],
+            "status": "success",
+            "result": {"container": "echo", "output": {"value": 7}},
+            "intermediate_results": [],
+        }
         three = await _run(node, http, job("echo", "double", "triple", data={"value": 2}))
         assert three["status"] == "success"
         assert three["result"] == {"container": "triple", "output": {"value": 12, "seen": ["transform", "x3"]}}
@@ -65,12 +74,19 @@ async def test_chain_of_one_and_three(make_node, host_service, client_address):
 
 
 async def test_each_kind_of_container_error(make_node, host_service, client_address):
-    fail, bad, slow, exits = (host_service("fail"), host_service("badjson"), host_service("slow", DELAY=5),
-                              host_service("exit"))
+    fail, bad, slow, exits = (
+        host_service("fail"),
+        host_service("badjson"),
+        host_service("slow", DELAY=5),
+        host_service("exit"),
+    )
     nobody = f"http://127.0.0.1:{free_port()}"
     config = _config(
-        _container("fail", fail.url), _container("bad", bad.url), _container("slow", slow.url, timeout=0.3),
-        _container("exits", exits.url), _container("nobody", nobody),
+        _container("fail", fail.url),
+        _container("bad", bad.url),
+        _container("slow", slow.url, timeout=0.3),
+        _container("exits", exits.url),
+        _container("nobody", nobody),
     )
     expected = {
         "fail": 'HTTP 500: {"detail": "boom"}',
@@ -118,8 +134,9 @@ async def test_progress_is_visible_while_running(make_node, host_service, client
 
 async def _max_overlap(node, job_ids: list[str]) -> int:
     async with node.node.database.read() as conn:
-        rows = (await conn.execute(select(JobStep.started_at, JobStep.finished_at)
-                                   .where(JobStep.job_id.in_(job_ids)))).all()
+        rows = (
+            await conn.execute(select(JobStep.started_at, JobStep.finished_at).where(JobStep.job_id.in_(job_ids)))
+        ).all()
     events = sorted([(r.started_at, 1) for r in rows] + [(r.finished_at, -1) for r in rows], key=lambda e: (e[0], e[1]))
     level = peak = 0
     for _, delta in events:
@@ -132,8 +149,10 @@ async def test_container_concurrency_bounds_calls_in_flight(make_node, host_serv
     slow = host_service("slow", DELAY=0.3)
     config = _config(_container("slow", slow.url, concurrency=2))
     async with make_node(config) as node, node.client(client_address) as http:
-        ids = [a["id"] for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i})
-                                                                          for i in range(8)])).json()]
+        ids = [
+            a["id"]
+            for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i}) for i in range(8)])).json()
+        ]
         results = await wait_finished(http, ids)
         assert {r["status"] for r in results.values()} == {"success"}
         assert await _max_overlap(node, ids) == 2
@@ -143,8 +162,10 @@ async def test_max_concurrent_jobs_bounds_the_node(make_node, host_service, clie
     slow = host_service("slow", DELAY=0.3)
     config = _config(_container("slow", slow.url, concurrency=16), max_concurrent_jobs=3)
     async with make_node(config) as node, node.client(client_address) as http:
-        ids = [a["id"] for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i})
-                                                                          for i in range(9)])).json()]
+        ids = [
+            a["id"]
+            for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i}) for i in range(9)])).json()
+        ]
         await wait_finished(http, ids)
         assert await _max_overlap(node, ids) == 3
 
@@ -204,8 +225,10 @@ async def test_new_jobs_queue_behind_waiting_ones(make_fresh_node, host_service,
     slow = host_service("slow", DELAY=0.3)
     config = _config(_container("slow", slow.url, concurrency=16), max_concurrent_jobs=2)
     async with make_fresh_node(config) as node, node.client(client_address) as http:
-        batch = [a["id"] for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i})
-                                                                            for i in range(5)])).json()]
+        batch = [
+            a["id"]
+            for a in (await http.post("/api/jobs/batch", json=[job("slow", data={"i": i}) for i in range(5)])).json()
+        ]
         async with node.node.database.read() as conn:
             stored = dict((await conn.execute(select(Job.id, Job.status).where(Job.id.in_(batch)))).all())
         assert [stored[job_id] for job_id in batch] == ["running"] * 2 + ["pending"] * 3
@@ -224,8 +247,11 @@ async def test_jobs_stored_by_another_node_wake_this_one(postgresql_url, host_se
     echo = host_service("echo")
     runs = _config(_container("echo", echo.url), poll_interval=60, node_id=f"runs-{client_address}")
     stores = {**runs, "scheduler": {**runs["scheduler"], "enabled": False, "node_id": f"stores-{client_address}"}}
-    async with serve_node(node_settings(postgresql_url, stores)) as front, \
-            serve_node(node_settings(postgresql_url, runs)), front.client(client_address) as http:
+    async with (
+        serve_node(node_settings(postgresql_url, stores)) as front,
+        serve_node(node_settings(postgresql_url, runs)),
+        front.client(client_address) as http,
+    ):
         job_ids = [await submit(http, job("echo", data={"n": n})) for n in range(5)]
         results = await wait_finished(http, job_ids, timeout=10)
     assert {r["status"] for r in results.values()} == {"success"}
@@ -239,13 +265,32 @@ async def test_resume_skips_committed_steps(make_node, host_service, client_addr
         job_id = "5f0a3c1e-8a4b-4c6d-9e2f-" + client_address.replace(".", "")[-12:].rjust(12, "0")
         now = utcnow()
         async with node.node.database.write() as conn:
-            await conn.execute(insert(Job).values(
-                id=job_id, client=client_address, source="offchain", containers=["first", "second"],
-                input={"value": 1}, requires_proof=False, status="pending", attempts=1, stream=False,
-                run_after=now, created_at=now))
-            await conn.execute(insert(JobStep).values(
-                job_id=job_id, position=0, container="first", output={"value": 5}, attempt=1,
-                started_at=now, finished_at=now))
+            await conn.execute(
+                insert(Job).values(
+                    id=job_id,
+                    client=client_address,
+                    source="offchain",
+                    containers=["first", "second"],
+                    input={"value": 1},
+                    requires_proof=False,
+                    status="pending",
+                    attempts=1,
+                    stream=False,
+                    run_after=now,
+                    created_at=now,
+                )
+            )
+            await conn.execute(
+                insert(JobStep).values(
+                    job_id=job_id,
+                    position=0,
+                    container="first",
+                    output={"value": 5},
+                    attempt=1,
+                    started_at=now,
+                    finished_at=now,
+                )
+            )
     async with make_node(config) as node, node.client(client_address) as http:
         result = (await wait_finished(http, [job_id]))[job_id]
         async with node.node.database.read() as conn:
@@ -270,8 +315,9 @@ async def test_stream(make_node, host_service, client_address):
         result = (await wait_finished(http, [job_id]))[job_id]
         assert result["result"] == {"container": "t", "output": {"output": body}}
         assert_error(await http.post("/api/jobs/stream", json=job("t", "u")), 400, "Streaming supports one container")
-        assert_error(await http.post("/api/jobs/stream", json=job("zzz")), 400, "Container not supported",
-                     {"container": "zzz"})
+        assert_error(
+            await http.post("/api/jobs/stream", json=job("zzz")), 400, "Container not supported", {"container": "zzz"}
+        )
 
 
 async def test_resources_fan_out(make_node, host_service, client_address):
@@ -287,8 +333,10 @@ async def test_resources_fan_out(make_node, host_service, client_address):
 async def test_unmanaged_container_with_health_path_is_probed(make_node, host_service, client_address):
     echo = host_service("echo")
     nobody = f"http://127.0.0.1:{free_port()}"
-    config = _config(_container("up", echo.url, health_path="/health"),
-                     _container("down", nobody, health_path="/health", startup_timeout=0.5))
+    config = _config(
+        _container("up", echo.url, health_path="/health"),
+        _container("down", nobody, health_path="/health", startup_timeout=0.5),
+    )
     async with make_node(config) as node, node.client(client_address) as http:
         for _ in range(200):
             ids = [c["id"] for c in (await http.get("/info")).json()["containers"]]

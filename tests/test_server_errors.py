@@ -22,7 +22,7 @@ CHUNK = 8192
 
 def _chunks(data: bytes) -> Iterator[bytes]:
     for start in range(0, len(data), CHUNK):
-        yield data[start:start + CHUNK]
+        yield data[start : start + CHUNK]
 
 
 def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -47,8 +47,13 @@ def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
             answer += data
             head, _, body = answer.partition(b"\r\n\r\n")
             if body and b"content-length" in head.lower():
-                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                  if line.lower().startswith(b"content-length")))
+                length = int(
+                    next(
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length")
+                    )
+                )
                 if len(body) >= length:
                     break
     head, _, body = answer.partition(b"\r\n\r\n")
@@ -83,8 +88,9 @@ def test_refused_requests_get_the_json_shape(node_process):
     # An over-long request line (httptools refuses a target past 64 KiB).
     _json_error(exchange(port, b"GET /health?" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"), 400, invalid)
     # A long target within the bound is served: a read of 1,000 ids is about 40 KB.
-    status, _, body = exchange(port, b"GET /health?" + b"a" * 60_000 + b" HTTP/1.1\r\nHost: x\r\n"
-                                     b"Connection: close\r\n\r\n")
+    status, _, body = exchange(
+        port, b"GET /health?" + b"a" * 60_000 + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert status == 200 and json.loads(body)["status"] == "healthy"
 
     # Header fields past the limit (httptools has none of its own) are a 431.
@@ -94,8 +100,11 @@ def test_refused_requests_get_the_json_shape(node_process):
     many = b"GET /health HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: 1\r\n" % i for i in range(20_000)) + b"\r\n"
     _json_error(exchange(port, many), 431, too_large)
     # Headers within the limit are served, and the node is still up after the refusals.
-    fine = (b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES - 100)
-            + b"\r\nConnection: close\r\n\r\n")
+    fine = (
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: "
+        + b"a" * (MAX_HEADER_BYTES - 100)
+        + b"\r\nConnection: close\r\n\r\n"
+    )
     status, _, body = exchange(port, fine)
     assert status == 200 and json.loads(body)["status"] == "healthy"
     # uvicorn logs a warning per refused request: clients do not control the log's volume.
@@ -111,8 +120,15 @@ async def test_the_h11_fallback_answers_in_json_too():
             await send({"type": "http.response.body", "body": b"ok"})
 
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_level="error",
-                            http=JsonErrorsH11Protocol, h11_max_incomplete_event_size=H11_MAX_HEAD_BYTES)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        lifespan="off",
+        log_level="error",
+        http=JsonErrorsH11Protocol,
+        h11_max_incomplete_event_size=H11_MAX_HEAD_BYTES,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -2,7 +2,8 @@
 
 Hypothesis draws a sequence of operations by three node identities (``JobStore``
 instances on one database): submit, claim, step done (an output or an error, one step
-alone or several jobs' steps in one group commit, also by a node that lost the job), crash, restart (``take_back_orphans``), graceful release, lease
+alone or several jobs' steps in one group commit, also by a node that lost the job),
+crash, restart (``take_back_orphans``), graceful release, lease
 expiry, reap, renew, prune, and an operator's cancel and re-queue. After every
 operation the ``jobs`` and ``job_steps`` tables must equal a small in-Python model,
 which encodes what must never happen:
@@ -64,7 +65,11 @@ LEASE_SECONDS = 3600.0
 CLIENT = "127.0.0.1"
 
 PENDING, RUNNING, SUCCESS, FAILED, CANCELLED = (
-    JobStatus.PENDING, JobStatus.RUNNING, JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED,
+    JobStatus.PENDING,
+    JobStatus.RUNNING,
+    JobStatus.SUCCESS,
+    JobStatus.FAILED,
+    JobStatus.CANCELLED,
 )
 FINISHED = (SUCCESS, FAILED, CANCELLED)
 
@@ -191,9 +196,14 @@ class Scenario:
     def __init__(self, database: Database) -> None:
         self.database = database
         self.stores = {node: JobStore(database, node, LEASE_SECONDS) for node in NODES}
-        catalog = ContainerCatalog(node_settings("sqlite+aiosqlite://", {
-            "containers": [{"id": c, "url": "http://127.0.0.1:9"} for c in CONTAINERS],
-        }))
+        catalog = ContainerCatalog(
+            node_settings(
+                "sqlite+aiosqlite://",
+                {
+                    "containers": [{"id": c, "url": "http://127.0.0.1:9"} for c in CONTAINERS],
+                },
+            )
+        )
         self.service = JobService(database, catalog, JobSignal())
         self.jobs: dict[str, ModelJob] = {}
         self.handles: list[Handle] = []
@@ -258,23 +268,44 @@ class Scenario:
 
     async def tables(self) -> tuple[list[Any], list[Any]]:
         async with self.database.read() as conn:
-            jobs = (await conn.execute(select(
-                Job.id, Job.status, Job.attempts, Job.lease_owner, Job.lease_expires_at, Job.containers,
-                Job.input, Job.stream, Job.started_at, Job.finished_at,
-            ))).all()
-            steps = (await conn.execute(select(
-                JobStep.job_id, JobStep.position, JobStep.container, JobStep.output, JobStep.error,
-                JobStep.attempt, JobStep.node,
-            ))).all()
+            jobs = (
+                await conn.execute(
+                    select(
+                        Job.id,
+                        Job.status,
+                        Job.attempts,
+                        Job.lease_owner,
+                        Job.lease_expires_at,
+                        Job.containers,
+                        Job.input,
+                        Job.stream,
+                        Job.started_at,
+                        Job.finished_at,
+                    )
+                )
+            ).all()
+            steps = (
+                await conn.execute(
+                    select(
+                        JobStep.job_id,
+                        JobStep.position,
+                        JobStep.container,
+                        JobStep.output,
+                        JobStep.error,
+                        JobStep.attempt,
+                        JobStep.node,
+                    )
+                )
+            ).all()
         return jobs, steps
 
     async def snapshot(self, job_id: str) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         """Every column of a job and of its steps."""
         async with self.database.read() as conn:
             job = (await conn.execute(select(Job.__table__).where(Job.id == job_id))).all()
-            steps = (await conn.execute(
-                select(JobStep.__table__).where(JobStep.job_id == job_id).order_by(JobStep.position)
-            )).all()
+            steps = (
+                await conn.execute(select(JobStep.__table__).where(JobStep.job_id == job_id).order_by(JobStep.position))
+            ).all()
         return [tuple(r) for r in job], [tuple(r) for r in steps]
 
     async def order(self, job_ids: list[str]) -> dict[str, tuple[datetime, int]]:
@@ -326,7 +357,7 @@ class Scenario:
             results.append(StepResult(handle.job, position, utcnow(), output, error))
             valid.append(self.holds(handle))
         # A node that lost a claim writes nothing for that job: every column stays as it was.
-        untouched = {r.job.id for r in results} - {r.job.id for r, ok in zip(results, valid) if ok}
+        untouched = {r.job.id for r in results} - {r.job.id for r, ok in zip(results, valid, strict=True) if ok}
         before = {job_id: await self.snapshot(job_id) for job_id in untouched}
         if len(results) == 1:
             try:
@@ -349,8 +380,9 @@ class Scenario:
                 continue
             assert answer is None, f"{job.id}: {answer!r}"
             assert result.position == handle.next_position == len(job.steps), "not the first missing step"
-            job.steps.append(ModelStep(job.containers[result.position], result.output, result.error,
-                                       job.attempts, node))
+            job.steps.append(
+                ModelStep(job.containers[result.position], result.output, result.error, job.attempts, node)
+            )
             handle.next_position += 1
             if result.error is not None or result.position == len(job.containers) - 1:
                 self.finish(job, FAILED if result.error is not None else SUCCESS)
@@ -519,8 +551,7 @@ class Scenario:
         keys = Counter((str(s.job_id), s.position) for s in step_rows)
         assert all(n == 1 for n in keys.values()), "a step was recorded twice"
         actual = {
-            (str(s.job_id), s.position): ModelStep(s.container, s.output, s.error, s.attempt, s.node)
-            for s in step_rows
+            (str(s.job_id), s.position): ModelStep(s.container, s.output, s.error, s.attempt, s.node) for s in step_rows
         }
         expected = {(j.id, p): s for j in live.values() for p, s in enumerate(j.steps)}
         assert actual == expected
@@ -565,20 +596,43 @@ def backend(database_url: str, tmp_path: Path) -> Iterator[Backend]:
 #: Sequences that always run first: the bugs this test found, and a plain resume.
 PINNED = [
     # A node whose lease expired claims the same job again: its first claim must not write.
-    [("submit", [["c0", "c1"]]), ("claim", "node-a", 1), ("expire", [0], "node-b"), ("claim", "node-a", 1),
-     ("step", 0, [False])],
+    [
+        ("submit", [["c0", "c1"]]),
+        ("claim", "node-a", 1),
+        ("expire", [0], "node-b"),
+        ("claim", "node-a", 1),
+        ("step", 0, [False]),
+    ],
     # The same, both claims stepping in one group commit: only the current one writes.
-    [("submit", [["c0", "c1"]]), ("claim", "node-a", 1), ("expire", [0], "node-b"), ("claim", "node-a", 1),
-     ("step_all", 9)],
+    [
+        ("submit", [["c0", "c1"]]),
+        ("claim", "node-a", 1),
+        ("expire", [0], "node-b"),
+        ("claim", "node-a", 1),
+        ("step_all", 9),
+    ],
     # Cancelled, re-queued (attempts back to 0) and claimed again by the same node.
-    [("submit", [["c0", "c1"]]), ("claim", "node-a", 1), ("cancel", "node-b", 0, True),
-     ("requeue", "node-b", 0, True), ("claim", "node-a", 1), ("step", 0, [False])],
+    [
+        ("submit", [["c0", "c1"]]),
+        ("claim", "node-a", 1),
+        ("cancel", "node-b", 0, True),
+        ("requeue", "node-b", 0, True),
+        ("claim", "node-a", 1),
+        ("step", 0, [False]),
+    ],
     # A node that dies at once after each claim, restarting under the same identity:
     # the third lost claim fails the job.
     [("submit", [["c0"]]), *[("claim", "node-a", 1), ("restart", 0)] * 3, ("claim", "node-a", 1)],
     # Step 0 done on node-a, which crashes; node-b resumes at step 1, node-a's claim is lost.
-    [("submit", [["c0", "c1", "c2"]]), ("claim", "node-a", 1), ("step", 0, [False]), ("crash", 0),
-     ("expire", [0], "node-c"), ("claim", "node-b", 1), ("step", 0, [False, False])],
+    [
+        ("submit", [["c0", "c1", "c2"]]),
+        ("claim", "node-a", 1),
+        ("step", 0, [False]),
+        ("crash", 0),
+        ("expire", [0], "node-c"),
+        ("claim", "node-b", 1),
+        ("step", 0, [False, False]),
+    ],
 ]
 
 

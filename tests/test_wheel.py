@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from app.db import migrate
-from tests.helpers import fresh_database
 from tests.conftest import BACKENDS
+from tests.helpers import fresh_database
 from tests.support import free_port
 
 pytestmark = pytest.mark.slow
@@ -45,8 +45,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = (work / "dist").glob("jobnode-*.whl")
     subprocess.run([sys.executable, "-m", "venv", str(work / "venv")], check=True, timeout=120)
     bin_dir = work / "venv" / "bin"
-    subprocess.run([str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check", "--no-compile", str(wheel)],
-                   check=True, timeout=600)
+    subprocess.run(
+        [str(bin_dir / "pip"), "install", "-q", "--disable-pip-version-check", "--no-compile", str(wheel)],
+        check=True,
+        timeout=600,
+    )
     return bin_dir
 
 
@@ -58,8 +61,9 @@ def empty_dir(tmp_path: Path) -> Path:
 
 
 def jobnode(bin_dir: Path, cwd: Path, url: str, *args: str) -> str:
-    done = subprocess.run([str(bin_dir / "jobnode"), *args], cwd=cwd, env=_env(url), capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [str(bin_dir / "jobnode"), *args], cwd=cwd, env=_env(url), capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
 
@@ -72,9 +76,17 @@ def _env(url: str, **extra: str) -> dict[str, str]:
 
 def test_the_wheel_carries_its_migrations(installed: Path, empty_dir: Path) -> None:
     done = subprocess.run(
-        [str(installed / "python"), "-c",
-         "import app, app.db.migrate as m; print(app.__file__); print(m.alembic_config().get_main_option('script_location'))"],
-        cwd=empty_dir, env=_env("sqlite+aiosqlite:///unused.db"), capture_output=True, text=True, check=True,
+        [
+            str(installed / "python"),
+            "-c",
+            "import app, app.db.migrate as m; print(app.__file__); "
+            "print(m.alembic_config().get_main_option('script_location'))",
+        ],
+        cwd=empty_dir,
+        env=_env("sqlite+aiosqlite:///unused.db"),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     module, location = done.stdout.split()
     venv = str(installed.parent)
@@ -97,8 +109,13 @@ def _exercise(bin_dir: Path, cwd: Path, url: str) -> None:
     assert f"database: {head}  code head: {head}" in jobnode(bin_dir, cwd, url, "db", "current")
     port = free_port()
     log = (cwd / "serve.log").open("wb")
-    process = subprocess.Popen([str(bin_dir / "jobnode"), "serve"], cwd=cwd, stdout=log, stderr=subprocess.STDOUT,
-                               env=_env(url, JOBNODE_PORT=str(port)))
+    process = subprocess.Popen(
+        [str(bin_dir / "jobnode"), "serve"],
+        cwd=cwd,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=_env(url, JOBNODE_PORT=str(port)),
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

@@ -85,7 +85,8 @@ async def test_two_workers_share_the_work_once_and_stop_together(fresh_url, data
 
 
 async def test_a_killed_worker_is_replaced_and_no_committed_step_runs_again(
-        pg_fresh_url, pg_database, tmp_path, host_service):
+    pg_fresh_url, pg_database, tmp_path, host_service
+):
     services = [host_service("count", DELAY=0.002) for _ in range(2)]
     node = NodeProcess(tmp_path, _workers(pg_fresh_url, services, lease_seconds=2))
     try:

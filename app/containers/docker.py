@@ -283,7 +283,7 @@ class ContainerRuntime:
             try:
                 docker = self._open_client()
                 return docker, await docker.version()
-            except Exception as exc:  # noqa: BLE001 - whatever it is, say it and try again
+            except Exception as exc:
                 reason = f"Docker Engine unreachable at {self._where()}: {engine_error(exc)}"
             if docker is not None:
                 await self._close(docker)
@@ -300,7 +300,7 @@ class ContainerRuntime:
         await self._stop_events(docker)
         try:
             await docker.close()
-        except Exception:  # noqa: BLE001 - closing must not fail shutdown or a reconnect
+        except Exception:
             log.debug("closing the Docker client failed", exc_info=True)
 
     async def _supervise(self) -> None:
@@ -312,7 +312,10 @@ class ContainerRuntime:
             self._docker = docker
             log.info(
                 "Docker Engine %s (API %s) at %s; bringing up %d container(s)",
-                version.get("Version"), docker.api_version, self._where(), len(self._managed),
+                version.get("Version"),
+                docker.api_version,
+                self._where(),
+                len(self._managed),
             )
             for rec in self._managed.values():
                 if not rec.up:
@@ -358,7 +361,7 @@ class ContainerRuntime:
             error = f"Docker Engine error: {_docker_message(exc)}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"Docker Engine error: {engine_error(exc)}"
-        except Exception as exc:  # noqa: BLE001 - a bug must not leave it STARTING forever
+        except Exception as exc:
             log.exception("container %s: bring-up failed", container.id)
             error = f"unexpected error: {type(exc).__name__}: {exc}"
         if error is None:
@@ -500,7 +503,7 @@ class ContainerRuntime:
             docker.events.task = None
         try:
             await docker.events.stop()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.debug("stopping the docker events stream failed", exc_info=True)
             docker.events.task = None
 
@@ -516,7 +519,7 @@ class ContainerRuntime:
                 # Deaths while the stream was down were not seen: look at the containers.
                 try:
                     await self._reconcile(docker)
-                except Exception:  # noqa: BLE001 - the engine may still be away; try again later
+                except Exception:
                     log.debug("reconciling containers failed", exc_info=True)
             while True:
                 event = await subscriber.get()
@@ -525,13 +528,13 @@ class ContainerRuntime:
                 delay = 1.0
                 try:
                     self._on_event(docker, event)
-                except Exception:  # noqa: BLE001 - one odd event must not stop the watch
+                except Exception:
                     log.exception("cannot handle docker event %r", event)
             del subscriber
             await self._stop_events(docker)
             try:
                 await docker.version()
-            except Exception as exc:  # noqa: BLE001 - whatever it is, say it and reconnect
+            except Exception as exc:
                 return f"Docker Engine lost at {self._where()}: {engine_error(exc)}"
             log.warning("docker events stream ended; reconnecting in %g s", delay)
             await asyncio.sleep(delay)
@@ -603,7 +606,7 @@ class ContainerRuntime:
             error = f"Docker Engine error: {_docker_message(exc)}"
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"Docker Engine error: {engine_error(exc)}"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.exception("container %s: recovery failed", rec.settings.id)
             error = f"unexpected error: {type(exc).__name__}: {exc}"
         if error is None:

@@ -63,12 +63,15 @@ class InvalidResponse(HTTPFailure):
 class Endpoint:
     """One URL to POST to, with its request head rendered once instead of on every call."""
 
-    __slots__ = ("key", "host", "port", "head")
+    __slots__ = ("head", "host", "key", "port")
 
     def __init__(self, host: str, port: int, target: str, host_header: str, headers: Mapping[str, str]) -> None:
-        lines = [f"POST {target} HTTP/1.1", f"Host: {host_header}",
-                 # This client decodes no content coding, so it asks for none.
-                 "Accept-Encoding: identity"]
+        lines = [
+            f"POST {target} HTTP/1.1",
+            f"Host: {host_header}",
+            # This client decodes no content coding, so it asks for none.
+            "Accept-Encoding: identity",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if any("\r" in line or "\n" in line for line in lines):
             # A CR or LF inside a value would let it inject headers (aiohttp refuses them too).
@@ -88,8 +91,15 @@ def endpoint(url: str, headers: Mapping[str, str]) -> Endpoint | None:
     (https, credentials in the URL, a query or fragment, a non-ASCII host name)."""
     parts = urlsplit(url)
     host = parts.hostname
-    if parts.scheme.lower() != "http" or not host or not host.isascii() or parts.username is not None \
-            or parts.password is not None or parts.query or parts.fragment:
+    if (
+        parts.scheme.lower() != "http"
+        or not host
+        or not host.isascii()
+        or parts.username is not None
+        or parts.password is not None
+        or parts.query
+        or parts.fragment
+    ):
         return None
     try:
         port = 80 if parts.port is None else parts.port
@@ -112,8 +122,21 @@ def _is_ip(host: str) -> bool:
 class _Connection(asyncio.Protocol):
     """One TCP connection: an asyncio protocol that feeds llhttp and answers one waiter."""
 
-    __slots__ = ("pool", "key", "loop", "transport", "closed", "idle", "idle_since", "_parser", "_waiter",
-                 "_status", "_body", "_headers_done", "_framed")
+    __slots__ = (
+        "_body",
+        "_framed",
+        "_headers_done",
+        "_parser",
+        "_status",
+        "_waiter",
+        "closed",
+        "idle",
+        "idle_since",
+        "key",
+        "loop",
+        "pool",
+        "transport",
+    )
 
     def __init__(self, pool: Http11Pool, key: tuple[str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
@@ -304,8 +327,9 @@ class Http11Pool:
                 with contextlib.suppress(ValueError):
                     idle.remove(connection)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint,
-                       deadline: float | None) -> _Connection:
+    async def _connect(
+        self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, deadline: float | None
+    ) -> _Connection:
         """A new connection; the last address's error when none of the host's addresses
         accepts (as aiohttp reports it), ``TimeoutError`` when the deadline passes first."""
         try:
@@ -319,7 +343,8 @@ class Http11Pool:
                 for address in addresses:
                     try:
                         _, connection = await loop.create_connection(
-                            lambda: _Connection(self, endpoint.key, loop), address, endpoint.port)
+                            lambda: _Connection(self, endpoint.key, loop), address, endpoint.port
+                        )
                         return connection
                     except OSError as exc:  # also the kernel's ETIMEDOUT: ours arrives as a cancel
                         error = exc

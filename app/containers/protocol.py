@@ -38,6 +38,7 @@ class StepFailed(Exception):
 
 # The failures of a call, worded the same whichever client made it (``_post``, ``_post_lean``).
 
+
 def _timed_out(container: ContainerSettings) -> StepFailed:
     return StepFailed(f"timed out after {container.timeout:g} s", delivered=True)
 
@@ -105,9 +106,9 @@ class ContainerClient:
         return msgspec.json.encode({"source": 1, "destination": 1, "data": data, "requires_proof": requires_proof})
 
     @asynccontextmanager
-    async def _post(self, container: ContainerSettings, base_url: str, body: bytes) -> AsyncIterator[
-        aiohttp.ClientResponse
-    ]:
+    async def _post(
+        self, container: ContainerSettings, base_url: str, body: bytes
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         timeout = aiohttp.ClientTimeout(total=container.timeout)
         try:
             async with self.session.post(
@@ -133,8 +134,9 @@ class ContainerClient:
             found = self._endpoints[key] = http11.endpoint(f"{base_url}/service_output", self._headers(container))
             return found
 
-    async def _post_lean(self, container: ContainerSettings, endpoint: http11.Endpoint,
-                         body: bytes) -> tuple[int, bytes]:
+    async def _post_lean(
+        self, container: ContainerSettings, endpoint: http11.Endpoint, body: bytes
+    ) -> tuple[int, bytes]:
         """``_post``'s failures, worded the same, from the lean client."""
         try:
             return await self._lean.post(endpoint, body, container.timeout)
@@ -185,8 +187,9 @@ class ContainerClient:
             raise StepFailed(f"output {why}", delivered=True)
         return output
 
-    async def stream(self, container: ContainerSettings, base_url: str, data: Any,
-                     requires_proof: bool) -> AsyncIterator[bytes]:
+    async def stream(
+        self, container: ContainerSettings, base_url: str, data: Any, requires_proof: bool
+    ) -> AsyncIterator[bytes]:
         """Yield the raw response body as it arrives (POST /api/jobs/stream)."""
         async with self._post(container, base_url, self._body(data, requires_proof)) as response:
             if not 200 <= response.status < 300:

@@ -25,7 +25,8 @@ import asyncpg
 import msgspec
 from sqlalchemy import JSON, Table, bindparam, func, insert, literal_column, select
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.dialects.postgresql import ARRAY, asyncpg as pg_asyncpg
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
@@ -40,7 +41,7 @@ class _Slot:
     """Stands in for one parameter value while a shape is compiled: where it lands in the
     positional parameters tells where each value of a call goes."""
 
-    __slots__ = ("name", "item", "field")
+    __slots__ = ("field", "item", "name")
 
     def __init__(self, name: str, item: int | None = None, field: int | None = None) -> None:
         self.name, self.item, self.field = name, item, field
@@ -114,8 +115,9 @@ class DirectConnection(Protocol):
 
     async def execute(self, statement: Statement, params: dict[str, Any]) -> None: ...
 
-    async def insert_many(self, table: Table, rows: list[dict[str, Any]],
-                          notify: tuple[str, str] | None = None) -> None:
+    async def insert_many(
+        self, table: Table, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
+    ) -> None:
         """Insert the rows and, on PostgreSQL, ``pg_notify(*notify)`` in the same statement."""
 
     async def notify(self, channel: str, payload: str) -> None:
@@ -136,8 +138,9 @@ class _AsyncpgConnection:
         sql, args = statement.asyncpg_args(params)
         await self.connection.fetch(sql, *args)
 
-    async def insert_many(self, table: Table, rows: list[dict[str, Any]],
-                          notify: tuple[str, str] | None = None) -> None:
+    async def insert_many(
+        self, table: Table, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
+    ) -> None:
         """One ``INSERT … SELECT unnest(…)`` with a column of values per array: one statement
         and one plan for any number of rows (and the NOTIFY in it, as a SELECT beside it)."""
         columns = tuple(rows[0])
@@ -204,8 +207,9 @@ class _SqlAlchemyConnection:
     async def execute(self, statement: Statement, params: dict[str, Any]) -> None:
         await self.connection.execute(statement.statement, statement.sqlalchemy_params(params))
 
-    async def insert_many(self, table: Table, rows: list[dict[str, Any]],
-                          notify: tuple[str, str] | None = None) -> None:
+    async def insert_many(
+        self, table: Table, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
+    ) -> None:
         await self.connection.execute(insert(table), rows)
         if notify is not None:
             await self.notify(*notify)
@@ -222,9 +226,7 @@ def json_dumps(value: Any) -> str:
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
     for json_type in ("json", "jsonb"):
-        await connection.set_type_codec(
-            json_type, encoder=json_dumps, decoder=msgspec.json.decode, schema="pg_catalog"
-        )
+        await connection.set_type_codec(json_type, encoder=json_dumps, decoder=msgspec.json.decode, schema="pg_catalog")
 
 
 async def _reset(connection: asyncpg.Connection) -> None:
@@ -265,7 +267,11 @@ class AsyncpgPool:
                 if self._pool is None:
                     server_settings = {**_SESSION, **self.connect_args.get("server_settings", {})}
                     self._pool = await asyncpg.create_pool(
-                        self.dsn, min_size=0, max_size=self.size, init=_init_connection, reset=_reset,
+                        self.dsn,
+                        min_size=0,
+                        max_size=self.size,
+                        init=_init_connection,
+                        reset=_reset,
                         **{**self.connect_args, "server_settings": server_settings},
                     )
         return self._pool

@@ -95,8 +95,9 @@ def _terminate_on_timeout(engine: AsyncEngine) -> None:
 class Database:
     """The node's handle on its database: ``read()`` and ``write()`` connections."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0,
-                 statement_timeout: float | None = 5.0) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0, statement_timeout: float | None = 5.0
+    ) -> None:
         self.url = make_url(url)
         self.dialect = self.url.get_backend_name()
         self.connect_timeout = connect_timeout
@@ -105,15 +106,19 @@ class Database:
         wait = UNBOUNDED_WAIT_SECONDS if statement_timeout is None else statement_timeout
         # hide_parameters: bound values (job inputs and outputs) stay out of the texts of
         # SQLAlchemy's exceptions, and so out of the error logs.
-        common: dict[str, Any] = {"json_serializer": json_dumps, "json_deserializer": msgspec.json.decode,
-                                  "hide_parameters": True}
+        common: dict[str, Any] = {
+            "json_serializer": json_dumps,
+            "json_deserializer": msgspec.json.decode,
+            "hide_parameters": True,
+        }
         self.direct_pool: AsyncpgPool | None = None
         if self.dialect == "sqlite":
             busy_ms = int(wait * 1000)
             self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=wait, **common)
             _take_over_begin(self.writer, "BEGIN IMMEDIATE", busy_ms)
-            self.reader = create_async_engine(self.url, pool_size=pool_size, max_overflow=0, pool_timeout=wait,
-                                              **common)
+            self.reader = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=0, pool_timeout=wait, **common
+            )
             _take_over_begin(self.reader, None, busy_ms)
         else:
             connect_args: dict[str, Any] = {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlalchemy.exc
 from asyncpg.exceptions import (
     CannotConnectNowError,
-    DataError,
     ConnectionDoesNotExistError,
+    DataError,
     InterfaceError,
     InternalClientError,
     InvalidAuthorizationSpecificationError,
@@ -37,8 +37,13 @@ _UNREACHABLE: tuple[type[BaseException], ...] = (
 )
 
 _UNAVAILABLE_MESSAGES = (
-    "connection", "terminating", "shutting down", "starting up", "database is locked",
-    "unable to open database", "the database system is",
+    "connection",
+    "terminating",
+    "shutting down",
+    "starting up",
+    "database is locked",
+    "unable to open database",
+    "the database system is",
 )
 
 
@@ -79,7 +84,7 @@ def short_message(exc: BaseException, limit: int = 200) -> str:
     of a deeply nested value cannot even be shown (``RecursionError`` in ``repr``)."""
     try:
         lines = str(exc).strip().splitlines()
-    except Exception:  # noqa: BLE001
+    except Exception:
         lines = []
     return lines[0][:limit] if lines else type(exc).__name__
 

@@ -31,8 +31,13 @@ LEADER_LOCK_KEY = 0x6A6E6C656164
 
 
 class NodeConnection:
-    def __init__(self, database: Database, signal: JobSignal, retry_seconds: float = 1.0,
-                 on_ended: Callable[[list[str]], None] | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        signal: JobSignal,
+        retry_seconds: float = 1.0,
+        on_ended: Callable[[list[str]], None] | None = None,
+    ) -> None:
         self.dsn = database.url.set(drivername="postgresql").render_as_string(hide_password=False)
         #: The node's deadlines: a keep-alive or leader check without an answer fails in
         #: seconds, and the connection is replaced.

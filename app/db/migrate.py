@@ -38,8 +38,12 @@ async def upgrade(database: Database, revision: str = "head") -> None:
     through connections without the node's deadline: a migration may wait for another
     node's (its advisory lock) or rewrite a big table, legitimately for long."""
     if database.is_postgresql and database.statement_timeout is not None:
-        unbounded = Database(database.url.render_as_string(hide_password=False), pool_size=1,
-                             connect_timeout=database.connect_timeout, statement_timeout=None)
+        unbounded = Database(
+            database.url.render_as_string(hide_password=False),
+            pool_size=1,
+            connect_timeout=database.connect_timeout,
+            statement_timeout=None,
+        )
         try:
             await upgrade(unbounded, revision)
         finally:

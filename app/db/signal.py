@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import msgspec
+
 from app.db.direct import DirectConnection
 
 CHANNEL = "jobnode_jobs"

@@ -32,7 +32,6 @@ from app.http.origin import origin_middleware
 from app.http.prometheus import prometheus_config
 from app.http.ratelimit import rate_limit_config
 
-
 #: Where the node serves Swagger UI's own files (from the ``swagger-ui-bundle-v2`` package).
 DOCS_ASSETS = "/docs/assets"
 
@@ -47,11 +46,15 @@ def _docs() -> tuple[OpenAPIConfig, Router]:
         favicon=f"<link rel='icon' type='image/png' href='{DOCS_ASSETS}/favicon-32x32.png'>",
     )
     assets = create_static_files_router(
-        DOCS_ASSETS, directories=[Path(str(swagger_ui_path))], name="docs-assets",
-        cache_control=CacheControlHeader(max_age=86400), include_in_schema=False,
+        DOCS_ASSETS,
+        directories=[Path(str(swagger_ui_path))],
+        name="docs-assets",
+        cache_control=CacheControlHeader(max_age=86400),
+        include_in_schema=False,
     )
-    config = OpenAPIConfig(title="jobnode", version=__version__, path="/docs", render_plugins=[swagger],
-                           components=components())
+    config = OpenAPIConfig(
+        title="jobnode", version=__version__, path="/docs", render_plugins=[swagger], components=components()
+    )
     return config, assets
 
 
@@ -85,8 +88,15 @@ def create_app(
     openapi_config, docs_assets = _docs()
     app = Litestar(
         route_handlers=[
-            NodeController, jobs_endpoint(jobs_api), JobsController, StreamController,
-            OperatorJobsController, ContainersController, MetricsController, DashboardController, docs_assets,
+            NodeController,
+            jobs_endpoint(jobs_api),
+            JobsController,
+            StreamController,
+            OperatorJobsController,
+            ContainersController,
+            MetricsController,
+            DashboardController,
+            docs_assets,
         ],
         state=State({STATE_KEY: OperatorAuth(server.operator_token, identity)}),
         dependencies=dependencies,

@@ -55,11 +55,11 @@ def _containers(rows: list[dict[str, Any]]) -> str:
     return "".join(
         "<tr>"
         f"<td>{_e(c['id'])}</td><td>{_badge(c['state'])}</td>"
-        f"<td class=\"r\">{_e(c['in_flight'])}/{_e(c['concurrency'])}</td>"
-        f"<td class=\"r\">{_e(c['done'])}</td><td class=\"r\">{_e(c['failed'])}</td>"
-        f"<td class=\"r\">{_e(c['restarts'])}</td>"
-        f"<td class=\"r\">{_e(seconds(c['mean_seconds']))}</td><td class=\"r\">{_e(seconds(c['p95_seconds']))}</td>"
-        f"<td class=\"err\">{_e(c['last_error'])}</td>"
+        f'<td class="r">{_e(c["in_flight"])}/{_e(c["concurrency"])}</td>'
+        f'<td class="r">{_e(c["done"])}</td><td class="r">{_e(c["failed"])}</td>'
+        f'<td class="r">{_e(c["restarts"])}</td>'
+        f'<td class="r">{_e(seconds(c["mean_seconds"]))}</td><td class="r">{_e(seconds(c["p95_seconds"]))}</td>'
+        f'<td class="err">{_e(c["last_error"])}</td>'
         "</tr>"
         for c in rows
     )
@@ -70,8 +70,7 @@ def _jobs(rows: list[dict[str, Any]], failed: bool) -> str:
         return f'<tr><td colspan="5" class="muted">{"no failed jobs" if failed else "no jobs yet"}</td></tr>'
     out = []
     for job in rows:
-        last = (f'<td class="err">{_e(job["error"])}</td>' if failed
-                else f'<td>{_badge(job["status"])}</td>')
+        last = f'<td class="err">{_e(job["error"])}</td>' if failed else f"<td>{_badge(job['status'])}</td>"
         when = clock(job["finished_at"] if failed else job["created_at"])
         out.append(
             f'<tr class="job" data-id="{_e(job["id"])}">'

@@ -22,15 +22,17 @@ log = rate_limited(logging.getLogger("jobnode.http"))
 class ApiError(HTTPException):
     """An error the API documents: status, message and optional params."""
 
-    def __init__(self, status_code: int, error: str, params: dict[str, Any] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status_code: int, error: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status_code=status_code, detail=error, headers=headers)
         self.error = error
         self.params = params
 
 
-def error_response(status_code: int, error: str, params: dict[str, Any] | None = None,
-                   headers: dict[str, str] | None = None) -> Response[dict[str, Any]]:
+def error_response(
+    status_code: int, error: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> Response[dict[str, Any]]:
     body: dict[str, Any] = {"error": error} if params is None else {"error": error, "params": params}
     return Response(body, status_code=status_code, media_type=MediaType.JSON, headers=headers)
 

@@ -42,13 +42,22 @@ _TITLES = {
 #: What every endpoint that reads or writes the database can also answer.
 DATABASE = {503: [DATABASE_UNAVAILABLE]}
 RATE_LIMITED = {429: ["Too many requests"]}
-JOB_REQUEST = {400: ["Invalid job request", "No containers specified", "Container not supported",
-                    "First container must be external", "Container does not generate proof",
-                    "Container not allowed for address"],
-               413: ["Request body too large"]}
-OPERATOR = {401: ["Operator token required", "Invalid operator token"],
-            403: ["Operator endpoints answer loopback clients only", CROSS_ORIGIN],
-            421: [MISDIRECTED]}
+JOB_REQUEST = {
+    400: [
+        "Invalid job request",
+        "No containers specified",
+        "Container not supported",
+        "First container must be external",
+        "Container does not generate proof",
+        "Container not allowed for address",
+    ],
+    413: ["Request body too large"],
+}
+OPERATOR = {
+    401: ["Operator token required", "Invalid operator token"],
+    403: ["Operator endpoints answer loopback clients only", CROSS_ORIGIN],
+    421: [MISDIRECTED],
+}
 #: What every state-changing endpoint can also answer (``app.http.origin``).
 CROSS_SITE = {403: [CROSS_ORIGIN]}
 #: What Litestar answers for a parameter or body it could not parse (app.http.errors).
@@ -61,12 +70,17 @@ OPERATOR_SECURITY: list[SecurityRequirement] = [{"operator": []}]
 def components() -> Components:
     """``OpenAPIConfig(components=…)``: the operator token's scheme. A new object per app,
     since Litestar adds the app's schemas to it."""
-    return Components(security_schemes={"operator": SecurityScheme(
-        type="http", scheme="bearer",
-        description="`server.operator_token` as `Authorization: Bearer <token>`. Without a configured token, "
-                    "operator endpoints answer loopback clients only (403 otherwise). The dashboard also takes "
-                    "the token once as `?token=` and then a cookie, for reads.",
-    )})
+    return Components(
+        security_schemes={
+            "operator": SecurityScheme(
+                type="http",
+                scheme="bearer",
+                description="`server.operator_token` as `Authorization: Bearer <token>`. Without a configured token, "
+                "operator endpoints answer loopback clients only (403 otherwise). The dashboard also takes "
+                "the token once as `?token=` and then a cookie, for reads.",
+            )
+        }
+    )
 
 
 def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
@@ -99,8 +113,9 @@ def json_body(schema: Schema | Reference) -> type[Operation]:
     @dataclass
     class WithJsonBody(Operation):
         def __post_init__(self) -> None:
-            self.request_body = RequestBody(content={"application/json": OpenAPIMediaType(schema=schema)},
-                                            required=True)
+            self.request_body = RequestBody(
+                content={"application/json": OpenAPIMediaType(schema=schema)}, required=True
+            )
 
     return WithJsonBody
 
@@ -110,15 +125,17 @@ JOB_REQUEST_BODY = json_body(JOB_REQUEST_SCHEMA)
 JOB_BATCH_BODY = json_body(Schema(type=OpenAPIType.ARRAY, items=JOB_REQUEST_SCHEMA))
 
 
-def document_handlers(app: Litestar, route_handlers: Sequence[ControllerRouterHandler],
-                      dependencies: Mapping[str, Provide]) -> None:
+def document_handlers(
+    app: Litestar, route_handlers: Sequence[ControllerRouterHandler], dependencies: Mapping[str, Provide]
+) -> None:
     """Add to ``app``'s OpenAPI document the operations of ``route_handlers``: HTTP
     handlers that describe paths ``app`` serves through ASGI routes, which Litestar leaves
     out of its document. They are registered on a documentation-only app, so the
     description is generated from their types and ``responses`` like every other one."""
     assert app.openapi_config is not None
     reference = Litestar(
-        route_handlers=list(route_handlers), dependencies=dict(dependencies),
+        route_handlers=list(route_handlers),
+        dependencies=dict(dependencies),
         openapi_config=OpenAPIConfig(title=app.openapi_config.title, version=app.openapi_config.version),
         logging_config=None,
     ).openapi_schema

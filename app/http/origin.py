@@ -60,7 +60,7 @@ def _host_of_origin(origin: str) -> str:
     """The host of a normalised origin (``parse_origin``), without brackets or port."""
     authority = origin.partition("://")[2]
     if authority.startswith("["):
-        return authority[1: authority.index("]")]
+        return authority[1 : authority.index("]")]
     return authority.partition(":")[0]
 
 

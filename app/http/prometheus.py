@@ -79,5 +79,6 @@ class LeanPrometheusMiddleware(PrometheusMiddleware):
 
 def prometheus_config() -> PrometheusConfig:
     """Grouped by route template, so job ids never become series."""
-    return PrometheusConfig(app_name="jobnode", prefix="jobnode_http", group_path=True,
-                            middleware_class=LeanPrometheusMiddleware)
+    return PrometheusConfig(
+        app_name="jobnode", prefix="jobnode_http", group_path=True, middleware_class=LeanPrometheusMiddleware
+    )

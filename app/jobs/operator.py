@@ -138,8 +138,14 @@ class OperatorService:
     SAMPLE_SECONDS = 5.0
     SAMPLES = 180
 
-    def __init__(self, database: Database, store: JobStore, signal: JobSignal | None = None,
-                 containers: ContainerStates | None = None, live: LiveJobs | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        store: JobStore,
+        signal: JobSignal | None = None,
+        containers: ContainerStates | None = None,
+        live: LiveJobs | None = None,
+    ) -> None:
         self.database = database
         self.store = store
         self.signal = signal
@@ -201,8 +207,9 @@ class OperatorService:
 
     # -- lists --------------------------------------------------------------------------
 
-    async def list_jobs(self, status: str | None = None, client: str | None = None,
-                        limit: int = 50) -> list[dict[str, Any]]:
+    async def list_jobs(
+        self, status: str | None = None, client: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
         """Newest first."""
         stmt = select(*_SUMMARY_COLUMNS).order_by(desc(Job.seq)).limit(limit)
         if status is not None:
@@ -275,8 +282,9 @@ class OperatorService:
             .where(Job.finished_at.is_not(None), Job.finished_at >= since)
             .group_by(literal_column("minute"), Job.status)
         )
-        counts: dict[int, dict[str, int]] = {m: {"success": 0, "failed": 0}
-                                             for m in range(current - minutes + 1, current + 1)}
+        counts: dict[int, dict[str, int]] = {
+            m: {"success": 0, "failed": 0} for m in range(current - minutes + 1, current + 1)
+        }
         async with self.database.read() as conn:
             for minute, status, count in await conn.execute(stmt):
                 slot = counts.get(int(minute))
@@ -347,7 +355,7 @@ class OperatorService:
                 await self.sample_depth()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a database outage leaves a gap in the chart
+            except Exception:
                 pass
             await asyncio.sleep(self.SAMPLE_SECONDS)
 
@@ -369,8 +377,11 @@ class OperatorService:
             "now": utcnow().isoformat(),
             "node": self.store.node_id,
             "version": __version__,
-            "queue": {"pending": queue.queue_depth, "running": running,
-                      "oldest_pending_seconds": queue.oldest_pending_seconds},
+            "queue": {
+                "pending": queue.queue_depth,
+                "running": running,
+                "oldest_pending_seconds": queue.oldest_pending_seconds,
+            },
             "depth": [{"at": at, "pending": p, "running": r} for at, p, r in self.depth_samples],
             "throughput": await self.throughput(10),
             "containers": self.container_states(),

@@ -45,8 +45,10 @@ def _invalid(exc: Exception, body: bytes | msgspec.Raw) -> JobRejected:
         # msgspec reports a lone surrogate escape as "Input data was truncated".
         surrogate = lone_surrogate(bytes(body))
         if surrogate is not None:
-            reason = (f"JSON is malformed: {surrogate} is half of a UTF-16 surrogate pair without its other "
-                      f"half, which is not a character")
+            reason = (
+                f"JSON is malformed: {surrogate} is half of a UTF-16 surrogate pair without its other "
+                f"half, which is not a character"
+            )
     return JobRejected("Invalid job request", {"reason": reason})
 
 
@@ -122,8 +124,9 @@ def decode_batch(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[JobReq
     return decoded
 
 
-def _storable_items(requests: list[JobRequest | JobRejected], body: bytes,
-                    max_depth: int) -> list[JobRequest | JobRejected]:
+def _storable_items(
+    requests: list[JobRequest | JobRejected], body: bytes, max_depth: int
+) -> list[JobRequest | JobRejected]:
     """``_storable`` for each item of a batch decoded at once. The fast paths run on the
     whole body first; when they do not clear it (a batch of a hundred small jobs has more
     brackets than 64), on each item's text (``msgspec.Raw``, about a third of the cost of

@@ -13,8 +13,8 @@ from sqlalchemy import select
 
 from app.db.batching import GroupCommit
 from app.db.direct import Row
-from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable, refused_value
 from app.db.engine import Database
+from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable, refused_value
 from app.db.models import Job, JobStatus, utcnow
 from app.db.signal import JobSignal
 from app.jobs import queries
@@ -59,8 +59,14 @@ class UnknownCursor(LookupError):
 
 
 class JobService:
-    def __init__(self, database: Database, catalog: ContainerCatalog, signal: JobSignal,
-                 live: LiveJobs | None = None, claims: SubmitClaims | None = None) -> None:
+    def __init__(
+        self,
+        database: Database,
+        catalog: ContainerCatalog,
+        signal: JobSignal,
+        live: LiveJobs | None = None,
+        claims: SubmitClaims | None = None,
+    ) -> None:
         self.database = database
         self.catalog = catalog
         self.signal = signal
@@ -114,8 +120,7 @@ class JobService:
                 await self._insert_alone(rows, answers, exc)
         return answers
 
-    async def _insert_alone(self, rows: list[dict[str, Any]], answers: list[dict[str, Any]],
-                            exc: Exception) -> None:
+    async def _insert_alone(self, rows: list[dict[str, Any]], answers: list[dict[str, Any]], exc: Exception) -> None:
         """The INSERT of a request's jobs failed. A job the database refused (bad data that
         passed the checks of ``app.jobs.requests``) is answered ``Invalid job request``
         like any invalid one; a batch's other jobs are stored each on its own (one bad item
@@ -127,14 +132,14 @@ class JobService:
         if len(rows) == 1:
             if refused_value(exc) is None:
                 raise exc
-            outcomes: list[None | BaseException] = [exc]
+            outcomes: list[BaseException | None] = [exc]
         else:
             outcomes = await asyncio.gather(*(self._insert([row]) for row in rows), return_exceptions=True)
         for i, outcome in zip(accepted, outcomes, strict=True):
             if outcome is not None:
                 answers[i] = _refused_answer(answers[i]["id"], outcome)
 
-    async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[None | BaseException]:
+    async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
         """Concurrent submits commit together: one INSERT, one commit. The first jobs are
         claimed in it when this node's scheduler can run them now (``app.jobs.handoff``);
         the others are left ``pending`` and announced (NOTIFY in the same statement).
@@ -166,8 +171,9 @@ class JobService:
             self.signal.notify()
         return [None] * len(batches)
 
-    async def results(self, client: str, job_ids: Sequence[str], intermediate: bool,
-                      wait: float | None = 0.0, hold: float = 0.0) -> list[dict[str, Any]]:
+    async def results(
+        self, client: str, job_ids: Sequence[str], intermediate: bool, wait: float | None = 0.0, hold: float = 0.0
+    ) -> list[dict[str, Any]]:
         """Results in the order asked; ids that are not this client's are left out.
 
         With ``wait`` (seconds), answers once none of the jobs is running any more, or when
@@ -192,8 +198,9 @@ class JobService:
             if job is not None:
                 ended[job.id] = job
 
-    async def _results(self, client: str, job_ids: Sequence[str], intermediate: bool,
-                       ended: dict[str, EndedJob]) -> list[dict[str, Any]]:
+    async def _results(
+        self, client: str, job_ids: Sequence[str], intermediate: bool, ended: dict[str, EndedJob]
+    ) -> list[dict[str, Any]]:
         """Jobs this node is running, or ended for a waiting read, are answered without the
         database (``app.jobs.live``)."""
         status: dict[str, str] = {}
@@ -212,8 +219,9 @@ class JobService:
             job_result(job_id, status[job_id], steps[job_id], intermediate) for job_id in job_ids if job_id in status
         ]
 
-    async def _read_results(self, client: str, job_ids: list[str], status: dict[str, str],
-                            steps: dict[str, list[dict[str, Any]]]) -> None:
+    async def _read_results(
+        self, client: str, job_ids: list[str], status: dict[str, str], steps: dict[str, list[dict[str, Any]]]
+    ) -> None:
         for job_id, (_, owner, job_status, container, output, error) in await self._read(job_ids):
             if owner != client:
                 continue

@@ -25,8 +25,14 @@ STREAM_ONE_CONTAINER = "Streaming supports one container"
 
 
 class StreamService:
-    def __init__(self, store: JobStore, catalog: ContainerCatalog, states: ContainerStates,
-                 client: ContainerClient, max_json_depth: int = DEFAULT_MAX_DEPTH) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        catalog: ContainerCatalog,
+        states: ContainerStates,
+        client: ContainerClient,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         self.store = store
         self.catalog = catalog
         self.states = states
@@ -44,10 +50,20 @@ class StreamService:
         async with self.store.database.write() as conn:
             await conn.execute(
                 insert(Job).values(
-                    id=job.id, client=client, source="offchain", containers=job.containers, input=job.input,
-                    requires_proof=job.requires_proof, status=JobStatus.RUNNING, attempts=1, stream=True,
-                    lease_owner=self.store.node_id, lease_expires_at=now + self.store.lease,
-                    run_after=now, created_at=now, started_at=now,
+                    id=job.id,
+                    client=client,
+                    source="offchain",
+                    containers=job.containers,
+                    input=job.input,
+                    requires_proof=job.requires_proof,
+                    status=JobStatus.RUNNING,
+                    attempts=1,
+                    stream=True,
+                    lease_owner=self.store.node_id,
+                    lease_expires_at=now + self.store.lease,
+                    run_after=now,
+                    created_at=now,
+                    started_at=now,
                 )
             )
         return job

@@ -52,8 +52,15 @@ class ClaimedJob:
     @classmethod
     def inserted(cls, row: dict[str, Any]) -> ClaimedJob:
         """A job claimed by the INSERT that stored it (``app.jobs.handoff``), from that row."""
-        return cls(row["id"], row["containers"], row["input"], row["requires_proof"], row["attempts"],
-                   row["run_after"], client=row["client"])
+        return cls(
+            row["id"],
+            row["containers"],
+            row["input"],
+            row["requires_proof"],
+            row["attempts"],
+            row["run_after"],
+            client=row["client"],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +128,16 @@ CLAIM = Statement(
         lease_expires_at=bindparam("lease_until"),
         started_at=func.coalesce(Job.started_at, _NOW),
     )
-    .returning(Job.id, Job.containers, Job.input, Job.requires_proof, Job.attempts, Job.run_after, Job.client,
-               select(JobStep.job_id).where(JobStep.job_id == Job.id).exists())
+    .returning(
+        Job.id,
+        Job.containers,
+        Job.input,
+        Job.requires_proof,
+        Job.attempts,
+        Job.run_after,
+        Job.client,
+        select(JobStep.job_id).where(JobStep.job_id == Job.id).exists(),
+    )
 )
 _COMMITTED_STEPS = Statement(
     select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
@@ -130,16 +145,21 @@ _COMMITTED_STEPS = Statement(
     .order_by(JobStep.position)
 )
 _EXTEND_OWNED = Statement(
-    update(Job).where(*_owned_claims()).values(lease_expires_at=bindparam("lease_until"))
+    update(Job)
+    .where(*_owned_claims())
+    .values(lease_expires_at=bindparam("lease_until"))
     .returning(Job.id, Job.attempts, Job.run_after)
 )
 _FINISH_OWNED = Statement(
-    update(Job).where(*_owned_claims())
+    update(Job)
+    .where(*_owned_claims())
     .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
     .returning(Job.id, Job.attempts, Job.run_after)
 )
 _HELD = (
-    Job.id.in_(bindparam("ids", expanding=True)), status_is(JobStatus.RUNNING), Job.lease_owner == bindparam("node"),
+    Job.id.in_(bindparam("ids", expanding=True)),
+    status_is(JobStatus.RUNNING),
+    Job.lease_owner == bindparam("node"),
 )
 #: SQLite, whose one writer serialises the renewal with every step commit.
 _RENEW = Statement(update(Job).where(*_HELD).values(lease_expires_at=bindparam("lease_until")).returning(Job.id))
@@ -149,7 +169,9 @@ _RENEW = Statement(update(Job).where(*_HELD).values(lease_expires_at=bindparam("
 #: node holds is read from the statement's snapshot, those rows included.
 _LOCKABLE = select(Job.id).where(*_HELD).with_for_update(skip_locked=True).cte("lockable")
 _RENEW_SKIPPING_LOCKED = Statement(
-    select(Job.id).where(*_HELD).add_cte(
+    select(Job.id)
+    .where(*_HELD)
+    .add_cte(
         update(Job).where(Job.id == _LOCKABLE.c.id).values(lease_expires_at=bindparam("lease_until")).cte("renewed")
     )
 )
@@ -158,8 +180,7 @@ _RENEW_SKIPPING_LOCKED = Statement(
 class JobStore:
     """The scheduler's side of the database, for one node identity."""
 
-    def __init__(self, database: Database, node_id: str, lease_seconds: float,
-                 signal: JobSignal | None = None) -> None:
+    def __init__(self, database: Database, node_id: str, lease_seconds: float, signal: JobSignal | None = None) -> None:
         self.database = database
         self.node_id = node_id
         self.lease = timedelta(seconds=lease_seconds)
@@ -169,8 +190,13 @@ class JobStore:
     def claimed_columns(self, now: datetime) -> dict[str, Any]:
         """A new job's columns when its INSERT is its first claim (``app.jobs.handoff``),
         as ``CLAIM`` would have set them."""
-        return {"status": JobStatus.RUNNING, "attempts": 1, "lease_owner": self.node_id,
-                "lease_expires_at": now + self.lease, "started_at": now}
+        return {
+            "status": JobStatus.RUNNING,
+            "attempts": 1,
+            "lease_owner": self.node_id,
+            "lease_expires_at": now + self.lease,
+            "started_at": now,
+        }
 
     def claim_params(self, limit: int, now: datetime) -> dict[str, Any]:
         return {"now": now, "limit": limit, "node": self.node_id, "lease_until": now + self.lease}
@@ -193,8 +219,16 @@ class JobStore:
                 for job_id, position, output, error in await conn.fetch(_COMMITTED_STEPS, {"ids": resumed}):
                     steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
         return [
-            ClaimedJob(str(job_id), containers, data, requires_proof, attempts, run_after,
-                       tuple(steps.get(str(job_id), ())), client)
+            ClaimedJob(
+                str(job_id),
+                containers,
+                data,
+                requires_proof,
+                attempts,
+                run_after,
+                tuple(steps.get(str(job_id), ())),
+                client,
+            )
             for job_id, containers, data, requires_proof, attempts, run_after, client, _ in rows
         ]
 
@@ -291,7 +325,9 @@ class JobStore:
                     reason = f"gave up after {row.attempts} attempts: the node running the job stopped each time"
                     await self._record_failure(conn, str(row.id), row.containers, reason, now)
                     failed += 1
-            requeue = update(Job).where(*orphans).values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
+            requeue = (
+                update(Job).where(*orphans).values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
+            )
             return failed + (await conn.execute(requeue)).rowcount
 
     async def reap(self, max_attempts: int, batch: int = 100) -> tuple[int, int]:
@@ -333,8 +369,7 @@ class JobStore:
                     requeued += 1
         return requeued, failed
 
-    async def _record_failure(self, conn: Any, job_id: str, containers: list[str], reason: str,
-                              now: datetime) -> None:
+    async def _record_failure(self, conn: Any, job_id: str, containers: list[str], reason: str, now: datetime) -> None:
         """A job that ends without a container error still ends on an error step: the one
         for the container it had reached, so its result reads like any other failure."""
         position = (
@@ -343,8 +378,14 @@ class JobStore:
         position = min(position, len(containers) - 1)
         await conn.execute(
             insert(JobStep).values(
-                job_id=job_id, position=position, container=containers[position], error=reason,
-                attempt=0, node=self.node_id, started_at=now, finished_at=now,
+                job_id=job_id,
+                position=position,
+                container=containers[position],
+                error=reason,
+                attempt=0,
+                node=self.node_id,
+                started_at=now,
+                finished_at=now,
             )
         )
 

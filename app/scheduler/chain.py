@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import datetime
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from app import metrics
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
+from app.db.batching import GroupCommit
 from app.db.errors import is_database_unavailable, refused_value, short_message
 from app.db.models import JobStatus, utcnow
-from app.db.batching import GroupCommit
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult
@@ -26,8 +26,9 @@ T = TypeVar("T")
 
 
 class ChainRunner:
-    def __init__(self, store: JobStore, states: ContainerStates, client: ContainerClient,
-                 live: LiveJobs | None = None) -> None:
+    def __init__(
+        self, store: JobStore, states: ContainerStates, client: ContainerClient, live: LiveJobs | None = None
+    ) -> None:
         self.store = store
         self.states = states
         self.client = client
@@ -110,8 +111,14 @@ class ChainRunner:
         the job would run again, calling its container again, for the same refusal."""
         reason = refused_value(exc) or f"{type(exc).__name__}: {short_message(exc)}"
         error = f"output could not be stored: {reason.replace(chr(0), '')}"
-        log.warning("job %s: step %d: %s", step.job.id, step.position, error, exc_info=exc,
-                    extra={"job_id": step.job.id, "container": step.job.containers[step.position]})
+        log.warning(
+            "job %s: step %d: %s",
+            step.job.id,
+            step.position,
+            error,
+            exc_info=exc,
+            extra={"job_id": step.job.id, "container": step.job.containers[step.position]},
+        )
         return StepResult(step.job, step.position, step.started_at, error=error, finished_at=step.finished_at)
 
     def committing(self, job_id: str) -> bool:
@@ -133,8 +140,12 @@ class ChainRunner:
             except Exception as exc:
                 if not is_database_unavailable(exc) or time.monotonic() > deadline:
                     raise
-                log.warning("job %s: database unavailable, retrying: %s", job.id, type(exc).__name__,
-                            extra={"job_id": job.id, "container": None})
+                log.warning(
+                    "job %s: database unavailable, retrying: %s",
+                    job.id,
+                    type(exc).__name__,
+                    extra={"job_id": job.id, "container": None},
+                )
                 await asyncio.sleep(DATABASE_RETRY_SECONDS)
 
     async def _call(self, state: ContainerState, job: ClaimedJob, data: Any) -> Any:

@@ -73,10 +73,12 @@ class Scheduler:
         claimed = await self._try_claim()
         self._loops = [
             asyncio.create_task(self._claim_loop(claimed), name="jobnode-claim"),
-            asyncio.create_task(self._every(self.config.lease_seconds / 3, self._renew, self.signal.wait_leases),
-                                name="jobnode-lease"),
-            asyncio.create_task(self._every(max(0.5, self.config.lease_seconds / 2), self._maintain),
-                                name="jobnode-reaper"),
+            asyncio.create_task(
+                self._every(self.config.lease_seconds / 3, self._renew, self.signal.wait_leases), name="jobnode-lease"
+            ),
+            asyncio.create_task(
+                self._every(max(0.5, self.config.lease_seconds / 2), self._maintain), name="jobnode-reaper"
+            ),
         ]
 
     async def stop(self) -> None:
@@ -198,8 +200,12 @@ class Scheduler:
         except Exception as exc:
             # The job keeps its lease until it expires and is then retried (or failed) by the reaper.
             if is_database_unavailable(exc):
-                log.warning("job %s: database unavailable, left for the reaper: %s", job.id, describe(exc),
-                            extra={"job_id": job.id, "container": None})
+                log.warning(
+                    "job %s: database unavailable, left for the reaper: %s",
+                    job.id,
+                    describe(exc),
+                    extra={"job_id": job.id, "container": None},
+                )
             else:
                 log.exception("job %s: unexpected error", job.id, extra={"job_id": job.id, "container": None})
         finally:
@@ -207,8 +213,12 @@ class Scheduler:
             if self._full:
                 self.signal.notify()
 
-    async def _every(self, period: float, action: Callable[[], Awaitable[bool | None]],
-                     wake: Callable[[float], Awaitable[bool]] | None = None) -> None:
+    async def _every(
+        self,
+        period: float,
+        action: Callable[[], Awaitable[bool | None]],
+        wake: Callable[[float], Awaitable[bool]] | None = None,
+    ) -> None:
         """``action`` every ``period`` seconds, and at once whenever ``wake`` returns. The loop
         is cancelled at shutdown; an action under way is shielded and finishes its
         transaction. An action returns False when it did not use the database (an outage
@@ -250,8 +260,12 @@ class Scheduler:
         requeued, failed = await self.store.reap(self.config.max_attempts)
         metrics.jobs_rescued(requeued=requeued, failed=failed)
         if requeued or failed:
-            log.info("expired leases: %d jobs re-queued, %d failed after %d attempts",
-                     requeued, failed, self.config.max_attempts)
+            log.info(
+                "expired leases: %d jobs re-queued, %d failed after %d attempts",
+                requeued,
+                failed,
+                self.config.max_attempts,
+            )
             self.signal.notify()
         if self.retention_days > 0:
             cutoff = utcnow() - timedelta(days=self.retention_days)
@@ -259,4 +273,3 @@ class Scheduler:
                 log.info("pruned %d finished jobs older than %g days", deleted, self.retention_days)
                 await asyncio.sleep(0)
         return True
-

@@ -58,8 +58,9 @@ def upgrade() -> None:
     op.create_table(
         "job_steps",
         sa.Column("seq", SEQ, primary_key=True, autoincrement=True),
-        sa.Column("job_id", JOB_ID, sa.ForeignKey("jobs.id", ondelete="CASCADE", name="fk_job_steps_job_id"),
-                  nullable=False),
+        sa.Column(
+            "job_id", JOB_ID, sa.ForeignKey("jobs.id", ondelete="CASCADE", name="fk_job_steps_job_id"), nullable=False
+        ),
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("container", sa.String(255), nullable=False),
         sa.Column("output", JSON, nullable=True),

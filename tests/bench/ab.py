@@ -52,16 +52,26 @@ async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -
                 meter = load.Meter(node, service, PgBackends(urls[name]) if db == "postgresql" else None)
                 for mode, interval in MODES.items():
                     window = await load.closed_loop(
-                        lambda _i, port=node.port: Connection("127.0.0.1", port), clients,
-                        load.end_to_end_op(["echo1"], interval), warmup=1.5, duration=5, max_ops=10**6, meter=meter)
+                        lambda _i, port=node.port: Connection("127.0.0.1", port),
+                        clients,
+                        load.end_to_end_op(["echo1"], interval),
+                        warmup=1.5,
+                        duration=5,
+                        max_ops=10**6,
+                        meter=meter,
+                    )
                     s = window.summary()
                     figures.setdefault((name, mode), []).append((s["rate"], s["node_cpu_ms_per_job"]))
-                    click.echo(f"round {round_} {name:>4} {mode}: {s['rate']:,.0f} jobs/s, "
-                               f"node {s['node_cpu_ms_per_job']:.3f} ms CPU/job, errors {s['errors']}")
+                    click.echo(
+                        f"round {round_} {name:>4} {mode}: {s['rate']:,.0f} jobs/s, "
+                        f"node {s['node_cpu_ms_per_job']:.3f} ms CPU/job, errors {s['errors']}"
+                    )
         for (name, mode), values in figures.items():
             rates, cpus = [v[0] for v in values], [v[1] for v in values]
-            click.echo(f"{name:>4} {mode}: {statistics.mean(rates):,.0f} jobs/s ({min(rates):,.0f}-{max(rates):,.0f}), "
-                       f"node {statistics.mean(cpus):.2f} ms/job ({min(cpus):.2f}-{max(cpus):.2f})")
+            click.echo(
+                f"{name:>4} {mode}: {statistics.mean(rates):,.0f} jobs/s ({min(rates):,.0f}-{max(rates):,.0f}), "
+                f"node {statistics.mean(cpus):.2f} ms/job ({min(cpus):.2f}-{max(cpus):.2f})"
+            )
     finally:
         for node in nodes.values():
             node.stop()

@@ -40,8 +40,14 @@ _BAD = b'{"detail":"body must be a JSON object with a \\"data\\" key"}'
 
 
 def _response(status: bytes, body: bytes) -> bytes:
-    return (b"HTTP/1.1 " + status + b"\r\nContent-Type: application/json\r\nContent-Length: "
-            + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\nContent-Type: application/json\r\nContent-Length: "
+        + str(len(body)).encode()
+        + b"\r\n\r\n"
+        + body
+    )
 
 
 def spend_cpu(seconds: float) -> None:
@@ -53,7 +59,7 @@ def spend_cpu(seconds: float) -> None:
 
 
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("transport", "buffer")
+    __slots__ = ("buffer", "transport")
 
     #: CPU seconds each ``/service_output`` call spends before answering (``--work-us``).
     work = 0.0
@@ -81,11 +87,11 @@ class EchoProtocol(asyncio.Protocol):
             marker = head.lower().find(b"\r\ncontent-length:")
             if marker >= 0:
                 stop = head.find(b"\r\n", marker + 2)
-                length = int(head[marker + 17: stop if stop >= 0 else len(head)])
+                length = int(head[marker + 17 : stop if stop >= 0 else len(head)])
             if len(buffer) < end + 4 + length:
                 break
-            body = buffer[end + 4: end + 4 + length]
-            buffer = buffer[end + 4 + length:]
+            body = buffer[end + 4 : end + 4 + length]
+            buffer = buffer[end + 4 + length :]
             out.append(self.handle(head, body))
         self.buffer = buffer
         if out and self.transport is not None:

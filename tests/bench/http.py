@@ -54,10 +54,10 @@ class _Protocol(asyncio.Protocol):
         marker = head.find(b"\r\ncontent-length:")
         if marker >= 0:
             stop = head.find(b"\r\n", marker + 2)
-            length = int(head[marker + 17: stop if stop >= 0 else len(head)])
+            length = int(head[marker + 17 : stop if stop >= 0 else len(head)])
             if len(buffer) < end + 4 + length:
                 return None
-            body = bytes(buffer[end + 4: end + 4 + length])
+            body = bytes(buffer[end + 4 : end + 4 + length])
             del buffer[: end + 4 + length]
             return status, body
         if b"transfer-encoding: chunked" in head:
@@ -75,7 +75,7 @@ class _Protocol(asyncio.Protocol):
                     return status, b"".join(parts)
                 if len(buffer) < line_end + 2 + size + 2:
                     return None
-                parts.append(bytes(buffer[line_end + 2: line_end + 2 + size]))
+                parts.append(bytes(buffer[line_end + 2 : line_end + 2 + size]))
                 position = line_end + 2 + size + 2
         raise HttpError("response without Content-Length or chunked encoding")
 
@@ -99,8 +99,9 @@ class Connection:
         _, protocol = await loop.create_connection(_Protocol, self.host, self.port, local_addr=local)
         return protocol
 
-    async def request(self, method: str, target: str, body: bytes | None = None,
-                      timeout: float = 60.0) -> tuple[int, bytes]:
+    async def request(
+        self, method: str, target: str, body: bytes | None = None, timeout: float = 60.0
+    ) -> tuple[int, bytes]:
         protocol = self._protocol
         if protocol is None or protocol.closed:
             protocol = self._protocol = await self._connect()

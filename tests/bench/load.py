@@ -71,11 +71,13 @@ def count_unavailable(errors: Counter[str]) -> int:
 
 # -- CPU meter -------------------------------------------------------------------------
 
+
 class Meter:
     """Reads the CPU counters of every party at a window's edges."""
 
-    def __init__(self, node: NodeProcess | None = None, service: EchoService | None = None,
-                 db: PgBackends | None = None) -> None:
+    def __init__(
+        self, node: NodeProcess | None = None, service: EchoService | None = None, db: PgBackends | None = None
+    ) -> None:
         self.node, self.service, self.db = node, service, db
 
     async def read(self) -> dict[str, float]:
@@ -98,6 +100,7 @@ class Meter:
 
 
 # -- the engine ------------------------------------------------------------------------
+
 
 @dataclass
 class Window:
@@ -127,8 +130,11 @@ class Window:
         submits = [s.submit for s in ok if s.submit]
         jobs = self.jobs
         rate = jobs / self.elapsed if self.elapsed > 0 else 0.0
-        per_job = {f"{k}_cpu_ms_per_job": round(v / jobs * 1000, 4) if jobs else None
-                   for k, v in self.cpu.items() if k not in ("wall",)}
+        per_job = {
+            f"{k}_cpu_ms_per_job": round(v / jobs * 1000, 4) if jobs else None
+            for k, v in self.cpu.items()
+            if k not in ("wall",)
+        }
         return {
             "clients": self.clients,
             "warmup_s": round(self.warmup, 2),
@@ -145,8 +151,9 @@ class Window:
             "database_locked_errors": self.locked,
             "error_samples": dict(self.errors.most_common(10)),
             "cpu_s": {k: round(v, 3) for k, v in self.cpu.items()},
-            "cpu_cores": {k: round(v / self.elapsed, 2) for k, v in self.cpu.items()
-                          if k != "wall" and self.elapsed > 0},
+            "cpu_cores": {
+                k: round(v / self.elapsed, 2) for k, v in self.cpu.items() if k != "wall" and self.elapsed > 0
+            },
             **per_job,
         }
 
@@ -154,9 +161,18 @@ class Window:
 Op = Callable[[Connection, int, int], Awaitable[Sample]]
 
 
-async def closed_loop(connect: Callable[[int], Connection], clients: int, op: Op, *, warmup: float,
-                      duration: float, max_ops: int, meter: Meter, op_timeout: float = 60.0,
-                      warmup_max: float = 30.0) -> Window:
+async def closed_loop(
+    connect: Callable[[int], Connection],
+    clients: int,
+    op: Op,
+    *,
+    warmup: float,
+    duration: float,
+    max_ops: int,
+    meter: Meter,
+    op_timeout: float = 60.0,
+    warmup_max: float = 30.0,
+) -> Window:
     """Run ``clients`` loops of ``op`` and measure the window after the warm-up.
 
     The warm-up lasts ``warmup`` seconds and, beyond that, until every client has finished
@@ -230,6 +246,7 @@ async def closed_loop(connect: Callable[[int], Connection], clients: int, op: Op
 
 # -- operations ------------------------------------------------------------------------
 
+
 def _check_status(status: int, body: bytes, what: str) -> None:
     if status != 200:
         raise OpFailed(f"{what} {status}: {body[:160].decode(errors='replace')}")
@@ -255,8 +272,7 @@ VARIANTS: dict[str, tuple[str, int]] = {
 WAIT_SECONDS = 30
 
 
-async def wait_result(connection: Connection, job_id: str, poll_interval: float | None
-                      ) -> tuple[dict[str, Any], int]:
+async def wait_result(connection: Connection, job_id: str, poll_interval: float | None) -> tuple[dict[str, Any], int]:
     """Poll ``GET /api/jobs?id=`` every ``poll_interval`` seconds until the job is no longer
     running, or (``None``) wait on it with ``&wait=``; (result, requests)."""
     polls = 0
@@ -343,8 +359,16 @@ def batch_op(containers: list[str], size: int) -> Op:
 
 # -- sequential measurements -------------------------------------------------------------
 
-async def sequential(connection: Connection, op: Callable[[int], Awaitable[float]], *, count: int,
-                     time_limit: float, pause: float = 0.0, warmup: int = 3) -> dict[str, Any]:
+
+async def sequential(
+    connection: Connection,
+    op: Callable[[int], Awaitable[float]],
+    *,
+    count: int,
+    time_limit: float,
+    pause: float = 0.0,
+    warmup: int = 3,
+) -> dict[str, Any]:
     """One request (or job) at a time: latency p50/p99 over up to ``count`` in ``time_limit``."""
     for i in range(warmup):
         await op(-1 - i)
@@ -371,8 +395,15 @@ async def sequential(connection: Connection, op: Callable[[int], Awaitable[float
     }
 
 
-async def time_to_result(connection: Connection, containers: list[str], poll_interval: float | None, *, count: int,
-                         time_limit: float, pause: float) -> dict[str, Any]:
+async def time_to_result(
+    connection: Connection,
+    containers: list[str],
+    poll_interval: float | None,
+    *,
+    count: int,
+    time_limit: float,
+    pause: float,
+) -> dict[str, Any]:
     """Submit → result on an idle node, one job at a time."""
 
     async def one(i: int) -> float:
@@ -386,8 +417,9 @@ async def time_to_result(connection: Connection, containers: list[str], poll_int
     return await sequential(connection, one, count=count, time_limit=time_limit, pause=pause)
 
 
-async def single_post_latency(connection: Connection, containers: list[str], *, count: int,
-                              time_limit: float) -> dict[str, Any]:
+async def single_post_latency(
+    connection: Connection, containers: list[str], *, count: int, time_limit: float
+) -> dict[str, Any]:
     async def one(i: int) -> float:
         started = time.monotonic()
         await submit_job(connection, containers, {"single": i})
@@ -396,8 +428,14 @@ async def single_post_latency(connection: Connection, containers: list[str], *, 
     return await sequential(connection, one, count=count, time_limit=time_limit)
 
 
-async def get_latency(connection: Connection, targets: Callable[[int], str], *, count: int, time_limit: float,
-                      check: Callable[[Any], None] | None = None) -> dict[str, Any]:
+async def get_latency(
+    connection: Connection,
+    targets: Callable[[int], str],
+    *,
+    count: int,
+    time_limit: float,
+    check: Callable[[Any], None] | None = None,
+) -> dict[str, Any]:
     """``GET`` latency; ``targets(i)`` names the request, ``check`` validates the decoded body."""
     sizes: list[int] = []
 

@@ -46,13 +46,14 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout: float, what:
 
 # -- /proc ---------------------------------------------------------------------------
 
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # comm may hold spaces and parentheses: the fields start after the last ')'.
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def process_cpu(pid: int, *, children: bool = True) -> float:
@@ -107,6 +108,7 @@ def system_busy_cpu() -> float:
 
 # -- the service ---------------------------------------------------------------------
 
+
 class EchoService:
     """``tests/bench/echo.py`` as its own process."""
 
@@ -121,7 +123,9 @@ class EchoService:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.bench.echo", "--port", str(self.port), "--work-us", str(self.work_us)],
-                cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         wait_port(self.port, self.process, 15, "echo service")
         return self
@@ -143,8 +147,17 @@ class EchoService:
 
 # -- the node ------------------------------------------------------------------------
 
-def node_config(database_url: str, service_url: str, *, containers: int = 3, scheduler: bool = True,
-                max_concurrent_jobs: int = 256, container_concurrency: int = 256, workers: int = 1) -> dict[str, Any]:
+
+def node_config(
+    database_url: str,
+    service_url: str,
+    *,
+    containers: int = 3,
+    scheduler: bool = True,
+    max_concurrent_jobs: int = 256,
+    container_concurrency: int = 256,
+    workers: int = 1,
+) -> dict[str, Any]:
     """A node that calls the bench service as ``echo1``..``echoN`` (one chain of N uses them all)."""
     return {
         "server": {"host": "127.0.0.1", "rate_limit": None, "workers": workers},
@@ -180,9 +193,13 @@ class NodeProcess:
         with self.log_path.open("ab") as log:
             # ``python -m app.cli`` from the tree this benchmark lives in: the code measured is
             # that tree's, whichever checkout the venv's ``jobnode`` script points at.
-            self.process = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--config",
-                                             str(self.config_path)],
-                                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "serve", "--config", str(self.config_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -222,6 +239,7 @@ class NodeProcess:
 
 
 # -- databases -----------------------------------------------------------------------
+
 
 def asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")

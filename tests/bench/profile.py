@@ -39,10 +39,24 @@ class Recorder:
             self.error = "py-spy is not installed (pip install py-spy, or the project's bench extra)"
             return False
         self.process = subprocess.Popen(
-            [binary, "record", "--pid", str(self.pid), "--duration", str(max(1, round(self.duration))),
-             "--rate", str(self.rate), "--format", "raw", "--output", str(self.output), "--nonblocking",
-             "--full-filenames"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                binary,
+                "record",
+                "--pid",
+                str(self.pid),
+                "--duration",
+                str(max(1, round(self.duration))),
+                "--rate",
+                str(self.rate),
+                "--format",
+                "raw",
+                "--output",
+                str(self.output),
+                "--nonblocking",
+                "--full-filenames",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
         )
         return True
 
@@ -73,7 +87,7 @@ def _short_path(path: str) -> str:
         return path.split("site-packages/", 1)[1]
     stdlib = _STDLIB.search(path)
     if stdlib:
-        return path[stdlib.end():]
+        return path[stdlib.end() :]
     for marker in ("/app/", "/tests/"):
         if marker in path:
             return marker.strip("/") + "/" + path.split(marker, 1)[1]
@@ -118,11 +132,14 @@ def summarize(path: Path, top: int = 10) -> dict[str, Any]:
         by_module[_module_of(match["file"] if match else frames[-1])] += count
 
     def rows(counter: Counter[str], n: int) -> list[dict[str, Any]]:
-        return [{"frame": label, "samples": count, "percent": round(100 * count / total, 1)}
-                for label, count in counter.most_common(n)]
+        return [
+            {"frame": label, "samples": count, "percent": round(100 * count / total, 1)}
+            for label, count in counter.most_common(n)
+        ]
 
-    app_inclusive = Counter({label: n for label, n in inclusive.items()
-                             if "(app/" in label and "(app/cli.py" not in label})
+    app_inclusive = Counter(
+        {label: n for label, n in inclusive.items() if "(app/" in label and "(app/cli.py" not in label}
+    )
     return {
         "samples": total,
         "top_own": rows(own, top),
@@ -137,7 +154,7 @@ def _module_of(path: str) -> str:
         return path.split("site-packages/", 1)[1].split("/", 1)[0].removesuffix(".py")
     stdlib = _STDLIB.search(path)
     if stdlib:
-        return "stdlib " + path[stdlib.end():].split("/", 1)[0].removesuffix(".py")
+        return "stdlib " + path[stdlib.end() :].split("/", 1)[0].removesuffix(".py")
     if "/app/" in path:
         rest = path.split("/app/", 1)[1]
         return "app/" + (rest.split("/", 1)[0] if "/" in rest else rest)
@@ -156,6 +173,7 @@ def gzip_file(path: Path) -> Path:
 
 
 # -- a small flame graph -------------------------------------------------------------------
+
 
 def write_svg(collapsed: Path, output: Path, title: str, min_fraction: float = 0.002) -> int:
     """Render collapsed stacks as an SVG flame graph (hover a frame for its share)."""
@@ -183,10 +201,11 @@ def write_svg(collapsed: Path, output: Path, title: str, min_fraction: float = 0
                 text = html.escape(label)
                 short = html.escape(label[: max(0, int(w / 7) - 1)]) if w > 30 else ""
                 rects.append(
-                    f'<g><title>{text} — {child["n"]} samples ({pct:.1f}%)</title>'
+                    f"<g><title>{text} — {child['n']} samples ({pct:.1f}%)</title>"
                     f'<rect x="{x:.1f}" y="{{Y{depth}}}" width="{max(w - 0.5, 0.1):.1f}" height="{row - 1}" '
                     f'fill="hsl({hue},85%,60%)"/>'
-                    + (f'<text x="{x + 3:.1f}" y="{{T{depth}}}">{short}</text>' if short else "") + "</g>"
+                    + (f'<text x="{x + 3:.1f}" y="{{T{depth}}}">{short}</text>' if short else "")
+                    + "</g>"
                 )
                 walk(child, x, depth + 1)
             x += w

@@ -14,10 +14,16 @@ from tests.bench.load import Meter, closed_loop, raw_op
 from tests.bench.procs import EchoService
 
 
-async def measure_raw(service: EchoService, clients: int, *, warmup: float, duration: float,
-                      max_ops: int) -> dict[str, Any]:
+async def measure_raw(
+    service: EchoService, clients: int, *, warmup: float, duration: float, max_ops: int
+) -> dict[str, Any]:
     window = await closed_loop(
-        lambda _i: Connection("127.0.0.1", service.port), clients, raw_op(),
-        warmup=warmup, duration=duration, max_ops=max_ops, meter=Meter(service=service),
+        lambda _i: Connection("127.0.0.1", service.port),
+        clients,
+        raw_op(),
+        warmup=warmup,
+        duration=duration,
+        max_ops=max_ops,
+        meter=Meter(service=service),
     )
     return window.summary()

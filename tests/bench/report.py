@@ -26,8 +26,7 @@ TARGETS = {
     "idle_p50": ("idle submit → result p50 ms, clients poll every 1 ms", "<=", 10),
     "idle_wait_p50": ("idle submit → result p50 ms, clients wait", "<=", 10),
     "stored_by_id_p99": ("GET /api/jobs?id= p99 ms, N jobs stored", "<=", 10),
-    "stored_list_p99": ("GET /api/jobs?limit=1000&after=…: one page of a client with 100,000 jobs, p99 ms",
-                        "<=", 10),
+    "stored_list_p99": ("GET /api/jobs?limit=1000&after=…: one page of a client with 100,000 jobs, p99 ms", "<=", 10),
     "stored_pending_p99": ("GET /api/jobs?pending=true p99 ms", "<=", 10),
     "stored_info_p99": ("GET /info p99 ms", "<=", 10),
 }
@@ -133,9 +132,15 @@ def markdown(result: dict[str, Any]) -> str:
     for variant in VARIANTS:
         if result.get(variant):
             lines += _end_to_end_table(result, variant)
-    lines += ["", "Raw service alone: " + ", ".join(
-        f"{c} clients {_fmt(s.get('rate'))} req/s (p50 {_fmt(s.get('latency_p50_ms'), 3)} ms)"
-        for c, s in (result.get("raw") or {}).items()), ""]
+    lines += [
+        "",
+        "Raw service alone: "
+        + ", ".join(
+            f"{c} clients {_fmt(s.get('rate'))} req/s (p50 {_fmt(s.get('latency_p50_ms'), 3)} ms)"
+            for c, s in (result.get("raw") or {}).items()
+        ),
+        "",
+    ]
     lines += _reference_section(result)
     lines += _latency_table(result)
     lines += _stored_section(result)
@@ -144,11 +149,15 @@ def markdown(result: dict[str, Any]) -> str:
 
 
 def _end_to_end_table(result: dict[str, Any], variant: str) -> list[str]:
-    lines = ["", f"## End to end next to the raw service — {variant_label(variant, result['config']['poll_ms'])}", "",
-             "| containers | clients | raw req/s | e2e jobs/s | ratio | submit→result p50 / p99 ms "
-             "| POST p50 / p99 ms | GETs/job | node CPU ms/job | db CPU ms/job | cores node / db / svc / loadgen / other "
-             "| errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"## End to end next to the raw service — {variant_label(variant, result['config']['poll_ms'])}",
+        "",
+        "| containers | clients | raw req/s | e2e jobs/s | ratio | submit→result p50 / p99 ms "
+        "| POST p50 / p99 ms | GETs/job | node CPU ms/job | db CPU ms/job | cores node / db / svc / loadgen / other "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for chain, by_clients in result[variant].items():
         for clients, s in by_clients.items():
             raw = _get(result, "raw", clients) or {}
@@ -158,7 +167,8 @@ def _end_to_end_table(result: dict[str, Any], variant: str) -> list[str]:
                 f"| {chain} | {clients} | {_fmt(raw.get('rate'))} | {_fmt(s.get('rate'))} | "
                 f"{_fmt(s.get('ratio_to_raw'), 3)} | {_p(s, 'latency')} | {_p(s, 'submit')} | "
                 f"{_fmt(s.get('polls_per_job'))} | {_fmt(s.get('node_cpu_ms_per_job'), 3)} | "
-                f"{_fmt(s.get('db_cpu_ms_per_job'), 3)} | {core_text} | {s.get('errors')} |")
+                f"{_fmt(s.get('db_cpu_ms_per_job'), 3)} | {core_text} | {s.get('errors')} |"
+            )
     return lines
 
 
@@ -167,58 +177,80 @@ def _reference_section(result: dict[str, Any]) -> list[str]:
     raw = reference.get("raw") or {}
     if not raw:
         return []
-    lines = [f"## End to end against a service of the reference's speed ({reference.get('work_us'):g} µs of "
-             f"CPU per call)", "",
-             f"`tests/bench/echo.py --work-us {reference.get('work_us'):g}`, alone: {_fmt(raw.get('rate'))} req/s "
-             f"with {reference.get('clients')} clients (the Infernet node's echo service: 3,000–4,300). Node on a "
-             "fresh database, 1 container.", "",
-             f"| {reference.get('clients')} clients | e2e jobs/s | ratio to raw | submit→result p50 / p99 ms "
-             "| node CPU ms/job | db CPU ms/job "
-             "| cores node / db / svc / loadgen / other | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"## End to end against a service of the reference's speed ({reference.get('work_us'):g} µs of CPU per call)",
+        "",
+        f"`tests/bench/echo.py --work-us {reference.get('work_us'):g}`, alone: {_fmt(raw.get('rate'))} req/s "
+        f"with {reference.get('clients')} clients (the Infernet node's echo service: 3,000–4,300). Node on a "
+        "fresh database, 1 container.",
+        "",
+        f"| {reference.get('clients')} clients | e2e jobs/s | ratio to raw | submit→result p50 / p99 ms "
+        "| node CPU ms/job | db CPU ms/job "
+        "| cores node / db / svc / loadgen / other | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for variant in VARIANTS:
         s = reference.get(variant)
         if not s:
             continue
         cores = s.get("cpu_cores", {})
         core_text = " / ".join(_fmt(cores.get(k), 2) for k in ("node", "db", "service", "loadgen", "other"))
-        lines.append(f"| {variant_label(variant, result['config']['poll_ms'])} | {_fmt(s.get('rate'))} | "
-                     f"{_fmt(s.get('ratio_to_raw'), 3)} | {_p(s, 'latency')} | "
-                     f"{_fmt(s.get('node_cpu_ms_per_job'), 3)} | {_fmt(s.get('db_cpu_ms_per_job'), 3)} | "
-                     f"{core_text} | {s.get('errors')} |")
-    return lines + [""]
+        lines.append(
+            f"| {variant_label(variant, result['config']['poll_ms'])} | {_fmt(s.get('rate'))} | "
+            f"{_fmt(s.get('ratio_to_raw'), 3)} | {_p(s, 'latency')} | "
+            f"{_fmt(s.get('node_cpu_ms_per_job'), 3)} | {_fmt(s.get('db_cpu_ms_per_job'), 3)} | "
+            f"{core_text} | {s.get('errors')} |"
+        )
+    return [*lines, ""]
 
 
 def _latency_table(result: dict[str, Any]) -> list[str]:
     submit = result.get("submit") or {}
     lines = ["## Latency and ingest", "", "| measure | figure |", "|---|---|"]
-    for key, how in (("idle_time_to_result", f"poll {result['config']['poll_ms']:g} ms"),
-                     ("idle_time_to_result_wait", "wait")):
+    for key, how in (
+        ("idle_time_to_result", f"poll {result['config']['poll_ms']:g} ms"),
+        ("idle_time_to_result_wait", "wait"),
+    ):
         idle = result.get(key) or {}
-        lines.append(f"| idle node, submit → result (1 container, {how}), {idle.get('count')} jobs | "
-                     f"p50 {_fmt(idle.get('p50_ms'), 2)} ms, p99 {_fmt(idle.get('p99_ms'), 2)} ms |")
-    for key, label in (("single_sequential", "single POST, one client at a time (scheduler running)"),
-                       ("api_only_single_sequential", "single POST, one client at a time (API-only node)")):
+        lines.append(
+            f"| idle node, submit → result (1 container, {how}), {idle.get('count')} jobs | "
+            f"p50 {_fmt(idle.get('p50_ms'), 2)} ms, p99 {_fmt(idle.get('p99_ms'), 2)} ms |"
+        )
+    for key, label in (
+        ("single_sequential", "single POST, one client at a time (scheduler running)"),
+        ("api_only_single_sequential", "single POST, one client at a time (API-only node)"),
+    ):
         s = submit.get(key) or {}
-        lines.append(f"| {label}, {s.get('count')} POSTs | p50 {_fmt(s.get('p50_ms'), 2)} ms, "
-                     f"p99 {_fmt(s.get('p99_ms'), 2)} ms |")
-    for key, label in (("single_concurrent", "single POSTs, {c} clients (scheduler running)"),
-                       ("batch", "POST /api/jobs/batch of {b}, {c} clients (scheduler running)"),
-                       ("api_only_batch", "POST /api/jobs/batch of {b}, {c} clients (API-only node)")):
+        lines.append(
+            f"| {label}, {s.get('count')} POSTs | p50 {_fmt(s.get('p50_ms'), 2)} ms, "
+            f"p99 {_fmt(s.get('p99_ms'), 2)} ms |"
+        )
+    for key, label in (
+        ("single_concurrent", "single POSTs, {c} clients (scheduler running)"),
+        ("batch", "POST /api/jobs/batch of {b}, {c} clients (scheduler running)"),
+        ("api_only_batch", "POST /api/jobs/batch of {b}, {c} clients (API-only node)"),
+    ):
         s = submit.get(key) or {}
         label = label.format(c=s.get("clients"), b=result["config"].get("batch_size"))
-        lines.append(f"| {label} | {_fmt(s.get('rate'))} jobs/s; request p50 {_fmt(s.get('latency_p50_ms'), 2)}"
-                     f" ms, p99 {_fmt(s.get('latency_p99_ms'), 2)} ms; node CPU "
-                     f"{_fmt(s.get('node_cpu_ms_per_job'), 3)} ms/job; errors {s.get('errors')} |")
+        lines.append(
+            f"| {label} | {_fmt(s.get('rate'))} jobs/s; request p50 {_fmt(s.get('latency_p50_ms'), 2)}"
+            f" ms, p99 {_fmt(s.get('latency_p99_ms'), 2)} ms; node CPU "
+            f"{_fmt(s.get('node_cpu_ms_per_job'), 3)} ms/job; errors {s.get('errors')} |"
+        )
     memory = result.get("memory") or {}
-    lines.append("| node peak RSS (VmHWM) | " + ", ".join(
-        f"{k.replace('_', ' ')} {_fmt(v)} MiB" for k, v in memory.items()) + " |")
+    lines.append(
+        "| node peak RSS (VmHWM) | "
+        + ", ".join(f"{k.replace('_', ' ')} {_fmt(v)} MiB" for k, v in memory.items())
+        + " |"
+    )
     checks = result.get("checks") or {}
-    lines.append(f"| errors reaching clients (all phases) | {checks.get('client_errors')}; "
-                 f"\"database is locked\" to a client: {checks.get('database_locked_to_clients')}; "
-                 f"503 to a client: {checks.get('database_unavailable_to_clients')}; \"database is locked\" "
-                 f"in the node logs: {checks.get('database_locked_in_logs')}; tracebacks in the node logs: "
-                 f"{checks.get('tracebacks_in_logs')}; jobs abandoned: {checks.get('jobs_abandoned_in_logs')} |")
+    lines.append(
+        f"| errors reaching clients (all phases) | {checks.get('client_errors')}; "
+        f'"database is locked" to a client: {checks.get("database_locked_to_clients")}; '
+        f'503 to a client: {checks.get("database_unavailable_to_clients")}; "database is locked" '
+        f"in the node logs: {checks.get('database_locked_in_logs')}; tracebacks in the node logs: "
+        f"{checks.get('tracebacks_in_logs')}; jobs abandoned: {checks.get('jobs_abandoned_in_logs')} |"
+    )
     for text, count in (checks.get("error_samples") or {}).items():
         lines.append(f"| error seen ×{count} | `{text[:150]}` |")
     return lines
@@ -229,26 +261,47 @@ def _stored_section(result: dict[str, Any]) -> list[str]:
     stored = result.get("stored") or {}
     if stored:
         build = stored.get("build", {})
-        lines += ["", f"## {stored.get('jobs', 0):,} jobs stored", "",
-                  f"Generated in {_fmt(stored.get('build_s'))} s ("
-                  + ", ".join(f"{k.removesuffix('_s').replace('_', ' ')} {_fmt(v)}"
-                              for k, v in build.items() if k.endswith('_s')) + " s); database "
-                  f"{_fmt(build.get('database_mb'))} MiB. The client reading owns {stored.get('client_jobs', 0):,} jobs "
-                  f"({stored.get('client_pending')} pending); {stored.get('pending', 0):,} jobs pending in all. "
-                  "Node started on it with the scheduler off. Sequential requests after 3 warm-up requests.", "",
-                  "| request | n | p50 ms | p99 ms | max ms | body bytes | errors |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {stored.get('jobs', 0):,} jobs stored",
+            "",
+            f"Generated in {_fmt(stored.get('build_s'))} s ("
+            + ", ".join(
+                f"{k.removesuffix('_s').replace('_', ' ')} {_fmt(v)}" for k, v in build.items() if k.endswith("_s")
+            )
+            + " s); database "
+            f"{_fmt(build.get('database_mb'))} MiB. The client reading owns {stored.get('client_jobs', 0):,} jobs "
+            f"({stored.get('client_pending')} pending); {stored.get('pending', 0):,} jobs pending in all. "
+            "Node started on it with the scheduler off. Sequential requests after 3 warm-up requests.",
+            "",
+            "| request | n | p50 ms | p99 ms | max ms | body bytes | errors |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in (stored.get("reads") or {}).values():
-            lines.append(f"| {r['request']} | {r['count']} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
-                         f"{_fmt(r['max_ms'], 2)} | {_fmt(r.get('body_bytes'))} | {r['errors']} |")
+            lines.append(
+                f"| {r['request']} | {r['count']} | {_fmt(r['p50_ms'], 2)} | {_fmt(r['p99_ms'], 2)} | "
+                f"{_fmt(r['max_ms'], 2)} | {_fmt(r.get('body_bytes'))} | {r['errors']} |"
+            )
         plan = stored.get("claim_plan") or {}
         if plan:
             execution = plan.get("execution_ms")
-            lines += ["", f"Claim query (`JobStore.claim`, LIMIT 256) on the stored database — uses "
-                      f"`{plan.get('index')}`: **{_fmt(plan.get('uses_index'))}**; as an ordered index scan that "
-                      f"stops at the LIMIT (no sort of every pending row): **{_fmt(plan.get('ordered_index_scan'))}**"
-                      f" (indexes in the plan: {', '.join(plan.get('indexes_used') or []) or 'none'}"
-                      + (f"; execution {execution} ms" if execution is not None else "") + ").",
-                      "", "```sql", plan.get("sql", ""), "```", "", "```", *plan.get("plan", []), "```"]
+            lines += [
+                "",
+                f"Claim query (`JobStore.claim`, LIMIT 256) on the stored database — uses "
+                f"`{plan.get('index')}`: **{_fmt(plan.get('uses_index'))}**; as an ordered index scan that "
+                f"stops at the LIMIT (no sort of every pending row): **{_fmt(plan.get('ordered_index_scan'))}**"
+                f" (indexes in the plan: {', '.join(plan.get('indexes_used') or []) or 'none'}"
+                + (f"; execution {execution} ms" if execution is not None else "")
+                + ").",
+                "",
+                "```sql",
+                plan.get("sql", ""),
+                "```",
+                "",
+                "```",
+                *plan.get("plan", []),
+                "```",
+            ]
     return lines
 
 
@@ -256,16 +309,27 @@ def _profile_section(result: dict[str, Any]) -> list[str]:
     profile = result.get("profile") or {}
     lines = ["", "## Profile of the node (1 container, 32 waiting clients, 1 node process)", ""]
     if profile.get("top_own"):
-        lines += [f"{profile.get('tool')}, {profile.get('samples')} samples over {profile.get('duration_s')} s "
-                  f"({profile.get('rate')} jobs/s while profiled); files: {', '.join(profile.get('files', []))}.", "",
-                  "Top frames by own time:", "", "| # | frame | samples | % |", "|---|---|---|---|"]
+        lines += [
+            f"{profile.get('tool')}, {profile.get('samples')} samples over {profile.get('duration_s')} s "
+            f"({profile.get('rate')} jobs/s while profiled); files: {', '.join(profile.get('files', []))}.",
+            "",
+            "Top frames by own time:",
+            "",
+            "| # | frame | samples | % |",
+            "|---|---|---|---|",
+        ]
         for i, row in enumerate(profile["top_own"], 1):
             lines.append(f"| {i} | `{row['frame']}` | {row['samples']} | {row['percent']} |")
         lines += ["", "Own time by package:", "", "| package | % |", "|---|---|"]
         for row in profile.get("own_by_package", []):
             lines.append(f"| {row['frame']} | {row['percent']} |")
-        lines += ["", "The node's own functions (app/) by total time (own + what they call):", "",
-                  "| function | % |", "|---|---|"]
+        lines += [
+            "",
+            "The node's own functions (app/) by total time (own + what they call):",
+            "",
+            "| function | % |",
+            "|---|---|",
+        ]
         for row in profile.get("top_total_app", []):
             lines.append(f"| `{row['frame']}` | {row['percent']} |")
     else:
@@ -282,30 +346,64 @@ def comparison(results: dict[str, dict[str, Any]]) -> str:
         for chain, by_clients in (pg.get(variant) or {}).items():
             for clients in by_clients:
                 for figure, key in (("e2e jobs/s", "rate"), ("node CPU ms/job", "node_cpu_ms_per_job")):
-                    rows.append((f"{figure}, {chain} container(s), {clients} clients, {label}",
-                                 _get(pg, variant, chain, clients, key), _get(lite, variant, chain, clients, key)))
+                    rows.append(
+                        (
+                            f"{figure}, {chain} container(s), {clients} clients, {label}",
+                            _get(pg, variant, chain, clients, key),
+                            _get(lite, variant, chain, clients, key),
+                        )
+                    )
     for variant in VARIANTS:
         if _get(pg, "reference", variant) is not None:
             label = variant_label(variant, pg["config"]["poll_ms"])
-            rows.append((f"e2e ÷ raw against the reference-speed service, {label}",
-                         _get(pg, "reference", variant, "ratio_to_raw"), _get(lite, "reference", variant, "ratio_to_raw")))
+            rows.append(
+                (
+                    f"e2e ÷ raw against the reference-speed service, {label}",
+                    _get(pg, "reference", variant, "ratio_to_raw"),
+                    _get(lite, "reference", variant, "ratio_to_raw"),
+                )
+            )
     rows += [
-        ("batch ingest jobs/s (scheduler running)", _get(pg, "submit", "batch", "rate"),
-         _get(lite, "submit", "batch", "rate")),
-        ("batch ingest jobs/s (API-only node)", _get(pg, "submit", "api_only_batch", "rate"),
-         _get(lite, "submit", "api_only_batch", "rate")),
-        ("single POST p50 ms", _get(pg, "submit", "single_sequential", "p50_ms"),
-         _get(lite, "submit", "single_sequential", "p50_ms")),
-        ("idle submit → result p50 ms (poll)", _get(pg, "idle_time_to_result", "p50_ms"),
-         _get(lite, "idle_time_to_result", "p50_ms")),
-        ("idle submit → result p50 ms (wait)", _get(pg, "idle_time_to_result_wait", "p50_ms"),
-         _get(lite, "idle_time_to_result_wait", "p50_ms")),
+        (
+            "batch ingest jobs/s (scheduler running)",
+            _get(pg, "submit", "batch", "rate"),
+            _get(lite, "submit", "batch", "rate"),
+        ),
+        (
+            "batch ingest jobs/s (API-only node)",
+            _get(pg, "submit", "api_only_batch", "rate"),
+            _get(lite, "submit", "api_only_batch", "rate"),
+        ),
+        (
+            "single POST p50 ms",
+            _get(pg, "submit", "single_sequential", "p50_ms"),
+            _get(lite, "submit", "single_sequential", "p50_ms"),
+        ),
+        (
+            "idle submit → result p50 ms (poll)",
+            _get(pg, "idle_time_to_result", "p50_ms"),
+            _get(lite, "idle_time_to_result", "p50_ms"),
+        ),
+        (
+            "idle submit → result p50 ms (wait)",
+            _get(pg, "idle_time_to_result_wait", "p50_ms"),
+            _get(lite, "idle_time_to_result_wait", "p50_ms"),
+        ),
     ]
     for key in ("get_by_id", "list_one_page", "list_page_1000", "pending", "info"):
-        rows.append((f"stored: {key} p99 ms", _get(pg, "stored", "reads", key, "p99_ms"),
-                     _get(lite, "stored", "reads", key, "p99_ms")))
-    lines = [f"# jobnode benchmark — SQLite against PostgreSQL — {pg['date']}", "",
-             "| figure | PostgreSQL | SQLite | SQLite ÷ PostgreSQL |", "|---|---|---|---|"]
+        rows.append(
+            (
+                f"stored: {key} p99 ms",
+                _get(pg, "stored", "reads", key, "p99_ms"),
+                _get(lite, "stored", "reads", key, "p99_ms"),
+            )
+        )
+    lines = [
+        f"# jobnode benchmark — SQLite against PostgreSQL — {pg['date']}",
+        "",
+        "| figure | PostgreSQL | SQLite | SQLite ÷ PostgreSQL |",
+        "|---|---|---|---|",
+    ]
     for label, a, b in rows:
         ratio = (b / a) if isinstance(a, (int, float)) and isinstance(b, (int, float)) and a else None
         lines.append(f"| {label} | {_fmt(a, 2)} | {_fmt(b, 2)} | {_fmt(ratio, 2)} |")

@@ -77,8 +77,16 @@ class Options:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def make(cls, databases: list[str], *, quick: bool, stored_jobs: int | None, profile: bool | None,
-             results_dir: Path | None, **kw: Any) -> Options:
+    def make(
+        cls,
+        databases: list[str],
+        *,
+        quick: bool,
+        stored_jobs: int | None,
+        profile: bool | None,
+        results_dir: Path | None,
+        **kw: Any,
+    ) -> Options:
         options = cls(databases=databases, quick=quick, **kw)
         if quick:
             options.stored_jobs = 5_000
@@ -108,15 +116,18 @@ def say(message: str) -> None:
 
 def _git(*args: str) -> str | None:
     try:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def code_info() -> dict[str, Any]:
-    return {"commit": _git("rev-parse", "--short", "HEAD"),
-            "app_dirty": bool(_git("status", "--porcelain", "--", "app", "migrations"))}
+    return {
+        "commit": _git("rev-parse", "--short", "HEAD"),
+        "app_dirty": bool(_git("status", "--porcelain", "--", "app", "migrations")),
+    }
 
 
 async def _database_url(db: str, workdir: Path, name: str) -> str:
@@ -154,12 +165,25 @@ class DatabaseRun:
         o = self.o
         started = time.monotonic()
         self.result.update(
-            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), code=code_info(),
-            machine={"cpus": os.cpu_count(), "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-                     "python": platform.python_version(), "kernel": platform.release()},
-            config={"poll_ms": o.poll_ms, "warmup_s": o.warmup, "duration_s": o.duration, "max_ops": o.max_ops,
-                    "clients": list(o.clients), "batch_size": o.batch_size, "stored_jobs": o.stored_jobs,
-                    "max_concurrent_jobs": 256, "container_concurrency": 256},
+            date=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            code=code_info(),
+            machine={
+                "cpus": os.cpu_count(),
+                "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                "python": platform.python_version(),
+                "kernel": platform.release(),
+            },
+            config={
+                "poll_ms": o.poll_ms,
+                "warmup_s": o.warmup,
+                "duration_s": o.duration,
+                "max_ops": o.max_ops,
+                "clients": list(o.clients),
+                "batch_size": o.batch_size,
+                "stored_jobs": o.stored_jobs,
+                "max_concurrent_jobs": 256,
+                "container_concurrency": 256,
+            },
         )
         service = EchoService(self.workdir).start()
         try:
@@ -197,8 +221,9 @@ class DatabaseRun:
         o = self.o
         self.result["raw"] = {}
         for clients in o.clients:
-            summary = await measure_raw(service, clients, warmup=o.raw_warmup, duration=o.raw_duration,
-                                        max_ops=o.max_ops * 4)
+            summary = await measure_raw(
+                service, clients, warmup=o.raw_warmup, duration=o.raw_duration, max_ops=o.max_ops * 4
+            )
             self.result["raw"][str(clients)] = summary
             say(f"{self.db}: raw service, {clients} clients: {summary['rate']:,.0f} req/s")
 
@@ -266,11 +291,14 @@ class DatabaseRun:
         url = await _database_url(self.db, self.workdir, "reference")
         try:
             await migrated(url)
-            raw = await measure_raw(service, clients, warmup=o.raw_warmup, duration=o.raw_duration,
-                                    max_ops=o.max_ops * 4)
+            raw = await measure_raw(
+                service, clients, warmup=o.raw_warmup, duration=o.raw_duration, max_ops=o.max_ops * 4
+            )
             info["raw"] = raw
-            say(f"{self.db}: reference-speed service ({o.reference_work_us:g} µs per call), {clients} clients: "
-                f"{raw['rate']:,.0f} req/s")
+            say(
+                f"{self.db}: reference-speed service ({o.reference_work_us:g} µs per call), {clients} clients: "
+                f"{raw['rate']:,.0f} req/s"
+            )
             node = self._node(url, service, "reference", scheduler=True).start()
             control = Connection("127.0.0.1", node.port)
             try:
@@ -278,11 +306,14 @@ class DatabaseRun:
                 for key, (mode, processes) in load.VARIANTS.items():
                     if processes != 1:
                         continue
-                    summary = info[key] = await self._e2e_window(node, meter, ["echo1"], clients,
-                                                                 self._poll_interval(mode), raw["rate"])
-                    say(f"{self.db}: {key} against the reference-speed service, {clients} clients: "
+                    summary = info[key] = await self._e2e_window(
+                        node, meter, ["echo1"], clients, self._poll_interval(mode), raw["rate"]
+                    )
+                    say(
+                        f"{self.db}: {key} against the reference-speed service, {clients} clients: "
                         f"{summary['rate']:,.0f} jobs/s (ratio {summary['ratio_to_raw']}), node "
-                        f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}")
+                        f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}"
+                    )
                     await load.wait_idle(control, 60)
             finally:
                 control.close()
@@ -304,13 +335,27 @@ class DatabaseRun:
         """How clients of an end-to-end variant get their result: None waits (``&wait=``)."""
         return None if mode == "wait" else self.o.poll_ms / 1000
 
-    async def _e2e_window(self, node: NodeProcess, meter: load.Meter, containers: list[str], clients: int,
-                          poll_interval: float | None, raw_rate: float | None) -> dict[str, Any]:
+    async def _e2e_window(
+        self,
+        node: NodeProcess,
+        meter: load.Meter,
+        containers: list[str],
+        clients: int,
+        poll_interval: float | None,
+        raw_rate: float | None,
+    ) -> dict[str, Any]:
         """One end-to-end window: its summary, with the ratio to ``raw_rate``."""
         o = self.o
         window = await load.closed_loop(
-            lambda _i: Connection("127.0.0.1", node.port), clients, load.end_to_end_op(containers, poll_interval),
-            warmup=o.warmup, duration=o.duration, max_ops=o.max_ops, meter=meter, warmup_max=o.warmup_max)
+            lambda _i: Connection("127.0.0.1", node.port),
+            clients,
+            load.end_to_end_op(containers, poll_interval),
+            warmup=o.warmup,
+            duration=o.duration,
+            max_ops=o.max_ops,
+            meter=meter,
+            warmup_max=o.warmup_max,
+        )
         summary = self._window(window)
         summary["ratio_to_raw"] = round(summary["rate"] / raw_rate, 4) if raw_rate else None
         return summary
@@ -320,8 +365,9 @@ class DatabaseRun:
             if processes == workers:
                 await self._end_to_end_variant(node, meter, control, key, self._poll_interval(mode))
 
-    async def _end_to_end_variant(self, node: NodeProcess, meter: load.Meter, control: Connection, key: str,
-                                  poll_interval: float | None) -> None:
+    async def _end_to_end_variant(
+        self, node: NodeProcess, meter: load.Meter, control: Connection, key: str, poll_interval: float | None
+    ) -> None:
         o = self.o
         self.result[key] = {}
         for chain in o.chains:
@@ -331,9 +377,11 @@ class DatabaseRun:
                 raw = self.result["raw"].get(str(clients), {}).get("rate")
                 summary = await self._e2e_window(node, meter, containers, clients, poll_interval, raw)
                 by_clients[str(clients)] = summary
-                say(f"{self.db}: {key} {chain} container(s), {clients} clients: {summary['rate']:,.0f} jobs/s "
+                say(
+                    f"{self.db}: {key} {chain} container(s), {clients} clients: {summary['rate']:,.0f} jobs/s "
                     f"(ratio {summary['ratio_to_raw']}), p50 {summary['latency_p50_ms']} ms, node "
-                    f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}")
+                    f"{summary['node_cpu_ms_per_job']} ms CPU/job, errors {summary['errors']}"
+                )
                 if not await load.wait_idle(control, 60):
                     say(f"{self.db}: node still busy 60 s after the phase")
             self.result[key][str(chain)] = by_clients
@@ -344,13 +392,22 @@ class DatabaseRun:
         raw_path = o.results_dir / f"profile-{self.db}.txt"
         svg_path = o.results_dir / f"profile-{self.db}.svg"
         recorder = profile.Recorder(node.pid, raw_path, o.profile_duration)
-        info: dict[str, Any] = {"tool": "py-spy record (--nonblocking, 200 Hz, idle threads excluded)",
-                                "duration_s": o.profile_duration, "clients": "wait"}
+        info: dict[str, Any] = {
+            "tool": "py-spy record (--nonblocking, 200 Hz, idle threads excluded)",
+            "duration_s": o.profile_duration,
+            "clients": "wait",
+        }
 
         async def loader() -> load.Window:
             return await load.closed_loop(
-                lambda _i: Connection("127.0.0.1", node.port), 32, load.end_to_end_op(["echo1"], None),
-                warmup=0.3, duration=o.profile_duration, max_ops=o.max_ops * 10, meter=meter)
+                lambda _i: Connection("127.0.0.1", node.port),
+                32,
+                load.end_to_end_op(["echo1"], None),
+                warmup=0.3,
+                duration=o.profile_duration,
+                max_ops=o.max_ops * 10,
+                meter=meter,
+            )
 
         if not recorder.start():
             self.result["profile"] = {"error": recorder.error}
@@ -369,8 +426,9 @@ class DatabaseRun:
             info["files"] = [packed.name, svg_path.name]
             info["svg_bytes"] = size
             top = info["top_own"][0] if info["top_own"] else {}
-            say(f"{self.db}: profiled {info['samples']} samples; top own frame {top.get('frame')} "
-                f"{top.get('percent')}%")
+            say(
+                f"{self.db}: profiled {info['samples']} samples; top own frame {top.get('frame')} {top.get('percent')}%"
+            )
         self.result["profile"] = info
         await load.wait_idle(control, 60)
 
@@ -381,8 +439,9 @@ class DatabaseRun:
         connection = Connection("127.0.0.1", node.port)
         try:
             for key, poll_interval in (("idle_time_to_result", o.poll_ms / 1000), ("idle_time_to_result_wait", None)):
-                result = await load.time_to_result(connection, ["echo1"], poll_interval, count=o.idle_jobs,
-                                                   time_limit=30, pause=0.005)
+                result = await load.time_to_result(
+                    connection, ["echo1"], poll_interval, count=o.idle_jobs, time_limit=30, pause=0.005
+                )
                 self.result[key] = result
                 self._count_errors(result)
                 say(f"{self.db}: {key} p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms")
@@ -410,14 +469,28 @@ class DatabaseRun:
         say(f"{self.db}: {prefix}single POST p50 {single['p50_ms']} ms, p99 {single['p99_ms']} ms")
         if concurrent:
             window = await load.closed_loop(
-                lambda _i: Connection("127.0.0.1", node.port), o.submit_clients, load.submit_op(["echo1"]),
-                warmup=0.5, duration=o.ingest_duration, max_ops=o.max_ops, meter=meter)
+                lambda _i: Connection("127.0.0.1", node.port),
+                o.submit_clients,
+                load.submit_op(["echo1"]),
+                warmup=0.5,
+                duration=o.ingest_duration,
+                max_ops=o.max_ops,
+                meter=meter,
+            )
             submit[prefix + "single_concurrent"] = self._window(window)
-            say(f"{self.db}: {prefix}single POSTs, {o.submit_clients} clients: "
-                f"{submit[prefix + 'single_concurrent']['rate']:,.0f} jobs/s")
+            say(
+                f"{self.db}: {prefix}single POSTs, {o.submit_clients} clients: "
+                f"{submit[prefix + 'single_concurrent']['rate']:,.0f} jobs/s"
+            )
         window = await load.closed_loop(
-            lambda _i: Connection("127.0.0.1", node.port), o.batch_clients, load.batch_op(["echo1"], o.batch_size),
-            warmup=0.5, duration=o.ingest_duration, max_ops=max(1, o.max_ops // o.batch_size), meter=meter)
+            lambda _i: Connection("127.0.0.1", node.port),
+            o.batch_clients,
+            load.batch_op(["echo1"], o.batch_size),
+            warmup=0.5,
+            duration=o.ingest_duration,
+            max_ops=max(1, o.max_ops // o.batch_size),
+            meter=meter,
+        )
         submit[prefix + "batch"] = self._window(window)
         say(f"{self.db}: {prefix}batch ingest: {submit[prefix + 'batch']['rate']:,.0f} jobs/s")
 
@@ -446,9 +519,12 @@ class DatabaseRun:
                 async with database.read() as conn:
                     from sqlalchemy import text
 
-                    info["client_pending"] = (await conn.execute(text(
-                        "SELECT count(*) FROM jobs WHERE client = :c AND status IN ('pending', 'running')"),
-                        {"c": stored.BIG_CLIENT})).scalar()
+                    info["client_pending"] = (
+                        await conn.execute(
+                            text("SELECT count(*) FROM jobs WHERE client = :c AND status IN ('pending', 'running')"),
+                            {"c": stored.BIG_CLIENT},
+                        )
+                    ).scalar()
             finally:
                 await database.dispose()
             info["client_jobs"] = len(ids)
@@ -457,8 +533,9 @@ class DatabaseRun:
             self.nodes.append(node)
             node.start()
             try:
-                info["reads"] = await stored.measure_reads(node, ids, layout, samples=o.read_samples,
-                                                           time_limit=o.read_time_limit)
+                info["reads"] = await stored.measure_reads(
+                    node, ids, layout, samples=o.read_samples, time_limit=o.read_time_limit
+                )
             finally:
                 node.stop()
             for key, r in info["reads"].items():
@@ -467,9 +544,11 @@ class DatabaseRun:
             self.result.setdefault("memory", {})["stored_node_peak_rss_mb"] = node.peak_rss_mb
             info["claim_plan"] = await stored.explain_claim(url)
             plan = info["claim_plan"]
-            say(f"{self.db}: claim query uses {stored.CLAIM_INDEX}: {plan['uses_index']}, as an ordered scan: "
+            say(
+                f"{self.db}: claim query uses {stored.CLAIM_INDEX}: {plan['uses_index']}, as an ordered scan: "
                 f"{plan['ordered_index_scan']} (indexes: {', '.join(plan['indexes_used'])}; "
-                f"execution {plan['execution_ms']} ms)")
+                f"execution {plan['execution_ms']} ms)"
+            )
         finally:
             await _drop(self.db, url)
 
@@ -486,7 +565,9 @@ def _free_stamp(directory: Path, stamp: str) -> str:
 async def run(options: Options) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="jobnode-bench-"))
-    stamp = _free_stamp(options.results_dir, datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if options.quick else ""))
+    stamp = _free_stamp(
+        options.results_dir, datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if options.quick else "")
+    )
     started = time.monotonic()
     say(f"work directory {workdir}; results to {options.results_dir}")
     try:

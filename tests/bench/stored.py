@@ -71,12 +71,14 @@ class Layout:
 # creation time). A column added later with a default or NULL allowed is left out; one
 # without either must be added here (the build stops and names it).
 
+
 def _job_columns(dialect: str, layout: Layout) -> dict[str, str]:
     pg = dialect == "postgresql"
     pending = f"i >= {layout.first_pending}"
     failed = "i % 97 = 1"
     other_client = ("'2001:db8::' || to_hex(i % {n})" if pg else "'2001:db8::' || printf('%x', i % {n})").format(
-        n=OTHER_CLIENTS)
+        n=OTHER_CLIENTS
+    )
     # SQLite: one strftime per row (the job ran at once, in no time) keeps the load fast.
     finished_at = "t + interval '20 milliseconds'" if pg else "ts"
     started_at = "t + interval '5 milliseconds'" if pg else "ts"
@@ -84,7 +86,7 @@ def _job_columns(dialect: str, layout: Layout) -> dict[str, str]:
         "seq": "i",
         "id": "gen_random_uuid()" if pg else _SQLITE_UUID,
         "client": f"CASE WHEN i % {layout.stride} = 0 AND i / {layout.stride} <= {layout.big_jobs} "
-                  f"THEN '{BIG_CLIENT}' ELSE {other_client} END",
+        f"THEN '{BIG_CLIENT}' ELSE {other_client} END",
         "source": "'offchain'",
         "containers": "'[\"echo1\"]'" + ("::jsonb" if pg else ""),
         "input": ("jsonb_build_object('n', i)" if pg else "json_object('n', i)"),
@@ -107,8 +109,11 @@ def _step_columns(dialect: str) -> dict[str, str]:
         "job_id": "j.id",
         "position": "0",
         "container": "'echo1'",
-        "output": ("CASE WHEN j.status = 'success' THEN jsonb_build_object('n', j.seq) END" if pg
-                   else "CASE WHEN j.status = 'success' THEN json_object('n', j.seq) END"),
+        "output": (
+            "CASE WHEN j.status = 'success' THEN jsonb_build_object('n', j.seq) END"
+            if pg
+            else "CASE WHEN j.status = 'success' THEN json_object('n', j.seq) END"
+        ),
         "error": "CASE WHEN j.status = 'failed' THEN 'HTTP 500: {\"detail\": \"boom\"}' END",
         "attempt": "1",
         "node": "'bench'",
@@ -121,14 +126,17 @@ def _step_columns(dialect: str) -> dict[str, str]:
 # random below) in canonical text form, from the row's ``i`` and ``h`` (18 random hex
 # digits). SQLite cannot drop the unique index on ``jobs.id`` during the load, and
 # random ids would cost ~10 µs a row in B-tree inserts; ordered ids append instead.
-_SQLITE_UUID = ("printf('%08x-%04x-7', i / 65536, i % 65536) || substr(h, 1, 3) || '-' || "
-                "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(h, 4, 3) || '-' || substr(h, 7, 12)")
+_SQLITE_UUID = (
+    "printf('%08x-%04x-7', i / 65536, i % 65536) || substr(h, 1, 3) || '-' || "
+    "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(h, 4, 3) || '-' || substr(h, 7, 12)"
+)
 
 
 def _sqlite_time(micros: str) -> str:
     """SQLAlchemy's SQLite DATETIME text (``YYYY-MM-DD HH:MM:SS.ffffff``) from epoch µs."""
-    return (f"(strftime('%Y-%m-%d %H:%M:%S', ({micros}) / 1000000, 'unixepoch') || "
-            f"printf('.%06d', ({micros}) % 1000000))")
+    return (
+        f"(strftime('%Y-%m-%d %H:%M:%S', ({micros}) / 1000000, 'unixepoch') || printf('.%06d', ({micros}) % 1000000))"
+    )
 
 
 def _columns_for(table: Any, known: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -137,13 +145,18 @@ def _columns_for(table: Any, known: dict[str, str]) -> tuple[list[str], list[str
         if column.name in known:
             names.append(column.name)
             expressions.append(known[column.name])
-        elif not (column.nullable or column.default is not None or column.server_default is not None
-                  or column is table.autoincrement_column):
+        elif not (
+            column.nullable
+            or column.default is not None
+            or column.server_default is not None
+            or column is table.autoincrement_column
+        ):
             raise RuntimeError(f"tests/bench/stored.py does not know how to fill {table.name}.{column.name}")
     return names, expressions
 
 
 # -- PostgreSQL ------------------------------------------------------------------------------
+
 
 async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[str, float]:
     """Fill a migrated, empty database. Returns the time each stage took (s)."""
@@ -157,12 +170,14 @@ async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[s
         constraints = await conn.fetch(
             "SELECT conrelid::regclass::text AS tbl, conname, contype, pg_get_constraintdef(oid) AS def "
             "FROM pg_constraint WHERE conrelid IN ('jobs'::regclass, 'job_steps'::regclass) "
-            "AND contype IN ('u', 'f', 'c', 'x') ORDER BY contype = 'f' DESC")
+            "AND contype IN ('u', 'f', 'c', 'x') ORDER BY contype = 'f' DESC"
+        )
         for row in constraints:
             await conn.execute(f'ALTER TABLE {row["tbl"]} DROP CONSTRAINT "{row["conname"]}"')
         indexes = await conn.fetch(
             "SELECT i.indexrelid::regclass::text AS name, pg_get_indexdef(i.indexrelid) AS def "
-            "FROM pg_index i WHERE i.indrelid IN ('jobs'::regclass, 'job_steps'::regclass) AND NOT i.indisprimary")
+            "FROM pg_index i WHERE i.indrelid IN ('jobs'::regclass, 'job_steps'::regclass) AND NOT i.indisprimary"
+        )
         for row in indexes:
             await conn.execute(f'DROP INDEX "{row["name"]}"')
         # No WAL for the bulk rows (a benchmark database, dropped at the end; reads do not
@@ -198,8 +213,7 @@ async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[s
             finally:
                 await c.close()
 
-        await asyncio.gather(*(part(lo, min(layout.total, lo + chunk - 1))
-                               for lo in range(1, layout.total + 1, chunk)))
+        await asyncio.gather(*(part(lo, min(layout.total, lo + chunk - 1)) for lo in range(1, layout.total + 1, chunk)))
 
     started = time.monotonic()
     await in_parallel(insert_jobs, 2, base)
@@ -220,13 +234,13 @@ async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[s
             # The generated steps reference their jobs by construction: the foreign key is
             # put back as it was, without re-checking 10 M rows (NOT VALID).
             suffix = " NOT VALID" if row["contype"] == "f" else ""
-            await conn.execute(
-                f'ALTER TABLE {row["tbl"]} ADD CONSTRAINT "{row["conname"]}" {row["def"]}{suffix}')
+            await conn.execute(f'ALTER TABLE {row["tbl"]} ADD CONSTRAINT "{row["conname"]}" {row["def"]}{suffix}')
         timings["rebuild_indexes_s"] = time.monotonic() - started
         log(f"    indexes and constraints rebuilt in {timings['rebuild_indexes_s']:.1f} s")
         for table in ("jobs", "job_steps"):
             await conn.execute(
-                f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), (SELECT max(seq) FROM {table}))")
+                f"SELECT setval(pg_get_serial_sequence('{table}', 'seq'), (SELECT max(seq) FROM {table}))"
+            )
         started = time.monotonic()
         await conn.execute("VACUUM (ANALYZE) jobs")
         await conn.execute("VACUUM (ANALYZE) job_steps")
@@ -240,17 +254,24 @@ async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[s
 
 # -- SQLite ---------------------------------------------------------------------------------
 
+
 def build_sqlite(path: Path, layout: Layout, log: Any = print) -> dict[str, float]:
     """Fill a migrated, empty SQLite file (stdlib sqlite3, one big transaction per table)."""
     timings: dict[str, float] = {}
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        for pragma in ("journal_mode=WAL", "synchronous=OFF", "cache_size=-4000000", "temp_store=MEMORY",
-                       "foreign_keys=OFF"):
+        for pragma in (
+            "journal_mode=WAL",
+            "synchronous=OFF",
+            "cache_size=-4000000",
+            "temp_store=MEMORY",
+            "foreign_keys=OFF",
+        ):
             conn.execute(f"PRAGMA {pragma}")
         indexes = conn.execute(
             "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL "
-            "AND tbl_name IN ('jobs', 'job_steps')").fetchall()
+            "AND tbl_name IN ('jobs', 'job_steps')"
+        ).fetchall()
         for name, _sql in indexes:
             conn.execute(f'DROP INDEX "{name}"')
 
@@ -263,6 +284,7 @@ def build_sqlite(path: Path, layout: Layout, log: Any = print) -> dict[str, floa
             f"{_sqlite_time(f'{base_us} + i * {spacing_us}')} AS ts FROM s) "
             f"INSERT INTO jobs ({', '.join(names)}) SELECT {', '.join(expressions)} FROM g"
         )
+
         def in_chunks(sql: str, chunk: int = 1_000_000) -> float:
             """Run ``sql`` over seq ranges of ``chunk`` rows, one transaction each; seconds taken."""
             started = time.monotonic()
@@ -297,16 +319,19 @@ def build_sqlite(path: Path, layout: Layout, log: Any = print) -> dict[str, floa
 
 # -- what the benchmark reads ---------------------------------------------------------------
 
+
 async def big_client_ids(database: Database) -> list[str]:
     """The big client's job ids, oldest first (through its own index)."""
     async with database.read() as conn:
         rows = await conn.execute(
-            text("SELECT id FROM jobs WHERE client = :client ORDER BY seq"), {"client": BIG_CLIENT})
+            text("SELECT id FROM jobs WHERE client = :client ORDER BY seq"), {"client": BIG_CLIENT}
+        )
         return [str(row[0]) for row in rows]
 
 
-async def measure_reads(node: NodeProcess, ids: list[str], layout: Layout, *, samples: int,
-                        time_limit: float, seed: int = 5) -> dict[str, Any]:
+async def measure_reads(
+    node: NodeProcess, ids: list[str], layout: Layout, *, samples: int, time_limit: float, seed: int = 5
+) -> dict[str, Any]:
     rng = random.Random(seed)
     connection = Connection("127.0.0.1", node.port, local_address=BIG_CLIENT)
 
@@ -332,12 +357,24 @@ async def measure_reads(node: NodeProcess, ids: list[str], layout: Layout, *, sa
 
     page_cursors = ids[: max(1, len(ids) - 1000)]
     measures = {
-        "get_by_id": ("GET /api/jobs?id=<one of the client's jobs>",
-                      lambda i: f"/api/jobs?id={rng.choice(ids)}", one_job, samples),
-        "list_one_page": (f"GET /api/jobs: the client's {len(ids):,} ids in one page",
-                          lambda i: "/api/jobs", whole_list, max(20, samples // 10)),
-        "list_page_1000": ("GET /api/jobs?limit=1000&after=<random cursor> (keyset page)",
-                           lambda i: f"/api/jobs?limit=1000&after={rng.choice(page_cursors)}", page, samples),
+        "get_by_id": (
+            "GET /api/jobs?id=<one of the client's jobs>",
+            lambda i: f"/api/jobs?id={rng.choice(ids)}",
+            one_job,
+            samples,
+        ),
+        "list_one_page": (
+            f"GET /api/jobs: the client's {len(ids):,} ids in one page",
+            lambda i: "/api/jobs",
+            whole_list,
+            max(20, samples // 10),
+        ),
+        "list_page_1000": (
+            "GET /api/jobs?limit=1000&after=<random cursor> (keyset page)",
+            lambda i: f"/api/jobs?limit=1000&after={rng.choice(page_cursors)}",
+            page,
+            samples,
+        ),
         "pending": ("GET /api/jobs?pending=true", lambda i: "/api/jobs?pending=true", pending, samples),
         "info": ("GET /info", lambda i: "/info", info, samples),
     }
@@ -366,8 +403,9 @@ async def explain_claim(url: str) -> dict[str, Any]:
         compiled_sql = str(statement.compile(dialect=database.writer.dialect))
         prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if database.is_postgresql else "EXPLAIN QUERY PLAN "
 
-        def explain(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any,
-                    _executemany: bool) -> tuple[str, Any]:
+        def explain(
+            _conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _executemany: bool
+        ) -> tuple[str, Any]:
             return prefix + statement, parameters
 
         async with database.writer.connect() as conn:
@@ -392,16 +430,25 @@ async def explain_claim(url: str) -> dict[str, Any]:
             if name not in used:
                 used.append(name)
     full_scan = [line for line in plan if re.search(r"Seq Scan on jobs\b|\bSCAN jobs\b(?! USING)", line)]
-    ordered = any(re.search(rf"(?:Index (?:Only )?Scan(?: Backward)? using|USING (?:COVERING )?INDEX) {CLAIM_INDEX}\b",
-                            line) for line in plan)
+    ordered = any(
+        re.search(rf"(?:Index (?:Only )?Scan(?: Backward)? using|USING (?:COVERING )?INDEX) {CLAIM_INDEX}\b", line)
+        for line in plan
+    )
     sorts = any(re.search(r"(?:^|->)\s*Sort\b|TEMP B-TREE FOR ORDER BY", line.strip()) for line in plan)
     execution = next((float(m[1]) for line in plan if (m := re.search(r"Execution Time: ([\d.]+) ms", line))), None)
-    return {"sql": compiled_sql, "plan": plan, "index": CLAIM_INDEX, "indexes_used": used,
-            "uses_index": CLAIM_INDEX in used and not full_scan,
-            # The index read in its order, so that LIMIT stops the scan early: no sort of every pending row.
-            "ordered_index_scan": ordered and not sorts and not full_scan,
-            "execution_ms": execution}
+    return {
+        "sql": compiled_sql,
+        "plan": plan,
+        "index": CLAIM_INDEX,
+        "indexes_used": used,
+        "uses_index": CLAIM_INDEX in used and not full_scan,
+        # The index read in its order, so that LIMIT stops the scan early: no sort of every pending row.
+        "ordered_index_scan": ordered and not sorts and not full_scan,
+        "execution_ms": execution,
+    }
 
 
-_INDEX_IN_PLAN = re.compile(r"(?:Index (?:Only )?Scan(?: Backward)? using|Bitmap Index Scan on|USING (?:COVERING )?INDEX)"
-                            r" (\w+)")
+_INDEX_IN_PLAN = re.compile(
+    r"(?:Index (?:Only )?Scan(?: Backward)? using|Bitmap Index Scan on|USING (?:COVERING )?INDEX)"
+    r" (\w+)"
+)

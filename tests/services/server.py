@@ -22,7 +22,7 @@ Endpoints
                              the body must be a JSON object with a "data" key,
                              else 400 {"detail": ...}. Then by MODE:
         echo       200, the body is ``data`` itself (so chained echoes keep it)
-        transform  200, ``{"value": value * FACTOR + ADD, "seen": seen + [NAME]}``
+        transform  200, ``{"value": value * FACTOR + ADD, "seen": [*seen, NAME]}``
                    where, if data is an object, value = data.get("value", 0) and
                    seen = data.get("seen", []); if data is a bare number,
                    value = data and seen = []; anything else -> 400.
@@ -110,7 +110,7 @@ def _transform(data):
         raise BadRequest("transform needs a numeric data.value")
     if not isinstance(seen, list):
         raise BadRequest("transform needs a list as data.seen")
-    return {"value": value * FACTOR + ADD, "seen": seen + [NAME]}
+    return {"value": value * FACTOR + ADD, "seen": [*seen, NAME]}
 
 
 def _answer(data):
@@ -195,7 +195,7 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 request = json.loads(self._read_body())
             except ValueError:
-                raise BadRequest("body is not valid JSON")
+                raise BadRequest("body is not valid JSON") from None
             if not isinstance(request, dict) or "data" not in request:
                 raise BadRequest('body must be a JSON object with a "data" key')
             data = request["data"]
@@ -237,8 +237,7 @@ def main():
         sys.exit(f"unknown MODE {MODE!r}; expected one of {', '.join(MODES)}")
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
     server = Server((HOST, PORT), Handler)
-    print(f"test service mode={MODE} name={NAME} listening on {HOST}:{PORT}",
-          file=sys.stderr, flush=True)
+    print(f"test service mode={MODE} name={NAME} listening on {HOST}:{PORT}", file=sys.stderr, flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -35,16 +35,25 @@ class DashboardController(Controller):
     guards = [operator_guard]
     security = OPERATOR_SECURITY
 
-    @get("/", media_type=MediaType.HTML, summary="Operator dashboard (HTML)",
-         description="Queue depth and throughput, containers, recent and failed jobs with their steps; refreshed "
-                     "every 2 s. `?token=` sets an HTTP-only cookie and redirects here without it.",
-         opt={ACCEPTS_QUERY_TOKEN: True},
-         responses={303: ResponseSpec(None, description="`?token=` accepted: the cookie is set, see Location"),
-                    **errors(BAD_REQUEST, OPERATOR, RATE_LIMITED, DATABASE)})
+    @get(
+        "/",
+        media_type=MediaType.HTML,
+        summary="Operator dashboard (HTML)",
+        description="Queue depth and throughput, containers, recent and failed jobs with their steps; refreshed "
+        "every 2 s. `?token=` sets an HTTP-only cookie and redirects here without it.",
+        opt={ACCEPTS_QUERY_TOKEN: True},
+        responses={
+            303: ResponseSpec(None, description="`?token=` accepted: the cookie is set, see Location"),
+            **errors(BAD_REQUEST, OPERATOR, RATE_LIMITED, DATABASE),
+        },
+    )
     async def page(
-        self, request: Request[Any, Any, Any], operator: NamedDependency[OperatorService],
-        token: Annotated[str | None, QueryParameter(description="The operator token, once (checked by the guard)")]
-        = None,
+        self,
+        request: Request[Any, Any, Any],
+        operator: NamedDependency[OperatorService],
+        token: Annotated[
+            str | None, QueryParameter(description="The operator token, once (checked by the guard)")
+        ] = None,
     ) -> Response[Any]:
         auth: OperatorAuth = request.app.state[STATE_KEY]
         if auth.token is not None and token is not None:  # checked by the guard
@@ -52,16 +61,24 @@ class DashboardController(Controller):
             return Redirect("/dashboard", status_code=303, cookies=[cookie])
         nonce = secrets.token_urlsafe(16)
         body = dashboard_page.render(await operator.dashboard(), nonce)
-        return Response(body, media_type=MediaType.HTML, headers={
-            "Content-Security-Policy": _csp(nonce),
-            "Cache-Control": "no-store",
-            "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer",
-        })
+        return Response(
+            body,
+            media_type=MediaType.HTML,
+            headers={
+                "Content-Security-Policy": _csp(nonce),
+                "Cache-Control": "no-store",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
 
-    @get("/data", media_type=MediaType.JSON, summary="The dashboard's data",
-         description="Queue (pending, running, oldest pending), queue depth samples, throughput per minute for "
-                     "the last 10 minutes, containers, recent jobs and recently failed jobs with their error.",
-         responses=errors(OPERATOR, RATE_LIMITED, DATABASE))
+    @get(
+        "/data",
+        media_type=MediaType.JSON,
+        summary="The dashboard's data",
+        description="Queue (pending, running, oldest pending), queue depth samples, throughput per minute for "
+        "the last 10 minutes, containers, recent jobs and recently failed jobs with their error.",
+        responses=errors(OPERATOR, RATE_LIMITED, DATABASE),
+    )
     async def data(self, operator: NamedDependency[OperatorService]) -> dict[str, Any]:
         return await operator.dashboard()

@@ -110,14 +110,24 @@ class JobsController(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
-    @post("/batch", media_type=MediaType.JSON, status_code=200, summary="Submit jobs in one transaction",
-          description="Each item is answered in place: `{\"id\"}`, or the `{\"error\", \"params\"?}` of a "
-                      "rejected job request.",
-          operation_class=JOB_BATCH_BODY,
-          responses=errors({400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
-                           CROSS_SITE, RATE_LIMITED, DATABASE))
-    async def batch(self, request: Request[Any, Any, Any],
-                    jobs_api: NamedDependency[JobsApi]) -> list[JobId | ErrorBody]:
+    @post(
+        "/batch",
+        media_type=MediaType.JSON,
+        status_code=200,
+        summary="Submit jobs in one transaction",
+        description='Each item is answered in place: `{"id"}`, or the `{"error", "params"?}` of a '
+        "rejected job request.",
+        operation_class=JOB_BATCH_BODY,
+        responses=errors(
+            {400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
+            CROSS_SITE,
+            RATE_LIMITED,
+            DATABASE,
+        ),
+    )
+    async def batch(
+        self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]
+    ) -> list[JobId | ErrorBody]:
         server = jobs_api.server
         try:
             requests = decode_batch(await request.body(), server.max_json_depth)
@@ -141,33 +151,71 @@ class JobsReference(Controller):
     path = "/api/jobs"
     tags = ["jobs"]
 
-    @post("/", media_type=MediaType.JSON, status_code=200, summary="Submit a job",
-          responses=errors(JOB_REQUEST, CROSS_SITE, RATE_LIMITED, DATABASE))
-    async def submit(self, request: Request[Any, Any, Any], data: JSONBody[JobRequest],
-                     jobs_api: NamedDependency[JobsApi]) -> JobId:
+    @post(
+        "/",
+        media_type=MediaType.JSON,
+        status_code=200,
+        summary="Submit a job",
+        responses=errors(JOB_REQUEST, CROSS_SITE, RATE_LIMITED, DATABASE),
+    )
+    async def submit(
+        self, request: Request[Any, Any, Any], data: JSONBody[JobRequest], jobs_api: NamedDependency[JobsApi]
+    ) -> JobId:
         """``data`` is there for the document (it puts ``JobRequest`` in it, which
         ``JOB_REQUEST_BODY`` refers to): the body is decoded by ``submit_job``."""
         return JobId(**await submit_job(jobs_api, request, await request.body()))
 
-    @get("/", media_type=MediaType.JSON, summary="Results by id, or this client's job ids",
-         responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
-         description=_READ_DESCRIPTION)
+    @get(
+        "/",
+        media_type=MediaType.JSON,
+        summary="Results by id, or this client's job ids",
+        responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
+        description=_READ_DESCRIPTION,
+    )
     async def read(
-        self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi],
-        ids: Annotated[list[uuid.UUID], QueryParameter(
-            name="id", required=False,
-            description="A job's id; repeat it for several jobs (up to `server.max_ids`).")],
-        intermediate: Annotated[bool, QueryParameter(
-            required=False, description="With `id`: also each step's output, as `intermediate_results`.")],
-        wait: Annotated[float, QueryParameter(
-            required=False, ge=0,
-            description="With `id`: seconds to wait for the jobs to finish (up to `server.max_wait`).")],
-        pending: Annotated[bool, QueryParameter(
-            required=False, description="Without `id`: only unfinished jobs (`true`) or finished ones (`false`).")],
-        limit: Annotated[int, QueryParameter(
-            required=False, ge=1, le=MAX_PAGE, description="Without `id`: at most this many ids, oldest first.")],
-        after: Annotated[uuid.UUID, QueryParameter(
-            required=False, description="Without `id`: the ids after this one (the last id of the previous page).")],
+        self,
+        request: Request[Any, Any, Any],
+        jobs_api: NamedDependency[JobsApi],
+        ids: Annotated[
+            list[uuid.UUID],
+            QueryParameter(
+                name="id",
+                required=False,
+                description="A job's id; repeat it for several jobs (up to `server.max_ids`).",
+            ),
+        ],
+        intermediate: Annotated[
+            bool,
+            QueryParameter(
+                required=False, description="With `id`: also each step's output, as `intermediate_results`."
+            ),
+        ],
+        wait: Annotated[
+            float,
+            QueryParameter(
+                required=False,
+                ge=0,
+                description="With `id`: seconds to wait for the jobs to finish (up to `server.max_wait`).",
+            ),
+        ],
+        pending: Annotated[
+            bool,
+            QueryParameter(
+                required=False, description="Without `id`: only unfinished jobs (`true`) or finished ones (`false`)."
+            ),
+        ],
+        limit: Annotated[
+            int,
+            QueryParameter(
+                required=False, ge=1, le=MAX_PAGE, description="Without `id`: at most this many ids, oldest first."
+            ),
+        ],
+        after: Annotated[
+            uuid.UUID,
+            QueryParameter(
+                required=False, description="Without `id`: the ids after this one (the last id of the previous page)."
+            ),
+        ],
     ) -> list[JobResult | uuid.UUID]:
         """With ``id``, a list of results; without, a list of ids. The query is parsed by
         ``read_jobs`` (its 400s are part of the contract); the parameters are for the document."""

@@ -71,11 +71,13 @@ def jobs_endpoint(api: JobsApi) -> ASGIRouteHandler:
         else:
             raise ApiError(405, "Method not allowed", headers={"Allow": _ALLOW})
         payload = _encode(answer)
-        await send({
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": payload})
 
     return endpoint

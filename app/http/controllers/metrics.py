@@ -45,8 +45,9 @@ class _ScrapeTime(Collector):
         up.add_metric([], 0 if self.snapshot is None else 1)
         yield up
         if self.snapshot is not None:
-            jobs = GaugeMetricFamily("jobnode_jobs", "Unfinished jobs by state and source (SQL, whole database)",
-                                     labels=["state", "source"])
+            jobs = GaugeMetricFamily(
+                "jobnode_jobs", "Unfinished jobs by state and source (SQL, whole database)", labels=["state", "source"]
+            )
             sources = sorted(set(SOURCES) | {source for _, source in self.snapshot.jobs})
             for state in JobStatus.UNFINISHED:
                 for source in sources:
@@ -55,15 +56,18 @@ class _ScrapeTime(Collector):
             depth = GaugeMetricFamily("jobnode_queue_depth", "Pending jobs that may run now (SQL, whole database)")
             depth.add_metric([], self.snapshot.queue_depth)
             yield depth
-            oldest = GaugeMetricFamily("jobnode_oldest_pending_age_seconds",
-                                       "Age of the oldest runnable pending job (0 when none)")
+            oldest = GaugeMetricFamily(
+                "jobnode_oldest_pending_age_seconds", "Age of the oldest runnable pending job (0 when none)"
+            )
             oldest.add_metric([], self.snapshot.oldest_pending_seconds)
             yield oldest
         ready = GaugeMetricFamily("jobnode_container_ready", "1 when the container takes work", labels=["container"])
-        in_flight = GaugeMetricFamily("jobnode_container_in_flight", "Calls in flight to the container",
-                                      labels=["container"])
-        restarts = CounterMetricFamily("jobnode_container_restarts", "Restarts of the container by this node",
-                                       labels=["container"])
+        in_flight = GaugeMetricFamily(
+            "jobnode_container_in_flight", "Calls in flight to the container", labels=["container"]
+        )
+        restarts = CounterMetricFamily(
+            "jobnode_container_restarts", "Restarts of the container by this node", labels=["container"]
+        )
         for container in self.containers:
             ready.add_metric([container["id"]], 1 if container["ready"] else 0)
             in_flight.add_metric([container["id"]], container["in_flight"])
@@ -81,7 +85,7 @@ class MetricsController(PrometheusController):
         "/",
         summary="Prometheus metrics",
         description="Prometheus text format: HTTP requests, job and step durations, queued-to-started time, "
-                    "container errors by kind, rescued and retried jobs, and the queue's gauges from SQL.",
+        "container errors by kind, rescued and retried jobs, and the queue's gauges from SQL.",
         responses=errors(OPERATOR),
         media_type="text/plain",
     )

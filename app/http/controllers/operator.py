@@ -27,10 +27,10 @@ INVALID_JOB_ID = "Invalid job id"
 JobIdPath = Annotated[str, PathParameter(format="uuid", description="The job's id (a UUID)")]
 
 _READ = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND]}, OPERATOR, RATE_LIMITED, DATABASE)
-_CANCEL = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_ALREADY_FINISHED]}, OPERATOR,
-                 RATE_LIMITED, DATABASE)
-_RETRY = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_NOT_FAILED]}, OPERATOR,
-                RATE_LIMITED, DATABASE)
+_CANCEL = errors(
+    {400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_ALREADY_FINISHED]}, OPERATOR, RATE_LIMITED, DATABASE
+)
+_RETRY = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_NOT_FAILED]}, OPERATOR, RATE_LIMITED, DATABASE)
 
 
 def _job_id(value: str) -> str:
@@ -53,26 +53,36 @@ class OperatorJobsController(Controller):
     guards = [operator_guard]
     security = OPERATOR_SECURITY
 
-    @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts",
-         responses=_READ)
+    @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts", responses=_READ)
     async def show(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.job(_job_id(job_id)))
 
-    @delete("/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished",
-            responses=_CANCEL)
+    @delete(
+        "/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished", responses=_CANCEL
+    )
     async def remove(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.cancel(_job_id(job_id)))
 
-    @post("/cancel", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished",
-          description="The same as DELETE /api/jobs/{job_id}: the job ends `cancelled` (shown as `failed` with "
-                      "error \"cancelled\" on the compatible surface); its running step is abandoned.",
-          responses=_CANCEL)
+    @post(
+        "/cancel",
+        media_type=MediaType.JSON,
+        status_code=200,
+        summary="Cancel a job that has not finished",
+        description="The same as DELETE /api/jobs/{job_id}: the job ends `cancelled` (shown as `failed` with "
+        'error "cancelled" on the compatible surface); its running step is abandoned.',
+        responses=_CANCEL,
+    )
     async def cancel(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.cancel(_job_id(job_id)))
 
-    @post("/retry", media_type=MediaType.JSON, status_code=200, summary="Re-queue a failed or cancelled job",
-          description="It resumes at the step that failed: steps that succeeded are not run again.",
-          responses=_RETRY)
+    @post(
+        "/retry",
+        media_type=MediaType.JSON,
+        status_code=200,
+        summary="Re-queue a failed or cancelled job",
+        description="It resumes at the step that failed: steps that succeeded are not run again.",
+        responses=_RETRY,
+    )
     async def retry(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
         return await _detail(operator.retry(_job_id(job_id)))
 
@@ -82,9 +92,13 @@ class ContainersController(Controller):
     guards = [operator_guard]
     security = OPERATOR_SECURITY
 
-    @get("/api/containers", media_type=MediaType.JSON, summary="Each container's live state on this node",
-         description="Readiness, restarts, last error, calls in flight, done and failed counts since the node "
-                     "started, and the mean and p95 duration of its last calls (in-memory samples of this node).",
-         responses=errors(OPERATOR, RATE_LIMITED))
+    @get(
+        "/api/containers",
+        media_type=MediaType.JSON,
+        summary="Each container's live state on this node",
+        description="Readiness, restarts, last error, calls in flight, done and failed counts since the node "
+        "started, and the mean and p95 duration of its last calls (in-memory samples of this node).",
+        responses=errors(OPERATOR, RATE_LIMITED),
+    )
     async def containers(self, operator: NamedDependency[OperatorService]) -> list[ContainerLiveState]:
         return msgspec.convert(operator.container_states(), list[ContainerLiveState])

@@ -21,12 +21,18 @@ from app.jobs.stream import StreamService
 class StreamController(Controller):
     tags = ["containers"]
 
-    @post("/api/jobs/stream", status_code=200, summary="Run a one-container job and stream its output",
-          media_type=MediaType.TEXT, operation_class=JOB_REQUEST_BODY,
-          responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, CROSS_SITE, RATE_LIMITED,
-                           DATABASE))
+    @post(
+        "/api/jobs/stream",
+        status_code=200,
+        summary="Run a one-container job and stream its output",
+        media_type=MediaType.TEXT,
+        operation_class=JOB_REQUEST_BODY,
+        responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, CROSS_SITE, RATE_LIMITED, DATABASE),
+    )
     async def stream(
-        self, request: Request[Any, Any, Any], streams: NamedDependency[StreamService],
+        self,
+        request: Request[Any, Any, Any],
+        streams: NamedDependency[StreamService],
         identity: NamedDependency[ClientIdentity],
     ) -> Stream:
         try:
@@ -36,10 +42,15 @@ class StreamController(Controller):
             raise ApiError(400, rejected.error, rejected.params) from None
         return Stream(streams.run(job), media_type=MediaType.TEXT)
 
-    @get("/resources", media_type=MediaType.JSON, summary="Each container's service resources",
-         responses=errors(BAD_REQUEST, RATE_LIMITED))
+    @get(
+        "/resources",
+        media_type=MediaType.JSON,
+        summary="Each container's service resources",
+        responses=errors(BAD_REQUEST, RATE_LIMITED),
+    )
     async def resources(
-        self, resources: NamedDependency[ResourceService],
+        self,
+        resources: NamedDependency[ResourceService],
         model_id: Annotated[str | None, QueryParameter(description="Passed on to each container")] = None,
     ) -> dict[str, Any]:
         return await resources.collect(model_id)

@@ -6,6 +6,7 @@ Create Date: 2026-11-28
 """
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,7 +24,7 @@ TIMESTAMP = sa.DateTime(timezone=True)
 UNFINISHED = "status IN ('pending', 'running')"
 
 
-def _partial(where: str) -> dict[str, sa.TextClause]:
+def _partial(where: str) -> dict[str, Any]:  # keyword arguments of op.create_index
     return {"postgresql_where": sa.text(where), "sqlite_where": sa.text(where)}
 
 

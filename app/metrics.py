@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter, Histogram
 
-from app.db.models import utcnow
+from app.clock import utcnow
 
 if TYPE_CHECKING:
     from app.containers.protocol import StepFailed

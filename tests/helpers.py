@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 from sqlalchemy import func, insert, select, update
 
+from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, JobStep, utcnow
+from app.db.models import Job, JobStatus, JobStep
 from tests.support import create_pg_database, drop_pg_database, unavailable
 
 #: A param value that ``assert_error`` reads as "the body has no params key".

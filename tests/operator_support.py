@@ -13,9 +13,10 @@ from typing import Any, TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert, update
 
+from app.clock import utcnow
 from app.db import migrate
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, JobStep, utcnow
+from app.db.models import Job, JobStatus, JobStep
 from tests.support import create_pg_database, drop_pg_database, unavailable
 
 T = TypeVar("T")

@@ -15,8 +15,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from app.cli import main
+from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import JobStatus, utcnow
+from app.db.models import JobStatus
 from tests.conftest import BACKENDS
 from tests.operator_support import TOKEN, add_job, container, fresh_database, scheduled
 from tests.support import node_settings, serve_node

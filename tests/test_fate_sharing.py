@@ -18,9 +18,10 @@ import msgspec
 import pytest
 from sqlalchemy import func, select, text
 
+from app.clock import utcnow
 from app.db.batching import GroupCommit
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, utcnow
+from app.db.models import Job, JobStatus
 from app.jobs.requests import JobRequest
 from app.jobs.transitions import ClaimedJob
 from tests.conftest import BACKENDS

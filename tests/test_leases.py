@@ -14,8 +14,9 @@ from datetime import timedelta
 import asyncpg
 from sqlalchemy import insert, select
 
+from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, utcnow
+from app.db.models import Job, JobStatus
 from app.jobs.transitions import JobStore
 
 

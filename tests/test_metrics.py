@@ -11,7 +11,8 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from app.db.models import JobStatus, utcnow
+from app.clock import utcnow
+from app.db.models import JobStatus
 from tests.conftest import STANDARD_CONFIG
 from tests.helpers import assert_error, job, submit
 from tests.operator_support import (

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select
 
-from app.db.models import Job, JobStep, utcnow
+from app.clock import utcnow
+from app.db.models import Job, JobStep
 from tests.conftest import BACKENDS
 from tests.helpers import assert_error, fresh_database, job, submit
 from tests.support import RunningNode, free_port, node_settings, serve_node, wait_finished

@@ -48,9 +48,10 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import delete, select, update
 
+from app.clock import utcnow
 from app.db import migrate
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, JobStep, utcnow
+from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import JobSignal
 from app.jobs.requests import ContainerCatalog, JobRequest
 from app.jobs.service import JobService

@@ -27,7 +27,7 @@ from sqlalchemy import JSON, Table, bindparam, func, insert, literal_column, sel
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -86,6 +86,11 @@ class Statement:
 
     def sqlalchemy_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {k: _padded(v) if isinstance(v, list) else v for k, v in params.items()}
+
+    async def run(self, connection: AsyncConnection, params: dict[str, Any] | None = None) -> CursorResult[Any]:
+        """Run on a SQLAlchemy connection: the cold paths (operator reads, maintenance), where
+        the execution layer's cost does not matter and its ORM conveniences do."""
+        return await connection.execute(self.statement, self.sqlalchemy_params(params or {}))
 
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
         """The SQL text of this call's shape and its positional arguments."""

@@ -164,7 +164,3 @@ class JobStep(Base):
         # One committed result per step: a resumed job can never record a step twice.
         UniqueConstraint("job_id", "position", name="uq_job_steps_job_position"),
     )
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)

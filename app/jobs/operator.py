@@ -23,8 +23,9 @@ from sqlalchemy import Integer, cast, desc, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app import __version__, metrics
+from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, JobStep, utcnow
+from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
 from app.jobs.live import LiveJobs
 from app.jobs.queries import status_in, status_is

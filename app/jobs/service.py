@@ -11,11 +11,12 @@ from typing import Any
 
 from sqlalchemy import select
 
+from app.clock import utcnow
 from app.db.batching import GroupCommit
 from app.db.direct import Row
 from app.db.engine import Database
 from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable, refused_value
-from app.db.models import Job, JobStatus, utcnow
+from app.db.models import Job, JobStatus
 from app.db.signal import JobSignal
 from app.jobs import queries
 from app.jobs.handoff import NoClaims, SubmitClaims

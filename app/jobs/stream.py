@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 
 from sqlalchemy import insert
 
+from app.clock import utcnow
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerStates
-from app.db.models import Job, JobStatus, utcnow
+from app.db.models import Job, JobStatus
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.transitions import ClaimedJob, JobStore, StepResult
 from app.storable import DEFAULT_MAX_DEPTH, NUL_REFUSED

@@ -15,9 +15,10 @@ from typing import Any
 from sqlalchemy import Integer, Select, bindparam, delete, func, insert, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
+from app.clock import utcnow
 from app.db.direct import Statement
 from app.db.engine import Database
-from app.db.models import Job, JobStatus, JobStep, UtcDateTime, utcnow
+from app.db.models import Job, JobStatus, JobStep, UtcDateTime
 from app.db.signal import JobSignal
 from app.jobs.queries import status_in, status_is
 

@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from app import metrics
+from app.clock import utcnow
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
 from app.db.batching import GroupCommit
 from app.db.errors import is_database_unavailable, refused_value, short_message
-from app.db.models import JobStatus, utcnow
+from app.db.models import JobStatus
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult

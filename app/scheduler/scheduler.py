@@ -17,9 +17,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from app import metrics
+from app.clock import utcnow
 from app.config import Settings
 from app.db.errors import describe, is_database_unavailable
-from app.db.models import utcnow
 from app.db.signal import JobSignal
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost
 from app.scheduler.chain import ChainRunner

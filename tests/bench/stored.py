@@ -34,8 +34,9 @@ from typing import Any
 
 from sqlalchemy import event, text
 
+from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import Job, JobStep, utcnow
+from app.db.models import Job, JobStep
 from app.jobs.transitions import CLAIM, JobStore
 from tests.bench.http import Connection
 from tests.bench.load import OpFailed, get_latency

@@ -20,12 +20,21 @@ from litestar.openapi.spec import OpenAPI
 from litestar.params import JSONBody, QueryParameter
 
 from app.config import ServerSettings
+from app.errors import (
+    BATCH_TOO_LARGE,
+    BODY_TOO_LARGE,
+    EXPECTED_LIST,
+    INVALID_JOB_ID,
+    INVALID_PARAMETER,
+    TOO_MANY_IDS,
+    ClientError,
+    spec_of,
+)
 from app.http import params
 from app.http.client import ClientIdentity
-from app.http.errors import ApiError
 from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import ErrorBody, JobId, JobResult
-from app.jobs.requests import JobRejected, JobRequest, decode_batch, decode_job_request
+from app.jobs.requests import JobRequest, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
 
 MAX_PAGE = 100_000
@@ -34,10 +43,6 @@ MAX_PAGE = 100_000
 def _flag(query: MultiDict[str], name: str) -> bool | None:
     value = query.get(name)
     return None if value is None else params.flag(name, value)
-
-
-def _job_id(value: str) -> str:
-    return params.job_id(value)
 
 
 def _limit(query: MultiDict[str]) -> int | None:
@@ -67,14 +72,11 @@ class JobsApi:
 
 
 async def submit_job(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any], body: bytes) -> dict[str, str]:
-    """``POST /api/jobs``: the stored job's id, or an ``ApiError``."""
-    try:
-        job_request = decode_job_request(body, api.server.max_json_depth)
-    except JobRejected as rejected:
-        raise ApiError(400, rejected.error, rejected.params) from None
+    """``POST /api/jobs``: the stored job's id, or a ``ClientError`` (``JobRejected``)."""
+    job_request = decode_job_request(body, api.server.max_json_depth)
     (answer,) = await api.jobs.submit(api.identity.address(connection), [job_request])
     if "error" in answer:
-        raise ApiError(400, answer["error"], answer.get("params"))
+        raise ClientError(spec_of(answer), answer.get("params"))
     return answer
 
 
@@ -86,8 +88,8 @@ async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]
     client = api.identity.address(connection)
     if raw_ids:
         if len(raw_ids) > server.max_ids:
-            raise ApiError(400, "Too many ids", {"limit": server.max_ids})
-        ids = [_job_id(value) for value in raw_ids]
+            raise TOO_MANY_IDS.error({"limit": server.max_ids})
+        ids = [params.job_id(value) for value in raw_ids]
         intermediate = _flag(query, "intermediate") or False
         wait = _wait(query, server.max_wait)
         return await jobs.results(client, ids, intermediate, wait, server.poll_hold)
@@ -96,7 +98,7 @@ async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]
     try:
         return await jobs.job_ids(client, pending, after, limit)
     except UnknownCursor:
-        raise ApiError(400, "Invalid parameter", {"name": "after", "value": after}) from None
+        raise INVALID_PARAMETER.error({"name": "after", "value": after}) from None
 
 
 _READ_DESCRIPTION = (
@@ -118,23 +120,15 @@ class JobsController(Controller):
         description='Each item is answered in place: `{"id"}`, or the `{"error", "params"?}` of a '
         "rejected job request.",
         operation_class=JOB_BATCH_BODY,
-        responses=errors(
-            {400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
-            CROSS_SITE,
-            RATE_LIMITED,
-            DATABASE,
-        ),
+        responses=errors(EXPECTED_LIST, BATCH_TOO_LARGE, BODY_TOO_LARGE, CROSS_SITE, RATE_LIMITED, DATABASE),
     )
     async def batch(
         self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]
     ) -> list[JobId | ErrorBody]:
         server = jobs_api.server
-        try:
-            requests = decode_batch(await request.body(), server.max_json_depth)
-        except JobRejected as rejected:
-            raise ApiError(400, rejected.error) from None
+        requests = decode_batch(await request.body(), server.max_json_depth)
         if len(requests) > server.max_batch:
-            raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(requests)})
+            raise BATCH_TOO_LARGE.error({"limit": server.max_batch, "size": len(requests)})
         return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)  # type: ignore[return-value]
 
 
@@ -169,7 +163,7 @@ class JobsReference(Controller):
         "/",
         media_type=MediaType.JSON,
         summary="Results by id, or this client's job ids",
-        responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
+        responses=errors(INVALID_JOB_ID, TOO_MANY_IDS, INVALID_PARAMETER, RATE_LIMITED, DATABASE),
         description=_READ_DESCRIPTION,
     )
     async def read(

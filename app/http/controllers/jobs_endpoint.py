@@ -19,8 +19,8 @@ from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import ASGIRouteHandler
 from litestar.types import Receive, Scope, Send
 
+from app.errors import METHOD_NOT_ALLOWED
 from app.http.controllers.jobs import JobsApi, read_jobs, submit_job
-from app.http.errors import ApiError
 from app.http.params import content_length
 
 _encode = msgspec.json.Encoder().encode
@@ -69,7 +69,7 @@ def jobs_endpoint(api: JobsApi) -> ASGIRouteHandler:
         elif method == "GET":
             answer = await read_jobs(api, connection)
         else:
-            raise ApiError(405, "Method not allowed", headers={"Allow": _ALLOW})
+            raise METHOD_NOT_ALLOWED.error(headers={"Allow": _ALLOW})
         payload = _encode(answer)
         await send(
             {

@@ -34,10 +34,10 @@ _TITLES = {
     403: "Not allowed for this client",
     404: catalogue.NOT_FOUND.message,
     409: "Conflict with the job's state",
-    413: "Request body too large",
+    413: catalogue.BODY_TOO_LARGE.message,
     421: "Host is not the node's (DNS rebinding)",
     429: "Too many requests (see Retry-After)",
-    503: "Database unavailable",
+    503: catalogue.DATABASE_UNAVAILABLE.message,
 }
 
 #: A group of entries several endpoints answer; ``errors`` takes groups and single entries.

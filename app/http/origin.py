@@ -35,6 +35,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.config import ConfigError, ServerSettings, parse_host, parse_origin
@@ -137,7 +138,7 @@ def origin_middleware(server: ServerSettings) -> Any:
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
+            if scope["type"] == ScopeType.HTTP:
                 handler = scope["route_handler"]
                 operator = operator_handlers.get(id(handler))
                 if operator is None:

@@ -12,11 +12,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, MediaType, Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPI
+from litestar.openapi.spec import OpenAPI, Parameter, Schema
 from litestar.params import JSONBody, QueryParameter
 
 from app.config import ServerSettings
@@ -157,7 +158,7 @@ class JobsReference(Controller):
     ) -> JobId:
         """``data`` is there for the document (it puts ``JobRequest`` in it, which
         ``JOB_REQUEST_BODY`` refers to): the body is decoded by ``submit_job``."""
-        return JobId(**await submit_job(jobs_api, request, await request.body()))
+        return msgspec.convert(await submit_job(jobs_api, request, await request.body()), JobId)
 
     @get(
         "/",
@@ -219,11 +220,12 @@ class JobsReference(Controller):
 def document_read_limits(document: OpenAPI, server: ServerSettings) -> None:
     """The configured bounds of ``GET /api/jobs`` in ``document``: annotations are fixed
     when the module loads, ``server.max_ids`` and ``server.max_wait`` only per node."""
+    assert document.paths is not None
     operation = document.paths["/api/jobs"].get
     assert operation is not None and operation.parameters is not None
     for parameter in operation.parameters:
-        schema = parameter.schema  # type: ignore[union-attr]
-        if parameter.name == "id":  # type: ignore[union-attr]
-            schema.max_items = server.max_ids  # type: ignore[union-attr]
-        elif parameter.name == "wait":  # type: ignore[union-attr]
-            schema.maximum = server.max_wait  # type: ignore[union-attr]
+        assert isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema)
+        if parameter.name == "id":
+            parameter.schema.max_items = server.max_ids
+        elif parameter.name == "wait":
+            parameter.schema.maximum = server.max_wait

@@ -246,6 +246,7 @@ def _when(iso: str | None) -> str:
 def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awaitable[T]]) -> T:
     """Run ``action(operator, settings)`` with an ``OperatorService`` on the configured database."""
     from app.db.engine import Database
+    from app.errors import JOB_NOT_FOUND
     from app.jobs.operator import JobConflict, JobNotFound, OperatorService
     from app.jobs.transitions import JobStore
 
@@ -267,7 +268,7 @@ def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awa
     try:
         return _database_call(run)
     except JobNotFound:
-        raise click.ClickException("Job not found") from None
+        raise click.ClickException(JOB_NOT_FOUND.message) from None
     except JobConflict as conflict:
         raise click.ClickException(conflict.message) from None
 

@@ -28,11 +28,14 @@ from typing import Any
 
 import msgspec
 
+# The reasons' texts are the catalogue's; re-exported for the output checks (app.containers).
+from app.errors import NUL_REFUSED as NUL_REFUSED
+from app.errors import nested_too_deep as nested_too_deep
+
 #: ``server.max_json_depth``'s default.
 DEFAULT_MAX_DEPTH = 64
 
 NUL_ESCAPE = b"\\u0000"
-NUL_REFUSED = "contains a NUL character, which cannot be stored"
 
 
 def contains_nul(value: Any) -> bool:
@@ -83,10 +86,6 @@ def unstorable(value: Any, limit: int, nul: bool = True, depth: bool = True) -> 
     if depth and deeper_than(value, limit):
         return nested_too_deep(limit)
     return None
-
-
-def nested_too_deep(limit: int) -> str:
-    return f"is nested deeper than {limit} levels"
 
 
 def may_be_deeper(raw: bytes, limit: int) -> bool:

@@ -17,9 +17,6 @@ from asyncpg.exceptions import (
 
 from app.formatting import error_text
 
-#: The API's answer (503) while the database cannot be reached.
-DATABASE_UNAVAILABLE = "Database unavailable"
-
 _UNREACHABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused, reset, timed out (TimeoutError is an OSError: every deadline of app.db)
     sqlalchemy.exc.TimeoutError,  # no pool connection in time

@@ -1,9 +1,10 @@
-"""Error responses for the OpenAPI document: every handler lists its ``{"error", "params"?}``
-bodies with the messages it can answer, e.g. ``responses=errors({404: [JOB_NOT_FOUND]})``."""
+"""Error responses for the OpenAPI document: every handler lists the catalogue entries
+(``app.errors``) it can answer, e.g. ``responses=errors(JOB_NOT_FOUND, OPERATOR)``, and the
+document shows each as an example ``{"error", "params"?}`` body under its status."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from litestar import Litestar
@@ -23,45 +24,49 @@ from litestar.openapi.spec import (
 )
 from litestar.types import ControllerRouterHandler
 
-from app.http.errors import DATABASE_UNAVAILABLE
-from app.http.origin import CROSS_ORIGIN, MISDIRECTED
+from app import errors as catalogue
+from app.errors import ErrorSpec
 from app.http.structs import ErrorBody
 
 _TITLES = {
-    400: "Bad request",
+    400: catalogue.BAD_REQUEST.message,
     401: "Operator token missing or wrong",
     403: "Not allowed for this client",
-    404: "Not found",
+    404: catalogue.NOT_FOUND.message,
     409: "Conflict with the job's state",
-    413: "Request body too large",
+    413: catalogue.BODY_TOO_LARGE.message,
     421: "Host is not the node's (DNS rebinding)",
     429: "Too many requests (see Retry-After)",
-    503: "Database unavailable",
+    503: catalogue.DATABASE_UNAVAILABLE.message,
 }
 
+#: A group of entries several endpoints answer; ``errors`` takes groups and single entries.
+ErrorGroup = tuple[ErrorSpec, ...]
+
 #: What every endpoint that reads or writes the database can also answer.
-DATABASE = {503: [DATABASE_UNAVAILABLE]}
-RATE_LIMITED = {429: ["Too many requests"]}
-JOB_REQUEST = {
-    400: [
-        "Invalid job request",
-        "No containers specified",
-        "Container not supported",
-        "First container must be external",
-        "Container does not generate proof",
-        "Container not allowed for address",
-    ],
-    413: ["Request body too large"],
-}
-OPERATOR = {
-    401: ["Operator token required", "Invalid operator token"],
-    403: ["Operator endpoints answer loopback clients only", CROSS_ORIGIN],
-    421: [MISDIRECTED],
-}
+DATABASE: ErrorGroup = (catalogue.DATABASE_UNAVAILABLE,)
+RATE_LIMITED: ErrorGroup = (catalogue.TOO_MANY_REQUESTS,)
+#: A job request's body (``app.jobs.requests``), its checks in their order.
+JOB_REQUEST: ErrorGroup = (
+    catalogue.INVALID_JOB_REQUEST,
+    catalogue.NO_CONTAINERS,
+    catalogue.CONTAINER_NOT_SUPPORTED,
+    catalogue.FIRST_CONTAINER_NOT_EXTERNAL,
+    catalogue.NO_PROOF,
+    catalogue.CONTAINER_NOT_ALLOWED,
+    catalogue.BODY_TOO_LARGE,
+)
+OPERATOR: ErrorGroup = (
+    catalogue.OPERATOR_TOKEN_REQUIRED,
+    catalogue.OPERATOR_TOKEN_INVALID,
+    catalogue.LOOPBACK_ONLY,
+    catalogue.CROSS_ORIGIN,
+    catalogue.MISDIRECTED,
+)
 #: What every state-changing endpoint can also answer (``app.http.origin``).
-CROSS_SITE = {403: [CROSS_ORIGIN]}
+CROSS_SITE: ErrorGroup = (catalogue.CROSS_ORIGIN,)
 #: What Litestar answers for a parameter or body it could not parse (app.http.errors).
-BAD_REQUEST = {400: ["Bad request"]}
+BAD_REQUEST: ErrorGroup = (catalogue.BAD_REQUEST,)
 
 #: ``security=`` of the operator endpoints (app.http.operator_auth).
 OPERATOR_SECURITY: list[SecurityRequirement] = [{"operator": []}]
@@ -83,12 +88,15 @@ def components() -> Components:
     )
 
 
-def errors(*groups: Mapping[int, Iterable[str]]) -> dict[int, ResponseSpec]:
-    """Merge ``{status: [message, …]}`` groups into ``responses=`` for a route handler."""
+def errors(*entries: ErrorSpec | ErrorGroup) -> dict[int, ResponseSpec]:
+    """``responses=`` for a route handler that can answer ``entries`` (catalogue entries
+    and groups of them): one response per status, its entries in the order given."""
     merged: dict[int, list[str]] = {}
-    for group in groups:
-        for status, messages in group.items():
-            merged.setdefault(status, []).extend(m for m in messages if m not in merged.get(status, []))
+    for entry in entries:
+        for spec in (entry,) if isinstance(entry, ErrorSpec) else entry:
+            messages = merged.setdefault(spec.status, [])
+            if spec.message not in messages:
+                messages.append(spec.message)
     return {
         status: ResponseSpec(
             ErrorBody,

@@ -22,15 +22,11 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from app.errors import LOOPBACK_ONLY, OPERATOR_TOKEN_INVALID, OPERATOR_TOKEN_REQUIRED
 from app.http.client import ClientIdentity
-from app.http.errors import ApiError
 
 COOKIE = "jobnode_operator"
 STATE_KEY = "operator_auth"
-
-TOKEN_REQUIRED = "Operator token required"
-TOKEN_INVALID = "Invalid operator token"
-LOOPBACK_ONLY = "Operator endpoints answer loopback clients only"
 
 #: Route handlers with this ``opt`` key accept ``?token=`` (the dashboard page).
 ACCEPTS_QUERY_TOKEN = "accepts_query_token"
@@ -61,11 +57,11 @@ class OperatorAuth:
         return hmac.compare_digest(presented.encode(), self.token.encode())
 
     def check(self, connection: ASGIConnection[Any, Any, Any, Any], accepts_query_token: bool = False) -> None:
-        """Raise a 401/403 ``ApiError`` unless the request may use operator endpoints."""
+        """Raise a 401/403 ``ClientError`` unless the request may use operator endpoints."""
         if self.token is None:
             address = self.identity.address(connection)
             if not is_loopback(address):
-                raise ApiError(403, LOOPBACK_ONLY, {"address": address})
+                raise LOOPBACK_ONLY.error({"address": address})
             return
         challenge = {"WWW-Authenticate": 'Bearer realm="jobnode operator"'}
         header = connection.headers.get("authorization")
@@ -73,17 +69,17 @@ class OperatorAuth:
             scheme, _, presented = header.partition(" ")
             if scheme.lower() == "bearer" and self.token_matches(presented.strip()):
                 return
-            raise ApiError(401, TOKEN_INVALID, headers=challenge)
+            raise OPERATOR_TOKEN_INVALID.error(headers=challenge)
         if accepts_query_token and "token" in connection.query_params:
             if self.token_matches(connection.query_params["token"]):
                 return
-            raise ApiError(401, TOKEN_INVALID, headers=challenge)
+            raise OPERATOR_TOKEN_INVALID.error(headers=challenge)
         cookie = connection.cookies.get(COOKIE)
         if cookie is not None and connection.scope.get("method") in ("GET", "HEAD"):
             if hmac.compare_digest(cookie.encode(), self.cookie_value().encode()):
                 return
-            raise ApiError(401, TOKEN_INVALID, headers=challenge)
-        raise ApiError(401, TOKEN_REQUIRED, headers=challenge)
+            raise OPERATOR_TOKEN_INVALID.error(headers=challenge)
+        raise OPERATOR_TOKEN_REQUIRED.error(headers=challenge)
 
 
 def operator_guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -35,14 +35,13 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from app.config import ConfigError, ServerSettings, parse_host, parse_origin
-from app.http.errors import ApiError
+from app.errors import CROSS_ORIGIN, MISDIRECTED
 from app.http.operator_auth import is_loopback, operator_guard
 
-CROSS_ORIGIN = "Cross-origin request refused"
-MISDIRECTED = "Misdirected request"
 #: Methods that change nothing (OPTIONS is Litestar's automatic ``Allow`` answer).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Distinct header values whose verdict is kept; past it the cache starts over.
@@ -139,7 +138,7 @@ def origin_middleware(server: ServerSettings) -> Any:
 
     def factory(app: ASGIApp) -> ASGIApp:
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] == "http":
+            if scope["type"] == ScopeType.HTTP:
                 handler = scope["route_handler"]
                 operator = operator_handlers.get(id(handler))
                 if operator is None:
@@ -147,11 +146,11 @@ def origin_middleware(server: ServerSettings) -> Any:
                 if operator:
                     host = _header(scope["headers"], b"host")
                     if host is not None and not policy.host_allowed(host):
-                        raise ApiError(421, MISDIRECTED)
+                        raise MISDIRECTED.error()
                 if operator or scope["method"] not in SAFE_METHODS:
                     origin = _header(scope["headers"], b"origin")
                     if origin is not None and not policy.origin_allowed(origin):
-                        raise ApiError(403, CROSS_ORIGIN)
+                        raise CROSS_ORIGIN.error()
             await app(scope, receive, send)
 
         return middleware

@@ -15,10 +15,8 @@ from __future__ import annotations
 import re
 from typing import NoReturn
 
+from app.errors import INVALID_JOB_ID, INVALID_PARAMETER
 from app.formatting import clipped
-from app.http.errors import ApiError
-
-INVALID_PARAMETER = "Invalid parameter"
 
 _INTEGER = re.compile(r"[0-9]{1,9}")
 _SIZE = re.compile(r"[0-9]{1,18}")
@@ -29,7 +27,7 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 
 
 def invalid(name: str, value: str) -> NoReturn:
-    raise ApiError(400, INVALID_PARAMETER, {"name": name, "value": clipped(value)})
+    raise INVALID_PARAMETER.error({"name": name, "value": clipped(value)})
 
 
 def integer(name: str, value: str, minimum: int, maximum: int) -> int:
@@ -80,11 +78,11 @@ def uuid_param(name: str, value: str) -> str:
     return parsed
 
 
-def job_id(value: str, error: str = "Invalid job id") -> str:
-    """A job id (canonical form), or a 400 ``{"error": error, "params": {"id"}}``."""
+def job_id(value: str) -> str:
+    """A job id (canonical form), or a 400 ``Invalid job id`` ``{"id"}``."""
     parsed = uuid_text(value)
     if parsed is None:
-        raise ApiError(400, error, {"id": clipped(value)})
+        raise INVALID_JOB_ID.error({"id": clipped(value)})
     return parsed
 
 

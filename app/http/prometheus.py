@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from litestar.enums import ScopeType
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusMiddleware
 from litestar.types import Message, Receive, Scope, Send
 
@@ -48,20 +49,22 @@ class LeanPrometheusMiddleware(PrometheusMiddleware):
         return gauge
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        method = scope.get("method") or scope["type"]
+        method: str = scope["method"] if scope["type"] == ScopeType.HTTP else scope["type"]
         excluded = self._config.excluded_http_methods
         if excluded and method in excluded:
             await self.app(scope, receive, send)
             return
         path = scope.get("path_template") or scope["path"] if self._config.group_path else scope["path"]
         start = time.perf_counter()
-        span = [200, 0.0]
+        status = 200
+        elapsed = 0.0
 
         async def wrapped_send(message: Message) -> None:
+            nonlocal status, elapsed
             if message["type"] == "http.response.start":
-                span[0] = message["status"]
+                status = message["status"]
             elif message["type"] == "http.response.body":
-                span[1] = time.perf_counter() - start
+                elapsed = time.perf_counter() - start
             await send(message)
 
         progress = self._progress(method, path)
@@ -70,11 +73,11 @@ class LeanPrometheusMiddleware(PrometheusMiddleware):
             await self.app(scope, receive, wrapped_send)
         finally:
             progress.dec()
-            count, duration, errors = self._finished(method, path, span[0])
-            if span[0] >= 500:
+            count, duration, errors = self._finished(method, path, status)
+            if status >= 500:
                 errors.inc()
             count.inc()
-            duration.observe(span[1])
+            duration.observe(elapsed)
 
 
 def prometheus_config() -> PrometheusConfig:

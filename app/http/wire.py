@@ -32,21 +32,20 @@ except ImportError:  # pragma: no cover - httptools is a dependency
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from app.errors import HEADERS_TOO_LARGE, INVALID_HTTP_REQUEST, ErrorSpec
 from app.logging import rate_limited
 
 #: uvicorn logs a warning for every request it refuses: repeats are held back.
 rate_limited(logging.getLogger("uvicorn.error"))
 
-INVALID_REQUEST = "Invalid HTTP request"
-HEADERS_TOO_LARGE = "Request header fields too large"
 #: Bytes of header names and values one request may carry (request target excluded).
 MAX_HEADER_BYTES = 64 * 1024
 #: h11 counts the request line and the headers together.
 H11_MAX_HEAD_BYTES = 64 * 1024 + MAX_HEADER_BYTES
 
 
-def error_body(error: str, params: dict[str, Any] | None = None) -> bytes:
-    return msgspec.json.encode({"error": error} if params is None else {"error": error, "params": params})
+def error_body(spec: ErrorSpec, params: dict[str, Any] | None = None) -> bytes:
+    return msgspec.json.encode(spec.body(params))
 
 
 class _HeadersTooLarge(Exception):
@@ -74,9 +73,9 @@ if HttpToolsProtocol is not None:
 
         def send_400_response(self, msg: str) -> None:
             if self._headers_too_large:
-                status, body = 431, error_body(HEADERS_TOO_LARGE, {"limit": MAX_HEADER_BYTES})
+                status, body = HEADERS_TOO_LARGE.status, error_body(HEADERS_TOO_LARGE, {"limit": MAX_HEADER_BYTES})
             else:
-                status, body = 400, error_body(INVALID_REQUEST)
+                status, body = INVALID_HTTP_REQUEST.status, error_body(INVALID_HTTP_REQUEST)
             content = [STATUS_LINE[status]]
             for name, value in self.server_state.default_headers:
                 content.extend([name, b": ", value, b"\r\n"])
@@ -97,14 +96,14 @@ class JsonErrorsH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the JSON 400."""
 
     def send_400_response(self, msg: str) -> None:
-        body = error_body(INVALID_REQUEST)
+        body = error_body(INVALID_HTTP_REQUEST)
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(body)).encode()),
             (b"connection", b"close"),
         ]
         for event in (
-            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Response(status_code=INVALID_HTTP_REQUEST.status, headers=headers, reason=b"Bad Request"),
             h11.Data(data=body),
             h11.EndOfMessage(),
         ):

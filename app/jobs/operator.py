@@ -27,6 +27,7 @@ from app.clock import utcnow
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
+from app.errors import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, ErrorSpec
 from app.jobs.live import LiveJobs
 from app.jobs.queries import status_in, status_is
 from app.jobs.results import api_status, job_result, step_result
@@ -43,15 +44,12 @@ class JobNotFound(LookupError):
 
 
 class JobConflict(Exception):
-    """The job is not in a state that allows the action; the message says why."""
+    """The job is not in a state that allows the action; ``spec`` (``app.errors``) says why."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-JOB_ALREADY_FINISHED = "Job already finished"
-JOB_NOT_FAILED = "Job is not failed"
+    def __init__(self, spec: ErrorSpec) -> None:
+        super().__init__(spec.message)
+        self.spec = spec
+        self.message = spec.message
 
 
 def _iso(moment: datetime | None) -> str | None:

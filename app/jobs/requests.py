@@ -15,8 +15,20 @@ import msgspec
 
 from app import storable
 from app.config import ContainerSettings, IpNetwork, Settings, parse_networks
+from app.errors import (
+    CONTAINER_NOT_ALLOWED,
+    CONTAINER_NOT_SUPPORTED,
+    EXPECTED_LIST,
+    FIRST_CONTAINER_NOT_EXTERNAL,
+    INVALID_JOB_REQUEST,
+    NO_CONTAINERS,
+    NO_PROOF,
+    ClientError,
+    lone_surrogate_reason,
+    nested_too_deep,
+)
 from app.formatting import clipped
-from app.storable import DEFAULT_MAX_DEPTH, nested_too_deep
+from app.storable import DEFAULT_MAX_DEPTH
 
 
 class JobRequest(msgspec.Struct, kw_only=True):
@@ -27,16 +39,13 @@ class JobRequest(msgspec.Struct, kw_only=True):
     requires_proof: bool = False
 
 
-class JobRejected(Exception):
-    """A request the node will not accept; ``error`` and ``params`` go to the client as they are."""
+class JobRejected(ClientError):
+    """A request the node will not accept: a catalogue entry (``app.errors``) and its
+    params, which go to the client as they are (a batch answers it in the item's place)."""
 
-    def __init__(self, error: str, params: dict[str, Any] | None = None) -> None:
-        super().__init__(error)
-        self.error = error
-        self.params = params
 
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error} if self.params is None else {"error": self.error, "params": self.params}
+def _invalid_data(reason: str) -> JobRejected:
+    return JobRejected(INVALID_JOB_REQUEST, {"reason": f"data {reason}"})
 
 
 def _invalid(exc: Exception, body: bytes | msgspec.Raw) -> JobRejected:
@@ -45,11 +54,8 @@ def _invalid(exc: Exception, body: bytes | msgspec.Raw) -> JobRejected:
         # msgspec reports a lone surrogate escape as "Input data was truncated".
         surrogate = lone_surrogate(bytes(body))
         if surrogate is not None:
-            reason = (
-                f"JSON is malformed: {surrogate} is half of a UTF-16 surrogate pair without its other "
-                f"half, which is not a character"
-            )
-    return JobRejected("Invalid job request", {"reason": reason})
+            reason = lone_surrogate_reason(surrogate)
+    return JobRejected(INVALID_JOB_REQUEST, {"reason": reason})
 
 
 #: A ``\uXXXX`` escape: after an odd run of backslashes (``\\u0041`` is a literal backslash).
@@ -75,7 +81,7 @@ def lone_surrogate(body: bytes) -> str | None:
 
 
 def _too_deep(max_depth: int, what: str) -> JobRejected:
-    return JobRejected("Invalid job request", {"reason": f"{what} {nested_too_deep(max_depth)}"})
+    return JobRejected(INVALID_JOB_REQUEST, {"reason": f"{what} {nested_too_deep(max_depth)}"})
 
 
 def _storable(request: JobRequest, raw: bytes, max_depth: int) -> JobRequest:
@@ -85,7 +91,7 @@ def _storable(request: JobRequest, raw: bytes, max_depth: int) -> JobRequest:
     if storable.NUL_ESCAPE in raw or storable.may_be_deeper(raw, max_depth):
         why = storable.check_raw(raw, request.data, max_depth)
         if why is not None:
-            raise JobRejected("Invalid job request", {"reason": f"data {why}"})
+            raise _invalid_data(why)
     return request
 
 
@@ -106,7 +112,7 @@ def decode_batch(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[JobReq
     """Each item decoded, or rejected, on its own. A batch of valid items is decoded in one
     call (most batches); only a batch with an invalid item is decoded again item by item."""
     try:
-        requests: list[JobRequest | JobRejected] = msgspec.json.decode(body, type=list[JobRequest])  # type: ignore[arg-type]
+        requests: list[JobRequest | JobRejected] = msgspec.json.decode(body, type=list[JobRequest])
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         pass
     else:
@@ -114,7 +120,7 @@ def decode_batch(body: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> list[JobReq
     try:
         items = msgspec.json.decode(body, type=list[msgspec.Raw])
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        raise JobRejected("Expected a list") from None
+        raise JobRejected(EXPECTED_LIST) from None
     decoded: list[JobRequest | JobRejected] = []
     for item in items:
         try:
@@ -139,7 +145,7 @@ def _storable_items(
         assert isinstance(request, JobRequest)
         why = storable.check_raw(bytes(raw), request.data, max_depth)
         if why is not None:
-            requests[i] = JobRejected("Invalid job request", {"reason": f"data {why}"})
+            requests[i] = _invalid_data(why)
     return requests
 
 
@@ -174,19 +180,17 @@ class ContainerCatalog:
     def check(self, request: JobRequest, client: str) -> None:
         """Raise the first rejection of SPEC §1's table, in its order."""
         if not request.containers:
-            raise JobRejected("No containers specified")
+            raise JobRejected(NO_CONTAINERS)
         entries = []
         for container_id in request.containers:
             entry = self._containers.get(container_id)
             if entry is None:
-                raise JobRejected("Container not supported", {"container": clipped(container_id)})
+                raise JobRejected(CONTAINER_NOT_SUPPORTED, {"container": clipped(container_id)})
             entries.append(entry)
         if not entries[0].settings.external:
-            raise JobRejected("First container must be external", {"first_container": request.containers[0]})
+            raise JobRejected(FIRST_CONTAINER_NOT_EXTERNAL, {"first_container": request.containers[0]})
         if request.requires_proof and not entries[-1].settings.generates_proofs:
-            raise JobRejected("Container does not generate proof", {"container": request.containers[-1]})
+            raise JobRejected(NO_PROOF, {"container": request.containers[-1]})
         for entry in entries:
             if not entry.allows(client):
-                raise JobRejected(
-                    "Container not allowed for address", {"container": entry.settings.id, "address": client}
-                )
+                raise JobRejected(CONTAINER_NOT_ALLOWED, {"container": entry.settings.id, "address": client})

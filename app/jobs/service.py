@@ -15,9 +15,10 @@ from app.clock import utcnow
 from app.db.batching import GroupCommit
 from app.db.direct import Row
 from app.db.engine import Database
-from app.db.errors import DATABASE_UNAVAILABLE, is_database_unavailable, refused_value
+from app.db.errors import is_database_unavailable, refused_value
 from app.db.models import Job, JobStatus
 from app.db.signal import JobSignal
+from app.errors import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_JOB_REQUEST, could_not_be_stored
 from app.jobs import queries
 from app.jobs.handoff import NoClaims, SubmitClaims
 from app.jobs.live import EndedJob, LiveJobs
@@ -48,11 +49,11 @@ def _refused_answer(job_id: str, exc: BaseException) -> dict[str, Any]:
     """A batch item's answer when its job alone could not be stored."""
     reason = refused_value(exc)
     if reason is not None:
-        return JobRejected("Invalid job request", {"reason": f"data could not be stored: {reason}"}).body()
+        return INVALID_JOB_REQUEST.body({"reason": f"data {could_not_be_stored(reason)}"})
     if is_database_unavailable(exc):
-        return {"error": DATABASE_UNAVAILABLE}
+        return DATABASE_UNAVAILABLE.body()
     log.error("job %s of a batch could not be stored", job_id, exc_info=exc)
-    return {"error": "Internal server error"}
+    return INTERNAL_ERROR.body()
 
 
 class UnknownCursor(LookupError):

@@ -18,11 +18,10 @@ from app.clock import utcnow
 from app.containers.protocol import ContainerClient, StepFailed
 from app.containers.state import ContainerStates
 from app.db.models import Job, JobStatus
+from app.errors import NUL_REFUSED, STREAM_ONE_CONTAINER
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.transitions import ClaimedJob, JobStore, StepResult
-from app.storable import DEFAULT_MAX_DEPTH, NUL_REFUSED
-
-STREAM_ONE_CONTAINER = "Streaming supports one container"
+from app.storable import DEFAULT_MAX_DEPTH
 
 
 class StreamService:

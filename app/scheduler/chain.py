@@ -16,6 +16,7 @@ from app.containers.state import ContainerState, ContainerStates
 from app.db.batching import GroupCommit
 from app.db.errors import is_database_unavailable, refused_value, short_message
 from app.db.models import JobStatus
+from app.errors import could_not_be_stored
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult
@@ -111,7 +112,7 @@ class ChainRunner:
         turn known cases away before; this is the net for the rest. Left to the reaper,
         the job would run again, calling its container again, for the same refusal."""
         reason = refused_value(exc) or f"{type(exc).__name__}: {short_message(exc)}"
-        error = f"output could not be stored: {reason.replace(chr(0), '')}"
+        error = f"output {could_not_be_stored(reason.replace(chr(0), ''))}"
         log.warning(
             "job %s: step %d: %s",
             step.job.id,

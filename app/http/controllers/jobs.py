@@ -12,20 +12,30 @@ import uuid
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 from litestar import Controller, MediaType, Request, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPI
+from litestar.openapi.spec import OpenAPI, Parameter, Schema
 from litestar.params import JSONBody, QueryParameter
 
 from app.config import ServerSettings
+from app.errors import (
+    BATCH_TOO_LARGE,
+    BODY_TOO_LARGE,
+    EXPECTED_LIST,
+    INVALID_JOB_ID,
+    INVALID_PARAMETER,
+    TOO_MANY_IDS,
+    ClientError,
+    spec_of,
+)
 from app.http import params
 from app.http.client import ClientIdentity
-from app.http.errors import ApiError
 from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import ErrorBody, JobId, JobResult
-from app.jobs.requests import JobRejected, JobRequest, decode_batch, decode_job_request
+from app.jobs.requests import JobRequest, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
 
 MAX_PAGE = 100_000
@@ -34,10 +44,6 @@ MAX_PAGE = 100_000
 def _flag(query: MultiDict[str], name: str) -> bool | None:
     value = query.get(name)
     return None if value is None else params.flag(name, value)
-
-
-def _job_id(value: str) -> str:
-    return params.job_id(value)
 
 
 def _limit(query: MultiDict[str]) -> int | None:
@@ -67,14 +73,11 @@ class JobsApi:
 
 
 async def submit_job(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any], body: bytes) -> dict[str, str]:
-    """``POST /api/jobs``: the stored job's id, or an ``ApiError``."""
-    try:
-        job_request = decode_job_request(body, api.server.max_json_depth)
-    except JobRejected as rejected:
-        raise ApiError(400, rejected.error, rejected.params) from None
+    """``POST /api/jobs``: the stored job's id, or a ``ClientError`` (``JobRejected``)."""
+    job_request = decode_job_request(body, api.server.max_json_depth)
     (answer,) = await api.jobs.submit(api.identity.address(connection), [job_request])
     if "error" in answer:
-        raise ApiError(400, answer["error"], answer.get("params"))
+        raise ClientError(spec_of(answer), answer.get("params"))
     return answer
 
 
@@ -86,8 +89,8 @@ async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]
     client = api.identity.address(connection)
     if raw_ids:
         if len(raw_ids) > server.max_ids:
-            raise ApiError(400, "Too many ids", {"limit": server.max_ids})
-        ids = [_job_id(value) for value in raw_ids]
+            raise TOO_MANY_IDS.error({"limit": server.max_ids})
+        ids = [params.job_id(value) for value in raw_ids]
         intermediate = _flag(query, "intermediate") or False
         wait = _wait(query, server.max_wait)
         return await jobs.results(client, ids, intermediate, wait, server.poll_hold)
@@ -96,7 +99,7 @@ async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]
     try:
         return await jobs.job_ids(client, pending, after, limit)
     except UnknownCursor:
-        raise ApiError(400, "Invalid parameter", {"name": "after", "value": after}) from None
+        raise INVALID_PARAMETER.error({"name": "after", "value": after}) from None
 
 
 _READ_DESCRIPTION = (
@@ -118,23 +121,15 @@ class JobsController(Controller):
         description='Each item is answered in place: `{"id"}`, or the `{"error", "params"?}` of a '
         "rejected job request.",
         operation_class=JOB_BATCH_BODY,
-        responses=errors(
-            {400: ["Expected a list", "Batch too large"], 413: ["Request body too large"]},
-            CROSS_SITE,
-            RATE_LIMITED,
-            DATABASE,
-        ),
+        responses=errors(EXPECTED_LIST, BATCH_TOO_LARGE, BODY_TOO_LARGE, CROSS_SITE, RATE_LIMITED, DATABASE),
     )
     async def batch(
         self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]
     ) -> list[JobId | ErrorBody]:
         server = jobs_api.server
-        try:
-            requests = decode_batch(await request.body(), server.max_json_depth)
-        except JobRejected as rejected:
-            raise ApiError(400, rejected.error) from None
+        requests = decode_batch(await request.body(), server.max_json_depth)
         if len(requests) > server.max_batch:
-            raise ApiError(400, "Batch too large", {"limit": server.max_batch, "size": len(requests)})
+            raise BATCH_TOO_LARGE.error({"limit": server.max_batch, "size": len(requests)})
         return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)  # type: ignore[return-value]
 
 
@@ -163,13 +158,13 @@ class JobsReference(Controller):
     ) -> JobId:
         """``data`` is there for the document (it puts ``JobRequest`` in it, which
         ``JOB_REQUEST_BODY`` refers to): the body is decoded by ``submit_job``."""
-        return JobId(**await submit_job(jobs_api, request, await request.body()))
+        return msgspec.convert(await submit_job(jobs_api, request, await request.body()), JobId)
 
     @get(
         "/",
         media_type=MediaType.JSON,
         summary="Results by id, or this client's job ids",
-        responses=errors({400: ["Invalid job id", "Too many ids", "Invalid parameter"]}, RATE_LIMITED, DATABASE),
+        responses=errors(INVALID_JOB_ID, TOO_MANY_IDS, INVALID_PARAMETER, RATE_LIMITED, DATABASE),
         description=_READ_DESCRIPTION,
     )
     async def read(
@@ -225,11 +220,12 @@ class JobsReference(Controller):
 def document_read_limits(document: OpenAPI, server: ServerSettings) -> None:
     """The configured bounds of ``GET /api/jobs`` in ``document``: annotations are fixed
     when the module loads, ``server.max_ids`` and ``server.max_wait`` only per node."""
+    assert document.paths is not None
     operation = document.paths["/api/jobs"].get
     assert operation is not None and operation.parameters is not None
     for parameter in operation.parameters:
-        schema = parameter.schema  # type: ignore[union-attr]
-        if parameter.name == "id":  # type: ignore[union-attr]
-            schema.max_items = server.max_ids  # type: ignore[union-attr]
-        elif parameter.name == "wait":  # type: ignore[union-attr]
-            schema.maximum = server.max_wait  # type: ignore[union-attr]
+        assert isinstance(parameter, Parameter) and isinstance(parameter.schema, Schema)
+        if parameter.name == "id":
+            parameter.schema.max_items = server.max_ids
+        elif parameter.name == "wait":
+            parameter.schema.maximum = server.max_wait

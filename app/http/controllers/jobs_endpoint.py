@@ -10,17 +10,25 @@ these two operations from ``JobsReference``, which runs the same functions.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from litestar import asgi
 from litestar.connection import ASGIConnection
 from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.handlers import ASGIRouteHandler
-from litestar.types import Receive, Scope, Send
+from litestar.types import (
+    HTTPDisconnectEvent,
+    HTTPRequestEvent,
+    HTTPResponseStartEvent,
+    HTTPScope,
+    Receive,
+    Scope,
+    Send,
+)
 
+from app.errors import METHOD_NOT_ALLOWED
 from app.http.controllers.jobs import JobsApi, read_jobs, submit_job
-from app.http.errors import ApiError
 from app.http.params import content_length
 
 _encode = msgspec.json.Encoder().encode
@@ -40,7 +48,7 @@ async def read_body(connection: ASGIConnection[Any, Any, Any, Any], receive: Rec
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
+        message = cast("HTTPRequestEvent | HTTPDisconnectEvent", await receive())  # an HTTP route's
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -59,7 +67,7 @@ def jobs_endpoint(api: JobsApi) -> ASGIRouteHandler:
     @asgi("/api/jobs", is_mount=False, copy_scope=False)
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive, send)
-        method = scope["method"]
+        method = cast("HTTPScope", scope)["method"]
         if method == "POST":
             try:
                 body = await read_body(connection, receive, limit)
@@ -69,15 +77,14 @@ def jobs_endpoint(api: JobsApi) -> ASGIRouteHandler:
         elif method == "GET":
             answer = await read_jobs(api, connection)
         else:
-            raise ApiError(405, "Method not allowed", headers={"Allow": _ALLOW})
+            raise METHOD_NOT_ALLOWED.error(headers={"Allow": _ALLOW})
         payload = _encode(answer)
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        start: HTTPResponseStartEvent = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
 
     return endpoint

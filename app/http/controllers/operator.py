@@ -13,37 +13,28 @@ from litestar import Controller, MediaType, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
+from app.errors import INVALID_JOB_ID, JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JOB_NOT_FOUND
 from app.http import params
-from app.http.errors import ApiError
 from app.http.openapi import DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
 from app.http.operator_structs import ContainerLiveState, JobDetail
-from app.jobs.operator import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JobConflict, JobNotFound, OperatorService
+from app.jobs.operator import JobConflict, JobNotFound, OperatorService
 
-JOB_NOT_FOUND = "Job not found"
-INVALID_JOB_ID = "Invalid job id"
-
-#: Parsed by ``_job_id`` (its 400 is part of the contract), documented as a UUID.
+#: Parsed by ``params.job_id`` (its 400 is part of the contract), documented as a UUID.
 JobIdPath = Annotated[str, PathParameter(format="uuid", description="The job's id (a UUID)")]
 
-_READ = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND]}, OPERATOR, RATE_LIMITED, DATABASE)
-_CANCEL = errors(
-    {400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_ALREADY_FINISHED]}, OPERATOR, RATE_LIMITED, DATABASE
-)
-_RETRY = errors({400: [INVALID_JOB_ID], 404: [JOB_NOT_FOUND], 409: [JOB_NOT_FAILED]}, OPERATOR, RATE_LIMITED, DATABASE)
-
-
-def _job_id(value: str) -> str:
-    return params.job_id(value, INVALID_JOB_ID)
+_READ = errors(INVALID_JOB_ID, JOB_NOT_FOUND, OPERATOR, RATE_LIMITED, DATABASE)
+_CANCEL = errors(INVALID_JOB_ID, JOB_NOT_FOUND, JOB_ALREADY_FINISHED, OPERATOR, RATE_LIMITED, DATABASE)
+_RETRY = errors(INVALID_JOB_ID, JOB_NOT_FOUND, JOB_NOT_FAILED, OPERATOR, RATE_LIMITED, DATABASE)
 
 
 async def _detail(action: object) -> JobDetail:
     try:
         detail = await action  # type: ignore[misc]
     except JobNotFound:
-        raise ApiError(404, JOB_NOT_FOUND) from None
+        raise JOB_NOT_FOUND.error() from None
     except JobConflict as conflict:
-        raise ApiError(409, conflict.message) from None
+        raise conflict.spec.error() from None
     return msgspec.convert(detail, JobDetail)
 
 
@@ -55,13 +46,13 @@ class OperatorJobsController(Controller):
 
     @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts", responses=_READ)
     async def show(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.job(_job_id(job_id)))
+        return await _detail(operator.job(params.job_id(job_id)))
 
     @delete(
         "/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished", responses=_CANCEL
     )
     async def remove(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.cancel(_job_id(job_id)))
+        return await _detail(operator.cancel(params.job_id(job_id)))
 
     @post(
         "/cancel",
@@ -73,7 +64,7 @@ class OperatorJobsController(Controller):
         responses=_CANCEL,
     )
     async def cancel(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.cancel(_job_id(job_id)))
+        return await _detail(operator.cancel(params.job_id(job_id)))
 
     @post(
         "/retry",
@@ -84,7 +75,7 @@ class OperatorJobsController(Controller):
         responses=_RETRY,
     )
     async def retry(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.retry(_job_id(job_id)))
+        return await _detail(operator.retry(params.job_id(job_id)))
 
 
 class ContainersController(Controller):

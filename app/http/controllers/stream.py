@@ -11,10 +11,10 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from app.containers.resources import ResourceService
+from app.errors import STREAM_ONE_CONTAINER
 from app.http.client import ClientIdentity
-from app.http.errors import ApiError
 from app.http.openapi import BAD_REQUEST, CROSS_SITE, DATABASE, JOB_REQUEST, JOB_REQUEST_BODY, RATE_LIMITED, errors
-from app.jobs.requests import JobRejected, decode_job_request
+from app.jobs.requests import decode_job_request
 from app.jobs.stream import StreamService
 
 
@@ -27,7 +27,7 @@ class StreamController(Controller):
         summary="Run a one-container job and stream its output",
         media_type=MediaType.TEXT,
         operation_class=JOB_REQUEST_BODY,
-        responses=errors(JOB_REQUEST, {400: ["Streaming supports one container"]}, CROSS_SITE, RATE_LIMITED, DATABASE),
+        responses=errors(JOB_REQUEST, STREAM_ONE_CONTAINER, CROSS_SITE, RATE_LIMITED, DATABASE),
     )
     async def stream(
         self,
@@ -35,11 +35,8 @@ class StreamController(Controller):
         streams: NamedDependency[StreamService],
         identity: NamedDependency[ClientIdentity],
     ) -> Stream:
-        try:
-            job_request = decode_job_request(await request.body(), streams.max_json_depth)
-            job = await streams.open(identity.address(request), job_request)
-        except JobRejected as rejected:
-            raise ApiError(400, rejected.error, rejected.params) from None
+        job_request = decode_job_request(await request.body(), streams.max_json_depth)
+        job = await streams.open(identity.address(request), job_request)
         return Stream(streams.run(job), media_type=MediaType.TEXT)
 
     @get(

@@ -141,7 +141,8 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
         access_log=False,
         log_level=settings.log_level.lower(),
         log_config=None,  # app.logging formats uvicorn's records too
-        timeout_graceful_shutdown=settings.scheduler.shutdown_grace,
+        # uvicorn hands it to asyncio.timeout, which takes seconds as a float; its hint says int.
+        timeout_graceful_shutdown=settings.scheduler.shutdown_grace,  # type: ignore[arg-type]
         **server_options(),  # the JSON error shape for requests uvicorn refuses itself
     )
     server = uvicorn.Server(config)

@@ -338,7 +338,7 @@ class Http11Pool:
                     addresses = [endpoint.host]
                 else:
                     infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-                    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+                    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
                 error: OSError | None = None
                 for address in addresses:
                     try:

@@ -22,8 +22,8 @@ from typing import Any
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
-from app.http.client import ClientIdentity
 from app.http.errors import ApiError
+from app.http.identity import ClientIdentity
 
 COOKIE = "jobnode_operator"
 STATE_KEY = "operator_auth"

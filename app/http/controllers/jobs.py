@@ -21,8 +21,8 @@ from litestar.params import JSONBody, QueryParameter
 
 from app.config import ServerSettings
 from app.http import params
-from app.http.client import ClientIdentity
 from app.http.errors import ApiError
+from app.http.identity import ClientIdentity
 from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import ErrorBody, JobId, JobResult
 from app.jobs.requests import JobRejected, JobRequest, decode_batch, decode_job_request

@@ -11,8 +11,8 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from app.containers.resources import ResourceService
-from app.http.client import ClientIdentity
 from app.http.errors import ApiError
+from app.http.identity import ClientIdentity
 from app.http.openapi import BAD_REQUEST, CROSS_SITE, DATABASE, JOB_REQUEST, JOB_REQUEST_BODY, RATE_LIMITED, errors
 from app.jobs.requests import JobRejected, decode_job_request
 from app.jobs.stream import StreamService

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from typing import Any
 
 from litestar.connection import ASGIConnection
 
@@ -38,7 +39,7 @@ class ClientIdentity:
             return False
         return any(ip in network for network in self.trusted_proxies if network.version == ip.version)
 
-    def address(self, connection: ASGIConnection) -> str:
+    def address(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
         peer = normalize_address(connection.client.host) if connection.client else "unknown"
         if not self.trusted_proxies or not self._trusted(peer):
             return peer

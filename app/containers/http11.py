@@ -10,7 +10,7 @@ httptools (llhttp): ~40-65 µs a call, about 20 of them in the send system call 
 
 It raises ``TimeoutError``, ``ConnectFailed``, ``ClosedBeforeAnswer``, ``InvalidResponse``,
 ``IncompleteResponse`` or the ``OSError`` that broke the connection; what those mean for a
-job step is decided by ``app.containers.protocol``, not here.
+job step is decided by ``app.containers.client``, not here.
 
 A request is never re-sent, not even one that met a keep-alive connection the peer was
 closing: a POST is not idempotent (RFC 9112 §9.3.1.1), and nothing tells "closed before

@@ -7,7 +7,7 @@ up (``lifecycle``); the engine's events tell when one dies and it is brought bac
 backoff (``engine``), meanwhile the managed containers that do not answer are FAILED with
 what went wrong, so that their jobs fail at once with that reason, and once the engine
 answers the containers are brought up (or checked, after a loss). Containers the node does
-not manage are probed (``probes``). Nothing blocks node start-up: ``start()`` only spawns
+not manage are probed (``unmanaged``). Nothing blocks node start-up: ``start()`` only spawns
 tasks, and engine problems never raise out of it.
 
 ``ContainerRuntime`` composes these and owns their background tasks.
@@ -26,10 +26,10 @@ from app.config import Settings
 from app.containers import engine
 from app.containers.events import DeathWatch
 from app.containers.lifecycle import Lifecycle, Managed
-from app.containers.probes import Probes
 from app.containers.readiness import Prober
 from app.containers.spec import container_name
 from app.containers.state import ContainerStates, Readiness
+from app.containers.unmanaged import UnmanagedProbes
 
 log = logging.getLogger("jobnode.containers")
 
@@ -53,7 +53,7 @@ class ContainerRuntime:
         self._first_probes: list[asyncio.Task[Any]] = []
         self._lifecycle = Lifecycle(settings, self._prober, self._spawn)
         self._deaths = DeathWatch(settings, self._managed, self._lifecycle, self._spawn)
-        self._probes = Probes(self._prober, self.probe_interval)
+        self._probes = UnmanagedProbes(self._prober, self.probe_interval)
 
     async def start(self) -> None:
         if self._started:

@@ -19,7 +19,7 @@ from app.containers.state import ContainerState, Readiness
 log = logging.getLogger("jobnode.containers")
 
 
-class Probes:
+class UnmanagedProbes:
     """The probe loops of unmanaged containers."""
 
     def __init__(self, prober: Prober, interval: float) -> None:

@@ -1,12 +1,12 @@
 """A lean HTTP/1.1 keep-alive client for the container protocol's ``POST /service_output``.
 
-Why not aiohttp for this one request: every job step is one such POST, and aiohttp spends
-~200-290 µs of CPU on each (measured: 20,000 calls from 32 tasks to ``tests/bench/echo.py``;
-about a fifth of the node's CPU under load), most of it in machinery this request never
-uses (cookies, redirects, tracing, streams, middlewares). This client does only what the
+Why not aiohttp for this one request: every job step is one such POST, and aiohttp spent
+several times the CPU of this client on each (measured with many concurrent calls to
+``tests/bench/echo.py``; a large share of the node's CPU under load), most of it in
+machinery this request never uses (cookies, redirects, tracing, streams, middlewares). This client does only what the
 call needs — one request at a time per connection, a body of bytes out, a whole body of
 bytes back — on ``asyncio.Protocol`` (so it runs on uvloop too), with responses parsed by
-httptools (llhttp): ~40-65 µs a call, about 20 of them in the send system call itself.
+httptools (llhttp), where a good part of a call's cost is the send system call itself.
 
 It raises ``TimeoutError``, ``ConnectFailed``, ``ClosedBeforeAnswer``, ``InvalidResponse``,
 ``IncompleteResponse`` or the ``OSError`` that broke the connection; what those mean for a

@@ -18,7 +18,7 @@ from app.config import IpNetwork
 @functools.lru_cache(maxsize=4096)
 def normalize_address(host: str) -> str:
     """One spelling per address: IPv4-mapped IPv6 is its IPv4 address, IPv6 compressed.
-    Cached: the same few peers ask every millisecond, and parsing was 1 % of the node's CPU."""
+    Cached: the same few peers ask every millisecond, and parsing showed in the node's profile."""
     try:
         ip = ipaddress.ip_address(host.strip().strip("[]"))
     except ValueError:

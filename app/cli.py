@@ -141,7 +141,8 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
         access_log=False,
         log_level=settings.log_level.lower(),
         log_config=None,  # app.logging formats uvicorn's records too
-        timeout_graceful_shutdown=settings.scheduler.shutdown_grace,
+        # uvicorn hands it to asyncio.timeout, which takes seconds as a float; its hint says int.
+        timeout_graceful_shutdown=settings.scheduler.shutdown_grace,  # type: ignore[arg-type]
         **server_options(),  # the JSON error shape for requests uvicorn refuses itself
     )
     server = uvicorn.Server(config)
@@ -509,14 +510,27 @@ def prune(config_path: str | None, days: float | None) -> None:
 @main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True}, add_help_option=False)
 @click.pass_context
 def bench(ctx: click.Context) -> None:
-    """Run the benchmark (tests/bench; --help there). Needs the source tree."""
+    """Run the benchmark (tests/bench; --help there). Needs the source tree.
+
+    The benchmark measures the node of a checkout (it starts ``python -m app.cli serve``
+    there and writes its reports to tests/bench/results), so it is not in the package;
+    from an installed package, or with a module it needs missing, this says in one line
+    what to do instead of a traceback."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     if not (root / "tests" / "bench").is_dir():
-        raise click.ClickException(f"the benchmark lives in the source tree (tests/bench), not found under {root}")
+        raise click.ClickException(
+            f"the benchmark runs from a source checkout (tests/bench), not found under {root}: "
+            "in the checkout, pip install -e '.[bench]' and run jobnode bench there"
+        )
     sys.path.insert(0, str(root))
-    from tests.bench.cli import bench as command
+    try:
+        from tests.bench.cli import bench as command
+    except ModuleNotFoundError as exc:
+        raise click.ClickException(
+            f"the benchmark needs the module {exc.name}, not installed: pip install -e '.[bench]' in {root}"
+        ) from None
 
     command.main(args=ctx.args, prog_name="jobnode bench")
 

@@ -37,7 +37,7 @@ from prometheus_client import Counter, Histogram
 from app.clock import utcnow
 
 if TYPE_CHECKING:
-    from app.containers.protocol import StepFailed
+    from app.containers.client import StepFailed
     from app.containers.state import ContainerState
     from app.jobs.transitions import ClaimedJob
 
@@ -96,7 +96,7 @@ def _child(metric: Any, *labels: str) -> Any:
 
 
 def error_kind(error: str) -> str:
-    """A small fixed set of labels for the error texts of ``app.containers.protocol``."""
+    """A small fixed set of labels for the error texts of ``app.containers.client``."""
     if error.startswith("HTTP "):
         return "http_status"
     if error.startswith("timed out"):

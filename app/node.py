@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from litestar import Litestar
 
 from app.config import Settings
-from app.containers.protocol import ContainerClient
+from app.containers.client import ContainerClient
 from app.containers.resources import ResourceService
 from app.containers.state import ContainerStates
 from app.db import migrate
@@ -34,7 +34,7 @@ from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
 
 if TYPE_CHECKING:
-    from app.containers.docker import ContainerRuntime
+    from app.containers.runtime import ContainerRuntime
 
 log = logging.getLogger("jobnode")
 
@@ -93,7 +93,7 @@ class Node:
             stack.push_async_callback(self.operator.stop)
             stack.push_async_callback(self.client.close)
             if self._needs_runtime():
-                from app.containers.docker import ContainerRuntime
+                from app.containers.runtime import ContainerRuntime
 
                 self.runtime = ContainerRuntime(self.settings, self.containers)
                 await self.runtime.start()

@@ -9,7 +9,7 @@ Two things pass JSON decoding and then fail later, where they take others down w
   past ~1000 levels (less, with the stack already in use) they raise ``RecursionError``,
   on writing (SQLite: the JSON column's encoder) or on every read of the job.
 
-So input (``app.jobs.requests``) and container output (``app.containers.protocol``) are
+So input (``app.jobs.requests``) and container output (``app.containers.client``) are
 checked here, before anything is grouped, against ``server.max_json_depth``.
 
 Every job and every step passes through these checks, so each has a fast path on the

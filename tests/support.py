@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 
 from app.config import Settings, settings_from_dict
@@ -35,6 +34,8 @@ REQUIRE_SERVICES = os.environ.get("JOBNODE_REQUIRE_SERVICES", "") not in ("", "0
 
 def unavailable(what: str, why: str) -> None:
     """Skip locally, fail in CI."""
+    import pytest  # here, not at the top: the benchmark imports this module and runs without pytest
+
     message = f"{what} is not available: {why}"
     if REQUIRE_SERVICES:
         pytest.fail(message + " (JOBNODE_REQUIRE_SERVICES is set, so this is a failure)", pytrace=False)

@@ -7,7 +7,7 @@ import re
 import time
 
 from app import __version__
-from app.containers.docker import ContainerRuntime
+from app.containers.runtime import ContainerRuntime
 from tests.conftest import STANDARD_URL
 from tests.helpers import assert_error, finish, job, submit, submit_batch
 from tests.support import PortListener, wait_finished

@@ -64,3 +64,18 @@ def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
     assert result["checks"]["tracebacks_in_logs"] == 0 and result["checks"]["jobs_abandoned_in_logs"] == 0, result[
         "checks"
     ]
+
+
+def test_bench_runs_without_the_test_extras() -> None:
+    """After the README's ``pip install -e .`` (no pytest), ``jobnode bench`` starts: the
+    benchmark needs only the node's own dependencies (and py-spy for its profile)."""
+    no_pytest = "import sys; sys.modules['pytest'] = None; from app.cli import main; main()"
+    completed = subprocess.run(
+        [sys.executable, "-c", no_pytest, "bench", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "--db [sqlite|postgresql|both]" in completed.stdout, completed.stdout

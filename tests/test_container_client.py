@@ -21,7 +21,7 @@ import uvloop
 
 from app.config import ContainerSettings
 from app.containers import http11
-from app.containers.protocol import ContainerClient, StepFailed
+from app.containers.client import ContainerClient, StepFailed
 from tests.support import free_port
 
 # The policy fixture works on every pytest-asyncio the project allows (>=0.24); its

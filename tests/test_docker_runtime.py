@@ -14,12 +14,12 @@ import aiodocker
 import pytest
 
 from app.config import Settings
-from app.containers.docker import (
+from app.containers.runtime import ContainerRuntime
+from app.containers.spec import (
     LABEL_CONTAINER,
     LABEL_MANAGED,
     LABEL_NODE,
     LABEL_SPEC,
-    ContainerRuntime,
     container_name,
     create_spec,
     spec_hash,

@@ -68,8 +68,7 @@ def test_no_socket_anywhere_means_the_default_socket(monkeypatch, tmp_path):
     import aiodocker.docker
 
     from app.config import settings_from_dict
-    from app.containers.docker import ContainerRuntime, engine_error
-    from app.containers.state import ContainerStates
+    from app.containers.engine import engine_error, open_client
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no docker context either
@@ -81,7 +80,7 @@ def test_no_socket_anywhere_means_the_default_socket(monkeypatch, tmp_path):
     settings = settings_from_dict({"containers": [{"id": "echo", "image": "x:1", "port": 1}]}, environ={})
 
     async def connector_path() -> str:
-        docker = ContainerRuntime(settings, ContainerStates(settings))._open_client()
+        docker = open_client(settings.docker)
         try:
             return docker.connector.path
         finally:

@@ -134,3 +134,19 @@ def _exercise(bin_dir: Path, cwd: Path, url: str) -> None:
         process.terminate()
         assert process.wait(30) == 0, (cwd / "serve.log").read_text()
     assert list(cwd.iterdir()) == [cwd / "serve.log"] or "sqlite" in url  # nothing written beside the log
+
+
+def test_bench_from_the_wheel_says_where_it_runs(installed: Path, empty_dir: Path) -> None:
+    """The benchmark measures a checkout's node and is not in the package: from the wheel,
+    ``jobnode bench`` says so in one line, with what to install, and no traceback."""
+    done = subprocess.run(
+        [str(installed / "jobnode"), "bench", "--help"],
+        cwd=empty_dir,
+        env=_env("sqlite+aiosqlite:///unused.db"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr.startswith("Error: the benchmark runs from a source checkout (tests/bench)"), done.stderr
+    assert "pip install -e '.[bench]'" in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr

@@ -1,16 +1,16 @@
 """A lean HTTP/1.1 keep-alive client for the container protocol's ``POST /service_output``.
 
-Why not aiohttp for this one request: every job step is one such POST, and aiohttp spends
-~200-290 µs of CPU on each (measured: 20,000 calls from 32 tasks to ``tests/bench/echo.py``;
-about a fifth of the node's CPU under load), most of it in machinery this request never
-uses (cookies, redirects, tracing, streams, middlewares). This client does only what the
+Why not aiohttp for this one request: every job step is one such POST, and aiohttp spent
+several times the CPU of this client on each (measured with many concurrent calls to
+``tests/bench/echo.py``; a large share of the node's CPU under load), most of it in
+machinery this request never uses (cookies, redirects, tracing, streams, middlewares). This client does only what the
 call needs — one request at a time per connection, a body of bytes out, a whole body of
 bytes back — on ``asyncio.Protocol`` (so it runs on uvloop too), with responses parsed by
-httptools (llhttp): ~40-65 µs a call, about 20 of them in the send system call itself.
+httptools (llhttp), where a good part of a call's cost is the send system call itself.
 
 It raises ``TimeoutError``, ``ConnectFailed``, ``ClosedBeforeAnswer``, ``InvalidResponse``,
 ``IncompleteResponse`` or the ``OSError`` that broke the connection; what those mean for a
-job step is decided by ``app.containers.protocol``, not here.
+job step is decided by ``app.containers.client``, not here.
 
 A request is never re-sent, not even one that met a keep-alive connection the peer was
 closing: a POST is not idempotent (RFC 9112 §9.3.1.1), and nothing tells "closed before
@@ -338,7 +338,7 @@ class Http11Pool:
                     addresses = [endpoint.host]
                 else:
                     infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
-                    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+                    addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
                 error: OSError | None = None
                 for address in addresses:
                     try:

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 from urllib.parse import urlencode
 
-from app.containers.protocol import ContainerClient
+from app.containers.client import ContainerClient
 from app.containers.state import ContainerStates
 from app.logging import rate_limited
 

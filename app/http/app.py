@@ -17,7 +17,6 @@ from swagger_ui_bundle import swagger_ui_path
 
 from app import __version__
 from app.config import ServerSettings, parse_networks
-from app.http.client import ClientIdentity
 from app.http.controllers.dashboard import DashboardController
 from app.http.controllers.jobs import JobsApi, JobsController, JobsReference, document_read_limits
 from app.http.controllers.jobs_endpoint import jobs_endpoint
@@ -26,6 +25,7 @@ from app.http.controllers.node import NodeController
 from app.http.controllers.operator import ContainersController, OperatorJobsController
 from app.http.controllers.stream import StreamController
 from app.http.errors import exception_handlers
+from app.http.identity import ClientIdentity
 from app.http.openapi import components, document_handlers
 from app.http.operator_auth import STATE_KEY, OperatorAuth
 from app.http.origin import origin_middleware

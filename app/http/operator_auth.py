@@ -23,7 +23,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
 from app.errors import LOOPBACK_ONLY, OPERATOR_TOKEN_INVALID, OPERATOR_TOKEN_REQUIRED
-from app.http.client import ClientIdentity
+from app.http.identity import ClientIdentity
 
 COOKIE = "jobnode_operator"
 STATE_KEY = "operator_auth"

@@ -3,8 +3,8 @@
 ``PrometheusConfig(middleware_class=…)`` keeps the plugin's metrics (names, labels,
 buckets: ``jobnode_http_requests_total``, ``…_request_duration_seconds``,
 ``…_requests_in_progress``, ``…_requests_error_total``) but the stock middleware builds a
-``Request``, a label dict and four ``.labels()`` lookups for every request: about 40 µs
-here, on a surface that clients poll every millisecond. This one caches the labelled
+``Request``, a label dict and four ``.labels()`` lookups for every request, on a surface
+that clients poll every millisecond. This one caches the labelled
 children per (method, route template, status) and reads the scope directly.
 """
 

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from sqlalchemy import insert
 
 from app.clock import utcnow
-from app.containers.protocol import ContainerClient, StepFailed
+from app.containers.client import ContainerClient, StepFailed
 from app.containers.state import ContainerStates
 from app.db.models import Job, JobStatus
 from app.errors import NUL_REFUSED, STREAM_ONE_CONTAINER

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from app import metrics
 from app.clock import utcnow
-from app.containers.protocol import ContainerClient, StepFailed
+from app.containers.client import ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
 from app.db.batching import GroupCommit
 from app.db.errors import is_database_unavailable, refused_value, short_message

@@ -1,7 +1,7 @@
 """The results: a markdown table and the JSON beside it, in ``tests/bench/results/``.
 
-``<date>-<db>.md`` / ``.json`` per database; with both databases, ``<date>-comparison.md``
-puts SQLite next to PostgreSQL (ratios measured in one run).
+``latest-<db>.md`` / ``.json`` per database, replaced by each run; with both databases,
+``latest-comparison.md`` puts SQLite next to PostgreSQL (ratios measured in one run).
 """
 
 from __future__ import annotations

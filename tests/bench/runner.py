@@ -553,21 +553,12 @@ class DatabaseRun:
             await _drop(self.db, url)
 
 
-def _free_stamp(directory: Path, stamp: str) -> str:
-    """The day's stamp, with b, c… after it when that day already has reports: a second
-    run the same day does not overwrite the first."""
-    for suffix in ("", *"bcdefghijklmnopqrstuvwxyz"):
-        if not any(directory.glob(f"{stamp}{suffix}-*")):
-            return stamp + suffix
-    return stamp + "z"
-
-
 async def run(options: Options) -> dict[str, dict[str, Any]]:
     results: dict[str, dict[str, Any]] = {}
     workdir = Path(tempfile.mkdtemp(prefix="jobnode-bench-"))
-    stamp = _free_stamp(
-        options.results_dir, datetime.now(UTC).strftime("%Y-%m-%d") + ("-quick" if options.quick else "")
-    )
+    # One report per database, replaced by each run (its date and commit are inside; git keeps
+    # the history): the results directory holds the latest run, not one file per run.
+    stamp = "latest-quick" if options.quick else "latest"
     started = time.monotonic()
     say(f"work directory {workdir}; results to {options.results_dir}")
     try:

@@ -32,7 +32,7 @@ from app.errors import (
     spec_of,
 )
 from app.http import params
-from app.http.client import ClientIdentity
+from app.http.identity import ClientIdentity
 from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import ErrorBody, JobId, JobResult
 from app.jobs.requests import JobRequest, decode_batch, decode_job_request

@@ -12,7 +12,7 @@ from litestar.response import Stream
 
 from app.containers.resources import ResourceService
 from app.errors import STREAM_ONE_CONTAINER
-from app.http.client import ClientIdentity
+from app.http.identity import ClientIdentity
 from app.http.openapi import BAD_REQUEST, CROSS_SITE, DATABASE, JOB_REQUEST, JOB_REQUEST_BODY, RATE_LIMITED, errors
 from app.jobs.requests import decode_job_request
 from app.jobs.stream import StreamService

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from typing import Any
 
 from litestar.connection import ASGIConnection
 
@@ -17,7 +18,7 @@ from app.config import IpNetwork
 @functools.lru_cache(maxsize=4096)
 def normalize_address(host: str) -> str:
     """One spelling per address: IPv4-mapped IPv6 is its IPv4 address, IPv6 compressed.
-    Cached: the same few peers ask every millisecond, and parsing was 1 % of the node's CPU."""
+    Cached: the same few peers ask every millisecond, and parsing showed in the node's profile."""
     try:
         ip = ipaddress.ip_address(host.strip().strip("[]"))
     except ValueError:
@@ -38,7 +39,7 @@ class ClientIdentity:
             return False
         return any(ip in network for network in self.trusted_proxies if network.version == ip.version)
 
-    def address(self, connection: ASGIConnection) -> str:
+    def address(self, connection: ASGIConnection[Any, Any, Any, Any]) -> str:
         peer = normalize_address(connection.client.host) if connection.client else "unknown"
         if not self.trusted_proxies or not self._trusted(peer):
             return peer

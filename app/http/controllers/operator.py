@@ -18,7 +18,9 @@ from app.http.errors import ApiError
 from app.http.openapi import DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
 from app.http.operator_structs import ContainerLiveState, JobDetail
-from app.jobs.operator import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JobConflict, JobNotFound, OperatorService
+from app.jobs.actions import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JobActions, JobConflict
+from app.jobs.container_report import ContainerReport
+from app.jobs.inspection import JobInspection, JobNotFound
 
 JOB_NOT_FOUND = "Job not found"
 INVALID_JOB_ID = "Invalid job id"
@@ -54,14 +56,14 @@ class OperatorJobsController(Controller):
     security = OPERATOR_SECURITY
 
     @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts", responses=_READ)
-    async def show(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.job(_job_id(job_id)))
+    async def show(self, job_id: JobIdPath, inspection: NamedDependency[JobInspection]) -> JobDetail:
+        return await _detail(inspection.job(_job_id(job_id)))
 
     @delete(
         "/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished", responses=_CANCEL
     )
-    async def remove(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.cancel(_job_id(job_id)))
+    async def remove(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.cancel(_job_id(job_id)))
 
     @post(
         "/cancel",
@@ -72,8 +74,8 @@ class OperatorJobsController(Controller):
         'error "cancelled" on the compatible surface); its running step is abandoned.',
         responses=_CANCEL,
     )
-    async def cancel(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.cancel(_job_id(job_id)))
+    async def cancel(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.cancel(_job_id(job_id)))
 
     @post(
         "/retry",
@@ -83,8 +85,8 @@ class OperatorJobsController(Controller):
         description="It resumes at the step that failed: steps that succeeded are not run again.",
         responses=_RETRY,
     )
-    async def retry(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.retry(_job_id(job_id)))
+    async def retry(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.retry(_job_id(job_id)))
 
 
 class ContainersController(Controller):
@@ -100,5 +102,5 @@ class ContainersController(Controller):
         "started, and the mean and p95 duration of its last calls (in-memory samples of this node).",
         responses=errors(OPERATOR, RATE_LIMITED),
     )
-    async def containers(self, operator: NamedDependency[OperatorService]) -> list[ContainerLiveState]:
-        return msgspec.convert(operator.container_states(), list[ContainerLiveState])
+    async def containers(self, container_report: NamedDependency[ContainerReport]) -> list[ContainerLiveState]:
+        return msgspec.convert(container_report.states(), list[ContainerLiveState])

@@ -242,11 +242,13 @@ def test_generated_cases_get_no_server_error(target: FuzzTarget, with_token: boo
                 suppress_health_check=list(HealthCheck),
             )
             @given(strategy)
-            def run(drawn: tuple[schemathesis.Case, list[str] | None], mode: GenerationMode = mode) -> None:
+            def run(drawn: tuple[schemathesis.Case, list[str] | None]) -> None:
+                # Called at once, within this iteration: the loop's ``mode`` is the one drawn for
+                # (hypothesis refuses a ``mode=mode`` default on a @given function).
                 case, containers = drawn
                 _use_real_containers(case, containers)
                 response = case.call(base_url=target.node.url, headers=headers, timeout=60)
-                label = f"{case.method} {case.formatted_path} {mode.value}: {case.as_curl_command(headers)}"
+                label = f"{case.method} {case.formatted_path} {mode.value}: {case.as_curl_command(headers)}"  # noqa: B023
                 content_type = (response.headers.get("content-type") or [""])[0]  # schemathesis: lists
                 findings.record(label, response.status_code, content_type, response.text)
                 if not with_token:

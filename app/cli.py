@@ -10,8 +10,9 @@ import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -19,6 +20,12 @@ from app import __version__
 from app.config import ConfigError, Settings, load_settings, masked
 from app.formatting import duration
 from app.logging import configure_logging
+
+if TYPE_CHECKING:  # imported when a command needs them: the CLI starts fast
+    from app.db.engine import Database
+    from app.jobs.actions import JobActions
+    from app.jobs.inspection import JobInspection
+    from app.jobs.queue_numbers import QueueNumbers
 
 T = TypeVar("T")
 
@@ -244,12 +251,23 @@ def _when(iso: str | None) -> str:
     return iso[:19].replace("T", " ") if iso else ""
 
 
-def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awaitable[T]]) -> T:
-    """Run ``action(operator, settings)`` with an ``OperatorService`` on the configured database."""
+@dataclass(frozen=True)
+class _Operator:
+    """What the operator commands use, on the database straight (no node)."""
+
+    database: Database
+    inspection: JobInspection
+    actions: JobActions
+    numbers: QueueNumbers
+
+
+def _operator_run(config_path: str | None, action: Callable[[_Operator, Settings], Awaitable[T]]) -> T:
+    """Run ``action(operator, settings)`` on the configured database."""
     from app.db.engine import Database
     from app.errors import JOB_NOT_FOUND
-    from app.jobs.operator import JobConflict, JobNotFound, OperatorService
-    from app.jobs.transitions import JobStore
+    from app.jobs.actions import JobActions, JobConflict
+    from app.jobs.inspection import JobInspection, JobNotFound
+    from app.jobs.queue_numbers import QueueNumbers
 
     settings = _settings(config_path)
 
@@ -260,9 +278,10 @@ def _operator_run(config_path: str | None, action: Callable[[Any, Settings], Awa
             connect_timeout=settings.database.connect_timeout,
             statement_timeout=settings.database.statement_timeout,
         )
-        store = JobStore(database, f"cli@{socket.gethostname()}", settings.scheduler.lease_seconds)
+        inspection = JobInspection(database)
+        actions = JobActions(database, inspection, f"cli@{socket.gethostname()}")
         try:
-            return await action(OperatorService(database, store), settings)
+            return await action(_Operator(database, inspection, actions, QueueNumbers(database)), settings)
         finally:
             await database.dispose()
 
@@ -303,7 +322,7 @@ def jobs() -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON array instead of a table.")
 def jobs_list(config_path: str | None, status: str | None, client: str | None, limit: int, as_json: bool) -> None:
     """The newest jobs first."""
-    rows = _operator_run(config_path, lambda op, _: op.list_jobs(status, client, limit))
+    rows = _operator_run(config_path, lambda op, _: op.inspection.list_jobs(status, client, limit))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -335,7 +354,7 @@ def jobs_list(config_path: str | None, status: str | None, client: str | None, l
 @click.option("--json", "as_json", is_flag=True, help="The job as JSON (the shape of GET /api/jobs/{id}).")
 def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
     """One job in full: input, every step's output or error, timings."""
-    detail = _operator_run(config_path, lambda op, _: op.job(job_id))
+    detail = _operator_run(config_path, lambda op, _: op.inspection.job(job_id))
     if as_json:
         click.echo(json.dumps(detail, indent=2))
         return
@@ -384,7 +403,7 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
 @click.argument("job_id", callback=lambda _c, _p, v: _job_id_argument(v))
 def jobs_cancel(config_path: str | None, job_id: str) -> None:
     """Cancel a job that has not finished (a node running it abandons the step)."""
-    detail = _operator_run(config_path, lambda op, _: op.cancel(job_id))
+    detail = _operator_run(config_path, lambda op, _: op.actions.cancel(job_id))
     click.echo(f"cancelled {detail['id']} (at container {detail['container']})")
 
 
@@ -397,20 +416,20 @@ def jobs_retry(config_path: str | None, job_id: str | None, all_failed: bool) ->
     if (job_id is None) == (not all_failed):
         raise click.UsageError("give a JOB_ID or --all-failed (not both)")
     if job_id is not None:
-        detail = _operator_run(config_path, lambda op, _: op.retry(job_id))
+        detail = _operator_run(config_path, lambda op, _: op.actions.retry(job_id))
         click.echo(f"re-queued {detail['id']}")
         return
 
-    async def retry_all(op: Any, _: Settings) -> tuple[int, int]:
-        ids = await op.retryable_ids()
+    async def retry_all(op: _Operator, _: Settings) -> tuple[int, int]:
+        ids = await op.inspection.retryable_ids()
         requeued = 0
         with click.progressbar(length=len(ids), label=f"re-queueing {len(ids)} jobs", file=sys.stderr) as bar:
             for one in ids:
-                requeued += await op.store.requeue(one)
+                requeued += await op.actions.requeue(one)
                 bar.update(1)
         _end_progress()
         if requeued:
-            await op.wake_schedulers()
+            await op.actions.wake_schedulers()
         return requeued, len(ids)
 
     requeued, found = _operator_run(config_path, retry_all)
@@ -469,7 +488,7 @@ def containers(url: str, token: str | None) -> None:
 @config_option
 def stats(config_path: str | None) -> None:
     """Jobs by state, the oldest pending job, throughput over the last minute (from SQL)."""
-    numbers = _operator_run(config_path, lambda op, _: op.stats())
+    numbers = _operator_run(config_path, lambda op, _: op.numbers.stats())
     click.echo(_table(["STATE", "JOBS"], [[state, count] for state, count in numbers["jobs"].items()]))
     click.echo("")
     click.echo(f"queue depth             {numbers['queue_depth']}")
@@ -489,14 +508,16 @@ def stats(config_path: str | None) -> None:
 def prune(config_path: str | None, days: float | None) -> None:
     """Apply the retention now: delete old finished jobs in small batches."""
 
-    async def run(op: Any, settings: Settings) -> tuple[int, float]:
+    async def run(op: _Operator, settings: Settings) -> tuple[int, float]:
+        from app.maintenance import pruner
+
         keep = settings.retention.finished_jobs_days if days is None else days
         if keep <= 0:  # only the configured value can be 0 (--days must be more)
             return -1, keep
         cutoff = datetime.now(UTC) - timedelta(days=keep)
-        total = await op.prunable(cutoff)
+        total = await pruner.prunable(op.database, cutoff)
         with click.progressbar(length=total, label=f"deleting {total} finished jobs", file=sys.stderr) as bar:
-            deleted = await op.prune(cutoff, bar.update)
+            deleted = await pruner.prune(op.database, cutoff, bar.update)
         _end_progress()
         return deleted, keep
 

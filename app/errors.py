@@ -78,7 +78,7 @@ INVALID_JOB_ID = ErrorSpec(400, "Invalid job id", ("id",))
 TOO_MANY_IDS = ErrorSpec(400, "Too many ids", ("limit",))
 INVALID_PARAMETER = ErrorSpec(400, "Invalid parameter", ("name", "value"))
 
-# Operator actions (app.jobs.operator).
+# Operator actions (app.jobs.actions).
 JOB_NOT_FOUND = ErrorSpec(404, "Job not found")
 JOB_ALREADY_FINISHED = ErrorSpec(409, "Job already finished")
 JOB_NOT_FAILED = ErrorSpec(409, "Job is not failed")

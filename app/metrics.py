@@ -14,7 +14,7 @@ of CPU on a job: ``log_level: "DEBUG"`` traces every job, the default does not p
 The histograms and counters are ``prometheus_client`` objects in the process-wide
 default registry, which Litestar's ``PrometheusController`` exposes at ``/metrics``.
 Gauges that describe the queue (jobs by state, oldest pending job) are not kept here:
-they are read from SQL at scrape time (see ``app.jobs.operator``), so they are right
+they are read from SQL at scrape time (see ``app.jobs.queue_numbers``), so they are right
 for the whole database, whichever node ran what.
 
 Each container's recent step durations are also kept in memory (the last
@@ -225,7 +225,7 @@ def jobs_rescued(requeued: int = 0, failed: int = 0, taken_back: int = 0) -> Non
             JOBS_RESCUED.labels(outcome).inc(count)
 
 
-# -- operator events (app.jobs.operator) ----------------------------------------------
+# -- operator events (app.jobs.actions) -----------------------------------------------
 
 
 def job_cancelled(job_id: str, container: str | None) -> None:

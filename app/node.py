@@ -24,12 +24,20 @@ from app.db.listen import NodeConnection
 from app.db.signal import JobSignal
 from app.health import NodeReadiness
 from app.http.app import create_app
+from app.jobs.actions import JobActions
+from app.jobs.container_report import ContainerReport
+from app.jobs.dashboard import Dashboard
+from app.jobs.inspection import JobInspection
 from app.jobs.live import LiveJobs
-from app.jobs.operator import OperatorService
+from app.jobs.queue_numbers import QueueNumbers
 from app.jobs.requests import ContainerCatalog
 from app.jobs.service import JobService
 from app.jobs.stream import StreamService
 from app.jobs.transitions import JobStore
+from app.maintenance.leader import Leadership
+from app.maintenance.orphans import OrphanTakeBack
+from app.maintenance.pruner import Pruner
+from app.maintenance.reaper import Reaper
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
 
@@ -57,21 +65,33 @@ class Node:
         self.connection = (
             NodeConnection(self.database, self.signal, on_ended=live.wake) if self.database.is_postgresql else None
         )
-        self.scheduler = Scheduler(
-            settings,
-            store,
-            ChainRunner(store, self.containers, self.client, live),
-            self.signal,
-            **({"is_leader": self.connection.is_leader} if self.connection else {}),
-        )
+        self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client, live), self.signal)
+        self.orphans = OrphanTakeBack(self.database, settings.node_id, settings.scheduler.max_attempts)
+        self.maintenance = self._maintenance(settings)
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
         self.jobs = JobService(self.database, catalog, self.signal, live, claims)
         self.streams = StreamService(store, catalog, self.containers, self.client, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
-        self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
+        self.inspection = JobInspection(self.database)
+        self.actions = JobActions(self.database, self.inspection, settings.node_id, self.signal, live)
+        self.numbers = QueueNumbers(self.database)
+        self.container_report = ContainerReport(self.containers)
+        self.dashboard = Dashboard(settings.node_id, self.numbers, self.inspection, self.container_report)
         self.runtime: ContainerRuntime | None = None
         self.readiness = NodeReadiness(self.database)
+
+    def _maintenance(self, settings: Settings) -> Leadership:
+        """The reaper and the pruner, on the node that leads (PostgreSQL: the holder of the
+        advisory lock of ``self.connection``; SQLite: this one)."""
+        leadership = Leadership(self.connection.is_leader if self.connection is not None else None)
+        period = max(0.5, settings.scheduler.lease_seconds / 2)
+        leadership.register(
+            Reaper(self.database, settings.node_id, settings.scheduler.max_attempts, period, self.signal)
+        )
+        if settings.retention.finished_jobs_days > 0:
+            leadership.register(Pruner(self.database, settings.retention.finished_jobs_days, period))
+        return leadership
 
     def drain(self) -> None:
         """Shutdown has begun (a signal, or the lifespan ending): stop getting traffic."""
@@ -89,8 +109,8 @@ class Node:
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self.database.dispose)
             await migrate.upgrade(self.database)
-            await self.operator.start()
-            stack.push_async_callback(self.operator.stop)
+            await self.dashboard.start()
+            stack.push_async_callback(self.dashboard.stop)
             stack.push_async_callback(self.client.close)
             if self._needs_runtime():
                 from app.containers.runtime import ContainerRuntime
@@ -103,6 +123,9 @@ class Node:
                 await self.connection.start()
                 stack.push_async_callback(self.connection.stop)
             if self.settings.scheduler.enabled:
+                await self.orphans.run()  # before the first claim
+                await self.maintenance.start()
+                stack.push_async_callback(self.maintenance.stop)  # after the scheduler's stop
                 await self.scheduler.start()
                 stack.push_async_callback(self.scheduler.stop)
             try:
@@ -118,7 +141,11 @@ class Node:
                 "containers": self.containers,
                 "streams": self.streams,
                 "resources": self.resources,
-                "operator": self.operator,
+                "inspection": self.inspection,
+                "actions": self.actions,
+                "numbers": self.numbers,
+                "container_report": self.container_report,
+                "dashboard": self.dashboard,
                 "readiness": self.readiness,
             },
             lifespan=[self.lifespan],

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from app.jobs.operator import OperatorService
+from app.jobs.dashboard import Dashboard
 from tests.helpers import job, submit
 from tests.operator_support import TOKEN, container, scheduled, wait_for
 from tests.support import unavailable, wait_finished
@@ -116,7 +116,7 @@ async def _count_at_least(driver: Any, element_id: str, minimum: int) -> bool:
 
 
 async def test_dashboard_in_chromium(make_node, host_service, client_address, browser, tmp_path, monkeypatch):
-    monkeypatch.setattr(OperatorService, "SAMPLE_SECONDS", 0.3)
+    monkeypatch.setattr(Dashboard, "SAMPLE_SECONDS", 0.3)
     echo, fail, slow = host_service("echo"), host_service("fail"), host_service("slow", DELAY=30)
     config = scheduled(
         container("echo", echo.url, description="returns its input"),

@@ -207,7 +207,7 @@ async def test_hanging_postgresql_gives_503_in_seconds_and_the_node_recovers(
             )
             print(f"503s during the hang: {took}; recovered after {recovered:.1f} s")
     scheduler = [r.getMessage() for r in caplog.records if r.name == "jobnode.scheduler"]
-    for loop in ("claim", "renew", "maintain"):  # an outage is logged when it begins, not at every retry
+    for loop in ("claim", "renew", "reap", "prune"):  # an outage is logged when it begins, not at every retry
         assert sum(m.startswith(f"{loop}: database unavailable") for m in scheduler) <= 1, scheduler
     assert sum(m.startswith("claim: database unavailable") for m in scheduler) == 1, scheduler
     assert "claim: database reachable again, resumed" in scheduler

@@ -21,7 +21,8 @@ from sqlalchemy.sql import Select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Base
-from app.jobs import queries, transitions
+from app.db.statements import maintenance
+from app.jobs import queries
 from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
 
@@ -150,7 +151,7 @@ def api_queries() -> dict[str, Select]:
         "cursor": queries.CLIENT_JOB_SEQ.statement.params(client=client, id=job_id),
         "results by id": queries.RESULTS.statement.params(ids=[job_id, str(uuid.uuid4())]),
         "pending counts": queries.UNFINISHED_COUNTS.statement,
-        "prune batch": transitions.prunable(datetime.now(UTC), 500),
+        "prune batch": maintenance.PRUNE_BATCH.statement.params(older_than=datetime.now(UTC), batch=500),
     }
 
 

@@ -3,7 +3,7 @@
 Hypothesis draws a sequence of operations by three node identities (``JobStore``
 instances on one database): submit, claim, step done (an output or an error, one step
 alone or several jobs' steps in one group commit, also by a node that lost the job),
-crash, restart (``take_back_orphans``), graceful release, lease
+crash, restart (``app.maintenance.orphans``), graceful release, lease
 expiry, reap, renew, prune, and an operator's cancel and re-queue. After every
 operation the ``jobs`` and ``job_steps`` tables must equal a small in-Python model,
 which encodes what must never happen:
@@ -53,9 +53,13 @@ from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import JobSignal
+from app.jobs.actions import cancel_job, requeue_job
 from app.jobs.requests import ContainerCatalog, JobRequest
 from app.jobs.service import JobService
 from app.jobs.transitions import CANCELLED_ERROR, ClaimedJob, JobStore, LeaseLost, StepResult
+from app.maintenance.orphans import take_back
+from app.maintenance.pruner import prune_batch
+from app.maintenance.reaper import reap
 from tests.support import create_pg_database, drop_pg_database, migrated, node_settings
 
 NODES = ("node-a", "node-b", "node-c")
@@ -421,7 +425,7 @@ class Scenario:
         node = nodes[pick % len(nodes)]
         self.forget(node)
         orphans = [j for j in self.live(RUNNING) if j.owner == node]
-        assert await self.stores[node].take_back_orphans(MAX_ATTEMPTS) == len(orphans)
+        assert await take_back(self.database, node, MAX_ATTEMPTS) == len(orphans)
         exhausted = [j for j in orphans if j.attempts >= MAX_ATTEMPTS]
         for job in orphans:
             if job not in exhausted:
@@ -458,7 +462,7 @@ class Scenario:
         """Expired leases only: back to pending, or failed once every attempt is used."""
         expired = [j for j in self.live(RUNNING) if j.expired]
         exhausted = [j for j in expired if j.attempts >= MAX_ATTEMPTS]
-        requeued, failed = await self.stores[node].reap(MAX_ATTEMPTS)
+        requeued, failed = await reap(self.database, node, MAX_ATTEMPTS)
         assert (requeued, failed) == (len(expired) - len(exhausted), len(exhausted))
         for job in expired:
             if job not in exhausted:
@@ -481,7 +485,7 @@ class Scenario:
         finished = self.live(*FINISHED)
         cutoff = utcnow() + (timedelta(days=1) if future else -timedelta(days=1))
         before = {str(r.id): r.finished_at for r in (await self.tables())[0]}
-        deleted = await self.stores[node].prune(cutoff, batch=batch)
+        deleted = await prune_batch(self.database, cutoff, batch=batch)
         assert deleted == (min(batch, len(finished)) if future else 0)
         after = {str(r.id) for r in (await self.tables())[0]}
         gone = [j for j in self.live() if j.id not in after]
@@ -499,7 +503,7 @@ class Scenario:
         if not (jobs := (self.live(PENDING, RUNNING) if apt else []) or self.live()):
             return
         job = jobs[pick % len(jobs)]
-        assert await self.stores[node].cancel(job.id) == (not job.finished)
+        assert await cancel_job(self.database, job.id, node) == (not job.finished)
         if not job.finished:
             job.steps.append(ModelStep(job.containers[len(job.steps)], None, CANCELLED_ERROR, 0, node))
             self.finish(job, CANCELLED)
@@ -510,7 +514,7 @@ class Scenario:
         if not (jobs := (self.live(FAILED, CANCELLED) if apt else []) or self.live()):
             return
         job = jobs[pick % len(jobs)]
-        requeued = await self.stores[node].requeue(job.id)
+        requeued = await requeue_job(self.database, job.id)
         assert requeued == (job.status in (FAILED, CANCELLED))
         if requeued:
             self.requeue(job)

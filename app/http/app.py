@@ -71,7 +71,7 @@ def create_app(
     lifespan: Sequence[Callable[[Litestar], AbstractAsyncContextManager[None]]] = (),
 ) -> Litestar:
     """``services`` are injected by name into the controllers (``jobs``, ``containers``,
-    ``operator``…)."""
+    ``inspection``, ``actions``…)."""
     identity = ClientIdentity(parse_networks(server.trusted_proxies, "server.trusted_proxies"))
     # HTTP request metrics; then Origin/Host (a refused request spends no rate-limit quota).
     middleware: list[Any] = [prometheus_config().middleware, origin_middleware(server)]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, Select, bindparam, delete, func, insert, select, tuple_, update
+from sqlalchemy import Integer, bindparam, func, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.clock import utcnow
@@ -20,7 +20,7 @@ from app.db.direct import Statement
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, UtcDateTime
 from app.db.signal import JobSignal
-from app.jobs.queries import status_in, status_is
+from app.jobs.queries import status_is
 
 CANCELLED_ERROR = "cancelled"
 
@@ -86,16 +86,6 @@ class StepResult:
         if self.error is not None:
             return JobStatus.FAILED
         return JobStatus.SUCCESS if self.position == len(self.job.containers) - 1 else None
-
-
-def prunable(older_than: datetime, batch: int) -> Select[Any]:
-    """The oldest finished jobs, read through ``ix_jobs_finished_at``: pruning never scans."""
-    return (
-        select(Job.seq)
-        .where(Job.finished_at.is_not(None), Job.finished_at < older_than)
-        .order_by(Job.finished_at)
-        .limit(batch)
-    )
 
 
 def _owned_claims() -> tuple[ColumnElement[bool], ...]:
@@ -306,124 +296,3 @@ class JobStore:
         )
         async with self.database.write() as conn:
             return (await conn.execute(stmt)).rowcount
-
-    async def take_back_orphans(self, max_attempts: int | None = None) -> int:
-        """A node restarted under the same identity re-queues what its previous life was running,
-        without waiting for those leases to expire (the claim it lost still counts: with
-        ``max_attempts``, a job that used every attempt fails, as the reaper would fail it)."""
-        now = utcnow()
-        orphans = (status_is(JobStatus.RUNNING), Job.lease_owner == self.node_id, Job.stream.is_(False))
-        failed = 0
-        async with self.database.write() as conn:
-            if max_attempts is not None:
-                exhausted = select(Job.id, Job.attempts, Job.containers).where(*orphans, Job.attempts >= max_attempts)
-                for row in (await conn.execute(exhausted)).all():
-                    await conn.execute(
-                        update(Job)
-                        .where(Job.id == row.id)
-                        .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None)
-                    )
-                    reason = f"gave up after {row.attempts} attempts: the node running the job stopped each time"
-                    await self._record_failure(conn, str(row.id), row.containers, reason, now)
-                    failed += 1
-            requeue = (
-                update(Job).where(*orphans).values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
-            )
-            return failed + (await conn.execute(requeue)).rowcount
-
-    async def reap(self, max_attempts: int, batch: int = 100) -> tuple[int, int]:
-        """Jobs whose lease expired go back to pending, or fail once they used every attempt.
-
-        Returns (requeued, failed).
-        """
-        now = utcnow()
-        expired = (
-            select(Job.id, Job.attempts, Job.containers, Job.stream)
-            .where(status_is(JobStatus.RUNNING), Job.lease_expires_at < now)
-            .order_by(Job.lease_expires_at)
-            .limit(batch)
-            .with_for_update(skip_locked=True)
-        )
-        requeued = failed = 0
-        async with self.database.write() as conn:
-            for row in (await conn.execute(expired)).all():
-                if row.stream or row.attempts >= max_attempts:
-                    reason = (
-                        "the node streaming this job stopped before it finished"
-                        if row.stream
-                        else f"gave up after {row.attempts} attempts: the lease expired each time "
-                        f"(the node running the job stopped or lost the database)"
-                    )
-                    await conn.execute(
-                        update(Job)
-                        .where(Job.id == row.id)
-                        .values(status=JobStatus.FAILED, finished_at=now, lease_owner=None, lease_expires_at=None)
-                    )
-                    await self._record_failure(conn, str(row.id), row.containers, reason, now)
-                    failed += 1
-                else:
-                    await conn.execute(
-                        update(Job)
-                        .where(Job.id == row.id)
-                        .values(status=JobStatus.PENDING, lease_owner=None, lease_expires_at=None)
-                    )
-                    requeued += 1
-        return requeued, failed
-
-    async def _record_failure(self, conn: Any, job_id: str, containers: list[str], reason: str, now: datetime) -> None:
-        """A job that ends without a container error still ends on an error step: the one
-        for the container it had reached, so its result reads like any other failure."""
-        position = (
-            await conn.execute(select(func.count()).select_from(JobStep).where(JobStep.job_id == job_id))
-        ).scalar_one()
-        position = min(position, len(containers) - 1)
-        await conn.execute(
-            insert(JobStep).values(
-                job_id=job_id,
-                position=position,
-                container=containers[position],
-                error=reason,
-                attempt=0,
-                node=self.node_id,
-                started_at=now,
-                finished_at=now,
-            )
-        )
-
-    async def cancel(self, job_id: str) -> bool:
-        """End an unfinished job as ``cancelled``, recording "cancelled" for the container it
-        had reached. A node running it loses the right to write and abandons the step."""
-        now = utcnow()
-        async with self.database.write() as conn:
-            row = (
-                await conn.execute(
-                    update(Job)
-                    .where(Job.id == job_id, status_in(JobStatus.UNFINISHED))
-                    .values(status=JobStatus.CANCELLED, finished_at=now, lease_owner=None, lease_expires_at=None)
-                    .returning(Job.containers)
-                )
-            ).first()
-            if row is None:
-                return False
-            await self._record_failure(conn, job_id, row.containers, CANCELLED_ERROR, now)
-        return True
-
-    async def requeue(self, job_id: str) -> bool:
-        """Run a failed or cancelled job again from the step that failed (its error row goes)."""
-        now = utcnow()
-        async with self.database.write() as conn:
-            result = await conn.execute(
-                update(Job)
-                .where(Job.id == job_id, status_in((JobStatus.FAILED, JobStatus.CANCELLED)))
-                .values(status=JobStatus.PENDING, attempts=0, finished_at=None, run_after=now)
-            )
-            if result.rowcount != 1:
-                return False
-            await conn.execute(delete(JobStep).where(JobStep.job_id == job_id, JobStep.error.is_not(None)))
-        return True
-
-    async def prune(self, older_than: datetime, batch: int = 500) -> int:
-        """Delete one small batch of finished jobs (steps go with them by cascade)."""
-        victims = prunable(older_than, batch).scalar_subquery()
-        async with self.database.write() as conn:
-            return (await conn.execute(delete(Job).where(Job.seq.in_(victims)))).rowcount

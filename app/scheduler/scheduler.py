@@ -3,32 +3,28 @@
 Jobs submitted to this process while it has free capacity and nothing is waiting are
 claimed by their INSERT and handed over at once (``app.jobs.handoff``). Everything else
 is claimed by one loop (woken at once by a submit in this process or a NOTIFY from
-another node, with a slow poll as the fallback); one renews leases, one reaps expired
-leases and prunes old jobs. A graceful stop stops claiming, lets running steps finish
-within the grace period and hands the rest back to ``pending``.
+another node, with a slow poll as the fallback); one renews leases. Reaping expired
+leases, pruning old jobs and taking back orphans are not its work (``app.maintenance``).
+A graceful stop stops claiming, lets running steps finish within the grace period and
+hands the rest back to ``pending``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from app import metrics
-from app.clock import utcnow
 from app.config import Settings
 from app.db.errors import describe, is_database_unavailable
 from app.db.signal import JobSignal
 from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost
+from app.loops import Outages, every
 from app.scheduler.chain import ChainRunner
 
 log = logging.getLogger("jobnode.scheduler")
-
-
-async def _always_leader() -> bool:
-    return True
 
 
 class Scheduler:
@@ -38,15 +34,11 @@ class Scheduler:
         store: JobStore,
         runner: ChainRunner,
         signal: JobSignal,
-        is_leader: Callable[[], Awaitable[bool]] = _always_leader,
     ) -> None:
         self.config = settings.scheduler
-        self.retention_days = settings.retention.finished_jobs_days
         self.store = store
         self.runner = runner
         self.signal = signal
-        #: Reaping and pruning run on one node at a time (SQLite: the only node).
-        self.is_leader = is_leader
         self.running: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -59,25 +51,19 @@ class Scheduler:
         #: Counts the submits that left jobs pending: a claim that began before one of
         #: them may not have seen its jobs, so it cannot tell that nothing waits.
         self._queued = 0
-        #: The loops that found the database unavailable and have not reached it since:
-        #: an outage is logged once per loop when it begins and once when it ends.
-        self._cut_off: set[str] = set()
+        #: An outage is logged once per loop when it begins and once when it ends.
+        self._outages = Outages(log)
 
     async def start(self) -> None:
-        taken = await self.store.take_back_orphans(self.config.max_attempts)
-        if taken:
-            log.info("took back %d jobs this node was running before it restarted", taken)
-            metrics.jobs_rescued(taken_back=taken)
+        """After the orphans are taken back (``app.maintenance.orphans``)."""
         # What waits is taken before the first request comes in: until a claim has found
         # out, new jobs queue behind whatever may be waiting (``_backlog``).
         claimed = await self._try_claim()
         self._loops = [
             asyncio.create_task(self._claim_loop(claimed), name="jobnode-claim"),
             asyncio.create_task(
-                self._every(self.config.lease_seconds / 3, self._renew, self.signal.wait_leases), name="jobnode-lease"
-            ),
-            asyncio.create_task(
-                self._every(max(0.5, self.config.lease_seconds / 2), self._maintain), name="jobnode-reaper"
+                every("renew", self.config.lease_seconds / 3, self._renew, self._outages, self.signal.wait_leases),
+                name="jobnode-lease",
             ),
         ]
 
@@ -131,24 +117,10 @@ class Scheduler:
             if not is_database_unavailable(exc):
                 log.exception("claim failed")
             else:
-                self._outage("claim", exc)
+                self._outages.lost("claim", exc)
             return None
-        self._reached("claim")
+        self._outages.reached("claim")
         return claimed
-
-    def _outage(self, loop: str, exc: BaseException) -> None:
-        """A loop's database call failed for want of a database: logged when the outage
-        begins, not at every retry."""
-        if loop not in self._cut_off:
-            self._cut_off.add(loop)
-            log.warning("%s: database unavailable, paused until it answers: %s", loop, describe(exc))
-        else:
-            log.debug("%s: database still unavailable: %s", loop, describe(exc))
-
-    def _reached(self, loop: str) -> None:
-        if loop in self._cut_off:
-            self._cut_off.discard(loop)
-            log.info("%s: database reachable again, resumed", loop)
 
     async def _claim_loop(self, claimed: int | None) -> None:
         """``claimed``: what the last claim took (None: it failed)."""
@@ -213,34 +185,6 @@ class Scheduler:
             if self._full:
                 self.signal.notify()
 
-    async def _every(
-        self,
-        period: float,
-        action: Callable[[], Awaitable[bool | None]],
-        wake: Callable[[float], Awaitable[bool]] | None = None,
-    ) -> None:
-        """``action`` every ``period`` seconds, and at once whenever ``wake`` returns. The loop
-        is cancelled at shutdown; an action under way is shielded and finishes its
-        transaction. An action returns False when it did not use the database (an outage
-        is then not taken for over)."""
-        while True:
-            if wake is None:
-                await asyncio.sleep(period)
-            else:
-                await wake(period)
-            try:
-                reached = await asyncio.shield(action())
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if is_database_unavailable(exc):
-                    self._outage(action.__name__.lstrip("_"), exc)
-                else:
-                    log.exception("%s failed", action.__name__)
-            else:
-                if reached is not False:
-                    self._reached(action.__name__.lstrip("_"))
-
     async def _renew(self) -> bool:
         held = list(self.running)
         if not held:
@@ -252,24 +196,4 @@ class Scheduler:
                 # cancelled, or taken over by another node: abandon its step
                 metrics.job_abandoned(job_id, "no longer ours (cancelled or re-queued)")
                 task.cancel()
-        return True
-
-    async def _maintain(self) -> bool:
-        if not await self.is_leader():
-            return False
-        requeued, failed = await self.store.reap(self.config.max_attempts)
-        metrics.jobs_rescued(requeued=requeued, failed=failed)
-        if requeued or failed:
-            log.info(
-                "expired leases: %d jobs re-queued, %d failed after %d attempts",
-                requeued,
-                failed,
-                self.config.max_attempts,
-            )
-            self.signal.notify()
-        if self.retention_days > 0:
-            cutoff = utcnow() - timedelta(days=self.retention_days)
-            while (deleted := await self.store.prune(cutoff)) > 0:
-                log.info("pruned %d finished jobs older than %g days", deleted, self.retention_days)
-                await asyncio.sleep(0)
         return True

@@ -19,7 +19,7 @@ from litestar.response import Redirect
 from app.http import dashboard_page
 from app.http.openapi import BAD_REQUEST, DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import ACCEPTS_QUERY_TOKEN, COOKIE, STATE_KEY, OperatorAuth, operator_guard
-from app.jobs.operator import OperatorService
+from app.jobs.dashboard import Dashboard
 
 
 def _csp(nonce: str) -> str:
@@ -50,7 +50,7 @@ class DashboardController(Controller):
     async def page(
         self,
         request: Request[Any, Any, Any],
-        operator: NamedDependency[OperatorService],
+        dashboard: NamedDependency[Dashboard],
         token: Annotated[
             str | None, QueryParameter(description="The operator token, once (checked by the guard)")
         ] = None,
@@ -60,7 +60,7 @@ class DashboardController(Controller):
             cookie = Cookie(key=COOKIE, value=auth.cookie_value(), path="/", httponly=True, samesite="strict")
             return Redirect("/dashboard", status_code=303, cookies=[cookie])
         nonce = secrets.token_urlsafe(16)
-        body = dashboard_page.render(await operator.dashboard(), nonce)
+        body = dashboard_page.render(await dashboard.data(), nonce)
         return Response(
             body,
             media_type=MediaType.HTML,
@@ -80,5 +80,5 @@ class DashboardController(Controller):
         "the last 10 minutes, containers, recent jobs and recently failed jobs with their error.",
         responses=errors(OPERATOR, RATE_LIMITED, DATABASE),
     )
-    async def data(self, operator: NamedDependency[OperatorService]) -> dict[str, Any]:
-        return await operator.dashboard()
+    async def data(self, dashboard: NamedDependency[Dashboard]) -> dict[str, Any]:
+        return await dashboard.data()

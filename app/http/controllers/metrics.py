@@ -26,11 +26,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from app.db.errors import is_database_unavailable
-from app.db.models import JobStatus
 from app.http.openapi import OPERATOR, OPERATOR_SECURITY, errors
 from app.http.operator_auth import operator_guard
-from app.jobs.operator import OperatorService, QueueSnapshot
+from app.jobs.container_report import ContainerReport
+from app.jobs.queue_numbers import UNFINISHED_STATES, QueueNumbers, QueueSnapshot
 
 SOURCES = ("offchain", "onchain")
 
@@ -49,7 +48,7 @@ class _ScrapeTime(Collector):
                 "jobnode_jobs", "Unfinished jobs by state and source (SQL, whole database)", labels=["state", "source"]
             )
             sources = sorted(set(SOURCES) | {source for _, source in self.snapshot.jobs})
-            for state in JobStatus.UNFINISHED:
+            for state in UNFINISHED_STATES:
                 for source in sources:
                     jobs.add_metric([state, source], self.snapshot.jobs.get((state, source), 0))
             yield jobs
@@ -89,19 +88,15 @@ class MetricsController(PrometheusController):
         responses=errors(OPERATOR),
         media_type="text/plain",
     )
-    async def get(self, operator: NamedDependency[OperatorService]) -> Response[bytes]:  # type: ignore[override]
+    async def get(
+        self, numbers: NamedDependency[QueueNumbers], container_report: NamedDependency[ContainerReport]
+    ) -> Response[bytes]:
         registry = REGISTRY
         if "prometheus_multiproc_dir" in os.environ or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        snapshot: QueueSnapshot | None
-        try:
-            snapshot = await operator.queue()
-        except Exception as exc:
-            if not is_database_unavailable(exc):
-                raise
-            snapshot = None
+        snapshot = await numbers.queue_if_available()
         scrape_time = CollectorRegistry(auto_describe=False)
-        scrape_time.register(_ScrapeTime(snapshot, operator.container_states()))
+        scrape_time.register(_ScrapeTime(snapshot, container_report.states()))
         body = generate_latest(registry) + generate_latest(scrape_time)
         return Response(body, status_code=200, headers={"Content-Type": CONTENT_TYPE_LATEST})

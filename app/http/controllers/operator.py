@@ -18,7 +18,9 @@ from app.http import params
 from app.http.openapi import DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
 from app.http.operator_structs import ContainerLiveState, JobDetail
-from app.jobs.operator import JobConflict, JobNotFound, OperatorService
+from app.jobs.actions import JobActions, JobConflict
+from app.jobs.container_report import ContainerReport
+from app.jobs.inspection import JobInspection, JobNotFound
 
 #: Parsed by ``params.job_id`` (its 400 is part of the contract), documented as a UUID.
 JobIdPath = Annotated[str, PathParameter(format="uuid", description="The job's id (a UUID)")]
@@ -45,14 +47,14 @@ class OperatorJobsController(Controller):
     security = OPERATOR_SECURITY
 
     @get("/", media_type=MediaType.JSON, summary="One job in full: input, steps, timings, attempts", responses=_READ)
-    async def show(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.job(params.job_id(job_id)))
+    async def show(self, job_id: JobIdPath, inspection: NamedDependency[JobInspection]) -> JobDetail:
+        return await _detail(inspection.job(params.job_id(job_id)))
 
     @delete(
         "/", media_type=MediaType.JSON, status_code=200, summary="Cancel a job that has not finished", responses=_CANCEL
     )
-    async def remove(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.cancel(params.job_id(job_id)))
+    async def remove(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.cancel(params.job_id(job_id)))
 
     @post(
         "/cancel",
@@ -63,8 +65,8 @@ class OperatorJobsController(Controller):
         'error "cancelled" on the compatible surface); its running step is abandoned.',
         responses=_CANCEL,
     )
-    async def cancel(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.cancel(params.job_id(job_id)))
+    async def cancel(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.cancel(params.job_id(job_id)))
 
     @post(
         "/retry",
@@ -74,8 +76,8 @@ class OperatorJobsController(Controller):
         description="It resumes at the step that failed: steps that succeeded are not run again.",
         responses=_RETRY,
     )
-    async def retry(self, job_id: JobIdPath, operator: NamedDependency[OperatorService]) -> JobDetail:
-        return await _detail(operator.retry(params.job_id(job_id)))
+    async def retry(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.retry(params.job_id(job_id)))
 
 
 class ContainersController(Controller):
@@ -91,5 +93,5 @@ class ContainersController(Controller):
         "started, and the mean and p95 duration of its last calls (in-memory samples of this node).",
         responses=errors(OPERATOR, RATE_LIMITED),
     )
-    async def containers(self, operator: NamedDependency[OperatorService]) -> list[ContainerLiveState]:
-        return msgspec.convert(operator.container_states(), list[ContainerLiveState])
+    async def containers(self, container_report: NamedDependency[ContainerReport]) -> list[ContainerLiveState]:
+        return msgspec.convert(container_report.states(), list[ContainerLiveState])

@@ -1,0 +1,119 @@
+"""The maintenance services' statements (``app.maintenance``) and the operator's job
+actions (``app.jobs.actions``): reaping expired leases, taking back a restarted node's
+orphans, pruning old finished jobs, cancelling and re-queueing, and the error step a job
+ends on when no container failed it.
+
+None of them is on the hot path; they run through SQLAlchemy (``Statement.run``).
+Parameters are named after what they hold, never after a column: SQLAlchemy reserves
+column names for the SET and VALUES clauses of the statement's own table.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BindParameter, Integer, bindparam, delete, func, insert, select, update
+
+from app.db.direct import Statement
+from app.db.models import Job, JobStatus, JobStep, UtcDateTime
+from app.jobs.queries import status_in, status_is
+
+_NOW = bindparam("now", type_=UtcDateTime())
+_JOB: BindParameter[Any] = bindparam("job")
+_UNLEASED = {"lease_owner": None, "lease_expires_at": None}
+
+# -- ending a job -----------------------------------------------------------------------
+
+#: End one job as failed. Parameters: ``job``, ``now``.
+FAIL = Statement(update(Job).where(Job.id == _JOB).values(status=JobStatus.FAILED, finished_at=_NOW, **_UNLEASED))
+#: How many steps a job has: the position of the step it had reached. Parameter: ``job``.
+STEP_COUNT = Statement(select(func.count()).select_from(JobStep).where(JobStep.job_id == _JOB))
+#: The error step of a job that ends without a container error. Parameters: ``job``,
+#: ``step`` (its position), ``container_id``, ``reason``, ``by_node``, ``now``.
+FAILURE_STEP = Statement(
+    insert(JobStep).values(
+        job_id=_JOB,
+        position=bindparam("step"),
+        container=bindparam("container_id"),
+        error=bindparam("reason"),
+        attempt=0,
+        node=bindparam("by_node"),
+        started_at=_NOW,
+        finished_at=_NOW,
+    )
+)
+
+# -- reaper: expired leases -------------------------------------------------------------
+
+#: Running jobs whose lease expired, oldest lease first, locked (others skipped: another
+#: reaper has them). Parameters: ``now``, ``batch``.
+EXPIRED = Statement(
+    select(Job.id, Job.attempts, Job.containers, Job.stream)
+    .where(status_is(JobStatus.RUNNING), Job.lease_expires_at < _NOW)
+    .order_by(Job.lease_expires_at)
+    .limit(bindparam("batch", type_=Integer))
+    .with_for_update(skip_locked=True)
+)
+#: Back to pending, the claim counted. Parameter: ``job``.
+REQUEUE_EXPIRED = Statement(update(Job).where(Job.id == _JOB).values(status=JobStatus.PENDING, **_UNLEASED))
+
+# -- orphans: what a node's previous life was running -----------------------------------
+
+_ORPHANS = (status_is(JobStatus.RUNNING), Job.lease_owner == bindparam("node"), Job.stream.is_(False))
+#: Orphans that used every attempt. Parameters: ``node``, ``max_attempts``.
+EXHAUSTED_ORPHANS = Statement(
+    select(Job.id, Job.attempts, Job.containers).where(*_ORPHANS, Job.attempts >= bindparam("max_attempts"))
+)
+#: Every orphan back to pending. Parameter: ``node``.
+REQUEUE_ORPHANS = Statement(update(Job).where(*_ORPHANS).values(status=JobStatus.PENDING, **_UNLEASED))
+
+# -- pruner: retention ------------------------------------------------------------------
+
+_PRUNABLE = (Job.finished_at.is_not(None), Job.finished_at < bindparam("older_than"))
+#: One batch of the oldest finished jobs, read through ``ix_jobs_finished_at``: pruning
+#: never scans. Parameters: ``older_than``, ``batch``.
+_prune_batch = select(Job.seq).where(*_PRUNABLE).order_by(Job.finished_at).limit(bindparam("batch", type_=Integer))
+PRUNE_BATCH = Statement(_prune_batch)
+#: Delete that batch; their steps go with them by cascade. Parameters: as ``PRUNE_BATCH``.
+PRUNE = Statement(delete(Job).where(Job.seq.in_(_prune_batch.scalar_subquery())))
+#: How many finished jobs a prune would delete (the CLI's progress). Parameter: ``older_than``.
+PRUNABLE_COUNT = Statement(select(func.count()).where(*_PRUNABLE))
+
+# -- the operator's actions -------------------------------------------------------------
+
+#: End an unfinished job as cancelled; answers its containers. Parameters: ``job``, ``now``.
+CANCEL = Statement(
+    update(Job)
+    .where(Job.id == _JOB, status_in(JobStatus.UNFINISHED))
+    .values(status=JobStatus.CANCELLED, finished_at=_NOW, **_UNLEASED)
+    .returning(Job.containers)
+)
+#: A failed or cancelled job back to pending, its attempts reset. Parameters: ``job``, ``now``.
+REQUEUE = Statement(
+    update(Job)
+    .where(Job.id == _JOB, status_in((JobStatus.FAILED, JobStatus.CANCELLED)))
+    .values(status=JobStatus.PENDING, attempts=0, finished_at=None, run_after=_NOW)
+)
+#: A re-queued job's error step goes: it resumes at the step that failed. Parameter: ``job``.
+DROP_ERROR_STEPS = Statement(delete(JobStep).where(JobStep.job_id == _JOB, JobStep.error.is_not(None)))
+
+
+def examples(job: str, node: str, now: Any) -> dict[str, tuple[Statement, dict[str, Any]]]:
+    """Every statement of this module with parameters of the right shape (for the test that
+    EXPLAINs each)."""
+    step = {"job": job, "step": 0, "container_id": "echo", "reason": "cancelled", "by_node": node, "now": now}
+    return {
+        "fail": (FAIL, {"job": job, "now": now}),
+        "step count": (STEP_COUNT, {"job": job}),
+        "failure step": (FAILURE_STEP, step),
+        "expired": (EXPIRED, {"now": now, "batch": 100}),
+        "requeue expired": (REQUEUE_EXPIRED, {"job": job}),
+        "exhausted orphans": (EXHAUSTED_ORPHANS, {"node": node, "max_attempts": 3}),
+        "requeue orphans": (REQUEUE_ORPHANS, {"node": node}),
+        "prune batch": (PRUNE_BATCH, {"older_than": now, "batch": 500}),
+        "prune": (PRUNE, {"older_than": now, "batch": 500}),
+        "prunable count": (PRUNABLE_COUNT, {"older_than": now}),
+        "cancel": (CANCEL, {"job": job, "now": now}),
+        "requeue": (REQUEUE, {"job": job, "now": now}),
+        "drop error steps": (DROP_ERROR_STEPS, {"job": job}),
+    }

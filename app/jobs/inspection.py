@@ -1,0 +1,135 @@
+"""One job in full and lists of jobs, as the operator reads them (the operator endpoints,
+the dashboard and the ``jobnode jobs`` CLI)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from app.db.engine import Database
+from app.db.models import JobStatus
+from app.db.statements.inspection import (
+    ERRORS,
+    JOB,
+    JOB_STEPS,
+    RECENTLY_FAILED,
+    RETRYABLE,
+    RETRYABLE_IDS,
+    newest_jobs,
+)
+from app.jobs.results import api_status, job_result, step_result
+
+
+class JobNotFound(LookupError):
+    pass
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return round((end - start).total_seconds(), 6)
+
+
+def _step(row: Any) -> dict[str, Any]:
+    return {
+        "position": row.position,
+        "container": row.container,
+        "output": row.output,
+        "error": row.error,
+        "attempt": row.attempt,
+        "node": row.node,
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "duration_seconds": _seconds(row.started_at, row.finished_at),
+    }
+
+
+def job_detail(job: Any, steps: Sequence[Any]) -> dict[str, Any]:
+    """A ``jobs`` row and its ``job_steps`` rows as one JSON object."""
+    results = [step_result(s.container, s.output, s.error) for s in steps]
+    finished = job.status in JobStatus.FINISHED
+    node = job.lease_owner if job.lease_owner else (steps[-1].node if steps else None)
+    reached = steps[-1].container if steps else (job.containers[0] if job.containers else None)
+    return {
+        "id": str(job.id),
+        "status": job.status,
+        "api_status": api_status(job.status),
+        "client": job.client,
+        "source": job.source,
+        "containers": job.containers,
+        "input": job.input,
+        "requires_proof": job.requires_proof,
+        "stream": job.stream,
+        "attempts": job.attempts,
+        "node": node,
+        "container": reached,
+        "lease_expires_at": _iso(job.lease_expires_at),
+        "created_at": _iso(job.created_at),
+        "run_after": _iso(job.run_after),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "queued_seconds": _seconds(job.created_at, job.started_at),
+        "duration_seconds": _seconds(job.started_at, job.finished_at) if finished else None,
+        "result": job_result(str(job.id), job.status, results, False)["result"],
+        "steps": [_step(s) for s in steps],
+    }
+
+
+def _summary(row: Any, error: str | None = None) -> dict[str, Any]:
+    return {
+        "id": str(row.id),
+        "status": row.status,
+        "client": row.client,
+        "containers": row.containers,
+        "attempts": row.attempts,
+        "created_at": _iso(row.created_at),
+        "finished_at": _iso(row.finished_at),
+        "error": error,
+    }
+
+
+class JobInspection:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        async with self.database.read() as conn:
+            job = (await JOB.run(conn, {"job": job_id})).first()
+            if job is None:
+                raise JobNotFound(job_id)
+            steps = (await JOB_STEPS.run(conn, {"job": job_id})).all()
+        return job_detail(job, steps)
+
+    async def list_jobs(
+        self, status: str | None = None, client: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Newest first."""
+        params: dict[str, Any] = {"limit": limit} if client is None else {"limit": limit, "client": client}
+        async with self.database.read() as conn:
+            rows = (await newest_jobs(status, client is not None).run(conn, params)).all()
+            errors = await _errors(conn, [str(r.id) for r in rows if r.status in RETRYABLE])
+        return [_summary(r, errors.get(str(r.id))) for r in rows]
+
+    async def failed_jobs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The most recently finished failed or cancelled jobs, with their error."""
+        async with self.database.read() as conn:
+            rows = (await RECENTLY_FAILED.run(conn, {"limit": limit})).all()
+            errors = await _errors(conn, [str(r.id) for r in rows])
+        return [_summary(r, errors.get(str(r.id))) for r in rows]
+
+    async def retryable_ids(self) -> list[str]:
+        async with self.database.read() as conn:
+            return [str(job_id) for (job_id,) in await RETRYABLE_IDS.run(conn)]
+
+
+async def _errors(conn: AsyncConnection, job_ids: list[str]) -> dict[str, str]:
+    if not job_ids:
+        return {}
+    return {str(r.job_id): f"{r.container}: {r.error}" for r in await ERRORS.run(conn, {"ids": job_ids})}

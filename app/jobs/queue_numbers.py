@@ -1,0 +1,102 @@
+"""The queue's numbers: unfinished jobs by state and source, runnable jobs and the oldest
+one's age, jobs finished per minute, every state counted (``/metrics``, the dashboard and
+``jobnode stats``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from app.clock import utcnow
+from app.db.engine import Database
+from app.db.errors import is_database_unavailable
+from app.db.models import JobStatus
+from app.db.statements.inspection import (
+    COUNT_BY_STATUS,
+    FINISHED_SINCE,
+    RUNNABLE,
+    UNFINISHED_BY_STATE,
+    finished_per_minute,
+)
+
+#: The states ``QueueSnapshot.jobs`` counts, in their documented order.
+UNFINISHED_STATES = JobStatus.UNFINISHED
+
+
+@dataclass
+class QueueSnapshot:
+    """Unfinished jobs by (state, source), runnable pending jobs, the oldest one's age."""
+
+    jobs: dict[tuple[str, str], int]
+    queue_depth: int
+    oldest_pending_seconds: float
+
+    @property
+    def running(self) -> int:
+        return sum(n for (status, _), n in self.jobs.items() if status == JobStatus.RUNNING)
+
+
+class QueueNumbers:
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def queue(self) -> QueueSnapshot:
+        """Cheap enough for every scrape: reads unfinished jobs only (partial indexes)."""
+        now = utcnow()
+        async with self.database.read() as conn:
+            by_state: Sequence[Any] = (await UNFINISHED_BY_STATE.run(conn)).all()
+            runnable: Any = (await RUNNABLE.run(conn, {"now": now})).one()
+        jobs = {(status, source): count for status, source, count in by_state}
+        depth, oldest_at = runnable
+        age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at is not None else 0.0
+        return QueueSnapshot(jobs, depth, age)
+
+    async def queue_if_available(self) -> QueueSnapshot | None:
+        """``queue``, or None while the database does not answer (a scrape still serves the
+        rest); other errors are raised."""
+        try:
+            return await self.queue()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                raise
+            return None
+
+    async def throughput(self, minutes: int = 10) -> list[dict[str, Any]]:
+        """Jobs finished per minute over the last ``minutes`` (the current minute last),
+        ``[{"minute": iso, "success": n, "failed": n}]``; cancelled counts as failed."""
+        now = utcnow()
+        current = int(now.timestamp() // 60)
+        since = datetime.fromtimestamp((current - minutes + 1) * 60, now.tzinfo)
+        counts: dict[int, dict[str, int]] = {
+            m: {"success": 0, "failed": 0} for m in range(current - minutes + 1, current + 1)
+        }
+        statement = finished_per_minute(self.database.is_postgresql)
+        async with self.database.read() as conn:
+            rows: Sequence[Any] = (await statement.run(conn, {"since": since})).all()
+        for minute, status, count in rows:
+            slot = counts.get(int(minute))
+            if slot is not None:
+                slot["success" if status == JobStatus.SUCCESS else "failed"] += count
+        return [
+            {"minute": datetime.fromtimestamp(m * 60, now.tzinfo).isoformat(), **slot} for m, slot in counts.items()
+        ]
+
+    async def finished_since(self, seconds: float) -> int:
+        async with self.database.read() as conn:
+            count: int = (await FINISHED_SINCE.run(conn, {"since": utcnow() - timedelta(seconds=seconds)})).scalar_one()
+        return count
+
+    async def stats(self) -> dict[str, Any]:
+        """For the CLI: every state (a full count), the oldest pending job, last minute's throughput."""
+        async with self.database.read() as conn:
+            by_status: Sequence[Any] = (await COUNT_BY_STATUS.run(conn)).all()
+        counts: dict[str, int] = dict(by_status)
+        queue = await self.queue()
+        return {
+            "jobs": {status: counts.get(status, 0) for status in (*JobStatus.UNFINISHED, *JobStatus.FINISHED)},
+            "queue_depth": queue.queue_depth,
+            "oldest_pending_seconds": queue.oldest_pending_seconds,
+            "finished_last_minute": await self.finished_since(60),
+        }

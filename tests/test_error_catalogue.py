@@ -18,8 +18,8 @@ from app import errors as catalogue
 from app.config import settings_from_dict
 from app.errors import CATALOGUE, ErrorSpec
 from app.http.app import create_app
-from app.node import Node
 from app.http.openapi import JOB_REQUEST
+from app.node import Node
 from app.storable import DEFAULT_MAX_DEPTH
 from tests.helpers import job
 

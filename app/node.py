@@ -32,6 +32,7 @@ from app.jobs.stream import StreamService
 from app.jobs.transitions import JobStore
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
+from app.scheduler.streaming import StreamRunner
 
 if TYPE_CHECKING:
     from app.containers.docker import ContainerRuntime
@@ -67,7 +68,8 @@ class Node:
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
         self.jobs = JobService(self.database, catalog, self.signal, live, claims)
-        self.streams = StreamService(store, catalog, self.containers, self.client, settings.server.max_json_depth)
+        streamer = StreamRunner(self.containers, self.client)
+        self.streams = StreamService(store, catalog, streamer, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
         self.operator = OperatorService(self.database, store, self.signal, self.containers, live)
         self.runtime: ContainerRuntime | None = None

@@ -55,7 +55,8 @@ from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import JobSignal
 from app.jobs.requests import ContainerCatalog, JobRequest
 from app.jobs.service import JobService
-from app.jobs.transitions import CANCELLED_ERROR, ClaimedJob, JobStore, LeaseLost, StepResult
+from app.jobs.transitions import JobStore
+from app.jobs.values import CANCELLED_ERROR, ClaimedJob, LeaseLost, StepResult
 from tests.support import create_pg_database, drop_pg_database, migrated, node_settings
 
 NODES = ("node-a", "node-b", "node-c")

@@ -27,8 +27,8 @@ from app.clock import utcnow
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
+from app.db.statements.status import status_in, status_is
 from app.jobs.live import LiveJobs
-from app.jobs.queries import status_in, status_is
 from app.jobs.results import api_status, job_result, step_result
 from app.jobs.transitions import JobStore
 

@@ -18,7 +18,8 @@ from app.db.errors import is_database_unavailable, refused_value, short_message
 from app.db.models import JobStatus
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
-from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult
+from app.jobs.transitions import JobStore
+from app.jobs.values import ClaimedJob, LeaseLost, StepResult
 
 log = logging.getLogger("jobnode.scheduler")
 

@@ -1,17 +1,20 @@
-"""The hot statements' short path to the driver.
+"""The hot statements' short path to the driver, and the shapes a statement takes.
 
 Every job passes through a handful of statements (submit, claim, step commit, result
-read) several times a second per client. Run through SQLAlchemy's execution layer each
-costs 170–400 µs of CPU (cache key, parameter processing, greenlet hop, pool events);
-the same statement on a raw asyncpg connection costs about 25 µs. So on PostgreSQL these
-statements are still written in Core, compiled once per shape by SQLAlchemy, and run
-by asyncpg from a pool of its own (asyncpg prepares and caches them per connection).
-On SQLite the same Core statements run through SQLAlchemy as usual: there the
-database's single writer, not the Python layer, is the limit.
+read) several times a second per client. Run through SQLAlchemy's execution layer, each
+costs several times the CPU of the same statement on a raw asyncpg connection (cache key,
+parameter processing, greenlet hop, pool events). So on PostgreSQL these statements are
+still written in Core, compiled once per shape by SQLAlchemy, and run by asyncpg from a
+pool of its own (asyncpg prepares and caches them per connection). On SQLite the same
+Core statements run through SQLAlchemy as usual: there the database's single writer,
+not the Python layer, is the limit.
 
 Lists bound to ``expanding`` parameters (``IN``) are padded to a power of two with their
 last element, so a statement has a few shapes (and prepared statements), not one per
 list length.
+
+The statements themselves live in ``app.db.statements``; ``Shapes``, ``PerDialect`` and
+``RowsInsert`` here are the forms they take there besides a plain ``Statement``.
 """
 
 from __future__ import annotations
@@ -298,11 +301,11 @@ async def _reset(connection: asyncpg.Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-#: Every hot statement is an index lookup by design (a test EXPLAINs each). asyncpg keeps
-#: a statement's generic plan for the connection's life, and one planned while a fresh
-#: database was still empty would scan ``job_steps`` for good as it grows (260 µs a poll
-#: after ten seconds under load, measured); without sequential scans it is always planned
-#: on the indexes.
+#: Every hot statement is an index lookup by design (``tests/test_statements.py`` EXPLAINs
+#: each, with these settings). asyncpg keeps a statement's generic plan for the
+#: connection's life, and one planned while a fresh database was still empty would scan
+#: ``job_steps`` for good as it grows; without sequential scans it is always planned on
+#: the indexes.
 _SESSION = {"enable_seqscan": "off"}
 
 

@@ -39,7 +39,7 @@ from app.clock import utcnow
 if TYPE_CHECKING:
     from app.containers.client import StepFailed
     from app.containers.state import ContainerState
-    from app.jobs.transitions import ClaimedJob
+    from app.jobs.values import ClaimedJob
 
 log = logging.getLogger("jobnode.jobs")
 

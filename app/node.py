@@ -40,6 +40,7 @@ from app.maintenance.pruner import Pruner
 from app.maintenance.reaper import Reaper
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
+from app.scheduler.streaming import StreamRunner
 
 if TYPE_CHECKING:
     from app.containers.runtime import ContainerRuntime
@@ -71,7 +72,8 @@ class Node:
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
         self.jobs = JobService(self.database, catalog, self.signal, live, claims)
-        self.streams = StreamService(store, catalog, self.containers, self.client, settings.server.max_json_depth)
+        streamer = StreamRunner(self.containers, self.client)
+        self.streams = StreamService(store, catalog, streamer, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
         self.inspection = JobInspection(self.database)
         self.actions = JobActions(self.database, self.inspection, settings.node_id, self.signal, live)

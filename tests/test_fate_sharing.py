@@ -22,8 +22,9 @@ from app.clock import utcnow
 from app.db.batching import GroupCommit
 from app.db.engine import Database
 from app.db.models import Job, JobStatus
+from app.db.statements.submits import INSERT_JOBS
 from app.jobs.requests import JobRequest
-from app.jobs.transitions import ClaimedJob
+from app.jobs.values import ClaimedJob
 from tests.conftest import BACKENDS
 from tests.helpers import assert_error, assert_invalid_request, assert_uuid4, job
 from tests.operator_support import add_job, container, fresh_database, scheduled
@@ -349,7 +350,7 @@ def _row(job_id: str, data: Any) -> dict[str, Any]:
 async def test_group_commit_flushes_each_item_alone_when_the_group_fails(fresh_url):
     """A real INSERT of several jobs in one statement, one of them a duplicate id (which
     either database refuses): the others are stored, only the duplicate fails."""
-    from app.jobs.service import new_job_id
+    from app.jobs.rows import new_job_id
 
     database = Database(fresh_url)
     flushes: list[int] = []
@@ -357,7 +358,7 @@ async def test_group_commit_flushes_each_item_alone_when_the_group_fails(fresh_u
     async def insert(batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
         flushes.append(sum(len(rows) for rows in batches))
         async with database.direct_write(one_statement=True) as conn:
-            await conn.insert_many(Job.__table__, [row for rows in batches for row in rows])
+            await conn.insert_many(INSERT_JOBS, [row for rows in batches for row in rows])
         return [None] * len(batches)
 
     try:
@@ -392,12 +393,12 @@ async def test_group_commit_does_not_retry_item_by_item_without_a_database(backe
     async def insert(batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
         flushes.append(len(batches))
         async with database.direct_write(one_statement=True) as conn:
-            await conn.insert_many(Job.__table__, [row for rows in batches for row in rows])
+            await conn.insert_many(INSERT_JOBS, [row for rows in batches for row in rows])
         return [None] * len(batches)
 
     try:
         from app.db.errors import is_database_unavailable
-        from app.jobs.service import new_job_id
+        from app.jobs.rows import new_job_id
 
         group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(insert)
         outcomes = await asyncio.gather(
@@ -481,7 +482,7 @@ async def test_a_step_whose_output_the_database_refuses_fails_the_job_once(make_
 async def test_one_unreadable_job_fails_only_its_own_read(make_fresh_node, backend):
     """Concurrent reads share one statement; a job stored before these checks existed that
     cannot be decoded (nested 5000 deep) fails the read that asks for it, not the others."""
-    from app.jobs.service import new_job_id
+    from app.jobs.rows import new_job_id
 
     config = scheduled(container("echo", "http://127.0.0.1:9"), enabled=False)
     async with make_fresh_node(config) as node:

@@ -1,14 +1,13 @@
-"""Alembic owns the schema (SPEC §6): migrations produce the models exactly, the CLI
-applies them idempotently, and every query the API makes is served by an index."""
+"""Alembic owns the schema (SPEC §6): migrations produce the models exactly, and the CLI
+applies them idempotently (``tests/test_statements.py`` checks that each statement is
+served by an index)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,24 +15,15 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, inspect, text
-from sqlalchemy.sql import Select
 
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Base
-from app.db.statements import maintenance
-from app.jobs import queries
 from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
 
 BIN = Path(sys.executable).parent
 TABLES = {"jobs", "job_steps"}
-INDEXES = {index.name for table in Base.metadata.tables.values() for index in table.indexes} | {
-    "uq_jobs_id",
-    "uq_job_steps_job_position",
-    "jobs_pkey",
-    "job_steps_pkey",
-}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -136,47 +126,3 @@ async def test_postgresql_column_types(postgresql_url):
     # No other timestamp column without a zone, no other JSON column as plain json.
     assert "timestamp without time zone" not in types.values()
     assert "json" not in types.values()
-
-
-def api_queries() -> dict[str, Select]:
-    client, job_id = "127.0.0.1", str(uuid.uuid4())
-    return {
-        "list all": queries.client_job_ids(None, False, False).statement.params(client=client),
-        "list pending": queries.client_job_ids(True, False, False).statement.params(client=client),
-        "list finished": queries.client_job_ids(False, False, False).statement.params(client=client),
-        "list page": queries.client_job_ids(None, True, True).statement.params(client=client, after_seq=42, limit=100),
-        "list pending page": queries.client_job_ids(True, True, True).statement.params(
-            client=client, after_seq=42, limit=100
-        ),
-        "cursor": queries.CLIENT_JOB_SEQ.statement.params(client=client, id=job_id),
-        "results by id": queries.RESULTS.statement.params(ids=[job_id, str(uuid.uuid4())]),
-        "pending counts": queries.UNFINISHED_COUNTS.statement,
-        "prune batch": maintenance.PRUNE_BATCH.statement.params(older_than=datetime.now(UTC), batch=500),
-    }
-
-
-async def test_every_api_query_uses_an_index(database_url):
-    database = Database(database_url)
-    plans: dict[str, str] = {}
-    try:
-        async with database.reader.connect() as connection:
-            if database.is_postgresql:
-                await connection.exec_driver_sql("SET enable_seqscan = off")
-            for name, statement in api_queries().items():
-                sql = str(statement.compile(dialect=connection.dialect, compile_kwargs={"literal_binds": True}))
-                prefix = "EXPLAIN " if database.is_postgresql else "EXPLAIN QUERY PLAN "
-                rows = (await connection.exec_driver_sql(prefix + sql)).all()
-                plans[name] = "\n".join(str(row[0] if database.is_postgresql else row[-1]) for row in rows)
-    finally:
-        await database.dispose()
-    for name, plan in plans.items():
-        if database.is_postgresql:
-            assert "Seq Scan" not in plan, (name, plan)
-            assert any(index in plan for index in INDEXES), (name, plan)
-        else:
-            lines = plan.splitlines()
-            assert any("USING INDEX" in line or "USING COVERING INDEX" in line for line in lines), (name, plan)
-            full_scans = [line for line in lines if line.startswith("SCAN ") and " USING " not in line]
-            assert full_scans == [], (name, plan)
-        if name.startswith("list"):
-            assert "TEMP B-TREE" not in plan and "Sort" not in plan, (name, plan)

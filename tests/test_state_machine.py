@@ -56,7 +56,8 @@ from app.db.signal import JobSignal
 from app.jobs.actions import cancel_job, requeue_job
 from app.jobs.requests import ContainerCatalog, JobRequest
 from app.jobs.service import JobService
-from app.jobs.transitions import CANCELLED_ERROR, ClaimedJob, JobStore, LeaseLost, StepResult
+from app.jobs.transitions import JobStore
+from app.jobs.values import CANCELLED_ERROR, ClaimedJob, LeaseLost, StepResult
 from app.maintenance.orphans import take_back
 from app.maintenance.pruner import prune_batch
 from app.maintenance.reaper import reap

@@ -21,7 +21,7 @@ second before its 503.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from app.db.errors import is_database_unavailable
@@ -30,7 +30,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 #: The flush answers each item in order: its result, or the exception for that item alone.
-Flush = Callable[[list[T]], Awaitable[list[R | BaseException]]]
+Flush = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 class GroupCommit(Generic[T, R]):
@@ -54,7 +54,7 @@ class GroupCommit(Generic[T, R]):
                 del self._waiting[: self._max_batch]
                 items = [item for item, _ in batch]
                 try:
-                    results: list[R | BaseException] = await self._flush(items)
+                    results: Sequence[R | BaseException] = await self._flush(items)
                 except Exception as exc:  # the whole transaction failed
                     if is_database_unavailable(exc):
                         batch += self._waiting  # they would meet the same outage, a deadline later

@@ -1,25 +1,30 @@
-"""The hot statements' short path to the driver.
+"""The hot statements' short path to the driver, and the shapes a statement takes.
 
 Every job passes through a handful of statements (submit, claim, step commit, result
-read) several times a second per client. Run through SQLAlchemy's execution layer each
-costs 170–400 µs of CPU (cache key, parameter processing, greenlet hop, pool events);
-the same statement on a raw asyncpg connection costs about 25 µs. So on PostgreSQL these
-statements are still written in Core, compiled once per shape by SQLAlchemy, and run
-by asyncpg from a pool of its own (asyncpg prepares and caches them per connection).
-On SQLite the same Core statements run through SQLAlchemy as usual: there the
-database's single writer, not the Python layer, is the limit.
+read) several times a second per client. Run through SQLAlchemy's execution layer, each
+costs several times the CPU of the same statement on a raw asyncpg connection (cache key,
+parameter processing, greenlet hop, pool events). So on PostgreSQL these statements are
+still written in Core, compiled once per shape by SQLAlchemy, and run by asyncpg from a
+pool of its own (asyncpg prepares and caches them per connection). On SQLite the same
+Core statements run through SQLAlchemy as usual: there the database's single writer,
+not the Python layer, is the limit.
 
 Lists bound to ``expanding`` parameters (``IN``) are padded to a power of two with their
 last element, so a statement has a few shapes (and prepared statements), not one per
 list length.
+
+The statements themselves live in ``app.db.statements``; ``Shapes``, ``PerDialect`` and
+``RowsInsert`` here are the forms they take there besides a plain ``Statement``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import functools
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 import asyncpg
 import msgspec
@@ -29,10 +34,16 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
 from sqlalchemy.engine import URL, CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.sql import Executable
+from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.elements import ColumnClause
+
+if TYPE_CHECKING:
+    from app.db.engine import Database
 
 Row = Sequence[Any]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 _PG_DIALECT = pg_asyncpg.dialect()  # type: ignore[no-untyped-call]
 
@@ -103,12 +114,69 @@ class Statement:
         shape = self._shapes.get(key)
         if shape is None:
             if self._compiled is None:
-                self._compiled = self.statement.compile(dialect=_PG_DIALECT)  # type: ignore[assignment]
-            assert self._compiled is not None
+                compiled = _clause(self.statement).compile(dialect=_PG_DIALECT)
+                assert isinstance(compiled, SQLCompiler)
+                self._compiled = compiled
             state = self._compiled.construct_expanded_state({k: _slots(k, v) for k, v in params.items()})
             shape = self._shapes[key] = (state.statement, list(state.positional_parameters))
         sql, slots = shape
         return sql, [slot.pick(params) if isinstance(slot, _Slot) else slot for slot in slots]
+
+
+def _clause(statement: Executable) -> ClauseElement:
+    """Every Core statement is a ``ClauseElement`` too (``Executable`` does not say so)."""
+    assert isinstance(statement, ClauseElement)
+    return statement
+
+
+class Shapes(Generic[P]):
+    """A cached factory of a statement's few shapes (``functools.cache``) that can list
+    them all, so that ``tests/test_statements.py`` EXPLAINs and runs every one."""
+
+    def __init__(self, build: Callable[P, Statement], shapes: Iterable[tuple[Any, ...]]) -> None:
+        self._build = functools.cache(build)
+        self.shapes = tuple(shapes)
+        functools.update_wrapper(self, build)
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Statement:
+        return self._build(*args, **kwargs)  # type: ignore[arg-type]
+
+    def all(self) -> dict[tuple[Any, ...], Statement]:
+        return {args: self._build(*args) for args in self.shapes}
+
+
+def shapes(args: Iterable[tuple[Any, ...]]) -> Callable[[Callable[P, Statement]], Shapes[P]]:
+    """``@shapes([(…), …])`` over a factory: its arguments, one tuple per shape."""
+    return lambda build: Shapes(build, args)
+
+
+@dataclass(frozen=True, slots=True)
+class PerDialect(Generic[T]):
+    """One statement in the form each database needs, side by side in the registry:
+    the domain runs ``STATEMENT.pick(database)`` and never asks which database it is."""
+
+    postgresql: T
+    sqlite: T
+
+    def pick(self, database: Database) -> T:
+        return self.postgresql if database.is_postgresql else self.sqlite
+
+
+class RowsInsert:
+    """Rows of a table inserted together (``DirectConnection.insert_many``), with fixed
+    columns: every row is a dict of exactly these keys. On PostgreSQL it is one
+    ``INSERT … SELECT unnest(…)`` (two shapes: with and without a NOTIFY in it)."""
+
+    def __init__(self, table: Table, columns: Iterable[str]) -> None:
+        self.table = table
+        self.columns = tuple(columns)
+        self._statements = {notify: _UnnestInsert(table, self.columns, notify) for notify in (False, True)}
+
+    def unnest(self, notify: bool) -> _UnnestInsert:
+        return self._statements[notify]
+
+    def all(self) -> dict[tuple[Any, ...], Statement]:
+        return {(notify,): statement for notify, statement in self._statements.items()}
 
 
 class DirectConnection(Protocol):
@@ -121,7 +189,7 @@ class DirectConnection(Protocol):
     async def execute(self, statement: Statement, params: dict[str, Any]) -> None: ...
 
     async def insert_many(
-        self, table: Table, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
+        self, into: RowsInsert, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
     ) -> None:
         """Insert the rows and, on PostgreSQL, ``pg_notify(*notify)`` in the same statement."""
 
@@ -144,13 +212,12 @@ class _AsyncpgConnection:
         await self.connection.fetch(sql, *args)
 
     async def insert_many(
-        self, table: Table, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
+        self, into: RowsInsert, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
     ) -> None:
         """One ``INSERT … SELECT unnest(…)`` with a column of values per array: one statement
         and one plan for any number of rows (and the NOTIFY in it, as a SELECT beside it)."""
-        columns = tuple(rows[0])
-        statement = _unnest_insert(table, columns, notify is not None)
-        sql, args = statement.asyncpg_args({name: [row[name] for row in rows] for name in columns})
+        statement = into.unnest(notify is not None)
+        sql, args = statement.asyncpg_args({name: [row[name] for row in rows] for name in into.columns})
         await self.connection.fetch(sql, *args, *(notify or ()))
 
     async def notify(self, channel: str, payload: str) -> None:
@@ -158,15 +225,6 @@ class _AsyncpgConnection:
 
 
 _NOTIFY = Statement(select(func.pg_notify(bindparam("channel"), bindparam("payload"))))
-_UNNEST_INSERTS: dict[tuple[str, tuple[str, ...], bool], Statement] = {}
-
-
-def _unnest_insert(table: Table, columns: tuple[str, ...], notify: bool) -> Statement:
-    key = (table.name, columns, notify)
-    statement = _UNNEST_INSERTS.get(key)
-    if statement is None:
-        statement = _UNNEST_INSERTS[key] = _UnnestInsert(table, columns, notify)
-    return statement
 
 
 class _UnnestInsert(Statement):
@@ -177,20 +235,21 @@ class _UnnestInsert(Statement):
 
     def __init__(self, table: Table, columns: tuple[str, ...], notify: bool) -> None:
         self._json = [isinstance(table.c[name].type, JSON) for name in columns]
-        unnests = []
+        unnests: list[ColumnClause[Any]] = []
         for i, name in enumerate(columns, start=1):
             if self._json[i - 1]:
                 unnests.append(literal_column(f"unnest(${i}::text[])::jsonb"))
             else:
-                array = ARRAY(table.c[name].type).compile(dialect=postgresql.dialect())
+                array = ARRAY(table.c[name].type).compile(dialect=postgresql.dialect())  # type: ignore[no-untyped-call]
                 unnests.append(literal_column(f"unnest(${i}::{array})"))
         statement: Any = insert(table).from_select(list(columns), select(*unnests), include_defaults=False)
         if notify:
             n = len(columns)
-            channel, payload = literal_column(f"${n + 1}::text"), literal_column(f"${n + 2}::text")
+            channel: ColumnClause[Any] = literal_column(f"${n + 1}::text")
+            payload: ColumnClause[Any] = literal_column(f"${n + 2}::text")
             statement = select(func.pg_notify(channel, payload)).add_cte(statement.cte("inserted"))
         super().__init__(statement)
-        self._sql = str(self.statement.compile(dialect=_PG_DIALECT))
+        self._sql = str(_clause(self.statement).compile(dialect=_PG_DIALECT))
         self._columns = columns
 
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
@@ -213,9 +272,9 @@ class _SqlAlchemyConnection:
         await self.connection.execute(statement.statement, statement.sqlalchemy_params(params))
 
     async def insert_many(
-        self, table: Table, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
+        self, into: RowsInsert, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
     ) -> None:
-        await self.connection.execute(insert(table), rows)
+        await self.connection.execute(insert(into.table), rows)
         if notify is not None:
             await self.notify(*notify)
 
@@ -242,11 +301,11 @@ async def _reset(connection: asyncpg.Connection) -> None:
         await connection.execute("ROLLBACK")
 
 
-#: Every hot statement is an index lookup by design (a test EXPLAINs each). asyncpg keeps
-#: a statement's generic plan for the connection's life, and one planned while a fresh
-#: database was still empty would scan ``job_steps`` for good as it grows (260 µs a poll
-#: after ten seconds under load, measured); without sequential scans it is always planned
-#: on the indexes.
+#: Every hot statement is an index lookup by design (``tests/test_statements.py`` EXPLAINs
+#: each, with these settings). asyncpg keeps a statement's generic plan for the
+#: connection's life, and one planned while a fresh database was still empty would scan
+#: ``job_steps`` for good as it grows; without sequential scans it is always planned on
+#: the indexes.
 _SESSION = {"enable_seqscan": "off"}
 
 

@@ -18,7 +18,7 @@ from app.errors import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, ErrorSpec
 from app.jobs.failure_step import record_failure
 from app.jobs.inspection import JobInspection
 from app.jobs.live import LiveJobs
-from app.jobs.transitions import CANCELLED_ERROR
+from app.jobs.values import CANCELLED_ERROR
 
 
 class JobConflict(Exception):

@@ -17,7 +17,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Protocol
 
-from app.jobs.transitions import ClaimedJob
+from app.jobs.values import ClaimedJob
 
 
 class SubmitClaims(Protocol):

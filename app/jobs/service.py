@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -16,15 +15,17 @@ from app.db.batching import GroupCommit
 from app.db.direct import Row
 from app.db.engine import Database
 from app.db.errors import is_database_unavailable, refused_value
-from app.db.models import Job, JobStatus
+from app.db.models import JobStatus
 from app.db.signal import JobSignal
+from app.db.statements import reads
+from app.db.statements.submits import INSERT_JOBS
 from app.errors import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_JOB_REQUEST, could_not_be_stored
-from app.jobs import queries
 from app.jobs.handoff import NoClaims, SubmitClaims
 from app.jobs.live import EndedJob, LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
-from app.jobs.transitions import ClaimedJob
+from app.jobs.rows import pending_row
+from app.jobs.values import ClaimedJob
 
 log = logging.getLogger("jobnode.jobs")
 
@@ -33,16 +34,6 @@ RESULTS_CHUNK = 1024
 #: A waiting read re-reads this often when no job of it ended on this node meanwhile
 #: (jobs that another node runs).
 RECHECK_SECONDS = 0.05
-
-
-def new_job_id() -> str:
-    """A random (version 4) UUID as text: ``str(uuid.uuid4())`` without the UUID object,
-    which was a sixth of the node's time in batch ingest."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40
-    raw[8] = raw[8] & 0x3F | 0x80
-    h = raw.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _refused_answer(job_id: str, exc: BaseException) -> dict[str, Any]:
@@ -78,24 +69,6 @@ class JobService:
         self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
-    def _row(self, request: JobRequest, client: str, now: Any) -> dict[str, Any]:
-        return {
-            "id": new_job_id(),
-            "client": client,
-            "source": "offchain",
-            "containers": request.containers,
-            "input": request.data,
-            "requires_proof": request.requires_proof,
-            "status": JobStatus.PENDING,
-            "attempts": 0,
-            "stream": False,
-            "lease_owner": None,
-            "lease_expires_at": None,
-            "run_after": now,
-            "created_at": now,
-            "started_at": None,
-        }
-
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
         """Check each request, store the accepted ones in one transaction, answer in order.
 
@@ -112,7 +85,7 @@ class JobService:
             except JobRejected as rejected:
                 answers.append(rejected.body())
                 continue
-            row = self._row(request, client, now)
+            row = pending_row(request, client, now)
             rows.append(row)
             answers.append({"id": row["id"]})
         if rows:
@@ -158,7 +131,7 @@ class JobService:
         left = claimed < len(rows)
         try:
             async with self.database.direct_write(one_statement=True) as conn:
-                await conn.insert_many(Job.__table__, rows, notify=self.signal.notification if left else None)
+                await conn.insert_many(INSERT_JOBS, rows, notify=self.signal.notification if left else None)
         except BaseException:
             self.claims.unreserve(claimed)
             # The rows go back as they came: ``GroupCommit`` may flush them again, each on
@@ -240,7 +213,7 @@ class JobService:
         async with self.database.direct_read() as conn:
             # A job and its steps always come in one statement (one snapshot).
             for chunk in range(0, len(wanted), RESULTS_CHUNK):
-                for row in await conn.fetch(queries.RESULTS, {"ids": wanted[chunk : chunk + RESULTS_CHUNK]}):
+                for row in await conn.fetch(reads.RESULTS, {"ids": wanted[chunk : chunk + RESULTS_CHUNK]}):
                     rows[str(row[0])].append(row)
         return [[(job_id, row) for job_id in ids for row in rows.get(job_id, ())] for ids in batches]
 
@@ -248,16 +221,16 @@ class JobService:
         params: dict[str, Any] = {"client": client, "limit": limit}
         async with self.database.direct_read() as conn:
             if after is not None:
-                cursor = await conn.fetch(queries.CLIENT_JOB_SEQ, {"client": client, "id": after})
+                cursor = await conn.fetch(reads.CLIENT_JOB_SEQ, {"client": client, "id": after})
                 if not cursor:
                     raise UnknownCursor(after)
                 params["after_seq"] = cursor[0][0]
-            statement = queries.client_job_ids(pending, after is not None, limit is not None)
+            statement = reads.client_job_ids(pending, after is not None, limit is not None)
             return [str(job_id) for (job_id,) in await conn.fetch(statement, params)]
 
     async def pending_counts(self) -> dict[str, int]:
         async with self.database.direct_read() as conn:
-            counts: dict[str, int] = dict(await conn.fetch(queries.UNFINISHED_COUNTS, {}))  # type: ignore[arg-type]
+            counts: dict[str, int] = dict(await conn.fetch(reads.UNFINISHED_COUNTS, {}))  # type: ignore[arg-type]
         return {"offchain": counts.get("offchain", 0), "onchain": counts.get("onchain", 0)}
 
     async def ping(self) -> None:

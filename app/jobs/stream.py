@@ -2,26 +2,39 @@
 
 The job is stored like any other, but owned by this node from the start (running, its
 lease held here and renewed while the stream lasts), so the scheduler leaves it alone.
-Its result is the whole body as text once the stream ends.
+Its result is the whole body as text once the stream ends. The container call itself is
+the runtime's (``app.scheduler.streaming``); this service keeps the job's state.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
-
-from sqlalchemy import insert
+from typing import Protocol
 
 from app.clock import utcnow
-from app.containers.client import ContainerClient, StepFailed
-from app.containers.state import ContainerStates
-from app.db.models import Job, JobStatus
 from app.errors import NUL_REFUSED, STREAM_ONE_CONTAINER
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
-from app.jobs.transitions import ClaimedJob, JobStore, StepResult
+from app.jobs.transitions import JobStore
+from app.jobs.values import ClaimedJob, StepResult
 from app.storable import DEFAULT_MAX_DEPTH
+
+
+class StreamFailed(Exception):
+    """The container call failed; ``error`` is the step's error."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+class ContainerStream(Protocol):
+    """The runtime's side of a streamed job."""
+
+    def stream(self, job: ClaimedJob) -> AsyncIterator[bytes]:
+        """The body of the job's one container as it arrives; raises ``StreamFailed``."""
+        ...
 
 
 class StreamService:
@@ -29,14 +42,12 @@ class StreamService:
         self,
         store: JobStore,
         catalog: ContainerCatalog,
-        states: ContainerStates,
-        client: ContainerClient,
+        runner: ContainerStream,
         max_json_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.store = store
         self.catalog = catalog
-        self.states = states
-        self.client = client
+        self.runner = runner
         #: ``server.max_json_depth``, for the request's ``data`` (``app.jobs.requests``).
         self.max_json_depth = max_json_depth
 
@@ -45,46 +56,21 @@ class StreamService:
         if len(request.containers) > 1:
             raise JobRejected(STREAM_ONE_CONTAINER)
         self.catalog.check(request, client)
-        now = utcnow()
-        job = ClaimedJob(str(uuid.uuid4()), request.containers, request.data, request.requires_proof, 1, now)
-        async with self.store.database.write() as conn:
-            await conn.execute(
-                insert(Job).values(
-                    id=job.id,
-                    client=client,
-                    source="offchain",
-                    containers=job.containers,
-                    input=job.input,
-                    requires_proof=job.requires_proof,
-                    status=JobStatus.RUNNING,
-                    attempts=1,
-                    stream=True,
-                    lease_owner=self.store.node_id,
-                    lease_expires_at=now + self.store.lease,
-                    run_after=now,
-                    created_at=now,
-                    started_at=now,
-                )
-            )
-        return job
+        return await self.store.open_stream(client, request)
 
     async def run(self, job: ClaimedJob) -> AsyncIterator[bytes]:
         """The id line first, then the container's body as it arrives."""
         yield f"{job.id}\n".encode()
-        state = self.states.get(job.containers[0])
-        assert state is not None  # checked by the catalog in open()
         started = utcnow()
         received: list[bytes] = []
         error: str | None = "stream cancelled: the client went away"
         heartbeat = asyncio.create_task(self._keep_lease(job))
         try:
-            if state.holds_jobs and not state.ready:
-                raise StepFailed(f"container not ready ({state.readiness.value})", delivered=False)
-            async for chunk in self.client.stream(state.settings, state.base_url, job.input, job.requires_proof):
+            async for chunk in self.runner.stream(job):
                 received.append(chunk)
                 yield chunk
             error = None
-        except StepFailed as failed:
+        except StreamFailed as failed:
             error = failed.error
         finally:
             heartbeat.cancel()

@@ -19,7 +19,8 @@ from app.db.models import JobStatus
 from app.errors import could_not_be_stored
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
-from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost, StepResult
+from app.jobs.transitions import JobStore
+from app.jobs.values import ClaimedJob, LeaseLost, StepResult
 
 log = logging.getLogger("jobnode.scheduler")
 

@@ -20,7 +20,8 @@ from app import metrics
 from app.config import Settings
 from app.db.errors import describe, is_database_unavailable
 from app.db.signal import JobSignal
-from app.jobs.transitions import ClaimedJob, JobStore, LeaseLost
+from app.jobs.transitions import JobStore
+from app.jobs.values import ClaimedJob, LeaseLost
 from app.loops import Outages, every
 from app.scheduler.chain import ChainRunner
 

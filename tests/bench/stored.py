@@ -37,7 +37,8 @@ from sqlalchemy import event, text
 from app.clock import utcnow
 from app.db.engine import Database
 from app.db.models import Job, JobStep
-from app.jobs.transitions import CLAIM, JobStore
+from app.db.statements.claims import CLAIM
+from app.jobs.transitions import JobStore
 from tests.bench.http import Connection
 from tests.bench.load import OpFailed, get_latency
 from tests.bench.procs import NodeProcess, asyncpg_dsn

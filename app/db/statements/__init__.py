@@ -1,8 +1,26 @@
 """Every SQL statement the node runs, named, one module per area.
 
+* ``claims``: a running job's statements (claim, committed steps, step commit, renewal,
+  graceful release);
+* ``submits``: new jobs (submits, the jobs they claim, streamed jobs);
+* ``reads``: what the API reads (results, a client's job ids, the cursor, ``/info``);
+* ``status``: ``status_in``/``status_is``, the status conditions every statement uses.
+
 A statement is a module-level ``app.db.direct.Statement`` (a Core statement with named
-``bindparam``\\ s), or, where a request picks among a few shapes, a cached factory that
-returns one. Where the databases need different SQL, both forms live here, side by side,
-and the domain never branches on the dialect. ``tests/test_statements.py`` EXPLAINs
-every statement of this package on PostgreSQL and runs each through both drivers.
+``bindparam``\\ s), UPPER_CASE. Hot paths run it on ``database.direct_read()`` /
+``direct_write()`` connections (``conn.fetch(STATEMENT, params)``), cold ones on a
+SQLAlchemy connection (``await STATEMENT.run(conn, params)``). Besides:
+
+* where a request picks among a few shapes, a factory decorated with
+  ``@app.db.direct.shapes([...])``, listing the arguments of every shape (cached, like
+  ``functools.cache``);
+* where the databases need different SQL, ``PerDialect(postgresql=…, sqlite=…)``: both
+  forms side by side here, and the domain runs ``STATEMENT.pick(database)``, never asking
+  which database it is;
+* rows inserted together (``conn.insert_many``): a ``RowsInsert`` of the table and its
+  columns (one ``INSERT … SELECT unnest(…)`` on PostgreSQL, a NOTIFY optionally in it).
+
+``tests/test_statements.py`` finds every one of these in this package and fails for one
+without an example there; it EXPLAINs each on PostgreSQL (and SQLite) and runs each
+through both drivers and SQLite.
 """

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Integer, bindparam, cast, desc, func, lite
 
 from app.db.direct import Statement
 from app.db.models import Job, JobStatus, JobStep
-from app.jobs.queries import status_in, status_is
+from app.db.statements.status import status_in, status_is
 
 #: Failed and cancelled jobs: those an operator may re-queue.
 RETRYABLE = (JobStatus.FAILED, JobStatus.CANCELLED)

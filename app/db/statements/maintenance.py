@@ -16,7 +16,7 @@ from sqlalchemy import BindParameter, Integer, bindparam, delete, func, insert, 
 
 from app.db.direct import Statement
 from app.db.models import Job, JobStatus, JobStep, UtcDateTime
-from app.jobs.queries import status_in, status_is
+from app.db.statements.status import status_in, status_is
 
 _NOW = bindparam("now", type_=UtcDateTime())
 _JOB: BindParameter[Any] = bindparam("job")

@@ -1,0 +1,116 @@
+"""A running job's statements: the claim, its committed steps, the step commit (extend or
+end the owned leases, insert the steps), the lease renewal and the graceful release.
+
+Each write that a running job makes is guarded by ``status = 'running' AND lease_owner =
+<this node>`` (and the claim itself, see ``_owned_claims``) and returns what it wrote, so a
+node that lost its lease can no longer write anything for that job.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Integer, bindparam, func, select, tuple_, update
+from sqlalchemy.sql.elements import ColumnElement
+
+from app.db.direct import PerDialect, RowsInsert, Statement
+from app.db.models import Job, JobStatus, JobStep, UtcDateTime
+from app.db.statements.status import status_is
+
+
+def _owned_claims() -> tuple[ColumnElement[bool], ...]:
+    """The very claims of the jobs (``claims``: id, attempts, run_after) held by ``node``: a
+    node that lost a job and claimed it again must not write for its old claim. Every later
+    claim has more attempts, except after an operator's re-queue (attempts back to 0),
+    which moves ``run_after`` (a claim's ``queued_at``)."""
+    return (
+        tuple_(Job.id, Job.attempts, Job.run_after).in_(bindparam("claims", expanding=True)),
+        status_is(JobStatus.RUNNING),
+        Job.lease_owner == bindparam("node"),
+    )
+
+
+_NOW = bindparam("now", type_=UtcDateTime())
+_CLAIMABLE = (
+    select(Job.seq)
+    .where(status_is(JobStatus.PENDING), Job.run_after <= _NOW)
+    .order_by(Job.run_after, Job.seq)
+    .limit(bindparam("limit", type_=Integer))
+    .with_for_update(skip_locked=True)
+    .cte("claimable")
+)
+#: Up to ``limit`` runnable jobs, oldest first, taken by ``node`` until ``lease_until``;
+#: the last column tells whether the job has committed steps (a resumed job).
+CLAIM = Statement(
+    update(Job)
+    .where(Job.seq == _CLAIMABLE.c.seq)
+    .values(
+        status=JobStatus.RUNNING,
+        attempts=Job.attempts + 1,
+        lease_owner=bindparam("node"),
+        lease_expires_at=bindparam("lease_until"),
+        started_at=func.coalesce(Job.started_at, _NOW),
+    )
+    .returning(
+        Job.id,
+        Job.containers,
+        Job.input,
+        Job.requires_proof,
+        Job.attempts,
+        Job.run_after,
+        Job.client,
+        select(JobStep.job_id).where(JobStep.job_id == Job.id).exists(),
+    )
+)
+#: The steps resumed jobs committed before. Parameter: ``ids``.
+COMMITTED_STEPS = Statement(
+    select(JobStep.job_id, JobStep.position, JobStep.output, JobStep.error)
+    .where(JobStep.job_id.in_(bindparam("ids", expanding=True)))
+    .order_by(JobStep.position)
+)
+#: A step commit whose jobs go on: their leases extended; returns the claims still held.
+EXTEND_OWNED = Statement(
+    update(Job)
+    .where(*_owned_claims())
+    .values(lease_expires_at=bindparam("lease_until"))
+    .returning(Job.id, Job.attempts, Job.run_after)
+)
+#: A step commit that ends its jobs as ``outcome``; returns the claims still held.
+FINISH_OWNED = Statement(
+    update(Job)
+    .where(*_owned_claims())
+    .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
+    .returning(Job.id, Job.attempts, Job.run_after)
+)
+#: The steps of a step commit, written only for the claims still held.
+INSERT_STEPS = RowsInsert(
+    JobStep.__table__,  # type: ignore[arg-type]
+    ("job_id", "position", "container", "output", "error", "attempt", "node", "started_at", "finished_at"),
+)
+
+_HELD = (
+    Job.id.in_(bindparam("ids", expanding=True)),
+    status_is(JobStatus.RUNNING),
+    Job.lease_owner == bindparam("node"),
+)
+_LOCKABLE = select(Job.id).where(*_HELD).with_for_update(skip_locked=True).cte("lockable")
+#: Heartbeat: the leases of ``ids`` that ``node`` still holds, extended; returns their ids.
+RENEW = PerDialect(
+    #: Rows a step commit of this node holds locked at that moment are left to it (it
+    #: extends or ends their leases itself) instead of waited for: a renewal that waited
+    #: could deadlock with it, the two locking the same rows in different orders. What
+    #: the node holds is read from the statement's snapshot, those rows included.
+    postgresql=Statement(
+        select(Job.id)
+        .where(*_HELD)
+        .add_cte(
+            update(Job).where(Job.id == _LOCKABLE.c.id).values(lease_expires_at=bindparam("lease_until")).cte("renewed")
+        )
+    ),
+    #: SQLite's one writer serialises the renewal with every step commit.
+    sqlite=Statement(update(Job).where(*_HELD).values(lease_expires_at=bindparam("lease_until")).returning(Job.id)),
+)
+#: Graceful hand-back of ``ids`` held by ``node``: pending again, the claim not counted.
+RELEASE = Statement(
+    update(Job)
+    .where(*_HELD)
+    .values(status=JobStatus.PENDING, attempts=Job.attempts - 1, lease_owner=None, lease_expires_at=None)
+)

@@ -1,0 +1,40 @@
+"""A new job's row, as a submit and a stream store it (``INSERT_JOBS``'s columns)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from app.db.models import JobStatus
+from app.jobs.requests import JobRequest
+
+
+def new_job_id() -> str:
+    """A random (version 4) UUID as text: ``str(uuid.uuid4())`` without the UUID object,
+    which was a sixth of the node's time in batch ingest."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40
+    raw[8] = raw[8] & 0x3F | 0x80
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def pending_row(request: JobRequest, client: str, now: datetime) -> dict[str, Any]:
+    """A new job waiting for a claim: its columns, in ``INSERT_JOBS``'s order."""
+    return {
+        "id": new_job_id(),
+        "client": client,
+        "source": "offchain",
+        "containers": request.containers,
+        "input": request.data,
+        "requires_proof": request.requires_proof,
+        "status": JobStatus.PENDING,
+        "attempts": 0,
+        "stream": False,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "run_after": now,
+        "created_at": now,
+        "started_at": None,
+    }

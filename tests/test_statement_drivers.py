@@ -1,4 +1,4 @@
-"""The statements' scenario (``tests/test_statements.py``) through the three ways the node
+"""The statements' scenario (``tests/statement_scenario.py``) through the three ways the node
 runs a statement (``app.db.direct``): asyncpg's pool, SQLAlchemy on PostgreSQL and
 SQLAlchemy on SQLite. Each must give the same answers."""
 
@@ -21,8 +21,8 @@ from app.db.direct import DirectConnection, RowsInsert
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, ENDED_CHANNEL
+from tests.statement_scenario import ENDED, J5, LEASE, NODE, SCENARIO, A, Example, at, job_row, registry
 from tests.support import create_pg_database, drop_pg_database, migrated, unavailable
-from tests.test_statements import ENDED, J5, LEASE, NODE, SCENARIO, A, Example, at, job_row, registry
 
 
 @dataclass

@@ -15,10 +15,10 @@ from app.db.errors import is_database_unavailable
 from app.db.models import JobStatus
 from app.db.statements.inspection import (
     COUNT_BY_STATUS,
+    FINISHED_PER_MINUTE,
     FINISHED_SINCE,
     RUNNABLE,
     UNFINISHED_BY_STATE,
-    finished_per_minute,
 )
 
 #: The states ``QueueSnapshot.jobs`` counts, in their documented order.
@@ -72,7 +72,7 @@ class QueueNumbers:
         counts: dict[int, dict[str, int]] = {
             m: {"success": 0, "failed": 0} for m in range(current - minutes + 1, current + 1)
         }
-        statement = finished_per_minute(self.database.is_postgresql)
+        statement = FINISHED_PER_MINUTE.pick(self.database)
         async with self.database.read() as conn:
             rows: Sequence[Any] = (await statement.run(conn, {"since": since})).all()
         for minute, status, count in rows:

@@ -19,7 +19,7 @@ log = logging.getLogger("jobnode.scheduler")
 async def prune_batch(database: Database, older_than: datetime, batch: int = 500) -> int:
     """Delete one batch of the oldest finished jobs; how many went."""
     async with database.write() as conn:
-        return (await PRUNE.run(conn, {"older_than": older_than, "batch": batch})).rowcount
+        return (await PRUNE.pick(database).run(conn, {"older_than": older_than, "batch": batch})).rowcount
 
 
 async def prunable(database: Database, older_than: datetime) -> int:

@@ -4,7 +4,10 @@
   graceful release);
 * ``submits``: new jobs (submits, the jobs they claim, streamed jobs);
 * ``reads``: what the API reads (results, a client's job ids, the cursor, ``/info``);
-* ``status``: ``status_in``/``status_is``, the status conditions every statement uses.
+* ``status``: ``status_in``/``status_is``, the status conditions every statement uses;
+* ``maintenance``: the reaper, orphan take-back and pruner (``app.maintenance``) and the
+  operator's job actions (``app.jobs.actions``);
+* ``inspection``: what the operator reads (``app.jobs.inspection``, ``app.jobs.queue_numbers``).
 
 A statement is a module-level ``app.db.direct.Statement`` (a Core statement with named
 ``bindparam``\\ s), UPPER_CASE. Hot paths run it on ``database.direct_read()`` /
@@ -21,6 +24,7 @@ SQLAlchemy connection (``await STATEMENT.run(conn, params)``). Besides:
   columns (one ``INSERT … SELECT unnest(…)`` on PostgreSQL, a NOTIFY optionally in it).
 
 ``tests/test_statements.py`` finds every one of these in this package and fails for one
-without an example there; it EXPLAINs each on PostgreSQL (and SQLite) and runs each
-through both drivers and SQLite.
+without an example in ``tests/statement_scenario.py`` (examples live in the tests, never in
+this package); it EXPLAINs each on PostgreSQL (and SQLite) and runs each through both
+drivers and SQLite.
 """

@@ -9,14 +9,11 @@ the CLI's ``stats`` runs ``COUNT_BY_STATUS``, never a scrape.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Integer, bindparam, cast, desc, func, literal_column, select
 
-from app.db.direct import Statement
+from app.db.direct import PerDialect, Statement, shapes
 from app.db.models import Job, JobStatus, JobStep
 from app.db.statements.status import status_in, status_is
 
@@ -36,7 +33,7 @@ JOB_STEPS = Statement(select(_steps).where(_steps.c.job_id == bindparam("job")).
 _SUMMARY = (Job.id, Job.status, Job.client, Job.containers, Job.attempts, Job.created_at, Job.finished_at)
 
 
-@functools.cache
+@shapes((status, client) for status in (None, *JobStatus.UNFINISHED, *JobStatus.FINISHED) for client in (False, True))
 def newest_jobs(status: str | None, client: bool) -> Statement:
     """The newest jobs, in one state when ``status`` is given (a literal, like every status
     filter: see ``status_in``). Parameters: ``limit``, and ``client`` when asked for."""
@@ -46,12 +43,6 @@ def newest_jobs(status: str | None, client: bool) -> Statement:
     if client:
         stmt = stmt.where(Job.client == bindparam("client"))
     return Statement(stmt)
-
-
-def newest_jobs_shapes() -> Iterator[tuple[Statement, dict[str, Any]]]:
-    for status in (None, *JobStatus.UNFINISHED, *JobStatus.FINISHED):
-        yield newest_jobs(status, False), {"limit": 50}
-        yield newest_jobs(status, True), {"limit": 50, "client": "127.0.0.1"}
 
 
 #: The most recently finished failed or cancelled jobs. Parameter: ``limit``.
@@ -88,15 +79,7 @@ FINISHED_SINCE = Statement(
 COUNT_BY_STATUS = Statement(select(Job.status, func.count()).group_by(Job.status))
 
 
-@functools.cache
-def finished_per_minute(postgresql: bool) -> Statement:
-    """Jobs finished since a moment, by minute (minutes since the epoch) and state.
-    Parameter: ``since``. The minute is computed by each database its own way."""
-    minute: ColumnElement[Any]
-    if postgresql:
-        minute = cast(func.floor(func.extract("epoch", Job.finished_at) / 60), Integer)
-    else:
-        minute = cast(func.strftime("%s", Job.finished_at), Integer) / 60
+def _finished_per_minute(minute: ColumnElement[Any]) -> Statement:
     return Statement(
         select(minute.label("minute"), Job.status, func.count())
         .where(Job.finished_at.is_not(None), Job.finished_at >= bindparam("since"))
@@ -104,21 +87,9 @@ def finished_per_minute(postgresql: bool) -> Statement:
     )
 
 
-def examples(job: str, now: datetime, postgresql: bool) -> dict[str, tuple[Statement, dict[str, Any]]]:
-    """Every statement of this module with parameters of the right shape (for the test that
-    EXPLAINs each)."""
-    found: dict[str, tuple[Statement, dict[str, Any]]] = {
-        "job": (JOB, {"job": job}),
-        "job steps": (JOB_STEPS, {"job": job}),
-        "recently failed": (RECENTLY_FAILED, {"limit": 20}),
-        "errors": (ERRORS, {"ids": [job]}),
-        "retryable ids": (RETRYABLE_IDS, {}),
-        "unfinished by state": (UNFINISHED_BY_STATE, {}),
-        "runnable": (RUNNABLE, {"now": now}),
-        "finished since": (FINISHED_SINCE, {"since": now}),
-        "count by status": (COUNT_BY_STATUS, {}),
-        "finished per minute": (finished_per_minute(postgresql), {"since": now}),
-    }
-    for i, shape in enumerate(newest_jobs_shapes()):
-        found[f"newest jobs {i}"] = shape
-    return found
+#: Jobs finished since a moment, by minute (minutes since the epoch) and state. Parameter:
+#: ``since``. Each database computes the minute its own way.
+FINISHED_PER_MINUTE = PerDialect(
+    postgresql=_finished_per_minute(cast(func.floor(func.extract("epoch", Job.finished_at) / 60), Integer)),
+    sqlite=_finished_per_minute(cast(func.strftime("%s", Job.finished_at), Integer) / 60),
+)

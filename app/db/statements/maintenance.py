@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BindParameter, Integer, bindparam, delete, func, insert, select, update
+from sqlalchemy import BindParameter, Integer, any_, bindparam, delete, func, insert, select, update
 
-from app.db.direct import Statement
+from app.db.direct import PerDialect, Statement
 from app.db.models import Job, JobStatus, JobStep, UtcDateTime
 from app.db.statements.status import status_in, status_is
 
@@ -75,7 +75,12 @@ _PRUNABLE = (Job.finished_at.is_not(None), Job.finished_at < bindparam("older_th
 _prune_batch = select(Job.seq).where(*_PRUNABLE).order_by(Job.finished_at).limit(bindparam("batch", type_=Integer))
 PRUNE_BATCH = Statement(_prune_batch)
 #: Delete that batch; their steps go with them by cascade. Parameters: as ``PRUNE_BATCH``.
-PRUNE = Statement(delete(Job).where(Job.seq.in_(_prune_batch.scalar_subquery())))
+PRUNE = PerDialect(
+    #: ``seq = ANY(ARRAY(batch))``: each row found by its primary key. PostgreSQL's generic
+    #: plan of ``seq IN (batch)`` hash-joins the batch with the whole table instead.
+    postgresql=Statement(delete(Job).where(Job.seq == any_(func.array(_prune_batch.scalar_subquery())))),
+    sqlite=Statement(delete(Job).where(Job.seq.in_(_prune_batch.scalar_subquery()))),
+)
 #: How many finished jobs a prune would delete (the CLI's progress). Parameter: ``older_than``.
 PRUNABLE_COUNT = Statement(select(func.count()).where(*_PRUNABLE))
 
@@ -96,24 +101,3 @@ REQUEUE = Statement(
 )
 #: A re-queued job's error step goes: it resumes at the step that failed. Parameter: ``job``.
 DROP_ERROR_STEPS = Statement(delete(JobStep).where(JobStep.job_id == _JOB, JobStep.error.is_not(None)))
-
-
-def examples(job: str, node: str, now: Any) -> dict[str, tuple[Statement, dict[str, Any]]]:
-    """Every statement of this module with parameters of the right shape (for the test that
-    EXPLAINs each)."""
-    step = {"job": job, "step": 0, "container_id": "echo", "reason": "cancelled", "by_node": node, "now": now}
-    return {
-        "fail": (FAIL, {"job": job, "now": now}),
-        "step count": (STEP_COUNT, {"job": job}),
-        "failure step": (FAILURE_STEP, step),
-        "expired": (EXPIRED, {"now": now, "batch": 100}),
-        "requeue expired": (REQUEUE_EXPIRED, {"job": job}),
-        "exhausted orphans": (EXHAUSTED_ORPHANS, {"node": node, "max_attempts": 3}),
-        "requeue orphans": (REQUEUE_ORPHANS, {"node": node}),
-        "prune batch": (PRUNE_BATCH, {"older_than": now, "batch": 500}),
-        "prune": (PRUNE, {"older_than": now, "batch": 500}),
-        "prunable count": (PRUNABLE_COUNT, {"older_than": now}),
-        "cancel": (CANCEL, {"job": job, "now": now}),
-        "requeue": (REQUEUE, {"job": job, "now": now}),
-        "drop error steps": (DROP_ERROR_STEPS, {"job": job}),
-    }

@@ -1,0 +1,344 @@
+"""The statements' scenario: every statement of ``app.db.statements`` used once or more,
+in an order that makes sense for one database, with what each answers. It is EXPLAINed
+(``tests/test_statements.py``) and run through each driver (``test_statement_drivers``)."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import pkgutil
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import app.db.statements
+from app.db.direct import PerDialect, RowsInsert, Shapes, Statement
+from app.db.models import JobStatus
+from app.db.signal import CHANNEL, ENDED_CHANNEL
+from app.db.statements import claims, submits
+
+# -- the registry ---------------------------------------------------------------------------------
+
+
+def registry() -> dict[str, Statement | RowsInsert]:
+    """Every statement of every module of ``app.db.statements``, by a name that says where
+    it is (a factory's shapes and a statement's dialect forms each on their own)."""
+    found: dict[str, Statement | RowsInsert] = {}
+    for info in pkgutil.iter_modules(app.db.statements.__path__):
+        module = importlib.import_module(f"app.db.statements.{info.name}")
+        for attribute, value in vars(module).items():
+            name = f"{info.name}.{attribute}"
+            if isinstance(value, Statement):
+                found[name] = value
+            elif isinstance(value, PerDialect):
+                found[f"{name}.postgresql"] = value.postgresql
+                found[f"{name}.sqlite"] = value.sqlite
+            elif isinstance(value, RowsInsert):
+                found[name] = value
+            elif isinstance(value, Shapes) and value.__module__ == module.__name__:
+                found.update({f"{name}{args!r}": statement for args, statement in value.all().items()})
+    return found
+
+
+# -- the examples: one scenario that uses every statement, with what each answers -------------------
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+LEASE = NOW + timedelta(seconds=30)
+NODE, OTHER_NODE = "node-1", "node-2"
+A, B = "10.0.0.1", "10.0.0.2"
+J1, J2, J3, J4, J5, J6, J7 = (str(uuid.UUID(int=n, version=4)) for n in range(1, 8))
+UNICODE = "ünïcødé ✓ 𝄞 — \u2028 'quoted' \"double\" \\"
+J1_INPUT = {"text": UNICODE, "none": None, "list": [1, None, "x", {"deep": [True, 1.5]}]}
+STEP_OUTPUT = {"a": UNICODE, "n": None}
+
+
+def job_row(job_id: str, client: str, minutes_ago: int, **columns: Any) -> dict[str, Any]:
+    """A new job's row (``INSERT_JOBS``'s columns), pending unless ``columns`` say otherwise."""
+    at = NOW - timedelta(minutes=minutes_ago)
+    row = {
+        "id": job_id,
+        "client": client,
+        "source": "offchain",
+        "containers": ["first", "second"],
+        "input": {"n": minutes_ago},
+        "requires_proof": False,
+        "status": JobStatus.PENDING,
+        "attempts": 0,
+        "stream": False,
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "run_after": at,
+        "created_at": at,
+        "started_at": None,
+    }
+    assert tuple(row) == submits.INSERT_JOBS.columns
+    return {**row, **columns}
+
+
+def step_row(job_id: str, position: int, output: Any, error: str | None = None) -> dict[str, Any]:
+    row = {
+        "job_id": job_id,
+        "position": position,
+        "container": ["first", "second"][position],
+        "output": output,
+        "error": error,
+        "attempt": 1,
+        "node": NODE,
+        "started_at": NOW,
+        "finished_at": NOW,
+    }
+    assert tuple(row) == claims.INSERT_STEPS.columns
+    return row
+
+
+def at(minutes_ago: int) -> datetime:
+    return NOW - timedelta(minutes=minutes_ago)
+
+
+#: Client A's jobs at the end of the scenario: (seq, id, finished).
+A_JOBS = [(1, J1, False), (2, J2, True), (3, J3, False), (5, J5, False), (6, J6, False), (7, J7, False)]
+
+
+def _listed(pending: bool | None, after: bool, limit: bool) -> list[tuple[Any, ...]]:
+    """What ``client_job_ids`` answers client A with ``after_seq`` 1 and ``limit`` 2."""
+    jobs = [
+        (job_id,)
+        for seq, job_id, finished in A_JOBS
+        if (pending is None or pending != finished) and (not after or seq > 1)
+    ]
+    return jobs[:2] if limit else jobs
+
+
+@dataclass(frozen=True)
+class Example:
+    """Run ``name`` with ``params``; it answers ``rows`` (sorted unless ``ordered``), or for
+    an insert, ``params`` are its rows and ``notify`` its ``pg_notify`` arguments."""
+
+    name: str
+    params: Any
+    rows: list[tuple[Any, ...]] | None = None
+    ordered: bool = False
+    notify: tuple[str, str] | None = None
+    #: Statements of one database only (``PerDialect`` forms).
+    dialect: str | None = None
+
+
+def _client_job_ids(pending: bool | None, after: bool, limit: bool) -> Example:
+    params: dict[str, Any] = {"client": A}
+    if after:
+        params["after_seq"] = 1
+    if limit:
+        params["limit"] = 2
+    return Example(f"reads.client_job_ids{(pending, after, limit)!r}", params, _listed(pending, after, limit), True)
+
+
+ENDED = (ENDED_CHANNEL, f'["{NODE}",["{J2}"]]')
+#: The running node's statements: submits, a claim, step commits, renewal, release, reads.
+LIFECYCLE = [
+    Example(
+        "submits.INSERT_JOBS",
+        [job_row(J1, A, 10, input=J1_INPUT), job_row(J2, A, 9), job_row(J3, A, 8)],
+        notify=(CHANNEL, "sender ✓"),
+    ),
+    Example(
+        "submits.INSERT_JOBS",
+        [
+            job_row(J4, B, 7, source="onchain"),
+            # Stored claimed, as a submit's handoff or a stream stores it.
+            job_row(
+                J5,
+                A,
+                6,
+                status=JobStatus.RUNNING,
+                attempts=1,
+                lease_owner=NODE,
+                lease_expires_at=LEASE,
+                started_at=at(6),
+            ),
+        ],
+    ),
+    Example(
+        "claims.CLAIM",
+        {"now": NOW, "limit": 2, "node": NODE, "lease_until": LEASE},
+        [
+            (J1, ["first", "second"], J1_INPUT, False, 1, at(10), A, False),
+            (J2, ["first", "second"], {"n": 9}, False, 1, at(9), A, False),
+        ],
+    ),
+    Example("claims.INSERT_STEPS", [step_row(J1, 0, STEP_OUTPUT), step_row(J2, 0, None, "bad ✗")], notify=ENDED),
+    Example("claims.INSERT_STEPS", [step_row(J5, 0, [1, None])]),
+    Example(
+        "claims.EXTEND_OWNED",
+        {
+            "claims": [(J1, 1, at(10)), (J5, 1, at(6)), (J4, 0, at(7)), (J1, 0, at(10))],
+            "node": NODE,
+            "lease_until": LEASE,
+        },
+        [(J1, 1, at(10)), (J5, 1, at(6))],
+    ),
+    Example(
+        "claims.FINISH_OWNED",
+        {"claims": [(J2, 1, at(9))], "node": NODE, "outcome": JobStatus.FAILED, "now": NOW},
+        [(J2, 1, at(9))],
+    ),
+    Example(
+        "claims.FINISH_OWNED",  # another node's claim of J1: nothing written
+        {"claims": [(J1, 1, at(10))], "node": OTHER_NODE, "outcome": JobStatus.SUCCESS, "now": NOW},
+        [],
+    ),
+    Example(
+        "claims.COMMITTED_STEPS",
+        {"ids": [J1, J2, J5]},
+        [(J1, 0, STEP_OUTPUT, None), (J2, 0, None, "bad ✗"), (J5, 0, [1, None], None)],
+    ),
+    Example(
+        "claims.RENEW.postgresql",
+        {"ids": [J1, J2, J5], "node": NODE, "lease_until": LEASE},
+        [(J1,), (J5,)],
+        dialect="postgresql",
+    ),
+    Example(
+        "claims.RENEW.sqlite",
+        {"ids": [J1, J2, J5], "node": NODE, "lease_until": LEASE},
+        [(J1,), (J5,)],
+        dialect="sqlite",
+    ),
+    Example("claims.RELEASE", {"ids": [J5, J4], "node": NODE}),
+    Example("submits.INSERT_JOBS", [job_row(J6, A, 5), job_row(J7, A, 4, input={})]),
+    Example(
+        "reads.RESULTS",
+        {"ids": [J1, J2, J3, J4, J5]},
+        [
+            (J1, A, JobStatus.RUNNING, "first", STEP_OUTPUT, None),
+            (J2, A, JobStatus.FAILED, "first", None, "bad ✗"),
+            (J3, A, JobStatus.PENDING, None, None, None),
+            (J4, B, JobStatus.PENDING, None, None, None),
+            (J5, A, JobStatus.PENDING, "first", [1, None], None),
+        ],
+    ),
+    Example("reads.CLIENT_JOB_SEQ", {"client": A, "id": J2}, [(2,)]),
+    Example("reads.CLIENT_JOB_SEQ", {"client": B, "id": J2}, []),
+    *(_client_job_ids(*shape) for shape in itertools.product((None, True, False), (False, True), (False, True))),
+    Example("reads.UNFINISHED_COUNTS", {}, [("offchain", 5), ("onchain", 1)]),
+]
+
+# -- the operator's reads, its actions and the maintenance services, after the lifecycle ---------
+
+LATER = NOW + timedelta(minutes=1)
+CONTAINERS = ["first", "second"]
+#: The jobs as the lifecycle leaves them: (seq, id, status, client, attempts, minutes ago
+#: submitted, finished_at).
+AFTER_LIFECYCLE = [
+    (1, J1, JobStatus.RUNNING, A, 1, 10, None),
+    (2, J2, JobStatus.FAILED, A, 1, 9, NOW),
+    (3, J3, JobStatus.PENDING, A, 0, 8, None),
+    (4, J4, JobStatus.PENDING, B, 0, 7, None),
+    (5, J5, JobStatus.PENDING, A, 0, 6, None),
+    (6, J6, JobStatus.PENDING, A, 0, 5, None),
+    (7, J7, JobStatus.PENDING, A, 0, 4, None),
+]
+
+
+def _summary(job: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row of the operator's job lists: (id, status, client, containers, attempts,
+    created_at, finished_at)."""
+    _seq, job_id, status, client, attempts, minutes_ago, finished_at = job
+    return (job_id, status, client, CONTAINERS, attempts, at(minutes_ago), finished_at)
+
+
+#: ``newest_jobs``' filters: any state, or one.
+NEWEST_STATUSES = (None, *JobStatus.UNFINISHED, *JobStatus.FINISHED)
+
+
+def _newest_jobs(status: str | None, client: bool) -> Example:
+    """The three newest jobs (of client A when ``client``) in ``status``, newest first."""
+    params: dict[str, Any] = {"limit": 3, "client": A} if client else {"limit": 3}
+    jobs = [job for job in reversed(AFTER_LIFECYCLE) if status in (None, job[2]) and (not client or job[3] == A)]
+    return Example(f"inspection.newest_jobs{(status, client)!r}", params, [_summary(job) for job in jobs[:3]], True)
+
+
+#: J2's whole ``jobs`` row: seq, id, client, source, containers, input, requires_proof,
+#: status, attempts, stream, lease_owner, lease_expires_at, run_after, created_at,
+#: started_at (its claim), finished_at.
+J2_ROW = (
+    2,
+    J2,
+    A,
+    "offchain",
+    CONTAINERS,
+    {"n": 9},
+    False,
+    JobStatus.FAILED,
+    1,
+    False,
+    None,
+    None,
+    at(9),
+    at(9),
+    NOW,
+    NOW,
+)
+_MINUTE = int(NOW.timestamp() // 60)
+_J3_FAILURE_STEP = {"job": J3, "step": 0, "container_id": "first", "reason": "cancelled", "by_node": NODE, "now": NOW}
+OPERATOR_AND_MAINTENANCE = [
+    Example(
+        "inspection.JOB",
+        {"job": J2},
+        [J2_ROW],
+    ),
+    Example("inspection.JOB_STEPS", {"job": J2}, [(2, J2, 0, "first", None, "bad ✗", 1, NODE, NOW, NOW)]),
+    *(_newest_jobs(*shape) for shape in itertools.product(NEWEST_STATUSES, (False, True))),
+    Example("inspection.RECENTLY_FAILED", {"limit": 20}, [_summary(AFTER_LIFECYCLE[1])], True),
+    Example("inspection.ERRORS", {"ids": [J1, J2, J3]}, [(J2, "first", "bad ✗")]),
+    Example("inspection.RETRYABLE_IDS", {}, [(J2,)], True),
+    Example(
+        "inspection.UNFINISHED_BY_STATE",
+        {},
+        [(JobStatus.PENDING, "offchain", 4), (JobStatus.PENDING, "onchain", 1), (JobStatus.RUNNING, "offchain", 1)],
+    ),
+    Example("inspection.RUNNABLE", {"now": NOW}, [(5, at(8))]),
+    Example("inspection.FINISHED_SINCE", {"since": at(1)}, [(1,)]),
+    Example("inspection.COUNT_BY_STATUS", {}, [(JobStatus.FAILED, 1), (JobStatus.PENDING, 5), (JobStatus.RUNNING, 1)]),
+    *(
+        Example(
+            f"inspection.FINISHED_PER_MINUTE.{dialect}",
+            {"since": at(1)},
+            [(_MINUTE, JobStatus.FAILED, 1)],
+            dialect=dialect,
+        )
+        for dialect in ("postgresql", "sqlite")
+    ),
+    # The operator cancels J3 (its error step written), then re-queues it (the step goes).
+    Example("maintenance.CANCEL", {"job": J3, "now": NOW}, [(CONTAINERS,)]),
+    Example("maintenance.CANCEL", {"job": J2, "now": NOW}, []),  # already finished
+    Example("maintenance.STEP_COUNT", {"job": J3}, [(0,)]),
+    Example("maintenance.FAILURE_STEP", _J3_FAILURE_STEP),
+    Example("inspection.JOB_STEPS", {"job": J3}, [(4, J3, 0, "first", None, "cancelled", 0, NODE, NOW, NOW)]),
+    Example("maintenance.REQUEUE", {"job": J3, "now": NOW}),
+    Example("maintenance.DROP_ERROR_STEPS", {"job": J3}),
+    Example("inspection.JOB_STEPS", {"job": J3}, []),
+    Example("inspection.RUNNABLE", {"now": NOW}, [(5, at(7))]),  # J3 runs after its re-queue
+    # The reaper: J1's lease (until LEASE) has expired a minute later.
+    Example("maintenance.EXPIRED", {"now": NOW, "batch": 100}, []),
+    Example("maintenance.EXPIRED", {"now": LATER, "batch": 100}, [(J1, 1, CONTAINERS, False)]),
+    # A restarted node-1's orphans: J1, its one attempt used.
+    Example("maintenance.EXHAUSTED_ORPHANS", {"node": NODE, "max_attempts": 3}, []),
+    Example("maintenance.EXHAUSTED_ORPHANS", {"node": NODE, "max_attempts": 1}, [(J1, 1, CONTAINERS)]),
+    Example("maintenance.REQUEUE_ORPHANS", {"node": NODE}),
+    Example("maintenance.REQUEUE_EXPIRED", {"job": J1}),
+    Example("maintenance.EXPIRED", {"now": LATER, "batch": 100}, []),
+    # J7 fails a minute ago: older than J2, the one job pruned before NOW.
+    Example("maintenance.FAIL", {"job": J7, "now": at(1)}),
+    Example("inspection.RETRYABLE_IDS", {}, [(J2,), (J7,)], True),
+    Example("maintenance.PRUNABLE_COUNT", {"older_than": LATER}, [(2,)]),
+    Example("maintenance.PRUNE_BATCH", {"older_than": NOW, "batch": 500}, [(7,)]),
+    *(
+        Example(f"maintenance.PRUNE.{dialect}", {"older_than": NOW, "batch": 500}, dialect=dialect)
+        for dialect in ("postgresql", "sqlite")
+    ),
+    Example("maintenance.PRUNABLE_COUNT", {"older_than": NOW}, [(0,)]),
+    Example("inspection.JOB", {"job": J7}, []),
+]
+
+SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE

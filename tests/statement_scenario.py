@@ -17,6 +17,8 @@ from app.db.direct import PerDialect, RowsInsert, Shapes, Statement
 from app.db.models import JobStatus
 from app.db.signal import CHANNEL, ENDED_CHANNEL
 from app.db.statements import claims, submits
+from app.jobs.requests import JobRequest
+from app.jobs.rows import pending_row
 
 # -- the registry ---------------------------------------------------------------------------------
 
@@ -55,23 +57,8 @@ STEP_OUTPUT = {"a": UNICODE, "n": None}
 
 def job_row(job_id: str, client: str, minutes_ago: int, **columns: Any) -> dict[str, Any]:
     """A new job's row (``INSERT_JOBS``'s columns), pending unless ``columns`` say otherwise."""
-    at = NOW - timedelta(minutes=minutes_ago)
-    row = {
-        "id": job_id,
-        "client": client,
-        "source": "offchain",
-        "containers": ["first", "second"],
-        "input": {"n": minutes_ago},
-        "requires_proof": False,
-        "status": JobStatus.PENDING,
-        "attempts": 0,
-        "stream": False,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "run_after": at,
-        "created_at": at,
-        "started_at": None,
-    }
+    request = JobRequest(containers=["first", "second"], data={"n": minutes_ago})
+    row = pending_row(request, client, NOW - timedelta(minutes=minutes_ago), job_id)
     assert tuple(row) == submits.INSERT_JOBS.columns
     return {**row, **columns}
 

@@ -24,6 +24,7 @@ from app.db.engine import Database
 from app.db.models import Job, JobStatus
 from app.db.statements.submits import INSERT_JOBS
 from app.jobs.requests import JobRequest
+from app.jobs.rows import new_job_id, pending_row
 from app.jobs.values import ClaimedJob
 from tests.conftest import BACKENDS
 from tests.helpers import assert_error, assert_invalid_request, assert_uuid4, job
@@ -328,30 +329,12 @@ async def test_a_nul_byte_in_a_container_body_fails_its_step(make_fresh_node, ho
 
 
 def _row(job_id: str, data: Any) -> dict[str, Any]:
-    now = utcnow()
-    return {
-        "id": job_id,
-        "client": "127.83.0.1",
-        "source": "offchain",
-        "containers": ["echo"],
-        "input": data,
-        "requires_proof": False,
-        "status": JobStatus.PENDING,
-        "attempts": 0,
-        "stream": False,
-        "lease_owner": None,
-        "lease_expires_at": None,
-        "run_after": now,
-        "created_at": now,
-        "started_at": None,
-    }
+    return pending_row(JobRequest(containers=["echo"], data=data), "127.83.0.1", utcnow(), job_id)
 
 
 async def test_group_commit_flushes_each_item_alone_when_the_group_fails(fresh_url):
     """A real INSERT of several jobs in one statement, one of them a duplicate id (which
     either database refuses): the others are stored, only the duplicate fails."""
-    from app.jobs.rows import new_job_id
-
     database = Database(fresh_url)
     flushes: list[int] = []
 

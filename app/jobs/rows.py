@@ -20,10 +20,11 @@ def new_job_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def pending_row(request: JobRequest, client: str, now: datetime) -> dict[str, Any]:
-    """A new job waiting for a claim: its columns, in ``INSERT_JOBS``'s order."""
+def pending_row(request: JobRequest, client: str, now: datetime, job_id: str | None = None) -> dict[str, Any]:
+    """A new job waiting for a claim: its columns, in ``INSERT_JOBS``'s order (a new id
+    unless ``job_id`` is given)."""
     return {
-        "id": new_job_id(),
+        "id": job_id or new_job_id(),
         "client": client,
         "source": "offchain",
         "containers": request.containers,

@@ -6,10 +6,10 @@ Prometheus series of that event and logs it with ``extra={"job_id", "container"}
 so metrics and structured logs never disagree.
 
 Levels: the routine life of a job (claimed, step done, success) is logged at DEBUG, a
-failure at WARNING (the step) and INFO (the job), operator actions at INFO. One log
-line costs about 50 µs of the event loop (the stdlib's record, the JSON, the write),
-several times what the job's metrics cost, and the node spends well under a millisecond
-of CPU on a job: ``log_level: "DEBUG"`` traces every job, the default does not pay for it.
+failure at WARNING (the step) and INFO (the job), operator actions at INFO. A log line
+(the stdlib's record, the JSON, the write) costs several times what the job's metrics
+cost, and a sizeable share of the little CPU the node spends on a job:
+``log_level: "DEBUG"`` traces every job, the default does not pay for it.
 
 The histograms and counters are ``prometheus_client`` objects in the process-wide
 default registry, which Litestar's ``PrometheusController`` exposes at ``/metrics``.

@@ -1,8 +1,8 @@
 """``GET`` and ``POST /api/jobs`` as a plain ASGI route: the two requests of every job.
 
-A Litestar HTTP handler costs ~100 µs of CPU per request on these machines before the
-handler runs (request object, signature model, kwargs, response object, headers); the
-node's CPU per job was a quarter Litestar's. This route keeps what matters of it —
+A Litestar HTTP handler costs more CPU before the handler runs (request object,
+signature model, kwargs, response object, headers) than the node spends on the job
+itself (the benchmark's profile shows it). This route keeps what matters of it —
 routing, the middleware (metrics, rate limit), the exception handlers and so every
 error shape — and answers with the encoded body itself. The OpenAPI document shows
 these two operations from ``JobsReference``, which runs the same functions.

@@ -17,7 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from app import __version__
-from app.config import ConfigError, Settings, load_settings, masked
+from app.config.loading import load_settings
+from app.config.masking import masked
+from app.config.settings import Settings
+from app.config.values import ConfigError
 from app.formatting import duration
 from app.logging import configure_logging
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from litestar import Litestar
 
-from app.config import Settings
+from app.config.settings import Settings
 from app.containers.client import ContainerClient
 from app.containers.resources import ResourceService
 from app.containers.state import ContainerStates

@@ -26,7 +26,7 @@ from multiprocessing.process import BaseProcess
 
 import msgspec
 
-from app.config import Settings
+from app.config.settings import Settings
 
 log = logging.getLogger("jobnode")
 

@@ -31,7 +31,7 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_with_own_engine() -> None:
-    from app.config import load_settings
+    from app.config.loading import load_settings
 
     engine = create_async_engine(load_settings().database.url)
     async with engine.connect() as connection:

@@ -22,7 +22,8 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from app.config import Settings, settings_from_dict
+from app.config.loading import settings_from_dict
+from app.config.settings import Settings
 from app.containers.images import build_image
 from tests.support import free_port, unavailable
 

@@ -24,7 +24,8 @@ from typing import Any
 import httpx
 import uvicorn
 
-from app.config import Settings, settings_from_dict
+from app.config.loading import settings_from_dict
+from app.config.settings import Settings
 from app.http.wire import server_options
 from app.node import Node
 

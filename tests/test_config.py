@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 
-from app.config import ENVIRONMENT, ConfigError, load_settings, masked, settings_from_dict
+from app.config.environment import ENVIRONMENT
+from app.config.loading import load_settings, settings_from_dict
+from app.config.masking import masked
+from app.config.values import ConfigError
 from tests.support import run_jobnode
 
 #: What an Infernet node operator has on disk (the hello-world starter's config).

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 import uvloop
 
-from app.config import ContainerSettings
+from app.config.settings import ContainerSettings
 from app.containers import http11
 from app.containers.client import ContainerClient, StepFailed
 from tests.support import free_port

@@ -13,7 +13,7 @@ from pathlib import Path
 import aiodocker
 import pytest
 
-from app.config import Settings
+from app.config.settings import Settings
 from app.containers.runtime import ContainerRuntime
 from app.containers.spec import (
     LABEL_CONTAINER,

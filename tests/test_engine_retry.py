@@ -67,7 +67,7 @@ def test_no_socket_anywhere_means_the_default_socket(monkeypatch, tmp_path):
     default socket, so that an engine that starts later is found and failures say why."""
     import aiodocker.docker
 
-    from app.config import settings_from_dict
+    from app.config.loading import settings_from_dict
     from app.containers.engine import engine_error, open_client
 
     monkeypatch.delenv("DOCKER_HOST", raising=False)

@@ -15,7 +15,7 @@ import pytest
 from litestar.testing import TestClient
 
 from app import errors as catalogue
-from app.config import settings_from_dict
+from app.config.loading import settings_from_dict
 from app.errors import CATALOGUE, ErrorSpec
 from app.http.app import create_app
 from app.http.openapi import JOB_REQUEST

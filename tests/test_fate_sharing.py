@@ -502,7 +502,7 @@ async def test_one_unreadable_job_fails_only_its_own_read(make_fresh_node, backe
 
 
 def test_the_depth_limit_is_configurable_within_bounds():
-    from app.config import ConfigError
+    from app.config.values import ConfigError
 
     assert node_settings("sqlite+aiosqlite:///x.db").server.max_json_depth == 64
     assert node_settings("sqlite+aiosqlite:///x.db", {"server": {"max_json_depth": 200}}).server.max_json_depth == 200

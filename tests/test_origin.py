@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from app.config import ConfigError, settings_from_dict
+from app.config.loading import settings_from_dict
+from app.config.values import ConfigError
 from tests.conftest import STANDARD_CONFIG
 from tests.helpers import assert_error, job, listed, submit
 

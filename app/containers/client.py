@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
-from app.config import ContainerSettings
+from app.config.settings import ContainerSettings
 from app.containers import http11
 from app.storable import DEFAULT_MAX_DEPTH, check_raw, nested_too_deep
 

@@ -17,7 +17,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
-from app.config import DockerSettings
+from app.config.settings import DockerSettings
 from app.formatting import error_text
 
 log = logging.getLogger("jobnode.containers")

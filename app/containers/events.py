@@ -16,7 +16,7 @@ from typing import Any
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from app.config import Settings
+from app.config.settings import Settings
 from app.containers.engine import docker_message, engine_address, engine_error, stop_events, subscribe_events
 from app.containers.lifecycle import BringUpFailed, Lifecycle, Managed, Spawn, failure_reason
 from app.containers.spec import LABEL_NODE

@@ -19,7 +19,7 @@ from typing import Any
 import aiodocker
 from aiodocker.exceptions import DockerError
 
-from app.config import ContainerSettings, DockerSettings
+from app.config.settings import ContainerSettings, DockerSettings
 
 
 class ImageError(Exception):

@@ -19,7 +19,7 @@ import aiohttp
 from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
-from app.config import ContainerSettings, Settings
+from app.config.settings import ContainerSettings, Settings
 from app.containers.engine import docker_message, engine_error
 from app.containers.images import ImageError, ensure_image, image_ref
 from app.containers.readiness import Prober

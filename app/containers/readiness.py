@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from app.config import ContainerSettings, Settings
+from app.config.settings import ContainerSettings, Settings
 
 PROBE_TIMEOUT = 2.0
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiodocker
 
-from app.config import Settings
+from app.config.settings import Settings
 from app.containers import engine
 from app.containers.events import DeathWatch
 from app.containers.lifecycle import Lifecycle, Managed

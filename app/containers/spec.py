@@ -14,7 +14,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from app.config import ContainerSettings, Settings
+from app.config.settings import ContainerSettings, Settings
 from app.containers.images import image_ref
 
 LABEL_MANAGED = "jobnode.managed"

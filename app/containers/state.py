@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from app.config import ContainerSettings, Settings
+from app.config.settings import ContainerSettings, Settings
 
 
 class Readiness(StrEnum):

@@ -16,7 +16,8 @@ from litestar.static_files import create_static_files_router
 from swagger_ui_bundle import swagger_ui_path
 
 from app import __version__
-from app.config import ServerSettings, parse_networks
+from app.config.settings import ServerSettings
+from app.config.values import parse_networks
 from app.http.controllers.dashboard import DashboardController
 from app.http.controllers.jobs import JobsApi, JobsController, JobsReference, document_read_limits
 from app.http.controllers.jobs_endpoint import jobs_endpoint

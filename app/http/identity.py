@@ -12,7 +12,7 @@ from typing import Any
 
 from litestar.connection import ASGIConnection
 
-from app.config import IpNetwork
+from app.config.values import IpNetwork
 
 
 @functools.lru_cache(maxsize=4096)

@@ -38,7 +38,8 @@ from typing import Any
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from app.config import ConfigError, ServerSettings, parse_host, parse_origin
+from app.config.settings import ServerSettings
+from app.config.values import ConfigError, parse_host, parse_origin
 from app.errors import CROSS_ORIGIN, MISDIRECTED
 from app.http.operator_auth import is_loopback, operator_guard
 

@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from app import storable
-from app.config import ContainerSettings, IpNetwork, Settings, parse_networks
+from app.config.settings import ContainerSettings, Settings
+from app.config.values import IpNetwork, parse_networks
 from app.errors import (
     CONTAINER_NOT_ALLOWED,
     CONTAINER_NOT_SUPPORTED,

@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from app import metrics
-from app.config import Settings
+from app.config.settings import Settings
 from app.db.errors import describe, is_database_unavailable
 from app.db.signal import JobSignal
 from app.jobs.transitions import JobStore

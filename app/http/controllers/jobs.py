@@ -20,7 +20,7 @@ from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPI, Parameter, Schema
 from litestar.params import JSONBody, QueryParameter
 
-from app.config import ServerSettings
+from app.config.settings import ServerSettings
 from app.errors import (
     BATCH_TOO_LARGE,
     BODY_TOO_LARGE,

@@ -138,7 +138,7 @@ def summarize(path: Path, top: int = 10) -> dict[str, Any]:
         ]
 
     app_inclusive = Counter(
-        {label: n for label, n in inclusive.items() if "(app/" in label and "(app/cli.py" not in label}
+        {label: n for label, n in inclusive.items() if "(app/" in label and "(app/cli/" not in label}
     )
     return {
         "samples": total,

@@ -247,7 +247,7 @@ def _newest_jobs(status: str | None, client: bool) -> Example:
 
 #: J2's whole ``jobs`` row: seq, id, client, source, containers, input, requires_proof,
 #: status, attempts, stream, lease_owner, lease_expires_at, run_after, created_at,
-#: started_at (its claim), finished_at.
+#: started_at (its claim), finished_at, subscription_id, interval.
 J2_ROW = (
     2,
     J2,
@@ -265,6 +265,8 @@ J2_ROW = (
     at(9),
     NOW,
     NOW,
+    None,
+    None,
 )
 _MINUTE = int(NOW.timestamp() // 60)
 _J3_FAILURE_STEP = {"job": J3, "step": 0, "container_id": "first", "reason": "cancelled", "by_node": NODE, "now": NOW}

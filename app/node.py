@@ -38,6 +38,7 @@ from app.maintenance.leader import Leadership
 from app.maintenance.orphans import OrphanTakeBack
 from app.maintenance.pruner import Pruner
 from app.maintenance.reaper import Reaper
+from app.maintenance.ticker import Ticker
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
 from app.scheduler.streaming import StreamRunner
@@ -85,7 +86,8 @@ class Node:
 
     def _maintenance(self, settings: Settings) -> Leadership:
         """The reaper and the pruner, on the node that leads (PostgreSQL: the holder of the
-        advisory lock of ``self.connection``; SQLite: this one)."""
+        advisory lock of ``self.connection``; SQLite: this one); the subscription ticker on
+        every node."""
         leadership = Leadership(self.connection.is_leader if self.connection is not None else None)
         period = max(0.5, settings.scheduler.lease_seconds / 2)
         leadership.register(
@@ -93,6 +95,7 @@ class Node:
         )
         if settings.retention.finished_jobs_days > 0:
             leadership.register(Pruner(self.database, settings.retention.finished_jobs_days, period))
+        leadership.register_on_every_node(Ticker(self.database, self.signal))
         return leadership
 
     def drain(self) -> None:

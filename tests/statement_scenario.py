@@ -14,8 +14,8 @@ from typing import Any
 
 import app.db.statements
 from app.db.direct import PerDialect, RowsInsert, Shapes, Statement
-from app.db.models import JobStatus
-from app.db.signal import CHANNEL, ENDED_CHANNEL
+from app.db.models import JobStatus, SubscriptionStatus
+from app.db.signal import CHANNEL, ENDED_CHANNEL, SUBSCRIPTIONS_CHANNEL
 from app.db.statements import claims, submits
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
@@ -330,4 +330,57 @@ OPERATOR_AND_MAINTENANCE = [
     Example("inspection.JOB", {"job": J7}, []),
 ]
 
-SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE
+# -- subscriptions: two stored, the ticker starts one's interval (once) ---------------------------
+
+S1, S2 = (str(uuid.UUID(int=n, version=4)) for n in (101, 102))
+J8, J9 = (str(uuid.UUID(int=n, version=4)) for n in (8, 9))
+
+
+def subscription_row(subscription_id: str, client: str, due: datetime) -> dict[str, Any]:
+    """A new subscription's columns: every minute, three times, from ``due``."""
+    return {
+        "id": subscription_id,
+        "client": client,
+        "containers": CONTAINERS,
+        "input": {"s": UNICODE},
+        "requires_proof": False,
+        "period": 60,
+        "frequency": 3,
+        "active_at": int(due.timestamp()),
+        "next_interval": 1,
+        "next_due_at": due,
+        "status": SubscriptionStatus.ACTIVE,
+        "missed": 0,
+        "created_at": NOW,
+        "cancelled_at": None,
+    }
+
+
+SUBSCRIPTIONS = [
+    Example("subscriptions.DATABASE_NOW", {}, dialect="postgresql"),
+    Example(
+        "subscriptions.INSERT_SUBSCRIPTIONS",
+        [subscription_row(S1, A, at(3)), subscription_row(S2, B, LATER)],
+        notify=(SUBSCRIPTIONS_CHANNEL, "sender"),
+    ),
+    Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, int(at(3).timestamp()), 1)]),
+    *(
+        Example(
+            f"subscriptions.INSERT_INTERVAL_JOB.{dialect}",
+            {"job": job_id, "subscription": S1, "interval": 3, "now": NOW},
+            rows,
+            dialect=dialect,
+        )
+        for dialect in ("postgresql", "sqlite")
+        for job_id, rows in ((J8, [(J8,)]), (J9, []))  # the interval has its job: none inserted
+    ),
+    Example("reads.RESULTS", {"ids": [J8]}, [(J8, A, JobStatus.PENDING, None, None, None)]),
+    Example(
+        "subscriptions.ADVANCE",
+        {"subscription": S1, "following": 4, "due": None, "state": SubscriptionStatus.COMPLETED, "skipped": 2},
+    ),
+    Example("subscriptions.DUE", {"now": NOW, "batch": 10}, []),
+    Example("subscriptions.NEXT_DUE", {}, [(LATER,)]),
+]
+
+SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS

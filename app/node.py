@@ -33,6 +33,7 @@ from app.jobs.queue_numbers import QueueNumbers
 from app.jobs.requests import ContainerCatalog
 from app.jobs.service import JobService
 from app.jobs.stream import StreamService
+from app.jobs.subscriptions import SubscriptionService
 from app.jobs.transitions import JobStore
 from app.maintenance.leader import Leadership
 from app.maintenance.orphans import OrphanTakeBack
@@ -72,7 +73,8 @@ class Node:
         self.maintenance = self._maintenance(settings)
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
-        self.jobs = JobService(self.database, catalog, self.signal, live, claims)
+        self.subscriptions = SubscriptionService(self.database, self.signal, settings.server.max_subscriptions)
+        self.jobs = JobService(self.database, catalog, self.signal, live, claims, self.subscriptions)
         streamer = StreamRunner(self.containers, self.client)
         self.streams = StreamService(store, catalog, streamer, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
@@ -143,6 +145,7 @@ class Node:
             self.settings.server,
             {
                 "jobs": self.jobs,
+                "subscriptions": self.subscriptions,
                 "containers": self.containers,
                 "streams": self.streams,
                 "resources": self.resources,

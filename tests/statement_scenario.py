@@ -332,7 +332,7 @@ OPERATOR_AND_MAINTENANCE = [
 
 # -- subscriptions: two stored, the ticker starts one's interval (once) ---------------------------
 
-S1, S2 = (str(uuid.UUID(int=n, version=4)) for n in (101, 102))
+S1, S2, S3 = (str(uuid.UUID(int=n, version=4)) for n in (101, 102, 103))
 J8, J9 = (str(uuid.UUID(int=n, version=4)) for n in (8, 9))
 
 
@@ -356,14 +356,30 @@ def subscription_row(subscription_id: str, client: str, due: datetime) -> dict[s
     }
 
 
+_S1_AT = int(at(3).timestamp())
+
+
+def _subscription_ids(active: bool | None, after: bool, limit: bool) -> Example:
+    """Client A's subscriptions at the end: S1 (seq 1, completed), S3 (seq 3, active);
+    ``after_seq`` 1, ``limit`` 1."""
+    ids = [
+        (sub,) for seq, sub, on in ((1, S1, False), (3, S3, True)) if active in (None, on) and (not after or seq > 1)
+    ]
+    params: dict[str, Any] = {"client": A, **({"after_seq": 1} if after else {}), **({"limit": 1} if limit else {})}
+    return Example(
+        f"subscriptions.client_subscription_ids{(active, after, limit)!r}", params, ids[:1] if limit else ids, True
+    )
+
+
 SUBSCRIPTIONS = [
     Example("subscriptions.DATABASE_NOW", {}, dialect="postgresql"),
     Example(
         "subscriptions.INSERT_SUBSCRIPTIONS",
-        [subscription_row(S1, A, at(3)), subscription_row(S2, B, LATER)],
+        [subscription_row(S1, A, at(3)), subscription_row(S2, B, LATER), subscription_row(S3, A, LATER)],
         notify=(SUBSCRIPTIONS_CHANNEL, "sender"),
     ),
-    Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, int(at(3).timestamp()), 1)]),
+    Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(2,)]),
+    Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, _S1_AT, 1)]),
     *(
         Example(
             f"subscriptions.INSERT_INTERVAL_JOB.{dialect}",
@@ -380,6 +396,32 @@ SUBSCRIPTIONS = [
         {"subscription": S1, "following": 4, "due": None, "state": SubscriptionStatus.COMPLETED, "skipped": 2},
     ),
     Example("subscriptions.DUE", {"now": NOW, "batch": 10}, []),
+    Example(
+        "subscriptions.CLIENT_SUBSCRIPTION",
+        {"subscription": S1, "owner": A},
+        [(1, S1, CONTAINERS, 60, 3, _S1_AT, SubscriptionStatus.COMPLETED, 4, None, 2)],
+    ),
+    Example("subscriptions.CLIENT_SUBSCRIPTION", {"subscription": S1, "owner": B}, []),
+    *(_subscription_ids(*shape) for shape in itertools.product((None, True, False), (False, True), (False, True))),
+    Example("subscriptions.JOB_COUNTS", {"subscription": S1}, [(JobStatus.PENDING, 1)]),
+    Example("subscriptions.subscription_jobs(True,)", {"subscription": S1, "limit": 10}, [(3, J8, "pending")]),
+    Example(
+        "subscriptions.subscription_jobs(False,)",
+        {"subscription": S1, "after_interval": 0, "limit": 10},
+        [(3, J8, "pending")],
+    ),
+    Example("subscriptions.JOB_INTERVAL", {"subscription": S1, "job": J8}, [(3,)]),
+    Example(
+        "subscriptions.LATEST_JOBS",
+        {"ids": [S1, S2]},
+        [
+            (S1, A, SubscriptionStatus.COMPLETED, CONTAINERS, J8),
+            (S2, B, SubscriptionStatus.ACTIVE, CONTAINERS, None),
+        ],
+    ),
+    Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, [(S3,)]),
+    Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, []),
+    Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(0,)]),
     Example("subscriptions.NEXT_DUE", {}, [(LATER,)]),
 ]
 

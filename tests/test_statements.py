@@ -91,6 +91,12 @@ EXPECTED_INDEX = {
     "subscriptions.DUE": "ix_subscriptions_due",
     "subscriptions.NEXT_DUE": "ix_subscriptions_due",
     "subscriptions.ADVANCE": "uq_subscriptions_id",
+    "subscriptions.CLIENT_SUBSCRIPTION": "uq_subscriptions_id",
+    "subscriptions.LATEST_JOBS": "uq_subscriptions_id",
+    "subscriptions.ACTIVE_COUNT": "ix_subscriptions_client_active",
+    "subscriptions.JOB_COUNTS": "uq_jobs_subscription_interval",
+    "subscriptions.subscription_jobs(True,)": "uq_jobs_subscription_interval",
+    "subscriptions.subscription_jobs(False,)": "uq_jobs_subscription_interval",
     "inspection.FINISHED_SINCE": "ix_jobs_finished_at",
     "inspection.FINISHED_PER_MINUTE.postgresql": "ix_jobs_finished_at",
     # The newest jobs: a client's from its indexes, others backwards along the primary key
@@ -173,6 +179,10 @@ async def test_each_statement_reads_an_index_on_postgresql(realistic_url, name, 
     assert ("Seq Scan" in plan) == (name in FULL_SCANS), plan
     if name.startswith("reads.client_job_ids"):
         assert "ix_jobs_client_" in plan, plan
+        if name.endswith("True)"):  # a page (LIMIT): in the index's order, never all sorted first
+            assert "Sort" not in plan, plan
+    elif name.startswith("subscriptions.client_subscription_ids"):
+        assert "ix_subscriptions_client_" in plan, plan
         if name.endswith("True)"):  # a page (LIMIT): in the index's order, never all sorted first
             assert "Sort" not in plan, plan
     elif name in EXPECTED_INDEX:

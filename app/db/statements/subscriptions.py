@@ -7,6 +7,7 @@ Due times are compared with a ``now`` the caller reads from the database
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from sqlalchemy import BigInteger, Boolean, Integer, String, bindparam, func, literal, null, select, update
@@ -14,7 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db.direct import PerDialect, RowsInsert, Statement
+from app.db.direct import PerDialect, RowsInsert, Statement, shapes
 from app.db.models import Job, JobIdType, JobStatus, Subscription, SubscriptionStatus, UtcDateTime
 from app.db.statements import submits
 
@@ -109,4 +110,94 @@ ADVANCE = Statement(
 INSERT_SUBSCRIPTIONS = RowsInsert(
     Subscription.__table__,  # type: ignore[arg-type]
     (column.name for column in Subscription.__table__.columns if column.name != "seq"),
+)
+
+_CLIENT = Subscription.client == bindparam("client")
+#: One subscription of one client; ``owner``, not ``client``: an UPDATE reserves its columns' names.
+_ONE = (Subscription.id == bindparam("subscription"), Subscription.client == bindparam("owner"))
+
+#: How many subscriptions the client has active (``server.max_subscriptions``). Parameter:
+#: ``client``.
+ACTIVE_COUNT = Statement(select(func.count()).select_from(Subscription).where(_CLIENT, _active()))
+#: One subscription of the client (none for another client's). Parameters:
+#: ``subscription``, ``owner``.
+CLIENT_SUBSCRIPTION = Statement(
+    select(
+        Subscription.seq,
+        Subscription.id,
+        Subscription.containers,
+        Subscription.period,
+        Subscription.frequency,
+        Subscription.active_at,
+        Subscription.status,
+        Subscription.next_interval,
+        Subscription.next_due_at,
+        Subscription.missed,
+    ).where(*_ONE)
+)
+
+
+@shapes(itertools.product((None, True, False), (False, True), (False, True)))
+def client_subscription_ids(active: bool | None, after: bool, limit: bool) -> Statement:
+    """A client's subscription ids, oldest first. Parameters: ``client``, and ``after_seq``
+    and ``limit`` when asked for."""
+    stmt = select(Subscription.id).where(_CLIENT)
+    if active is True:
+        stmt = stmt.where(_active())
+    elif active is False:
+        stmt = stmt.where(Subscription.status != bindparam(None, SubscriptionStatus.ACTIVE, literal_execute=True))
+    if after:
+        stmt = stmt.where(Subscription.seq > bindparam("after_seq"))
+    stmt = stmt.order_by(Subscription.seq)
+    return Statement(stmt.limit(bindparam("limit", type_=Integer)) if limit else stmt)
+
+
+#: A subscription's interval jobs by state. Parameter: ``subscription``.
+JOB_COUNTS = Statement(
+    select(Job.status, func.count().label("jobs"))
+    .where(Job.subscription_id == bindparam("subscription"))
+    .group_by(Job.status)
+)
+
+
+@shapes([(False,), (True,)])
+def subscription_jobs(newest: bool) -> Statement:
+    """A subscription's jobs, ``(interval, id, status)``: the newest ``limit`` (newest first),
+    or a page in interval order after ``after_interval``. Parameters: ``subscription``,
+    ``limit``, and ``after_interval`` for a page."""
+    stmt = select(Job.interval, Job.id, Job.status).where(Job.subscription_id == bindparam("subscription"))
+    if newest:
+        stmt = stmt.order_by(Job.interval.desc())
+    else:
+        stmt = stmt.where(Job.interval > bindparam("after_interval", type_=BigInteger)).order_by(Job.interval)
+    return Statement(stmt.limit(bindparam("limit", type_=Integer)))
+
+
+#: The interval of one of the subscription's jobs (a page's cursor). Parameters:
+#: ``subscription``, ``job``.
+JOB_INTERVAL = Statement(
+    select(Job.interval).where(Job.id == bindparam("job"), Job.subscription_id == bindparam("subscription"))
+)
+#: ``GET /api/jobs?id=<subscription>``: the subscriptions among ``ids`` with the job of
+#: their latest interval (NULL before the first). The caller drops other clients'.
+_latest = (
+    select(Job.id)
+    .where(Job.subscription_id == Subscription.id)
+    .order_by(Job.interval.desc())
+    .limit(1)
+    .scalar_subquery()
+    .label("latest")
+)
+LATEST_JOBS = Statement(
+    select(Subscription.id, Subscription.client, Subscription.status, Subscription.containers, _latest).where(
+        Subscription.id.in_(bindparam("ids", expanding=True))
+    )
+)
+#: Cancel an active subscription: no interval starts after it. Parameters:
+#: ``subscription``, ``owner``, ``now``; returns its id when it was active.
+CANCEL = Statement(
+    update(Subscription)
+    .where(*_ONE, _active())
+    .values(status=SubscriptionStatus.CANCELLED, cancelled_at=_NOW, next_due_at=None)
+    .returning(Subscription.id)
 )

@@ -11,18 +11,19 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.clock import utcnow
 from app.db.direct import wrap
 from app.db.engine import Database
-from app.db.models import Job, Subscription, SubscriptionStatus
+from app.db.models import Job, JobStatus, Subscription, SubscriptionStatus
 from app.db.signal import JobSignal
 from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
 from app.jobs.requests import JobRequest
 from app.jobs.schedule import Schedule
 from app.jobs.subscriptions import new_subscription_row
 from app.maintenance.leader import Leadership
+from app.maintenance.pruner import prune
 from app.maintenance.ticker import Ticker, tick_due
 from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
@@ -168,3 +169,20 @@ async def test_racing_tickers_start_each_interval_once(postgresql_url):
     assert jobs == started and missed_stored == missed
     assert started + missed == reached
     assert started >= 200 * 3  # each subscription reached at least three intervals
+
+
+async def test_retention_keeps_the_latest_job_of_an_active_subscription(database):
+    (sub,) = await subscribe(database, period=1, frequency=100, active_at=now_seconds() - 10)
+    await tick_due(database, JobSignal())
+    await asyncio.sleep(1.1)
+    await tick_due(database, JobSignal())
+    async with database.write() as conn:
+        await conn.execute(update(Job).values(status=JobStatus.SUCCESS, finished_at=utcnow()))
+    older, latest = [i for i, _ in await interval_jobs(database, sub)]
+    assert latest > older
+    await prune(database, utcnow() + timedelta(days=1))
+    assert [i for i, _ in await interval_jobs(database, sub)] == [latest]
+    async with database.write() as conn:
+        await conn.execute(update(Subscription).values(status=SubscriptionStatus.CANCELLED, next_due_at=None))
+    await prune(database, utcnow() + timedelta(days=1))
+    assert await interval_jobs(database, sub) == []

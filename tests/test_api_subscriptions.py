@@ -120,6 +120,9 @@ async def test_recurring_subscription_runs_each_interval(make_node, host_service
         result = (await http.get("/api/jobs", params={"id": sub})).json()
         assert result == [{"id": sub, "status": "success", "result": {"container": "echo", "output": {"n": 1}}}]
         assert (await http.get("/api/subscriptions")).json() == [sub]
+        # The operator's view of an interval's job names its subscription.
+        detail = (await http.get(f"/api/jobs/{done['jobs'][1]['id']}")).json()
+        assert detail["subscription"] == {"id": sub, "interval": 2}
         assert (await http.get("/api/subscriptions", params={"active": "true"})).json() == []
         assert (await http.get("/api/subscriptions", params={"active": "false"})).json() == [sub]
 

@@ -379,6 +379,7 @@ SUBSCRIPTIONS = [
         notify=(SUBSCRIPTIONS_CHANNEL, "sender"),
     ),
     Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(2,)]),
+    Example("subscriptions.ACTIVE_TOTAL", {}, [(3,)]),
     Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, _S1_AT, 1)]),
     *(
         Example(

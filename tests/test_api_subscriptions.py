@@ -120,6 +120,13 @@ async def test_recurring_subscription_runs_each_interval(make_node, host_service
         result = (await http.get("/api/jobs", params={"id": sub})).json()
         assert result == [{"id": sub, "status": "success", "result": {"container": "echo", "output": {"n": 1}}}]
         assert (await http.get("/api/subscriptions")).json() == [sub]
+        metrics = (await http.get("/metrics")).text
+        assert 'jobnode_subscriptions{state="active"}' in metrics
+        started = [
+            line for line in metrics.splitlines() if line.startswith("jobnode_subscription_intervals_started_total")
+        ]
+        assert started and float(started[0].split()[-1]) >= 3, started
+        assert "jobnode_subscription_start_lag_seconds_bucket" in metrics
         # The operator's view of an interval's job names its subscription.
         detail = (await http.get(f"/api/jobs/{done['jobs'][1]['id']}")).json()
         assert detail["subscription"] == {"id": sub, "interval": 2}

@@ -94,6 +94,7 @@ EXPECTED_INDEX = {
     "subscriptions.CLIENT_SUBSCRIPTION": "uq_subscriptions_id",
     "subscriptions.LATEST_JOBS": "uq_subscriptions_id",
     "subscriptions.ACTIVE_COUNT": "ix_subscriptions_client_active",
+    "subscriptions.ACTIVE_TOTAL": "ix_subscriptions_due",
     "subscriptions.JOB_COUNTS": "uq_jobs_subscription_interval",
     "subscriptions.subscription_jobs(True,)": "uq_jobs_subscription_interval",
     "subscriptions.subscription_jobs(False,)": "uq_jobs_subscription_interval",
@@ -216,6 +217,8 @@ SQLITE_KNOWN_SCANS = {
     "maintenance.EXHAUSTED_ORPHANS": ["SCAN jobs USING INDEX ix_jobs_lease"],
     "maintenance.REQUEUE_ORPHANS": ["SCAN jobs USING INDEX ix_jobs_lease"],
     "inspection.UNFINISHED_BY_STATE": ["SCAN jobs USING INDEX ix_jobs_unfinished_source"],
+    #: Every active subscription counted, from the partial index of them.
+    "subscriptions.ACTIVE_TOTAL": ["SCAN subscriptions USING INDEX ix_subscriptions_due"],
     #: Operator statements that read every job, by design (only the CLI runs them):
     #: ``jobnode stats`` counts every state, ``retry --all-failed`` finds every failed job.
     "inspection.COUNT_BY_STATUS": ["SCAN jobs"],

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app import metrics
 from app.clock import utcnow
 from app.db.direct import wrap
 from app.db.engine import Database
@@ -49,6 +50,8 @@ class Ticked:
         self.started = 0
         self.missed = 0
         self.seen = 0
+        #: Seconds from each started interval's due time to its job.
+        self.lags: list[float] = []
 
 
 async def tick_due(database: Database, signal: JobSignal, batch: int = 100) -> Ticked:
@@ -61,11 +64,13 @@ async def tick_due(database: Database, signal: JobSignal, batch: int = 100) -> T
         for row in (await DUE.run(conn, {"now": now, "batch": batch})).all():
             done.seen += 1
             subscription = str(row.id)
-            step = tick(Schedule(row.period, row.frequency, row.active_at), row.next_interval, now)
+            schedule = Schedule(row.period, row.frequency, row.active_at)
+            step = tick(schedule, row.next_interval, now)
             if step.run is not None:
                 job = {"job": new_job_id(), "subscription": subscription, "interval": step.run, "now": now}
                 if (await insert_job.run(conn, job)).first() is not None:
                     done.started += 1
+                    done.lags.append((now - schedule.due(step.run)) / timedelta(seconds=1))
             done.missed += step.missed
             await ADVANCE.run(
                 conn,
@@ -81,6 +86,7 @@ async def tick_due(database: Database, signal: JobSignal, batch: int = 100) -> T
             await wrap(conn).notify(*signal.notification)  # other nodes' claim loops
     if done.started:
         signal.notify()  # this node's claim loop, once committed
+    metrics.intervals_ticked(done.lags, done.missed)
     return done
 
 

@@ -47,6 +47,8 @@ DUE = Statement(
     .limit(bindparam("batch", type_=Integer))
     .with_for_update(skip_locked=True)
 )
+#: Active subscriptions of every client (``/metrics``, the dashboard), from the due index.
+ACTIVE_TOTAL = Statement(select(func.count()).select_from(Subscription).where(_active()))
 #: The earliest due time of an active subscription: how long the ticker may sleep.
 NEXT_DUE = Statement(select(func.min(Subscription.next_due_at)).where(_active()))
 

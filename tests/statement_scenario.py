@@ -378,6 +378,7 @@ SUBSCRIPTIONS = [
         [subscription_row(S1, A, at(3)), subscription_row(S2, B, LATER), subscription_row(S3, A, LATER)],
         notify=(SUBSCRIPTIONS_CHANNEL, "sender"),
     ),
+    Example("subscriptions.LOCK_CLIENT", {"client": A}, dialect="postgresql"),
     Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(2,)]),
     Example("subscriptions.ACTIVE_TOTAL", {}, [(3,)]),
     Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, _S1_AT, 1)]),

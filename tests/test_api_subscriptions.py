@@ -183,3 +183,12 @@ async def test_client_isolation(make_node, host_service, client_address):
             assert (await other.get("/api/subscriptions")).json() == []
             assert (await other.get("/api/jobs", params={"id": sub})).json() == []
         assert (await document(http, sub))["status"] == "active"
+
+
+async def test_concurrent_requests_never_pass_the_quota(make_node, host_service, client_address):
+    echo = host_service("echo")
+    async with make_node(_config(echo.url, max_subscriptions=5)) as node, node.client(client_address) as http:
+        future = int(time.time()) + 3600
+        answers = await asyncio.gather(*(http.post("/api/jobs", json=subscription(0, 1, future)) for _ in range(20)))
+        assert sorted(r.status_code for r in answers) == [200] * 5 + [400] * 15
+        assert len((await http.get("/api/subscriptions", params={"active": "true"})).json()) == 5

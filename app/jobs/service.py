@@ -108,34 +108,34 @@ class JobService:
         """A request with subscriptions (SPEC §7): each checked as a job, then its schedule
         and the client's quota of active ones; the accepted jobs and subscriptions are
         committed in one transaction, without the group commit (their rows differ) and
-        without claiming (the claim loop and the ticker are woken)."""
-        quota = await self.subscriptions.quota(client)
+        without claiming (the claim loop and the ticker are woken). The client's active
+        subscriptions are counted in that transaction, under its quota lock."""
         answers: list[dict[str, Any]] = []
         jobs: list[dict[str, Any]] = []
         subscriptions: list[dict[str, Any]] = []
-        for request in requests:
-            try:
-                if isinstance(request, JobRejected):
-                    raise request
-                self.catalog.check(request, client)
-                if request.subscription is None:
-                    row = pending_row(request, client, now)
-                    jobs.append(row)
-                else:
-                    schedule = checked_schedule(request.subscription, now)
-                    quota.take()
-                    row = new_subscription_row(request, schedule, client, now)
-                    subscriptions.append(row)
-            except JobRejected as rejected:
-                answers.append(rejected.body())
-                continue
-            answers.append({"id": row["id"]})
-        if jobs or subscriptions:
-            async with self.database.direct_write() as conn:
-                if jobs:
-                    await conn.insert_many(INSERT_JOBS, jobs, notify=self.signal.notification)
-                if subscriptions:
-                    await conn.insert_many(INSERT_SUBSCRIPTIONS, subscriptions, notify=self.subscriptions.notification)
+        async with self.database.direct_write() as conn:
+            quota = await self.subscriptions.quota(conn, client)
+            for request in requests:
+                try:
+                    if isinstance(request, JobRejected):
+                        raise request
+                    self.catalog.check(request, client)
+                    if request.subscription is None:
+                        row = pending_row(request, client, now)
+                        jobs.append(row)
+                    else:
+                        schedule = checked_schedule(request.subscription, now)
+                        quota.take()
+                        row = new_subscription_row(request, schedule, client, now)
+                        subscriptions.append(row)
+                except JobRejected as rejected:
+                    answers.append(rejected.body())
+                    continue
+                answers.append({"id": row["id"]})
+            if jobs:
+                await conn.insert_many(INSERT_JOBS, jobs, notify=self.signal.notification)
+            if subscriptions:
+                await conn.insert_many(INSERT_SUBSCRIPTIONS, subscriptions, notify=self.subscriptions.notification)
         if jobs:
             self.signal.notify()
         if subscriptions:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from app.clock import utcnow
-from app.db.direct import wrap
+from app.db.direct import DirectConnection, wrap
 from app.db.engine import Database
 from app.db.models import JobStatus, SubscriptionStatus
 from app.db.signal import SUBSCRIPTIONS_CHANNEL, JobSignal
@@ -76,9 +76,12 @@ class SubscriptionService:
         self.signal = signal
         self.max_active = max_active
 
-    async def quota(self, client: str) -> Quota:
-        async with self.database.read() as conn:
-            active = (await statements.ACTIVE_COUNT.run(conn, {"client": client})).scalar_one()
+    async def quota(self, conn: DirectConnection, client: str) -> Quota:
+        """The client's quota, in the transaction that will insert its new subscriptions
+        (which, on PostgreSQL, then holds the client's quota lock until it ends)."""
+        if conn.postgresql:
+            await conn.execute(statements.LOCK_CLIENT, {"client": client})
+        ((active,),) = await conn.fetch(statements.ACTIVE_COUNT, {"client": client})
         return Quota(active, self.max_active)
 
     @property

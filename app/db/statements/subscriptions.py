@@ -118,6 +118,15 @@ _CLIENT = Subscription.client == bindparam("client")
 #: One subscription of one client; ``owner``, not ``client``: an UPDATE reserves its columns' names.
 _ONE = (Subscription.id == bindparam("subscription"), Subscription.client == bindparam("owner"))
 
+#: The key space of ``LOCK_CLIENT``'s advisory locks (two-key locks never meet the
+#: leader's one-key lock).
+_QUOTA_LOCKS = 0x6A6E7162
+#: PostgreSQL: a client's new subscriptions are counted and inserted one request at a time,
+#: so that concurrent requests cannot pass ``server.max_subscriptions`` together (SQLite's
+#: one writer does that already). Held until the transaction ends. Parameter: ``client``.
+LOCK_CLIENT = Statement(
+    select(func.pg_advisory_xact_lock(literal(_QUOTA_LOCKS, Integer()), func.hashtext(bindparam("client"))))
+)
 #: How many subscriptions the client has active (``server.max_subscriptions``). Parameter:
 #: ``client``.
 ACTIVE_COUNT = Statement(select(func.count()).select_from(Subscription).where(_CLIENT, _active()))

@@ -425,6 +425,22 @@ SUBSCRIPTIONS = [
     Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, []),
     Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(0,)]),
     Example("subscriptions.NEXT_DUE", {}, [(LATER,)]),
+    Example("subscriptions.SUBSCRIPTION_OWNER", {"subscription": S2}, [(B,)]),
+    Example(
+        "subscriptions.newest_subscriptions(False,)",
+        {"limit": 2},
+        [
+            (S3, A, SubscriptionStatus.CANCELLED, 60, 3, 1, None, 0),
+            (S2, B, SubscriptionStatus.ACTIVE, 60, 3, 1, LATER, 0),
+        ],
+        True,
+    ),
+    Example(
+        "subscriptions.newest_subscriptions(True,)",
+        {"limit": 2},
+        [(S2, B, SubscriptionStatus.ACTIVE, 60, 3, 1, LATER, 0)],
+        True,
+    ),
 ]
 
 SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS

@@ -217,6 +217,9 @@ SQLITE_KNOWN_SCANS = {
     "maintenance.EXHAUSTED_ORPHANS": ["SCAN jobs USING INDEX ix_jobs_lease"],
     "maintenance.REQUEUE_ORPHANS": ["SCAN jobs USING INDEX ix_jobs_lease"],
     "inspection.UNFINISHED_BY_STATE": ["SCAN jobs USING INDEX ix_jobs_unfinished_source"],
+    #: Every client's newest subscriptions walk the table from the newest (rowid order) and
+    #: stop at the LIMIT, as the newest jobs do.
+    **{f"subscriptions.newest_subscriptions{(active,)!r}": ["SCAN subscriptions"] for active in (False, True)},
     #: Every active subscription counted, from the partial index of them.
     "subscriptions.ACTIVE_TOTAL": ["SCAN subscriptions USING INDEX ix_subscriptions_due"],
     #: Operator statements that read every job, by design (only the CLI runs them):

@@ -171,6 +171,32 @@ class SubscriptionService:
             if row.client == client
         }
 
+    # -- the operator: any client's, acting as its client ------------------------------
+
+    async def owner(self, subscription: str) -> str:
+        async with self.database.read() as conn:
+            found = (await statements.SUBSCRIPTION_OWNER.run(conn, {"subscription": subscription})).first()
+        if found is None:
+            raise SUBSCRIPTION_NOT_FOUND.error()
+        return str(found.client)
+
+    async def newest(self, active: bool, limit: int) -> list[dict[str, Any]]:
+        async with self.database.read() as conn:
+            rows = await statements.newest_subscriptions(active).run(conn, {"limit": limit})
+            return [
+                {
+                    "id": str(row.id),
+                    "client": row.client,
+                    "status": row.status,
+                    "period": row.period,
+                    "frequency": row.frequency,
+                    "next_interval": row.next_interval,
+                    "next_at": None if row.next_due_at is None else int(row.next_due_at.timestamp()),
+                    "missed": row.missed,
+                }
+                for row in rows
+            ]
+
     @staticmethod
     async def _row(conn: Any, subscription: str, client: str) -> Any:
         return (await statements.CLIENT_SUBSCRIPTION.run(conn, {"subscription": subscription, "owner": client})).first()

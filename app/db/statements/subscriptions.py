@@ -212,3 +212,27 @@ CANCEL = Statement(
     .values(status=SubscriptionStatus.CANCELLED, cancelled_at=_NOW, next_due_at=None)
     .returning(Subscription.id)
 )
+
+# -- the operator (``jobnode subscriptions``) --------------------------------------------
+
+#: Whose a subscription is: the operator acts as its client. Parameter: ``subscription``.
+SUBSCRIPTION_OWNER = Statement(select(Subscription.client).where(Subscription.id == bindparam("subscription")))
+
+
+@shapes([(False,), (True,)])
+def newest_subscriptions(active: bool) -> Statement:
+    """Every client's subscriptions, newest first (only the active ones with ``active``).
+    Parameter: ``limit``."""
+    stmt = select(
+        Subscription.id,
+        Subscription.client,
+        Subscription.status,
+        Subscription.period,
+        Subscription.frequency,
+        Subscription.next_interval,
+        Subscription.next_due_at,
+        Subscription.missed,
+    )
+    if active:
+        stmt = stmt.where(_active())
+    return Statement(stmt.order_by(Subscription.seq.desc()).limit(bindparam("limit", type_=Integer)))

@@ -67,11 +67,17 @@ CONTAINER_NOT_SUPPORTED = ErrorSpec(400, "Container not supported", ("container"
 FIRST_CONTAINER_NOT_EXTERNAL = ErrorSpec(400, "First container must be external", ("first_container",))
 NO_PROOF = ErrorSpec(400, "Container does not generate proof", ("container",))
 CONTAINER_NOT_ALLOWED = ErrorSpec(400, "Container not allowed for address", ("container", "address"))
+#: A subscription's own checks (SPEC §7), after those of a job.
+INVALID_SUBSCRIPTION = ErrorSpec(400, "Invalid subscription", ("field", "reason"))
+TOO_MANY_SUBSCRIPTIONS = ErrorSpec(400, "Too many subscriptions", ("limit",))
 #: ``POST /api/jobs/batch``.
 EXPECTED_LIST = ErrorSpec(400, "Expected a list")
 BATCH_TOO_LARGE = ErrorSpec(400, "Batch too large", ("limit", "size"))
 #: ``POST /api/jobs/stream``.
 STREAM_ONE_CONTAINER = ErrorSpec(400, "Streaming supports one container")
+STREAM_NO_SUBSCRIPTIONS = ErrorSpec(400, "Streaming does not support subscriptions")
+#: ``/api/subscriptions/{id}``: another client's is the same as an unknown one.
+SUBSCRIPTION_NOT_FOUND = ErrorSpec(404, "Subscription not found")
 
 # Reads and parameters (app.http.params).
 INVALID_JOB_ID = ErrorSpec(400, "Invalid job id", ("id",))

@@ -76,6 +76,18 @@ JOBS_RESCUED = Counter(
     "Jobs whose node stopped: requeued (lease expired), failed (out of attempts), taken_back (restarted node)",
     ["outcome"],
 )
+INTERVALS_STARTED = Counter(
+    "jobnode_subscription_intervals_started_total", "Subscription intervals whose job this node created"
+)
+INTERVALS_MISSED = Counter(
+    "jobnode_subscription_intervals_missed_total",
+    "Subscription intervals this node counted missed (their successor was already due)",
+)
+START_LAG = Histogram(
+    "jobnode_subscription_start_lag_seconds",
+    "From an interval's due time to the creation of its job (the database's clock on PostgreSQL)",
+    buckets=DURATION_BUCKETS,
+)
 JOBS_RETRIED = Counter("jobnode_jobs_retried_total", "Failed or cancelled jobs re-queued by an operator")
 JOBS_ABANDONED = Counter(
     "jobnode_jobs_abandoned_total",
@@ -236,3 +248,12 @@ def job_cancelled(job_id: str, container: str | None) -> None:
 def job_retried(job_id: str, container: str | None) -> None:
     JOBS_RETRIED.inc()
     log.info("job re-queued by an operator", extra=_extra(job_id, container, status="pending"))
+
+
+def intervals_ticked(lags: list[float], missed: int) -> None:
+    """A tick of the subscription ticker: the start lag of each interval job it created."""
+    INTERVALS_STARTED.inc(len(lags))
+    if missed:
+        INTERVALS_MISSED.inc(missed)
+    for lag in lags:
+        START_LAG.observe(lag)

@@ -33,11 +33,13 @@ from app.jobs.queue_numbers import QueueNumbers
 from app.jobs.requests import ContainerCatalog
 from app.jobs.service import JobService
 from app.jobs.stream import StreamService
+from app.jobs.subscriptions import SubscriptionService
 from app.jobs.transitions import JobStore
 from app.maintenance.leader import Leadership
 from app.maintenance.orphans import OrphanTakeBack
 from app.maintenance.pruner import Pruner
 from app.maintenance.reaper import Reaper
+from app.maintenance.ticker import Ticker
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
 from app.scheduler.streaming import StreamRunner
@@ -71,7 +73,8 @@ class Node:
         self.maintenance = self._maintenance(settings)
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
-        self.jobs = JobService(self.database, catalog, self.signal, live, claims)
+        self.subscriptions = SubscriptionService(self.database, self.signal, settings.server.max_subscriptions)
+        self.jobs = JobService(self.database, catalog, self.signal, live, claims, self.subscriptions)
         streamer = StreamRunner(self.containers, self.client)
         self.streams = StreamService(store, catalog, streamer, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
@@ -85,7 +88,8 @@ class Node:
 
     def _maintenance(self, settings: Settings) -> Leadership:
         """The reaper and the pruner, on the node that leads (PostgreSQL: the holder of the
-        advisory lock of ``self.connection``; SQLite: this one)."""
+        advisory lock of ``self.connection``; SQLite: this one); the subscription ticker on
+        every node."""
         leadership = Leadership(self.connection.is_leader if self.connection is not None else None)
         period = max(0.5, settings.scheduler.lease_seconds / 2)
         leadership.register(
@@ -93,6 +97,7 @@ class Node:
         )
         if settings.retention.finished_jobs_days > 0:
             leadership.register(Pruner(self.database, settings.retention.finished_jobs_days, period))
+        leadership.register_on_every_node(Ticker(self.database, self.signal))
         return leadership
 
     def drain(self) -> None:
@@ -140,6 +145,7 @@ class Node:
             self.settings.server,
             {
                 "jobs": self.jobs,
+                "subscriptions": self.subscriptions,
                 "containers": self.containers,
                 "streams": self.streams,
                 "resources": self.resources,

@@ -14,8 +14,8 @@ from typing import Any
 
 import app.db.statements
 from app.db.direct import PerDialect, RowsInsert, Shapes, Statement
-from app.db.models import JobStatus
-from app.db.signal import CHANNEL, ENDED_CHANNEL
+from app.db.models import JobStatus, SubscriptionStatus
+from app.db.signal import CHANNEL, ENDED_CHANNEL, SUBSCRIPTIONS_CHANNEL
 from app.db.statements import claims, submits
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
@@ -247,7 +247,7 @@ def _newest_jobs(status: str | None, client: bool) -> Example:
 
 #: J2's whole ``jobs`` row: seq, id, client, source, containers, input, requires_proof,
 #: status, attempts, stream, lease_owner, lease_expires_at, run_after, created_at,
-#: started_at (its claim), finished_at.
+#: started_at (its claim), finished_at, subscription_id, interval.
 J2_ROW = (
     2,
     J2,
@@ -265,6 +265,8 @@ J2_ROW = (
     at(9),
     NOW,
     NOW,
+    None,
+    None,
 )
 _MINUTE = int(NOW.timestamp() // 60)
 _J3_FAILURE_STEP = {"job": J3, "step": 0, "container_id": "first", "reason": "cancelled", "by_node": NODE, "now": NOW}
@@ -328,4 +330,117 @@ OPERATOR_AND_MAINTENANCE = [
     Example("inspection.JOB", {"job": J7}, []),
 ]
 
-SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE
+# -- subscriptions: two stored, the ticker starts one's interval (once) ---------------------------
+
+S1, S2, S3 = (str(uuid.UUID(int=n, version=4)) for n in (101, 102, 103))
+J8, J9 = (str(uuid.UUID(int=n, version=4)) for n in (8, 9))
+
+
+def subscription_row(subscription_id: str, client: str, due: datetime) -> dict[str, Any]:
+    """A new subscription's columns: every minute, three times, from ``due``."""
+    return {
+        "id": subscription_id,
+        "client": client,
+        "containers": CONTAINERS,
+        "input": {"s": UNICODE},
+        "requires_proof": False,
+        "period": 60,
+        "frequency": 3,
+        "active_at": int(due.timestamp()),
+        "next_interval": 1,
+        "next_due_at": due,
+        "status": SubscriptionStatus.ACTIVE,
+        "missed": 0,
+        "created_at": NOW,
+        "cancelled_at": None,
+    }
+
+
+_S1_AT = int(at(3).timestamp())
+
+
+def _subscription_ids(active: bool | None, after: bool, limit: bool) -> Example:
+    """Client A's subscriptions at the end: S1 (seq 1, completed), S3 (seq 3, active);
+    ``after_seq`` 1, ``limit`` 1."""
+    ids = [
+        (sub,) for seq, sub, on in ((1, S1, False), (3, S3, True)) if active in (None, on) and (not after or seq > 1)
+    ]
+    params: dict[str, Any] = {"client": A, **({"after_seq": 1} if after else {}), **({"limit": 1} if limit else {})}
+    return Example(
+        f"subscriptions.client_subscription_ids{(active, after, limit)!r}", params, ids[:1] if limit else ids, True
+    )
+
+
+SUBSCRIPTIONS = [
+    Example("subscriptions.DATABASE_NOW", {}, dialect="postgresql"),
+    Example(
+        "subscriptions.INSERT_SUBSCRIPTIONS",
+        [subscription_row(S1, A, at(3)), subscription_row(S2, B, LATER), subscription_row(S3, A, LATER)],
+        notify=(SUBSCRIPTIONS_CHANNEL, "sender"),
+    ),
+    Example("subscriptions.LOCK_CLIENT", {"client": A}, dialect="postgresql"),
+    Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(2,)]),
+    Example("subscriptions.ACTIVE_TOTAL", {}, [(3,)]),
+    Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, _S1_AT, 1)]),
+    *(
+        Example(
+            f"subscriptions.INSERT_INTERVAL_JOB.{dialect}",
+            {"job": job_id, "subscription": S1, "interval": 3, "now": NOW},
+            rows,
+            dialect=dialect,
+        )
+        for dialect in ("postgresql", "sqlite")
+        for job_id, rows in ((J8, [(J8,)]), (J9, []))  # the interval has its job: none inserted
+    ),
+    Example("reads.RESULTS", {"ids": [J8]}, [(J8, A, JobStatus.PENDING, None, None, None)]),
+    Example(
+        "subscriptions.ADVANCE",
+        {"subscription": S1, "following": 4, "due": None, "state": SubscriptionStatus.COMPLETED, "skipped": 2},
+    ),
+    Example("subscriptions.DUE", {"now": NOW, "batch": 10}, []),
+    Example(
+        "subscriptions.CLIENT_SUBSCRIPTION",
+        {"subscription": S1, "owner": A},
+        [(1, S1, CONTAINERS, 60, 3, _S1_AT, SubscriptionStatus.COMPLETED, 4, None, 2)],
+    ),
+    Example("subscriptions.CLIENT_SUBSCRIPTION", {"subscription": S1, "owner": B}, []),
+    *(_subscription_ids(*shape) for shape in itertools.product((None, True, False), (False, True), (False, True))),
+    Example("subscriptions.JOB_COUNTS", {"subscription": S1}, [(JobStatus.PENDING, 1)]),
+    Example("subscriptions.subscription_jobs(True,)", {"subscription": S1, "limit": 10}, [(3, J8, "pending")]),
+    Example(
+        "subscriptions.subscription_jobs(False,)",
+        {"subscription": S1, "after_interval": 0, "limit": 10},
+        [(3, J8, "pending")],
+    ),
+    Example("subscriptions.JOB_INTERVAL", {"subscription": S1, "job": J8}, [(3,)]),
+    Example(
+        "subscriptions.LATEST_JOBS",
+        {"ids": [S1, S2]},
+        [
+            (S1, A, SubscriptionStatus.COMPLETED, CONTAINERS, J8),
+            (S2, B, SubscriptionStatus.ACTIVE, CONTAINERS, None),
+        ],
+    ),
+    Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, [(S3,)]),
+    Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, []),
+    Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(0,)]),
+    Example("subscriptions.NEXT_DUE", {}, [(LATER,)]),
+    Example("subscriptions.SUBSCRIPTION_OWNER", {"subscription": S2}, [(B,)]),
+    Example(
+        "subscriptions.newest_subscriptions(False,)",
+        {"limit": 2},
+        [
+            (S3, A, SubscriptionStatus.CANCELLED, 60, 3, 1, None, 0),
+            (S2, B, SubscriptionStatus.ACTIVE, 60, 3, 1, LATER, 0),
+        ],
+        True,
+    ),
+    Example(
+        "subscriptions.newest_subscriptions(True,)",
+        {"limit": 2},
+        [(S2, B, SubscriptionStatus.ACTIVE, 60, 3, 1, LATER, 0)],
+        True,
+    ),
+]
+
+SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS

@@ -51,6 +51,7 @@ async def test_page_and_data(make_node, host_service, client_address):
 
         data = (await http.get("/dashboard/data")).json()
         assert set(data) >= {"now", "node", "queue", "depth", "throughput", "containers", "recent", "failed"}
+        assert set(data["subscriptions"]) == {"active"} and data["subscriptions"]["active"] >= 0
         assert len(data["throughput"]) == 10 and sum(m["success"] + m["failed"] for m in data["throughput"]) >= 2
         assert done in [j["id"] for j in data["recent"]]
         (failure,) = [j for j in data["failed"] if j["id"] == failed]

@@ -23,7 +23,7 @@ from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
 
 BIN = Path(sys.executable).parent
-TABLES = {"jobs", "job_steps"}
+TABLES = {"jobs", "job_steps", "subscriptions"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -100,7 +100,7 @@ async def test_postgresql_column_types(postgresql_url):
             rows = await connection.execute(
                 text(
                     "SELECT table_name, column_name, data_type FROM information_schema.columns "
-                    "WHERE table_schema = 'public' AND table_name IN ('jobs', 'job_steps')"
+                    "WHERE table_schema = 'public' AND table_name IN ('jobs', 'job_steps', 'subscriptions')"
                 )
             )
             types = {(table, column): data_type for table, column, data_type in rows}
@@ -117,6 +117,13 @@ async def test_postgresql_column_types(postgresql_url):
         ("jobs", "input"): "jsonb",
         ("job_steps", "job_id"): "uuid",
         ("job_steps", "output"): "jsonb",
+        ("jobs", "subscription_id"): "uuid",
+        ("subscriptions", "id"): "uuid",
+        ("subscriptions", "containers"): "jsonb",
+        ("subscriptions", "input"): "jsonb",
+        ("subscriptions", "next_due_at"): "timestamp with time zone",
+        ("subscriptions", "frequency"): "bigint",
+        ("subscriptions", "active_at"): "bigint",
     }
     for table, column in [
         ("jobs", c) for c in ("lease_expires_at", "run_after", "created_at", "started_at", "finished_at")

@@ -52,8 +52,16 @@ SELECT id, p, (containers ->> p), CASE WHEN status = 'failed' AND p = 1 THEN NUL
        CASE WHEN status = 'failed' AND p = 1 THEN 'boom' END, 1, 'node-0', created_at, created_at
 FROM jobs, generate_series(0, 1) AS p
 WHERE status IN ('success', 'failed') OR (status = 'running' AND p = 0);
+INSERT INTO subscriptions (id, client, containers, input, requires_proof, period, frequency, active_at,
+                           next_interval, next_due_at, status, missed, created_at)
+SELECT gen_random_uuid(), '10.1.' || (i % {CLIENTS} / 250) || '.' || (i % 250), '["first"]'::jsonb,
+       jsonb_build_object('n', i), false, 60, 10, 1800000000, 2,
+       CASE WHEN i % 10 = 0 THEN now() + make_interval(secs => i % 60) END,
+       CASE WHEN i % 10 = 0 THEN 'active' WHEN i % 10 = 1 THEN 'cancelled' ELSE 'completed' END, 0, now()
+FROM generate_series(1, {JOBS} / 10) AS i;
 ANALYZE jobs;
 ANALYZE job_steps;
+ANALYZE subscriptions;
 """
 
 #: The index each statement must read (besides: no sequential scan of a table at all).
@@ -80,6 +88,16 @@ EXPECTED_INDEX = {
     "inspection.RECENTLY_FAILED": "ix_jobs_finished_at",
     "inspection.UNFINISHED_BY_STATE": "ix_jobs_unfinished_source",
     "inspection.RUNNABLE": "ix_jobs_claim",
+    "subscriptions.DUE": "ix_subscriptions_due",
+    "subscriptions.NEXT_DUE": "ix_subscriptions_due",
+    "subscriptions.ADVANCE": "uq_subscriptions_id",
+    "subscriptions.CLIENT_SUBSCRIPTION": "uq_subscriptions_id",
+    "subscriptions.LATEST_JOBS": "uq_subscriptions_id",
+    "subscriptions.ACTIVE_COUNT": "ix_subscriptions_client_active",
+    "subscriptions.ACTIVE_TOTAL": "ix_subscriptions_due",
+    "subscriptions.JOB_COUNTS": "uq_jobs_subscription_interval",
+    "subscriptions.subscription_jobs(True,)": "uq_jobs_subscription_interval",
+    "subscriptions.subscription_jobs(False,)": "uq_jobs_subscription_interval",
     "inspection.FINISHED_SINCE": "ix_jobs_finished_at",
     "inspection.FINISHED_PER_MINUTE.postgresql": "ix_jobs_finished_at",
     # The newest jobs: a client's from its indexes, others backwards along the primary key
@@ -136,7 +154,7 @@ def _explained() -> dict[str, str]:
 
 
 #: The modules whose statements run on SQLAlchemy's connections (``Statement.run``).
-SQLALCHEMY_RUN = ("maintenance.", "inspection.")
+SQLALCHEMY_RUN = ("maintenance.", "inspection.", "subscriptions.")
 
 
 @pytest.mark.postgres
@@ -162,6 +180,10 @@ async def test_each_statement_reads_an_index_on_postgresql(realistic_url, name, 
     assert ("Seq Scan" in plan) == (name in FULL_SCANS), plan
     if name.startswith("reads.client_job_ids"):
         assert "ix_jobs_client_" in plan, plan
+        if name.endswith("True)"):  # a page (LIMIT): in the index's order, never all sorted first
+            assert "Sort" not in plan, plan
+    elif name.startswith("subscriptions.client_subscription_ids"):
+        assert "ix_subscriptions_client_" in plan, plan
         if name.endswith("True)"):  # a page (LIMIT): in the index's order, never all sorted first
             assert "Sort" not in plan, plan
     elif name in EXPECTED_INDEX:
@@ -195,6 +217,11 @@ SQLITE_KNOWN_SCANS = {
     "maintenance.EXHAUSTED_ORPHANS": ["SCAN jobs USING INDEX ix_jobs_lease"],
     "maintenance.REQUEUE_ORPHANS": ["SCAN jobs USING INDEX ix_jobs_lease"],
     "inspection.UNFINISHED_BY_STATE": ["SCAN jobs USING INDEX ix_jobs_unfinished_source"],
+    #: Every client's newest subscriptions walk the table from the newest (rowid order) and
+    #: stop at the LIMIT, as the newest jobs do.
+    **{f"subscriptions.newest_subscriptions{(active,)!r}": ["SCAN subscriptions"] for active in (False, True)},
+    #: Every active subscription counted, from the partial index of them.
+    "subscriptions.ACTIVE_TOTAL": ["SCAN subscriptions USING INDEX ix_subscriptions_due"],
     #: Operator statements that read every job, by design (only the CLI runs them):
     #: ``jobnode stats`` counts every state, ``retry --all-failed`` finds every failed job.
     "inspection.COUNT_BY_STATUS": ["SCAN jobs"],
@@ -218,7 +245,11 @@ async def test_each_statement_reads_an_index_on_sqlite(sqlite_url):
         await database.dispose()
     for name, plan in plans.items():
         lines = plan.splitlines()
-        full_scans = [line for line in lines if line.split()[:2] in (["SCAN", "jobs"], ["SCAN", "job_steps"])]
+        full_scans = [
+            line
+            for line in lines
+            if line.split()[:2] in (["SCAN", "jobs"], ["SCAN", "job_steps"], ["SCAN", "subscriptions"])
+        ]
         assert full_scans == SQLITE_KNOWN_SCANS.get(name, []), (name, plan)
         if name.startswith(("reads.client_job_ids", "inspection.newest_jobs")):
             assert "TEMP B-TREE" not in plan, (name, plan)

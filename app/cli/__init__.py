@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from app import __version__
-from app.cli import bench, configuration, database, jobs, monitor, serve
+from app.cli import bench, configuration, database, jobs, monitor, serve, subscriptions
 
 
 @click.group()
@@ -22,6 +22,7 @@ main.add_command(serve.serve)
 main.add_command(database.db)
 main.add_command(configuration.config_group)
 main.add_command(jobs.jobs)
+main.add_command(subscriptions.subscriptions)
 main.add_command(monitor.containers)
 main.add_command(monitor.stats)
 main.add_command(bench.bench)

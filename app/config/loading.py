@@ -66,7 +66,7 @@ def _validate_numbers(settings: Settings) -> None:
     server, scheduler = settings.server, settings.scheduler
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port")
-    for key in ("max_body_bytes", "max_batch", "max_ids", "max_json_depth", "workers"):
+    for key in ("max_body_bytes", "max_batch", "max_ids", "max_subscriptions", "max_json_depth", "workers"):
         _positive(getattr(server, key), f"server.{key}")
     if server.max_json_depth > MAX_JSON_DEPTH_LIMIT:
         # Deeper values would again meet Python's recursion limit on the way in or out.

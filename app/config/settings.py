@@ -31,6 +31,8 @@ class ServerSettings(_Section):
     max_body_bytes: int = 1_048_576
     max_batch: int = 1000
     max_ids: int = 1000
+    #: Active subscriptions per client (SPEC §7).
+    max_subscriptions: int = 1000
     #: Deepest nesting of objects/arrays accepted in a job's ``data`` and stored from a
     #: container's output (``app.storable``): deeper values fail alone, 400 or ContainerError.
     max_json_depth: int = DEFAULT_MAX_DEPTH

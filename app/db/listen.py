@@ -1,7 +1,8 @@
 """One dedicated asyncpg connection per node on PostgreSQL, for two things a pool cannot do:
 
 * ``LISTEN`` for new jobs submitted on other nodes (their submit sends ``NOTIFY``), for
-  cancels made on other nodes, and for jobs that other nodes ended (reads waiting here);
+  cancels made on other nodes, for jobs that other nodes ended (reads waiting here), and
+  for subscriptions added or cancelled on other nodes (the ticker);
 * a session-level advisory lock that elects the one node running the reaper and pruner.
   When that node dies its connection closes, PostgreSQL frees the lock, and another
   node takes it at its next try.
@@ -22,7 +23,7 @@ import asyncpg
 
 from app.db.engine import Database, asyncpg_timeouts
 from app.db.errors import describe
-from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, JobSignal
+from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, SUBSCRIPTIONS_CHANNEL, JobSignal
 
 log = logging.getLogger("jobnode.db")
 
@@ -90,11 +91,13 @@ class NodeConnection:
                 self._conn = await asyncpg.connect(self.dsn, **self.timeouts)
                 await self._conn.add_listener(CHANNEL, self._on_notify)
                 await self._conn.add_listener(LEASE_CHANNEL, self._on_notify)
+                await self._conn.add_listener(SUBSCRIPTIONS_CHANNEL, self._on_notify)
                 if self.on_ended is not None:
                     await self._conn.add_listener(ENDED_CHANNEL, self._on_notify)
                 log.info("listening for new jobs on %s", CHANNEL)
                 lost = False
                 self.signal.notify()  # jobs may have arrived while we were not listening
+                self.signal.subscriptions_changed()  # and subscriptions
                 while not self._conn.is_closed():
                     await asyncio.sleep(self.retry_seconds)
                     async with self._querying:

@@ -1,4 +1,4 @@
-"""The schema operators read: ``jobs`` and ``job_steps``.
+"""The schema operators read: ``jobs``, ``job_steps`` and ``subscriptions``.
 
 Every API query is served by an index declared here, and the Alembic history in
 ``migrations/`` must produce exactly this (a test compares them).
@@ -97,9 +97,15 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: An interval's job: its subscription and its interval (1-based); NULL otherwise.
+    subscription_id: Mapped[str | None] = mapped_column(JobIdType)
+    interval: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
         UniqueConstraint("id", name="uq_jobs_id"),
+        # Exactly one job per interval, whichever node ticks it and however often; also a
+        # subscription's jobs, newest interval first.
+        Index("uq_jobs_subscription_interval", "subscription_id", "interval", unique=True),
         # A client's history, oldest first, and keyset pages of it (index-only on PostgreSQL).
         Index("ix_jobs_client_seq", "client", "seq", postgresql_include=["id"]),
         # A client's unfinished jobs (pending=true) without walking its whole history.
@@ -163,4 +169,60 @@ class JobStep(Base):
     __table_args__ = (
         # One committed result per step: a resumed job can never record a step twice.
         UniqueConstraint("job_id", "position", name="uq_job_steps_job_position"),
+    )
+
+
+class SubscriptionStatus:
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+_ACTIVE_SQL = "status = 'active'"
+
+
+class Subscription(Base):
+    """A job request with a schedule (SPEC §7): interval k is due at ``active_at + (k-1) *
+    period``. ``next_interval``/``next_due_at`` say what the ticker looks at next (NULL due
+    time once it is no longer active)."""
+
+    __tablename__ = "subscriptions"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(JobIdType, nullable=False)
+    client: Mapped[str] = mapped_column(String(64), nullable=False)
+    containers: Mapped[list[str]] = mapped_column(JsonType, nullable=False)
+    input: Mapped[dict[str, Any]] = mapped_column(JsonType, nullable=False)
+    requires_proof: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    #: Seconds between intervals; frequency: how many; active_at: unix seconds of the first.
+    period: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    frequency: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    active_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    next_interval: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    next_due_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    #: Intervals whose successor was already due when they were reached: never run.
+    missed: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("id", name="uq_subscriptions_id"),
+        # The ticker: the earliest due active subscription, and those due now.
+        Index(
+            "ix_subscriptions_due",
+            "next_due_at",
+            postgresql_where=text(_ACTIVE_SQL),
+            sqlite_where=text(_ACTIVE_SQL),
+        ),
+        # A client's subscriptions, oldest first, and keyset pages of them.
+        Index("ix_subscriptions_client_seq", "client", "seq"),
+        # A client's active ones: ``?active=true`` and the ``max_subscriptions`` count.
+        Index(
+            "ix_subscriptions_client_active",
+            "client",
+            "seq",
+            postgresql_where=text(_ACTIVE_SQL),
+            sqlite_where=text(_ACTIVE_SQL),
+        ),
     )

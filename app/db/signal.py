@@ -1,4 +1,5 @@
-"""Wake-ups for schedulers: jobs were added, or leases changed hands (a cancel).
+"""Wake-ups for schedulers: jobs were added, leases changed hands (a cancel), or
+subscriptions were added or cancelled (the ticker's next due time moved).
 
 In one process an ``asyncio.Event`` is set after the submit commits, so a new job starts
 within milliseconds. Across nodes on PostgreSQL the submit transaction also sends
@@ -17,6 +18,8 @@ from app.db.direct import DirectConnection
 
 CHANNEL = "jobnode_jobs"
 LEASE_CHANNEL = "jobnode_leases"
+#: A subscription was added or cancelled: every node's ticker reads its next due time.
+SUBSCRIPTIONS_CHANNEL = "jobnode_subscriptions"
 #: Jobs that ended, for reads waiting on them in other processes: ``[sender, [ids]]``.
 ENDED_CHANNEL = "jobnode_ended"
 #: NOTIFY payloads must stay under 8000 bytes: ids per notification.
@@ -30,6 +33,7 @@ class JobSignal:
     def __init__(self, sender: str = "") -> None:
         self._event = asyncio.Event()
         self._leases = asyncio.Event()
+        self._subscriptions = asyncio.Event()
         self._elsewhere: asyncio.TimerHandle | None = None
         #: Sent as the NOTIFY payload, so that a node ignores its own notifications: it
         #: was already woken in-process.
@@ -48,10 +52,16 @@ class JobSignal:
         """A job was cancelled: the lease check should run now."""
         self._leases.set()
 
+    def subscriptions_changed(self) -> None:
+        """A subscription was added or cancelled: the ticker's next due time may have moved."""
+        self._subscriptions.set()
+
     def wake(self, channel: str) -> None:
         """What a notification on ``channel`` means for this node's scheduler."""
         if channel == LEASE_CHANNEL:
             self.leases_changed()
+        elif channel == SUBSCRIPTIONS_CHANNEL:
+            self.subscriptions_changed()
         else:
             self.notify()
 
@@ -93,6 +103,9 @@ class JobSignal:
 
     async def wait_leases(self, timeout: float) -> bool:
         return await _wait(self._leases, timeout)
+
+    async def wait_subscriptions(self, timeout: float) -> bool:
+        return await _wait(self._subscriptions, timeout)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:

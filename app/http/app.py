@@ -25,6 +25,7 @@ from app.http.controllers.metrics import MetricsController
 from app.http.controllers.node import NodeController
 from app.http.controllers.operator import ContainersController, OperatorJobsController
 from app.http.controllers.stream import StreamController
+from app.http.controllers.subscriptions import SubscriptionsController
 from app.http.errors import exception_handlers
 from app.http.identity import ClientIdentity
 from app.http.openapi import components, document_handlers
@@ -93,6 +94,7 @@ def create_app(
             jobs_endpoint(jobs_api),
             JobsController,
             StreamController,
+            SubscriptionsController,
             OperatorJobsController,
             ContainersController,
             MetricsController,

@@ -42,6 +42,7 @@ def _cards(data: dict[str, Any]) -> str:
         ("running", queue["running"], "jobs running"),
         ("oldest", seconds(queue["oldest_pending_seconds"]) if queue["pending"] else "–", "oldest pending"),
         ("minute", last["success"] + last["failed"], "finished this minute"),
+        ("subscriptions", data["subscriptions"]["active"], "active subscriptions"),
     ]
     return "".join(
         f'<div class="card"><div class="num" id="card-{key}">{_e(value)}</div><div class="lbl">{_e(label)}</div></div>'
@@ -210,6 +211,7 @@ function cards(d) {
   $("card-running").textContent = d.queue.running;
   $("card-oldest").textContent = d.queue.pending ? secs(d.queue.oldest_pending_seconds) : "\\u2013";
   $("card-minute").textContent = last.success + last.failed;
+  $("card-subscriptions").textContent = d.subscriptions.active;
 }
 function containers(list) {
   fill($("containers"), list.map((c) => row([

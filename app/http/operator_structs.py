@@ -25,6 +25,11 @@ class StepDetail(msgspec.Struct):
     duration_seconds: float
 
 
+class IntervalOf(msgspec.Struct):
+    id: uuid.UUID
+    interval: int
+
+
 class JobDetail(msgspec.Struct):
     """One job in full. ``status`` is the stored state (pending, running, success, failed,
     cancelled); ``api_status`` is how the compatible surface shows it."""
@@ -50,6 +55,8 @@ class JobDetail(msgspec.Struct):
     duration_seconds: float | None
     result: dict[str, Any] | None
     steps: list[StepDetail]
+    #: An interval's job: ``{"id": <subscription>, "interval": k}``; null otherwise.
+    subscription: IntervalOf | None = None
 
 
 class ContainerLiveState(msgspec.Struct):

@@ -65,6 +65,7 @@ class Dashboard:
                 "running": queue.running,
                 "oldest_pending_seconds": queue.oldest_pending_seconds,
             },
+            "subscriptions": {"active": queue.active_subscriptions},
             "depth": [{"at": at, "pending": p, "running": r} for at, p, r in self.depth_samples],
             "throughput": await self.numbers.throughput(10),
             "containers": self.containers.states(),

@@ -79,6 +79,10 @@ def job_detail(job: Any, steps: Sequence[Any]) -> dict[str, Any]:
         "duration_seconds": _seconds(job.started_at, job.finished_at) if finished else None,
         "result": job_result(str(job.id), job.status, results, False)["result"],
         "steps": [_step(s) for s in steps],
+        # An interval's job (SPEC §7): its subscription and interval.
+        "subscription": None
+        if job.subscription_id is None
+        else {"id": str(job.subscription_id), "interval": job.interval},
     }
 
 

@@ -20,6 +20,7 @@ from app.db.statements.inspection import (
     RUNNABLE,
     UNFINISHED_BY_STATE,
 )
+from app.db.statements.subscriptions import ACTIVE_TOTAL
 
 #: The states ``QueueSnapshot.jobs`` counts, in their documented order.
 UNFINISHED_STATES = JobStatus.UNFINISHED
@@ -32,6 +33,8 @@ class QueueSnapshot:
     jobs: dict[tuple[str, str], int]
     queue_depth: int
     oldest_pending_seconds: float
+    #: Active subscriptions (completed and cancelled ones are not counted at every scrape).
+    active_subscriptions: int = 0
 
     @property
     def running(self) -> int:
@@ -48,10 +51,11 @@ class QueueNumbers:
         async with self.database.read() as conn:
             by_state: Sequence[Any] = (await UNFINISHED_BY_STATE.run(conn)).all()
             runnable: Any = (await RUNNABLE.run(conn, {"now": now})).one()
+            subscriptions: int = (await ACTIVE_TOTAL.run(conn)).scalar_one()
         jobs = {(status, source): count for status, source, count in by_state}
         depth, oldest_at = runnable
         age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at is not None else 0.0
-        return QueueSnapshot(jobs, depth, age)
+        return QueueSnapshot(jobs, depth, age, subscriptions)
 
     async def queue_if_available(self) -> QueueSnapshot | None:
         """``queue``, or None while the database does not answer (a scrape still serves the

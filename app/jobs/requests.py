@@ -32,12 +32,22 @@ from app.formatting import clipped
 from app.storable import DEFAULT_MAX_DEPTH
 
 
+class SubscriptionRequest(msgspec.Struct, kw_only=True):
+    """A job request's schedule (SPEC §7); ``active_at`` defaults to now."""
+
+    period: int
+    frequency: int
+    active_at: int | None = None
+
+
 class JobRequest(msgspec.Struct, kw_only=True):
-    """``{"containers", "data", "requires_proof"?}``; other keys (``id``, ``ip``…) are ignored."""
+    """``{"containers", "data", "requires_proof"?, "subscription"?}``; other keys (``id``,
+    ``ip``…) are ignored."""
 
     containers: list[str]
     data: dict[str, Any]
     requires_proof: bool = False
+    subscription: SubscriptionRequest | None = None
 
 
 class JobRejected(ClientError):

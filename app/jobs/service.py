@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -15,16 +16,18 @@ from app.db.batching import GroupCommit
 from app.db.direct import Row
 from app.db.engine import Database
 from app.db.errors import is_database_unavailable, refused_value
-from app.db.models import JobStatus
+from app.db.models import JobStatus, SubscriptionStatus
 from app.db.signal import JobSignal
 from app.db.statements import reads
 from app.db.statements.submits import INSERT_JOBS
+from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
 from app.errors import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_JOB_REQUEST, could_not_be_stored
 from app.jobs.handoff import NoClaims, SubmitClaims
 from app.jobs.live import EndedJob, LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
 from app.jobs.rows import pending_row
+from app.jobs.subscriptions import SubscriptionService, checked_schedule, new_subscription_row
 from app.jobs.values import ClaimedJob
 
 log = logging.getLogger("jobnode.jobs")
@@ -59,6 +62,7 @@ class JobService:
         signal: JobSignal,
         live: LiveJobs | None = None,
         claims: SubmitClaims | None = None,
+        subscriptions: SubscriptionService | None = None,
     ) -> None:
         self.database = database
         self.catalog = catalog
@@ -66,6 +70,7 @@ class JobService:
         self.live = live or LiveJobs()
         #: This process's scheduler, which takes new jobs in their INSERT when it can.
         self.claims = claims or NoClaims()
+        self.subscriptions = subscriptions or SubscriptionService(database, signal, max_active=1000)
         self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
@@ -75,6 +80,8 @@ class JobService:
         Ids are returned only after the commit: an id a client holds is a stored job.
         """
         now = utcnow()
+        if any(isinstance(request, JobRequest) and request.subscription is not None for request in requests):
+            return await self._submit_with_subscriptions(client, requests, now)
         answers: list[dict[str, Any]] = []
         rows: list[dict[str, Any]] = []
         for request in requests:
@@ -93,6 +100,46 @@ class JobService:
                 await self._insert(rows)
             except Exception as exc:
                 await self._insert_alone(rows, answers, exc)
+        return answers
+
+    async def _submit_with_subscriptions(
+        self, client: str, requests: Sequence[JobRequest | JobRejected], now: datetime
+    ) -> list[dict[str, Any]]:
+        """A request with subscriptions (SPEC §7): each checked as a job, then its schedule
+        and the client's quota of active ones; the accepted jobs and subscriptions are
+        committed in one transaction, without the group commit (their rows differ) and
+        without claiming (the claim loop and the ticker are woken). The client's active
+        subscriptions are counted in that transaction, under its quota lock."""
+        answers: list[dict[str, Any]] = []
+        jobs: list[dict[str, Any]] = []
+        subscriptions: list[dict[str, Any]] = []
+        async with self.database.direct_write() as conn:
+            quota = await self.subscriptions.quota(conn, client)
+            for request in requests:
+                try:
+                    if isinstance(request, JobRejected):
+                        raise request
+                    self.catalog.check(request, client)
+                    if request.subscription is None:
+                        row = pending_row(request, client, now)
+                        jobs.append(row)
+                    else:
+                        schedule = checked_schedule(request.subscription, now)
+                        quota.take()
+                        row = new_subscription_row(request, schedule, client, now)
+                        subscriptions.append(row)
+                except JobRejected as rejected:
+                    answers.append(rejected.body())
+                    continue
+                answers.append({"id": row["id"]})
+            if jobs:
+                await conn.insert_many(INSERT_JOBS, jobs, notify=self.signal.notification)
+            if subscriptions:
+                await conn.insert_many(INSERT_SUBSCRIPTIONS, subscriptions, notify=self.subscriptions.notification)
+        if jobs:
+            self.signal.notify()
+        if subscriptions:
+            self.signal.subscriptions_changed()
         return answers
 
     async def _insert_alone(self, rows: list[dict[str, Any]], answers: list[dict[str, Any]], exc: Exception) -> None:
@@ -190,6 +237,9 @@ class JobService:
                 steps[job_id] = live.steps
         if unread:
             await self._read_results(client, unread, status, steps)
+            subscriptions = [job_id for job_id in unread if job_id not in status]
+            if subscriptions:
+                await self._subscription_results(client, subscriptions, status, steps)
         return [
             job_result(job_id, status[job_id], steps[job_id], intermediate) for job_id in job_ids if job_id in status
         ]
@@ -203,6 +253,31 @@ class JobService:
             status[job_id] = job_status
             if container is not None:
                 steps[job_id].append(step_result(container, output, error))
+
+    async def _subscription_results(
+        self, client: str, ids: list[str], status: dict[str, str], steps: dict[str, list[dict[str, Any]]]
+    ) -> None:
+        """Subscription ids (SPEC §7): running while intervals remain, then the result of
+        the latest interval's job; cancelled before any ran: failed, ``cancelled``."""
+        latest = await self.subscriptions.latest_jobs(client, ids)
+        jobs = [job for _, _, job in latest.values() if job is not None]
+        job_status: dict[str, str] = {}
+        job_steps: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        if jobs:
+            await self._read_results(client, jobs, job_status, job_steps)
+        for subscription, (state, containers, job) in latest.items():
+            if job is None:
+                if state == SubscriptionStatus.ACTIVE:
+                    status[subscription] = JobStatus.RUNNING
+                else:
+                    status[subscription] = JobStatus.FAILED
+                    steps[subscription] = [step_result(containers[0], None, "cancelled")]
+            elif state == SubscriptionStatus.ACTIVE:
+                status[subscription] = JobStatus.RUNNING
+                steps[subscription] = job_steps[job]
+            else:
+                status[subscription] = job_status.get(job, JobStatus.RUNNING)
+                steps[subscription] = job_steps[job]
 
     async def _read_batches(self, batches: list[list[str]]) -> list[list[tuple[str, Row]] | BaseException]:
         """Concurrent reads share one statement (one snapshot): clients waiting for their

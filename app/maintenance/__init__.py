@@ -3,10 +3,11 @@ claim loop (``app.scheduler``).
 
 - ``reaper``: jobs whose lease expired go back to pending, or fail after their last attempt;
 - ``pruner``: the retention, finished jobs older than ``retention.finished_jobs_days``;
-- ``orphans``: at start, what this node identity was running before it restarted.
+- ``orphans``: at start, what this node identity was running before it restarted;
+- ``ticker``: each subscription interval's job at its due time (SPEC §7).
 
-The reaper and the pruner run on one node at a time, each in a loop of its own, started
-by the one place that decides which node that is (``leader.Leadership``); new periodic
-work (a subscription ticker, a webhook outbox) registers there too. They log on
-``jobnode.scheduler``, where these lines have always been.
+The reaper and the pruner run on one node at a time, the ticker on every node (row locks
+share its work), each in a loop of its own, started by the one place that decides which
+node runs what (``leader.Leadership``); new periodic work (a webhook outbox) registers
+there too. They log on ``jobnode.scheduler``, where these lines have always been.
 """

@@ -1,5 +1,10 @@
 """Which node runs the maintenance services, and their loops.
 
+Most services run on the leader only (``register``). A service whose work is shared by
+row locks instead (the subscription ticker: ``SKIP LOCKED`` splits the due rows, a unique
+constraint makes each interval's job exactly once) runs on every node
+(``register_on_every_node``), and sleeps in a way of its own (``NodeService.wait``).
+
 On PostgreSQL the leader is the node holding a session-level advisory lock on its
 dedicated connection (``app.db.listen.NodeConnection.is_leader``): when it dies its
 connection closes, the lock is freed, and another node takes it at its next try. On
@@ -29,6 +34,13 @@ class MaintenanceService(Protocol):
         """One run, on the leader only."""
 
 
+class NodeService(MaintenanceService, Protocol):
+    """A service that runs on every node, whatever the leadership."""
+
+    async def wait(self, period: float) -> bool:
+        """Block until the next run is due (at most ``period`` seconds); True when woken."""
+
+
 async def _only_node() -> bool:
     return True
 
@@ -39,11 +51,16 @@ class Leadership:
         None: this is the only node (SQLite)."""
         self.is_leader = elect or _only_node
         self.services: list[MaintenanceService] = []
+        self.node_services: list[NodeService] = []
         self._loops: list[asyncio.Task[None]] = []
         self._outages = Outages(log)
 
     def register(self, service: MaintenanceService) -> None:
+        """A service for the leader only."""
         self.services.append(service)
+
+    def register_on_every_node(self, service: NodeService) -> None:
+        self.node_services.append(service)
 
     async def start(self) -> None:
         self._loops = [
@@ -52,6 +69,12 @@ class Leadership:
                 name=f"jobnode-{service.name}",
             )
             for service in self.services
+        ] + [
+            asyncio.create_task(
+                every(service.name, service.period, service.work, self._outages, service.wait),
+                name=f"jobnode-{service.name}",
+            )
+            for service in self.node_services
         ]
 
     async def stop(self) -> None:

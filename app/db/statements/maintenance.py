@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BindParameter, Integer, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import BindParameter, Integer, any_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy.orm import aliased
 
 from app.db.direct import PerDialect, Statement
-from app.db.models import Job, JobStatus, JobStep, UtcDateTime
+from app.db.models import Job, JobStatus, JobStep, Subscription, SubscriptionStatus, UtcDateTime
 from app.db.statements.status import status_in, status_is
 
 _NOW = bindparam("now", type_=UtcDateTime())
@@ -69,7 +70,18 @@ REQUEUE_ORPHANS = Statement(update(Job).where(*_ORPHANS).values(status=JobStatus
 
 # -- pruner: retention ------------------------------------------------------------------
 
-_PRUNABLE = (Job.finished_at.is_not(None), Job.finished_at < bindparam("older_than"))
+_newer = aliased(Job)
+#: The latest job of an active subscription is kept (SPEC §7: ``GET /api/jobs?id=<it>``
+#: answers its result): one lookup of the subscription and one of a newer interval.
+_NOT_LATEST_OF_ACTIVE = or_(
+    Job.subscription_id.is_(None),
+    ~exists().where(
+        Subscription.id == Job.subscription_id,
+        Subscription.status == bindparam(None, SubscriptionStatus.ACTIVE, literal_execute=True),
+    ),
+    exists().where(_newer.subscription_id == Job.subscription_id, _newer.interval > Job.interval),
+)
+_PRUNABLE = (Job.finished_at.is_not(None), Job.finished_at < bindparam("older_than"), _NOT_LATEST_OF_ACTIVE)
 #: One batch of the oldest finished jobs, read through ``ix_jobs_finished_at``: pruning
 #: never scans. Parameters: ``older_than``, ``batch``.
 _prune_batch = select(Job.seq).where(*_PRUNABLE).order_by(Job.finished_at).limit(bindparam("batch", type_=Integer))

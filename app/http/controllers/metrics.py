@@ -8,6 +8,8 @@ read at scrape time:
   whole database; finished jobs are counted by ``jobnode_jobs_finished_total`` instead
   (a count of every finished row would scan the table on every scrape).
 - ``jobnode_queue_depth``, ``jobnode_oldest_pending_age_seconds``: runnable pending jobs.
+- ``jobnode_subscriptions{state="active"}``: active subscriptions (the partial index of
+  them); ended ones are not counted at every scrape, for the same reason as finished jobs.
 - ``jobnode_database_up``: 0 when the database did not answer (the SQL gauges are then
   left out, the rest is still served).
 - ``jobnode_container_ready|in_flight|restarts_total{container}``: this node's view.
@@ -60,6 +62,11 @@ class _ScrapeTime(Collector):
             )
             oldest.add_metric([], self.snapshot.oldest_pending_seconds)
             yield oldest
+            subscriptions = GaugeMetricFamily(
+                "jobnode_subscriptions", "Subscriptions by state (SQL, whole database: active)", labels=["state"]
+            )
+            subscriptions.add_metric(["active"], self.snapshot.active_subscriptions)
+            yield subscriptions
         ready = GaugeMetricFamily("jobnode_container_ready", "1 when the container takes work", labels=["container"])
         in_flight = GaugeMetricFamily(
             "jobnode_container_in_flight", "Calls in flight to the container", labels=["container"]

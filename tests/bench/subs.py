@@ -255,7 +255,16 @@ async def index_check(rows: int, samples: int = 30) -> dict[str, Any]:
         ):
             sql, args = statement.asyncpg_args(params)
             await conn.execute("SET plan_cache_mode = force_generic_plan")
-            plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args))
+            # The generic plan (what the node keeps once prepared), as tests/test_statements.py
+            # reads it, then the same statement run: EXPLAIN ANALYZE with the values.
+            await conn.execute(f"PREPARE generic AS {sql}")
+            nulls = f"({', '.join(['NULL'] * len(args))})" if args else ""
+            plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN EXECUTE generic{nulls}"))
+            await conn.execute("DEALLOCATE generic")
+            transaction = conn.transaction()
+            await transaction.start()
+            analyzed = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args))
+            await transaction.rollback()
             prepared = await conn.prepare(sql)
             times = []
             for _ in range(samples):
@@ -268,6 +277,7 @@ async def index_check(rows: int, samples: int = 30) -> dict[str, Any]:
             results["statements"][name] = {
                 "sql": sql,
                 "plan": plan,
+                "analyzed": analyzed,
                 "index": "ix_subscriptions_due" in plan,
                 "seq_scan": "Seq Scan" in plan,
                 "p50_ms": round(percentile(times, 0.5) * 1000, 3),

@@ -4,6 +4,7 @@
     python -m tests.bench.subs scale --db sqlite --subscriptions 1000 --period 10
     python -m tests.bench.subs scale --db postgresql --subscriptions 20 --period 2   # idle latency
     python -m tests.bench.subs index --rows 1000000                                 # PostgreSQL
+    python -m tests.bench.subs tick --due 2000                                      # PostgreSQL
 
 ``scale`` starts the echo service and one or two nodes (one container, ``echo1``) on a fresh
 database, creates the subscriptions through ``POST /api/jobs/batch`` with their ``active_at``
@@ -16,7 +17,8 @@ with two nodes, each node's share (its ``jobnode_subscription_intervals_started_
 
 ``index`` fills a database with N active subscriptions (generated inside PostgreSQL, the
 first 1,000 due), and EXPLAINs and times the ticker's statements as the node runs them
-(a generic prepared plan, like ``tests/test_statements.py``).
+(a generic prepared plan, like ``tests/test_statements.py``). ``tick`` times the ticker's
+transactions alone, in this process: what one node's ticker can create a second.
 """
 
 from __future__ import annotations
@@ -289,6 +291,55 @@ async def index_check(rows: int, samples: int = 30) -> dict[str, Any]:
     return results
 
 
+async def tick_cost(due: int, batch: int = 100) -> dict[str, Any]:
+    """The ticker alone (``tick_due`` in this process, no node, no job running): N
+    subscriptions due now on PostgreSQL, ticked in transactions of ``batch``."""
+    import asyncpg
+
+    from app.db.signal import JobSignal
+    from app.maintenance.ticker import tick_due
+
+    url = await create_pg_database("jobnode_bench_subs_tick")
+    await migrated(url)
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await conn.execute(
+            """
+            INSERT INTO subscriptions (id, client, containers, input, requires_proof, period, frequency,
+                active_at, next_interval, next_due_at, status, missed, created_at)
+            SELECT gen_random_uuid(), '127.0.0.1', '["echo1"]', '{"n": 1}', false, 10, 3,
+                floor(extract(epoch FROM now()))::bigint, 1, now(), 'active', 0, now()
+            FROM generate_series(1, $1::int)
+            """,
+            due,
+        )
+    finally:
+        await conn.close()
+    database = Database(url)
+    times: list[float] = []
+    started = 0
+    try:
+        while started < due:
+            t0 = time.perf_counter()
+            done = await tick_due(database, JobSignal(), batch)
+            times.append(time.perf_counter() - t0)
+            started += done.started
+            if not done.seen:
+                break
+    finally:
+        await database.dispose()
+        await drop_pg_database(url)
+    return {
+        "due": due,
+        "started": started,
+        "batch": batch,
+        "transactions": len(times),
+        "batch_p50_ms": round(percentile(times, 0.5) * 1000, 1),
+        "batch_max_ms": round(max(times) * 1000, 1),
+        "ms_per_interval_job": round(sum(times) / max(started, 1) * 1000, 3),
+    }
+
+
 @click.group()
 def main() -> None:
     """The subscriptions phase of the benchmark (see the module's docstring)."""
@@ -318,6 +369,14 @@ def scale_command(
 def index_command(rows: int, output: Path | None) -> None:
     """PostgreSQL: the ticker's due-interval statements with N subscriptions stored."""
     _emit(asyncio.run(index_check(rows)), output)
+
+
+@main.command(name="tick")
+@click.option("--due", type=int, default=2_000, show_default=True, help="Subscriptions due at once.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the JSON here.")
+def tick_command(due: int, output: Path | None) -> None:
+    """PostgreSQL: the ticker's own cost per interval job, without a node or jobs running."""
+    _emit(asyncio.run(tick_cost(due)), output)
 
 
 def _emit(result: dict[str, Any], output: Path | None) -> None:

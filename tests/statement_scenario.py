@@ -382,6 +382,8 @@ SUBSCRIPTIONS = [
     Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(2,)]),
     Example("subscriptions.ACTIVE_TOTAL", {}, [(3,)]),
     Example("subscriptions.DUE", {"now": NOW, "batch": 10}, [(S1, 60, 3, _S1_AT, 1)]),
+    Example("subscriptions.DUE_ONE", {"subscription": S1, "now": NOW}, [(S1, 60, 3, _S1_AT, 1)]),
+    Example("subscriptions.DUE_ONE", {"subscription": S2, "now": NOW}, []),  # not due yet
     *(
         Example(
             f"subscriptions.INSERT_INTERVAL_JOB.{dialect}",
@@ -424,6 +426,7 @@ SUBSCRIPTIONS = [
     Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, [(S3,)]),
     Example("subscriptions.CANCEL", {"subscription": S3, "owner": A, "now": NOW}, []),
     Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(0,)]),
+    Example("subscriptions.POSTPONE", {"subscription": S2, "due": LATER}),  # S2 as it was
     Example("subscriptions.NEXT_DUE", {}, [(LATER,)]),
     Example("subscriptions.SUBSCRIPTION_OWNER", {"subscription": S2}, [(B,)]),
     Example(

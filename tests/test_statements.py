@@ -91,6 +91,8 @@ EXPECTED_INDEX = {
     "subscriptions.DUE": "ix_subscriptions_due",
     "subscriptions.NEXT_DUE": "ix_subscriptions_due",
     "subscriptions.ADVANCE": "uq_subscriptions_id",
+    "subscriptions.DUE_ONE": "uq_subscriptions_id",
+    "subscriptions.POSTPONE": "uq_subscriptions_id",
     "subscriptions.CLIENT_SUBSCRIPTION": "uq_subscriptions_id",
     "subscriptions.LATEST_JOBS": "uq_subscriptions_id",
     "subscriptions.ACTIVE_COUNT": "ix_subscriptions_client_active",

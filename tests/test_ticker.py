@@ -186,3 +186,32 @@ async def test_retention_keeps_the_latest_job_of_an_active_subscription(database
         await conn.execute(update(Subscription).values(status=SubscriptionStatus.CANCELLED, next_due_at=None))
     await prune(database, utcnow() + timedelta(days=1))
     assert await interval_jobs(database, sub) == []
+
+
+async def test_a_faulty_subscription_fails_alone(database, caplog):
+    """A row written outside the API (a period no schedule can reach: its arithmetic
+    overflows), due first among 20 good ones of other clients: each good one gets its
+    interval's job on time; the faulty one is logged and set aside for a minute, still
+    active, not retried at each tick."""
+    now = utcnow()
+    good = [new_subscription_row(REQUEST, Schedule(60, 2, now_seconds()), f"client-{n}", now) for n in range(20)]
+    (poison,) = await subscribe(database, period=1, frequency=5, active_at=now_seconds() - 5)
+    async with database.write() as conn:
+        await wrap(conn).insert_many(INSERT_SUBSCRIPTIONS, good)
+        await conn.execute(update(Subscription).where(Subscription.id == poison).values(period=10**15))
+    done = await tick_due(database, JobSignal())
+    assert done.started == 20
+    for row in good:
+        [(interval, created_at)] = await interval_jobs(database, row["id"])
+        assert interval == 1
+        assert created_at - Schedule(60, 2, row["active_at"]).due(1) < timedelta(seconds=5)
+    assert await interval_jobs(database, poison) == []
+    assert "subscription tick failed, retried in 60s: OverflowError" in caplog.text
+    async with database.read() as conn:
+        status, due = (
+            await conn.execute(select(Subscription.status, Subscription.next_due_at).where(Subscription.id == poison))
+        ).one()
+    assert status == SubscriptionStatus.ACTIVE
+    assert timedelta(seconds=50) < due - utcnow() <= timedelta(seconds=60)
+    # Set aside: the next tick has nothing due, and does not fail.
+    assert (await tick_due(database, JobSignal())).seen == 0

@@ -32,20 +32,35 @@ DATABASE_NOW = Statement(select(func.now()))
 
 # -- the ticker -------------------------------------------------------------------------
 
+_DUE_COLUMNS = (
+    Subscription.id,
+    Subscription.period,
+    Subscription.frequency,
+    Subscription.active_at,
+    Subscription.next_interval,
+)
 #: Active subscriptions due at ``now``, earliest first, locked; those another node is
 #: ticking are skipped. Parameters: ``now``, ``batch``.
 DUE = Statement(
-    select(
-        Subscription.id,
-        Subscription.period,
-        Subscription.frequency,
-        Subscription.active_at,
-        Subscription.next_interval,
-    )
+    select(*_DUE_COLUMNS)
     .where(_active(), Subscription.next_due_at <= _NOW)
     .order_by(Subscription.next_due_at)
     .limit(bindparam("batch", type_=Integer))
     .with_for_update(skip_locked=True)
+)
+#: ``DUE`` of one subscription (the ticker's one-by-one fallback after a failed batch).
+#: Parameters: ``subscription``, ``now``.
+DUE_ONE = Statement(
+    select(*_DUE_COLUMNS)
+    .where(Subscription.id == bindparam("subscription"), _active(), Subscription.next_due_at <= _NOW)
+    .with_for_update(skip_locked=True)
+)
+#: An active subscription whose tick failed, looked at again at ``due`` instead of at once.
+#: Parameters: ``subscription``, ``due``.
+POSTPONE = Statement(
+    update(Subscription)
+    .where(Subscription.id == bindparam("subscription"), _active())
+    .values(next_due_at=bindparam("due", type_=UtcDateTime()))
 )
 #: Active subscriptions of every client (``/metrics``, the dashboard), from the due index.
 ACTIVE_TOTAL = Statement(select(func.count()).select_from(Subscription).where(_active()))

@@ -428,6 +428,11 @@ SUBSCRIPTIONS = [
     Example("subscriptions.ACTIVE_COUNT", {"client": A}, [(0,)]),
     Example("subscriptions.POSTPONE", {"subscription": S2, "due": LATER}),  # S2 as it was
     Example("subscriptions.NEXT_DUE", {}, [(LATER,)]),
+    Example(
+        "subscriptions.ENDED_BY_STATE",
+        {},
+        [(SubscriptionStatus.CANCELLED, 1), (SubscriptionStatus.COMPLETED, 1)],
+    ),
     Example("subscriptions.SUBSCRIPTION_OWNER", {"subscription": S2}, [(B,)]),
     Example(
         "subscriptions.newest_subscriptions(False,)",

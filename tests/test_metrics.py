@@ -8,6 +8,7 @@ and after.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -27,6 +28,8 @@ from tests.operator_support import (
     wait_for,
 )
 from tests.support import wait_finished
+
+STATES = ("active", "completed", "cancelled")
 
 
 async def _scrape(http, **kwargs) -> dict:
@@ -169,3 +172,32 @@ async def test_metrics_are_an_operator_endpoint_and_not_rate_limited(make_node, 
         assert_error(await http.get("/metrics"), 401, "Operator token required")
         for _ in range(5):
             assert (await http.get("/metrics", headers=bearer())).status_code == 200
+
+
+async def test_subscriptions_by_state(make_node, host_service, client_address):
+    """``jobnode_subscriptions`` counts each state: active, completed (its one interval
+    ran), cancelled; every state is there even at 0."""
+    echo = host_service("echo")
+    async with make_node(scheduled(container("echo", echo.url))) as node, node.client(client_address) as http:
+        assert {state: metric(await _scrape(http), "jobnode_subscriptions", state=state) for state in STATES} == {
+            "active": 0,
+            "completed": 0,
+            "cancelled": 0,
+        }
+        later = int(time.time()) + 3600
+        for _ in range(2):
+            await submit(http, job("echo", subscription={"period": 60, "frequency": 2, "active_at": later}))
+        cancelled = await submit(http, job("echo", subscription={"period": 0, "frequency": 1, "active_at": later}))
+        assert (await http.delete(f"/api/subscriptions/{cancelled}")).status_code == 200
+        await submit(http, job("echo", subscription={"period": 0, "frequency": 1}))
+
+        async def completed() -> dict | None:
+            scraped = await _scrape(http)
+            return scraped if metric(scraped, "jobnode_subscriptions", state="completed") == 1 else None
+
+        scraped = await wait_for(completed, timeout=10)
+        assert {state: metric(scraped, "jobnode_subscriptions", state=state) for state in STATES} == {
+            "active": 2,
+            "completed": 1,
+            "cancelled": 1,
+        }

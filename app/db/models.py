@@ -179,6 +179,7 @@ class SubscriptionStatus:
 
 
 _ACTIVE_SQL = "status = 'active'"
+_ENDED_SQL = "status <> 'active'"
 
 
 class Subscription(Base):
@@ -214,6 +215,13 @@ class Subscription(Base):
             "next_due_at",
             postgresql_where=text(_ACTIVE_SQL),
             sqlite_where=text(_ACTIVE_SQL),
+        ),
+        # Ended ones by state (``/metrics``): counted from this index, not from the table.
+        Index(
+            "ix_subscriptions_ended",
+            "status",
+            postgresql_where=text(_ENDED_SQL),
+            sqlite_where=text(_ENDED_SQL),
         ),
         # A client's subscriptions, oldest first, and keyset pages of them.
         Index("ix_subscriptions_client_seq", "client", "seq"),

@@ -5,7 +5,7 @@ one's age, jobs finished per minute, every state counted (``/metrics``, the dash
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +20,7 @@ from app.db.statements.inspection import (
     RUNNABLE,
     UNFINISHED_BY_STATE,
 )
-from app.db.statements.subscriptions import ACTIVE_TOTAL
+from app.db.statements.subscriptions import ACTIVE_TOTAL, ENDED_BY_STATE
 
 #: The states ``QueueSnapshot.jobs`` counts, in their documented order.
 UNFINISHED_STATES = JobStatus.UNFINISHED
@@ -33,8 +33,10 @@ class QueueSnapshot:
     jobs: dict[tuple[str, str], int]
     queue_depth: int
     oldest_pending_seconds: float
-    #: Active subscriptions (completed and cancelled ones are not counted at every scrape).
+    #: Active subscriptions.
     active_subscriptions: int = 0
+    #: Completed and cancelled subscriptions (from their index: the scrape reads no table rows).
+    ended_subscriptions: dict[str, int] = field(default_factory=dict)
 
     @property
     def running(self) -> int:
@@ -46,16 +48,18 @@ class QueueNumbers:
         self.database = database
 
     async def queue(self) -> QueueSnapshot:
-        """Cheap enough for every scrape: reads unfinished jobs only (partial indexes)."""
+        """Cheap enough for every scrape: reads unfinished jobs only, and subscriptions from
+        indexes (partial indexes)."""
         now = utcnow()
         async with self.database.read() as conn:
             by_state: Sequence[Any] = (await UNFINISHED_BY_STATE.run(conn)).all()
             runnable: Any = (await RUNNABLE.run(conn, {"now": now})).one()
             subscriptions: int = (await ACTIVE_TOTAL.run(conn)).scalar_one()
+            ended: Sequence[Any] = (await ENDED_BY_STATE.run(conn)).all()
         jobs = {(status, source): count for status, source, count in by_state}
         depth, oldest_at = runnable
         age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at is not None else 0.0
-        return QueueSnapshot(jobs, depth, age, subscriptions)
+        return QueueSnapshot(jobs, depth, age, subscriptions, dict(ended))
 
     async def queue_if_available(self) -> QueueSnapshot | None:
         """``queue``, or None while the database does not answer (a scrape still serves the

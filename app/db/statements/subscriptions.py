@@ -64,6 +64,13 @@ POSTPONE = Statement(
 )
 #: Active subscriptions of every client (``/metrics``, the dashboard), from the due index.
 ACTIVE_TOTAL = Statement(select(func.count()).select_from(Subscription).where(_active()))
+#: Ended subscriptions of every client by state (``/metrics``), from the ended index:
+#: ``(status, count)``.
+ENDED_BY_STATE = Statement(
+    select(Subscription.status, func.count())
+    .where(Subscription.status != bindparam(None, SubscriptionStatus.ACTIVE, literal_execute=True))
+    .group_by(Subscription.status)
+)
 #: The earliest due time of an active subscription: how long the ticker may sleep.
 NEXT_DUE = Statement(select(func.min(Subscription.next_due_at)).where(_active()))
 

@@ -8,8 +8,8 @@ read at scrape time:
   whole database; finished jobs are counted by ``jobnode_jobs_finished_total`` instead
   (a count of every finished row would scan the table on every scrape).
 - ``jobnode_queue_depth``, ``jobnode_oldest_pending_age_seconds``: runnable pending jobs.
-- ``jobnode_subscriptions{state="active"}``: active subscriptions (the partial index of
-  them); ended ones are not counted at every scrape, for the same reason as finished jobs.
+- ``jobnode_subscriptions{state="active"|"completed"|"cancelled"}``: subscriptions by
+  state, each counted from a partial index (the due one, the ended one), not from the table.
 - ``jobnode_database_up``: 0 when the database did not answer (the SQL gauges are then
   left out, the rest is still served).
 - ``jobnode_container_ready|in_flight|restarts_total{container}``: this node's view.
@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from app.db.models import SubscriptionStatus
 from app.http.openapi import OPERATOR, OPERATOR_SECURITY, errors
 from app.http.operator_auth import operator_guard
 from app.jobs.container_report import ContainerReport
@@ -63,9 +64,11 @@ class _ScrapeTime(Collector):
             oldest.add_metric([], self.snapshot.oldest_pending_seconds)
             yield oldest
             subscriptions = GaugeMetricFamily(
-                "jobnode_subscriptions", "Subscriptions by state (SQL, whole database: active)", labels=["state"]
+                "jobnode_subscriptions", "Subscriptions by state (SQL, whole database)", labels=["state"]
             )
-            subscriptions.add_metric(["active"], self.snapshot.active_subscriptions)
+            subscriptions.add_metric([SubscriptionStatus.ACTIVE], self.snapshot.active_subscriptions)
+            for state in (SubscriptionStatus.COMPLETED, SubscriptionStatus.CANCELLED):
+                subscriptions.add_metric([state], self.snapshot.ended_subscriptions.get(state, 0))
             yield subscriptions
         ready = GaugeMetricFamily("jobnode_container_ready", "1 when the container takes work", labels=["container"])
         in_flight = GaugeMetricFamily(

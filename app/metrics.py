@@ -250,6 +250,18 @@ def job_retried(job_id: str, container: str | None) -> None:
     log.info("job re-queued by an operator", extra=_extra(job_id, container, status="pending"))
 
 
+def intervals_missed() -> int:
+    """The intervals this node counted missed since it started (the dashboard)."""
+    return int(
+        sum(
+            sample.value
+            for family in INTERVALS_MISSED.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
+
+
 def intervals_ticked(lags: list[float], missed: int) -> None:
     """A tick of the subscription ticker: the start lag of each interval job it created."""
     INTERVALS_STARTED.inc(len(lags))

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ import pytest
 
 from app.jobs.dashboard import Dashboard
 from tests.helpers import job, submit
-from tests.operator_support import TOKEN, container, scheduled, wait_for
+from tests.operator_support import TOKEN, container, metric, parse_metrics, scheduled, wait_for
 from tests.support import unavailable, wait_finished
 
 CHROMIUM = os.environ.get("JOBNODE_CHROMIUM", "/usr/bin/chromium")
@@ -37,6 +40,8 @@ async def test_page_and_data(make_node, host_service, client_address):
         done = await submit(http, job(ok, data={"<b>": "<script>alert(1)</script>"}))
         failed = await submit(http, job(bad))
         await wait_finished(http, [done, failed])
+        # Due in about an hour (two intervals, a minute apart): active, and due within the hour.
+        await submit(http, job(ok, subscription={"period": 60, "frequency": 2, "active_at": int(time.time()) + 3600}))
         r = await http.get("/dashboard")
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
         csp = r.headers["content-security-policy"]
@@ -48,10 +53,20 @@ async def test_page_and_data(make_node, host_service, client_address):
         assert page.count(f'nonce="{nonce}"') == 2
         assert done[:8] in page and failed[:8] in page and "HTTP 500: {&quot;detail&quot;: &quot;boom&quot;}" in page
         assert ok in page and bad in page
+        assert re.search(r'id="card-next-due">[\d.]+ (ms|s|min)<', page) and "next subscription due in" in page
+        assert re.search(r'id="card-missed">\d+<', page)
+        assert "intervals missed (this node)" in page
 
         data = (await http.get("/dashboard/data")).json()
         assert set(data) >= {"now", "node", "queue", "depth", "throughput", "containers", "recent", "failed"}
-        assert set(data["subscriptions"]) == {"active"} and data["subscriptions"]["active"] >= 0
+        subscriptions = data["subscriptions"]
+        assert set(subscriptions) == {"active", "next_due", "missed"}
+        assert subscriptions["active"] >= 1  # the database is shared with other tests
+        # This node's count (the process's, shared by the tests of this run), as /metrics says.
+        scraped = parse_metrics((await http.get("/metrics")).text)
+        assert subscriptions["missed"] == metric(scraped, "jobnode_subscription_intervals_missed_total")
+        due_in = datetime.fromisoformat(subscriptions["next_due"]) - datetime.fromisoformat(data["now"])
+        assert due_in <= timedelta(minutes=60)  # this one's, or another test's sooner
         assert len(data["throughput"]) == 10 and sum(m["success"] + m["failed"] for m in data["throughput"]) >= 2
         assert done in [j["id"] for j in data["recent"]]
         (failure,) = [j for j in data["failed"] if j["id"] == failed]
@@ -142,6 +157,12 @@ async def test_dashboard_in_chromium(make_node, host_service, client_address, br
         await wait_for(lambda: _shows(browser, "recent", running[:8], "running"), timeout=15)
         await wait_for(lambda: _shows(browser, "failed", failed[:8], 'HTTP 500: {"detail": "boom"}'), timeout=15)
         await wait_for(lambda: _count_at_least(browser, "card-running", 1), timeout=15)
+        # A subscription due in an hour: the cards follow without reloading.
+        later = int(time.time()) + 3600
+        await submit(http, job("echo", subscription={"period": 60, "frequency": 2, "active_at": later}))
+        await wait_for(lambda: _count_at_least(browser, "card-subscriptions", 1), timeout=15)
+        await wait_for(lambda: _shows(browser, "card-next-due", " min"), timeout=15)
+        assert (await _in_thread(_text, browser, "card-missed")).isdigit()
 
         # Drill down: the failed job's steps, the output of the first and the error of the second.
         from selenium.webdriver.common.by import By

@@ -176,14 +176,17 @@ async def test_metrics_are_an_operator_endpoint_and_not_rate_limited(make_node, 
 
 async def test_subscriptions_by_state(make_node, host_service, client_address):
     """``jobnode_subscriptions`` counts each state: active, completed (its one interval
-    ran), cancelled; every state is there even at 0."""
+    ran), cancelled; every state is there even at 0. The database is shared with other
+    tests: counted from before."""
     echo = host_service("echo")
     async with make_node(scheduled(container("echo", echo.url))) as node, node.client(client_address) as http:
-        assert {state: metric(await _scrape(http), "jobnode_subscriptions", state=state) for state in STATES} == {
-            "active": 0,
-            "completed": 0,
-            "cancelled": 0,
-        }
+
+        def by_state(scraped: dict) -> dict[str, float]:
+            return {state: metric(scraped, "jobnode_subscriptions", state=state) for state in STATES}
+
+        scraped = await _scrape(http)
+        assert all(("jobnode_subscriptions", frozenset({("state", state)})) in scraped for state in STATES)
+        before = by_state(scraped)
         later = int(time.time()) + 3600
         for _ in range(2):
             await submit(http, job("echo", subscription={"period": 60, "frequency": 2, "active_at": later}))
@@ -191,12 +194,12 @@ async def test_subscriptions_by_state(make_node, host_service, client_address):
         assert (await http.delete(f"/api/subscriptions/{cancelled}")).status_code == 200
         await submit(http, job("echo", subscription={"period": 0, "frequency": 1}))
 
-        async def completed() -> dict | None:
-            scraped = await _scrape(http)
-            return scraped if metric(scraped, "jobnode_subscriptions", state="completed") == 1 else None
+        async def counted() -> dict | None:
+            now = by_state(await _scrape(http))
+            return now if now["completed"] > before["completed"] else None
 
-        scraped = await wait_for(completed, timeout=10)
-        assert {state: metric(scraped, "jobnode_subscriptions", state=state) for state in STATES} == {
+        after = await wait_for(counted, timeout=10)
+        assert {state: after[state] - before[state] for state in STATES} == {
             "active": 2,
             "completed": 1,
             "cancelled": 1,

@@ -30,6 +30,13 @@ def seconds(value: float | None) -> str:
     return duration(value, missing="–")
 
 
+def _until(iso: str | None, now: str) -> float | None:
+    """Seconds from ``now`` to ``iso`` (0 once passed; None without a time)."""
+    if not iso:
+        return None
+    return max(0.0, (datetime.fromisoformat(iso) - datetime.fromisoformat(now)).total_seconds())
+
+
 def _badge(status: str) -> str:
     return f'<span class="badge {_e(status)}">{_e(status)}</span>'
 
@@ -43,6 +50,8 @@ def _cards(data: dict[str, Any]) -> str:
         ("oldest", seconds(queue["oldest_pending_seconds"]) if queue["pending"] else "–", "oldest pending"),
         ("minute", last["success"] + last["failed"], "finished this minute"),
         ("subscriptions", data["subscriptions"]["active"], "active subscriptions"),
+        ("next-due", seconds(_until(data["subscriptions"]["next_due"], data["now"])), "next subscription due in"),
+        ("missed", data["subscriptions"]["missed"], "intervals missed (this node)"),
     ]
     return "".join(
         f'<div class="card"><div class="num" id="card-{key}">{_e(value)}</div><div class="lbl">{_e(label)}</div></div>'
@@ -212,6 +221,9 @@ function cards(d) {
   $("card-oldest").textContent = d.queue.pending ? secs(d.queue.oldest_pending_seconds) : "\\u2013";
   $("card-minute").textContent = last.success + last.failed;
   $("card-subscriptions").textContent = d.subscriptions.active;
+  const due = d.subscriptions.next_due;
+  $("card-next-due").textContent = secs(due ? Math.max(0, (new Date(due) - new Date(d.now)) / 1000) : null);
+  $("card-missed").textContent = d.subscriptions.missed;
 }
 function containers(list) {
   fill($("containers"), list.map((c) => row([

@@ -1,5 +1,6 @@
 """The dashboard's data: the queue now, its depth over the last minutes (sampled in the
-background, kept in memory), throughput, containers, recent and failed jobs."""
+background, kept in memory), throughput, containers, recent and failed jobs, and the
+subscriptions: active ones, the next due time, intervals this node counted missed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from app import __version__
+from app import __version__, metrics
 from app.clock import utcnow
 from app.jobs.container_report import ContainerReport
 from app.jobs.inspection import JobInspection
@@ -56,6 +57,7 @@ class Dashboard:
     async def data(self) -> dict[str, Any]:
         queue = await self.numbers.queue()
         recent = await self.inspection.list_jobs(limit=15)
+        next_due = await self.numbers.next_subscription_due()
         return {
             "now": utcnow().isoformat(),
             "node": self.node_id,
@@ -65,7 +67,11 @@ class Dashboard:
                 "running": queue.running,
                 "oldest_pending_seconds": queue.oldest_pending_seconds,
             },
-            "subscriptions": {"active": queue.active_subscriptions},
+            "subscriptions": {
+                "active": queue.active_subscriptions,
+                "next_due": None if next_due is None else next_due.isoformat(),
+                "missed": metrics.intervals_missed(),
+            },
             "depth": [{"at": at, "pending": p, "running": r} for at, p, r in self.depth_samples],
             "throughput": await self.numbers.throughput(10),
             "containers": self.containers.states(),

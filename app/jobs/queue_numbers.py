@@ -20,7 +20,7 @@ from app.db.statements.inspection import (
     RUNNABLE,
     UNFINISHED_BY_STATE,
 )
-from app.db.statements.subscriptions import ACTIVE_TOTAL, ENDED_BY_STATE
+from app.db.statements.subscriptions import ACTIVE_TOTAL, ENDED_BY_STATE, NEXT_DUE
 
 #: The states ``QueueSnapshot.jobs`` counts, in their documented order.
 UNFINISHED_STATES = JobStatus.UNFINISHED
@@ -60,6 +60,12 @@ class QueueNumbers:
         depth, oldest_at = runnable
         age = max(0.0, (now - oldest_at).total_seconds()) if oldest_at is not None else 0.0
         return QueueSnapshot(jobs, depth, age, subscriptions, dict(ended))
+
+    async def next_subscription_due(self) -> datetime | None:
+        """The earliest due time of an active subscription (None when none is active)."""
+        async with self.database.read() as conn:
+            due: datetime | None = (await NEXT_DUE.run(conn)).scalar_one()
+        return due
 
     async def queue_if_available(self) -> QueueSnapshot | None:
         """``queue``, or None while the database does not answer (a scrape still serves the

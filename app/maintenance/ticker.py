@@ -4,7 +4,8 @@ It runs on every node (``Leadership.register_on_every_node``): ``SKIP LOCKED`` s
 due subscriptions among the nodes, and the unique (subscription, interval) of ``jobs``
 makes each interval's job exactly once, whichever node gets there and however often (a
 node killed after its INSERT and before its COMMIT wrote nothing; the next tick does it).
-Creating the job and advancing the subscription are one transaction.
+Creating the job and advancing the subscription are one transaction; a batch of them
+that fails is done again one subscription at a time, so that a faulty one fails alone.
 
 Between ticks it sleeps until the earliest due time (one indexed query), woken at once
 when a subscription is added or cancelled on any node. Due times are the database's

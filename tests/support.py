@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,17 @@ async def drop_pg_database(url: str, admin_url: str = PG_ADMIN_URL) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def own_pg_database() -> Iterator[str]:
+    """A PostgreSQL database of the caller's own, dropped afterwards, for sync fixtures of
+    process-level tests (``yield from own_pg_database()``); unavailable when the server is not."""
+    try:
+        url = asyncio.run(create_pg_database())
+    except Exception as exc:
+        unavailable("PostgreSQL", str(exc))
+    yield url
+    asyncio.run(drop_pg_database(url))
 
 
 async def migrated(url: str) -> None:

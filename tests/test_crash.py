@@ -19,18 +19,9 @@ from sqlalchemy import func, select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Job, JobStep
-from tests.support import NodeProcess, create_pg_database, drop_pg_database, unavailable, wait_finished
+from tests.support import NodeProcess, own_pg_database, unavailable, wait_finished
 
 pytestmark = pytest.mark.slow
-
-
-def _fresh_pg_url() -> Iterator[str]:
-    try:
-        url = asyncio.run(create_pg_database())
-    except Exception as exc:
-        unavailable("PostgreSQL", str(exc))
-    yield url
-    asyncio.run(drop_pg_database(url))
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -39,13 +30,13 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'crash.db'}"
     else:
-        yield from _fresh_pg_url()
+        yield from own_pg_database()
 
 
 @pytest.fixture
 def pg_fresh_url() -> Iterator[str]:
     """Several nodes share PostgreSQL only (SQLite serves one node)."""
-    yield from _fresh_pg_url()
+    yield from own_pg_database()
 
 
 async def _open(url: str) -> AsyncIterator[Database]:

@@ -16,7 +16,7 @@ from sqlalchemy import func, select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Job, Subscription
-from tests.support import NodeProcess, create_pg_database, drop_pg_database, unavailable
+from tests.support import NodeProcess, create_pg_database, drop_pg_database, own_pg_database, unavailable
 
 pytestmark = pytest.mark.slow
 
@@ -26,12 +26,7 @@ def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'ticks.db'}"
         return
-    try:
-        url = asyncio.run(create_pg_database())
-    except Exception as exc:
-        unavailable("PostgreSQL", str(exc))
-    yield url
-    asyncio.run(drop_pg_database(url))
+    yield from own_pg_database()
 
 
 @pytest.fixture

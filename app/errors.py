@@ -76,6 +76,8 @@ BATCH_TOO_LARGE = ErrorSpec(400, "Batch too large", ("limit", "size"))
 #: ``POST /api/jobs/stream``.
 STREAM_ONE_CONTAINER = ErrorSpec(400, "Streaming supports one container")
 STREAM_NO_SUBSCRIPTIONS = ErrorSpec(400, "Streaming does not support subscriptions")
+#: ``Idempotency-Key`` of a submit (SPEC §8) held for another request (another body).
+IDEMPOTENCY_KEY_REUSED = ErrorSpec(409, "Idempotency key reused", ("key",))
 #: ``/api/subscriptions/{id}``: another client's is the same as an unknown one.
 SUBSCRIPTION_NOT_FOUND = ErrorSpec(404, "Subscription not found")
 

@@ -88,6 +88,12 @@ START_LAG = Histogram(
     "From an interval's due time to the creation of its job (the database's clock on PostgreSQL)",
     buckets=DURATION_BUCKETS,
 )
+IDEMPOTENT_REPLAYS = Counter(
+    "jobnode_idempotent_replays_total", "Submits answered from their Idempotency-Key (no new job)"
+)
+IDEMPOTENCY_CONFLICTS = Counter(
+    "jobnode_idempotency_conflicts_total", "Submits refused 409: their Idempotency-Key was used for another body"
+)
 JOBS_RETRIED = Counter("jobnode_jobs_retried_total", "Failed or cancelled jobs re-queued by an operator")
 JOBS_ABANDONED = Counter(
     "jobnode_jobs_abandoned_total",

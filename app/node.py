@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from litestar import Litestar
@@ -37,7 +38,7 @@ from app.jobs.subscriptions import SubscriptionService
 from app.jobs.transitions import JobStore
 from app.maintenance.leader import Leadership
 from app.maintenance.orphans import OrphanTakeBack
-from app.maintenance.pruner import Pruner
+from app.maintenance.pruner import KeyPruner, Pruner
 from app.maintenance.reaper import Reaper
 from app.maintenance.ticker import Ticker
 from app.scheduler.chain import ChainRunner
@@ -74,7 +75,15 @@ class Node:
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
         claims = self.scheduler if settings.scheduler.enabled else None
         self.subscriptions = SubscriptionService(self.database, self.signal, settings.server.max_subscriptions)
-        self.jobs = JobService(self.database, catalog, self.signal, live, claims, self.subscriptions)
+        self.jobs = JobService(
+            self.database,
+            catalog,
+            self.signal,
+            live,
+            claims,
+            self.subscriptions,
+            timedelta(hours=settings.retention.idempotency_hours),
+        )
         streamer = StreamRunner(self.containers, self.client)
         self.streams = StreamService(store, catalog, streamer, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
@@ -97,6 +106,7 @@ class Node:
         )
         if settings.retention.finished_jobs_days > 0:
             leadership.register(Pruner(self.database, settings.retention.finished_jobs_days, period))
+        leadership.register(KeyPruner(self.database, period))
         leadership.register_on_every_node(Ticker(self.database, self.signal))
         return leadership
 

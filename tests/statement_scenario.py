@@ -451,4 +451,47 @@ SUBSCRIPTIONS = [
     ),
 ]
 
-SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS
+KEY, OTHER_KEY = "order-7", "retry/1"
+STORED = [{"id": J1}, {"error": "No containers specified"}]
+
+
+def _claim(key: str, client: str, fingerprint: str, now: datetime, rows: list[tuple[Any, ...]]) -> list[Example]:
+    """``CLAIM_KEY`` at ``now``: the key is kept 24 hours."""
+    params = {
+        "owner": client,
+        "idem_key": key,
+        "fingerprint": fingerprint,
+        "stored": tuple(STORED),  # a JSON array (a list parameter is an IN list)
+        "now": now,
+        "until": now + timedelta(hours=24),
+    }
+    return [
+        Example(f"idempotency.CLAIM_KEY.{dialect}", params, rows, dialect=dialect)
+        for dialect in ("postgresql", "sqlite")
+    ]
+
+
+def _read(client: str, key: str, rows: list[tuple[Any, ...]]) -> Example:
+    return Example("idempotency.READ_KEY", {"owner": client, "idem_key": key, "now": NOW}, rows)
+
+
+#: Idempotency keys (SPEC §8): a claim, a duplicate's (held: nothing), another client's
+#: same key, the read of the held one, an expired one taken over, the prune of expired ones.
+IDEMPOTENCY = [
+    *_claim(KEY, A, "a" * 64, NOW, [(KEY,)]),
+    *_claim(KEY, A, "b" * 64, NOW, []),  # held, not expired: the caller reads it
+    *_claim(KEY, B, "b" * 64, NOW + timedelta(hours=1), [(KEY,)]),  # another client's key of that name
+    *_claim(OTHER_KEY, A, "c" * 64, NOW - timedelta(hours=30), [(OTHER_KEY,)]),  # expired 6 hours ago
+    _read(A, KEY, [("a" * 64, STORED)]),
+    _read(A, OTHER_KEY, []),  # expired
+    *_claim(OTHER_KEY, A, "d" * 64, NOW, [(OTHER_KEY,)]),  # expired: taken over
+    _read(A, OTHER_KEY, [("d" * 64, STORED)]),
+    *(  # A's two
+        Example(f"idempotency.PRUNE_KEYS.{dialect}", {"now": NOW + timedelta(hours=24), "batch": 500}, dialect=dialect)
+        for dialect in ("postgresql", "sqlite")
+    ),
+    _read(A, KEY, []),
+    _read(B, KEY, [("b" * 64, STORED)]),
+]
+
+SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS + IDEMPOTENCY

@@ -59,8 +59,14 @@ SELECT gen_random_uuid(), '10.1.' || (i % {CLIENTS} / 250) || '.' || (i % 250), 
        CASE WHEN i % 10 = 0 THEN now() + make_interval(secs => i % 60) END,
        CASE WHEN i % 10 = 0 THEN 'active' WHEN i % 10 = 1 THEN 'cancelled' ELSE 'completed' END, 0, now()
 FROM generate_series(1, {JOBS} / 10) AS i;
+INSERT INTO idempotency_keys (client, key, request_hash, answer, created_at, expires_at)
+SELECT '10.1.' || (i % {CLIENTS} / 250) || '.' || (i % 250), 'key-' || i, md5(i::text) || md5(i::text),
+       jsonb_build_object('id', gen_random_uuid()), now() - make_interval(secs => i),
+       now() - make_interval(secs => i) + interval '24 hours'
+FROM generate_series(1, {JOBS} / 4) AS i;
 ANALYZE jobs;
 ANALYZE job_steps;
+ANALYZE idempotency_keys;
 ANALYZE subscriptions;
 """
 
@@ -101,6 +107,8 @@ EXPECTED_INDEX = {
     "subscriptions.JOB_COUNTS": "uq_jobs_subscription_interval",
     "subscriptions.subscription_jobs(True,)": "uq_jobs_subscription_interval",
     "subscriptions.subscription_jobs(False,)": "uq_jobs_subscription_interval",
+    **dict.fromkeys(("idempotency.CLAIM_KEY.postgresql", "idempotency.READ_KEY"), "idempotency_keys_pkey"),
+    "idempotency.PRUNE_KEYS.postgresql": "ix_idempotency_keys_expires_at",
     "inspection.FINISHED_SINCE": "ix_jobs_finished_at",
     "inspection.FINISHED_PER_MINUTE.postgresql": "ix_jobs_finished_at",
     # The newest jobs: a client's from its indexes, others backwards along the primary key
@@ -159,7 +167,7 @@ def _explained() -> dict[str, str]:
 
 
 #: The modules whose statements run on SQLAlchemy's connections (``Statement.run``).
-SQLALCHEMY_RUN = ("maintenance.", "inspection.", "subscriptions.")
+SQLALCHEMY_RUN = ("maintenance.", "inspection.", "subscriptions.", "idempotency.PRUNE_KEYS.")
 
 
 @pytest.mark.postgres
@@ -255,7 +263,8 @@ async def test_each_statement_reads_an_index_on_sqlite(sqlite_url):
         full_scans = [
             line
             for line in lines
-            if line.split()[:2] in (["SCAN", "jobs"], ["SCAN", "job_steps"], ["SCAN", "subscriptions"])
+            if line.split()[:2]
+            in (["SCAN", table] for table in ("jobs", "job_steps", "subscriptions", "idempotency_keys"))
         ]
         assert full_scans == SQLITE_KNOWN_SCANS.get(name, []), (name, plan)
         if name.startswith(("reads.client_job_ids", "inspection.newest_jobs")):

@@ -84,6 +84,10 @@ def _validate_numbers(settings: Settings) -> None:
     _positive(settings.database.connect_timeout, "database.connect_timeout", minimum=0.1)
     _positive(settings.database.statement_timeout, "database.statement_timeout", minimum=0.1)
     _positive(settings.retention.finished_jobs_days, "retention.finished_jobs_days", minimum=0)
+    if not settings.retention.idempotency_hours > 0:
+        raise ConfigError(
+            f"retention.idempotency_hours: must be more than 0, got {settings.retention.idempotency_hours}"
+        )
 
 
 def _validate_containers(settings: Settings) -> None:

@@ -79,6 +79,8 @@ class SchedulerSettings(_Section):
 
 class RetentionSettings(_Section):
     finished_jobs_days: float = 30.0
+    #: How long a submit's ``Idempotency-Key`` is honoured (SPEC §8); then it may be reused.
+    idempotency_hours: float = 24.0
 
 
 class DockerSettings(_Section):

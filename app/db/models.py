@@ -1,4 +1,4 @@
-"""The schema operators read: ``jobs``, ``job_steps`` and ``subscriptions``.
+"""The schema operators read: ``jobs``, ``job_steps``, ``subscriptions`` and ``idempotency_keys``.
 
 Every API query is served by an index declared here, and the Alembic history in
 ``migrations/`` must produce exactly this (a test compares them).
@@ -233,4 +233,25 @@ class Subscription(Base):
             postgresql_where=text(_ACTIVE_SQL),
             sqlite_where=text(_ACTIVE_SQL),
         ),
+    )
+
+
+class IdempotencyKey(Base):
+    """A submit's ``Idempotency-Key`` (SPEC §8), kept per client until ``expires_at``: the
+    request's fingerprint and the answer it was given, replayed to the same request."""
+
+    __tablename__ = "idempotency_keys"
+
+    client: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: sha256 (hex) of the endpoint and the raw body: the same bytes are the same request.
+    request_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    #: ``{"id"}`` of ``POST /api/jobs``; a batch's list of item answers.
+    answer: Mapped[Any] = mapped_column(JsonType, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (
+        # The pruner: expired keys, oldest first.
+        Index("ix_idempotency_keys_expires_at", "expires_at"),
     )

@@ -33,7 +33,7 @@ _TITLES = {
     401: "Operator token missing or wrong",
     403: "Not allowed for this client",
     404: catalogue.NOT_FOUND.message,
-    409: "Conflict with the job's state",
+    409: "Conflict with the job's state or an earlier request",
     413: catalogue.BODY_TOO_LARGE.message,
     421: "Host is not the node's (DNS rebinding)",
     429: "Too many requests (see Retry-After)",

@@ -23,6 +23,8 @@ _SIZE = re.compile(r"[0-9]{1,18}")
 _DECIMAL = re.compile(r"[0-9]{1,9}(?:\.[0-9]{0,9})?|\.[0-9]{1,9}")
 #: The UUID forms clients send: canonical (any case), or 32 hex digits.
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+#: An ``Idempotency-Key``: 1 to 255 visible ASCII characters (no space, no control).
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,255}")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -92,3 +94,10 @@ def content_length(value: str | None) -> int | None:
     if value is None or _SIZE.fullmatch(value) is None:
         return None
     return int(value)
+
+
+def idempotency_key(value: str) -> str:
+    """The ``Idempotency-Key`` header of a submit (SPEC §8), as sent, or a 400."""
+    if _IDEMPOTENCY_KEY.fullmatch(value) is None:
+        invalid("Idempotency-Key", value)
+    return value

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime
 from typing import Any
 
+from app.db.errors import is_database_unavailable, refused_value
 from app.db.models import JobStatus
+from app.errors import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_JOB_REQUEST, could_not_be_stored
 from app.jobs.requests import JobRequest
+
+log = logging.getLogger("jobnode.jobs")
 
 
 def new_job_id() -> str:
@@ -39,3 +44,14 @@ def pending_row(request: JobRequest, client: str, now: datetime, job_id: str | N
         "created_at": now,
         "started_at": None,
     }
+
+
+def refused_answer(job_id: str, exc: BaseException) -> dict[str, Any]:
+    """A batch item's answer when its job alone could not be stored."""
+    reason = refused_value(exc)
+    if reason is not None:
+        return INVALID_JOB_REQUEST.body({"reason": f"data {could_not_be_stored(reason)}"})
+    if is_database_unavailable(exc):
+        return DATABASE_UNAVAILABLE.body()
+    log.error("job %s of a batch could not be stored", job_id, exc_info=exc)
+    return INTERNAL_ERROR.body()

@@ -6,14 +6,15 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from app.clock import utcnow
 from app.db.batching import GroupCommit
-from app.db.direct import Row
+from app.db.direct import DirectConnection, Row
 from app.db.engine import Database
 from app.db.errors import is_database_unavailable, refused_value
 from app.db.models import JobStatus, SubscriptionStatus
@@ -21,12 +22,12 @@ from app.db.signal import JobSignal
 from app.db.statements import reads
 from app.db.statements.submits import INSERT_JOBS
 from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
-from app.errors import DATABASE_UNAVAILABLE, INTERNAL_ERROR, INVALID_JOB_REQUEST, could_not_be_stored
 from app.jobs.handoff import NoClaims, SubmitClaims
+from app.jobs.idempotency import IdempotencyKey, Submitted, submit_keyed
 from app.jobs.live import EndedJob, LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
-from app.jobs.rows import pending_row
+from app.jobs.rows import pending_row, refused_answer
 from app.jobs.subscriptions import SubscriptionService, checked_schedule, new_subscription_row
 from app.jobs.values import ClaimedJob
 
@@ -39,19 +40,17 @@ RESULTS_CHUNK = 1024
 RECHECK_SECONDS = 0.05
 
 
-def _refused_answer(job_id: str, exc: BaseException) -> dict[str, Any]:
-    """A batch item's answer when its job alone could not be stored."""
-    reason = refused_value(exc)
-    if reason is not None:
-        return INVALID_JOB_REQUEST.body({"reason": f"data {could_not_be_stored(reason)}"})
-    if is_database_unavailable(exc):
-        return DATABASE_UNAVAILABLE.body()
-    log.error("job %s of a batch could not be stored", job_id, exc_info=exc)
-    return INTERNAL_ERROR.body()
-
-
 class UnknownCursor(LookupError):
     """``after`` names no job of this client."""
+
+
+@dataclass(slots=True)
+class Accepted:
+    """A request's answers in order, and the rows of the jobs and subscriptions accepted."""
+
+    answers: list[dict[str, Any]]
+    jobs: list[dict[str, Any]]
+    subscriptions: list[dict[str, Any]]
 
 
 class JobService:
@@ -63,6 +62,7 @@ class JobService:
         live: LiveJobs | None = None,
         claims: SubmitClaims | None = None,
         subscriptions: SubscriptionService | None = None,
+        idempotency_ttl: timedelta = timedelta(hours=24),
     ) -> None:
         self.database = database
         self.catalog = catalog
@@ -71,6 +71,8 @@ class JobService:
         #: This process's scheduler, which takes new jobs in their INSERT when it can.
         self.claims = claims or NoClaims()
         self.subscriptions = subscriptions or SubscriptionService(database, signal, max_active=1000)
+        #: How long a submit's ``Idempotency-Key`` is kept (``retention.idempotency_hours``).
+        self.idempotency_ttl = idempotency_ttl
         self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
@@ -102,6 +104,12 @@ class JobService:
                 await self._insert_alone(rows, answers, exc)
         return answers
 
+    async def submit_keyed(
+        self, client: str, requests: Sequence[JobRequest | JobRejected], key: IdempotencyKey, single: bool
+    ) -> Submitted:
+        """``submit`` under an ``Idempotency-Key`` (SPEC §8): ``app.jobs.idempotency``."""
+        return await submit_keyed(self, client, requests, key, single, self.idempotency_ttl)
+
     async def _submit_with_subscriptions(
         self, client: str, requests: Sequence[JobRequest | JobRejected], now: datetime
     ) -> list[dict[str, Any]]:
@@ -110,37 +118,54 @@ class JobService:
         committed in one transaction, without the group commit (their rows differ) and
         without claiming (the claim loop and the ticker are woken). The client's active
         subscriptions are counted in that transaction, under its quota lock."""
-        answers: list[dict[str, Any]] = []
-        jobs: list[dict[str, Any]] = []
-        subscriptions: list[dict[str, Any]] = []
         async with self.database.direct_write() as conn:
-            quota = await self.subscriptions.quota(conn, client)
-            for request in requests:
-                try:
-                    if isinstance(request, JobRejected):
-                        raise request
-                    self.catalog.check(request, client)
-                    if request.subscription is None:
-                        row = pending_row(request, client, now)
-                        jobs.append(row)
-                    else:
-                        schedule = checked_schedule(request.subscription, now)
-                        quota.take()
-                        row = new_subscription_row(request, schedule, client, now)
-                        subscriptions.append(row)
-                except JobRejected as rejected:
-                    answers.append(rejected.body())
-                    continue
-                answers.append({"id": row["id"]})
-            if jobs:
-                await conn.insert_many(INSERT_JOBS, jobs, notify=self.signal.notification)
-            if subscriptions:
-                await conn.insert_many(INSERT_SUBSCRIPTIONS, subscriptions, notify=self.subscriptions.notification)
-        if jobs:
+            accepted = await self.accept(conn, client, requests, now)
+            await self.store(conn, accepted)
+        self.announce(accepted)
+        return accepted.answers
+
+    async def accept(
+        self, conn: DirectConnection, client: str, requests: Sequence[JobRequest | JobRejected], now: datetime
+    ) -> Accepted:
+        """Check each request in the transaction ``conn`` that will store them: the rows
+        of the accepted ones and every answer, in order. With subscriptions, the client's
+        quota is counted (and, on PostgreSQL, locked until the transaction ends)."""
+        accepted = Accepted([], [], [])
+        with_subscriptions = any(isinstance(r, JobRequest) and r.subscription is not None for r in requests)
+        quota = await self.subscriptions.quota(conn, client) if with_subscriptions else None
+        for request in requests:
+            try:
+                if isinstance(request, JobRejected):
+                    raise request
+                self.catalog.check(request, client)
+                if request.subscription is None:
+                    row = pending_row(request, client, now)
+                    accepted.jobs.append(row)
+                else:
+                    assert quota is not None
+                    schedule = checked_schedule(request.subscription, now)
+                    quota.take()
+                    row = new_subscription_row(request, schedule, client, now)
+                    accepted.subscriptions.append(row)
+            except JobRejected as rejected:
+                accepted.answers.append(rejected.body())
+                continue
+            accepted.answers.append({"id": row["id"]})
+        return accepted
+
+    async def store(self, conn: DirectConnection, accepted: Accepted) -> None:
+        """Insert what ``accept`` accepted (announced to other nodes at commit)."""
+        if accepted.jobs:
+            await conn.insert_many(INSERT_JOBS, accepted.jobs, notify=self.signal.notification)
+        if accepted.subscriptions:
+            await conn.insert_many(INSERT_SUBSCRIPTIONS, accepted.subscriptions, notify=self.subscriptions.notification)
+
+    def announce(self, accepted: Accepted) -> None:
+        """After the commit: wake this node's claim loop and ticker."""
+        if accepted.jobs:
             self.signal.notify()
-        if subscriptions:
+        if accepted.subscriptions:
             self.signal.subscriptions_changed()
-        return answers
 
     async def _insert_alone(self, rows: list[dict[str, Any]], answers: list[dict[str, Any]], exc: Exception) -> None:
         """The INSERT of a request's jobs failed. A job the database refused (bad data that
@@ -159,7 +184,7 @@ class JobService:
             outcomes = await asyncio.gather(*(self._insert([row]) for row in rows), return_exceptions=True)
         for i, outcome in zip(accepted, outcomes, strict=True):
             if outcome is not None:
-                answers[i] = _refused_answer(answers[i]["id"], outcome)
+                answers[i] = refused_answer(answers[i]["id"], outcome)
 
     async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
         """Concurrent submits commit together: one INSERT, one commit. The first jobs are

@@ -2,7 +2,8 @@
 claim loop (``app.scheduler``).
 
 - ``reaper``: jobs whose lease expired go back to pending, or fail after their last attempt;
-- ``pruner``: the retention, finished jobs older than ``retention.finished_jobs_days``;
+- ``pruner``: the retention, finished jobs older than ``retention.finished_jobs_days``, and
+  idempotency keys past ``retention.idempotency_hours``;
 - ``orphans``: at start, what this node identity was running before it restarted;
 - ``ticker``: each subscription interval's job at its due time (SPEC §7).
 

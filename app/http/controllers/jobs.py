@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, MediaType, Request, get, post
+from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
@@ -25,6 +25,7 @@ from app.errors import (
     BATCH_TOO_LARGE,
     BODY_TOO_LARGE,
     EXPECTED_LIST,
+    IDEMPOTENCY_KEY_REUSED,
     INVALID_JOB_ID,
     INVALID_PARAMETER,
     TOO_MANY_IDS,
@@ -35,10 +36,14 @@ from app.http import params
 from app.http.identity import ClientIdentity
 from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
 from app.http.structs import ErrorBody, JobId, JobResult
+from app.jobs.idempotency import IdempotencyKey, Submitted
 from app.jobs.requests import JobRequest, decode_batch, decode_job_request
 from app.jobs.service import JobService, UnknownCursor
 
 MAX_PAGE = 100_000
+#: The request header of an idempotent submit (SPEC §8), and the response header of a replay.
+IDEMPOTENCY_KEY = "idempotency-key"
+REPLAYED = {"Idempotent-Replayed": "true"}
 
 
 def _flag(query: MultiDict[str], name: str) -> bool | None:
@@ -81,6 +86,20 @@ async def submit_job(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any
     return answer
 
 
+async def submit_job_keyed(
+    api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any], body: bytes, key: str
+) -> Submitted:
+    """``POST /api/jobs`` with an ``Idempotency-Key`` (SPEC §8): the first answer again to
+    the same body (``replayed``), a 409 to another."""
+    keyed = IdempotencyKey.of(params.idempotency_key(key), "POST /api/jobs", body)
+    job_request = decode_job_request(body, api.server.max_json_depth)
+    submitted = await api.jobs.submit_keyed(api.identity.address(connection), [job_request], keyed, single=True)
+    (answer,) = submitted.answers
+    if "error" in answer:
+        raise ClientError(spec_of(answer), answer.get("params"))
+    return submitted
+
+
 async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]) -> list[dict[str, Any]] | list[str]:
     """``GET /api/jobs``: results by id (optionally waiting for them), or this client's ids."""
     jobs, server = api.jobs, api.server
@@ -102,6 +121,12 @@ async def read_jobs(api: JobsApi, connection: ASGIConnection[Any, Any, Any, Any]
         raise INVALID_PARAMETER.error({"name": "after", "value": after}) from None
 
 
+_KEYED_DESCRIPTION = (
+    "With an `Idempotency-Key` header (1 to 255 visible ASCII characters, kept per client for "
+    "`retention.idempotency_hours`), the same body again is answered as the first time, with "
+    "`Idempotent-Replayed: true`, and stores nothing; another body under the key is a 409."
+)
+_SUBMIT_DESCRIPTION = "Answers once the job is committed. " + _KEYED_DESCRIPTION
 _READ_DESCRIPTION = (
     "With `id`: `wait=<seconds>` (up to `server.max_wait`) answers once none of those jobs is running any "
     "more, or when the time is up. Without `wait`, a read of jobs that are all running on this node is "
@@ -119,18 +144,38 @@ class JobsController(Controller):
         status_code=200,
         summary="Submit jobs in one transaction",
         description='Each item is answered in place: `{"id"}`, or the `{"error", "params"?}` of a '
-        "rejected job request.",
+        "rejected job request. " + _KEYED_DESCRIPTION,
         operation_class=JOB_BATCH_BODY,
-        responses=errors(EXPECTED_LIST, BATCH_TOO_LARGE, BODY_TOO_LARGE, CROSS_SITE, RATE_LIMITED, DATABASE),
+        responses=errors(
+            EXPECTED_LIST,
+            BATCH_TOO_LARGE,
+            INVALID_PARAMETER,
+            IDEMPOTENCY_KEY_REUSED,
+            BODY_TOO_LARGE,
+            CROSS_SITE,
+            RATE_LIMITED,
+            DATABASE,
+        ),
     )
     async def batch(
         self, request: Request[Any, Any, Any], jobs_api: NamedDependency[JobsApi]
     ) -> list[JobId | ErrorBody]:
         server = jobs_api.server
-        requests = decode_batch(await request.body(), server.max_json_depth)
+        key = request.headers.get(IDEMPOTENCY_KEY)
+        keyed = None if key is None else params.idempotency_key(key)
+        body = await request.body()
+        requests = decode_batch(body, server.max_json_depth)
         if len(requests) > server.max_batch:
             raise BATCH_TOO_LARGE.error({"limit": server.max_batch, "size": len(requests)})
-        return await jobs_api.jobs.submit(jobs_api.identity.address(request), requests)  # type: ignore[return-value]
+        client = jobs_api.identity.address(request)
+        if keyed is None:
+            return await jobs_api.jobs.submit(client, requests)  # type: ignore[return-value]
+        submitted = await jobs_api.jobs.submit_keyed(
+            client, requests, IdempotencyKey.of(keyed, "POST /api/jobs/batch", body), single=False
+        )
+        if submitted.replayed:
+            return Response(submitted.answers, headers=REPLAYED)  # type: ignore[return-value]
+        return submitted.answers  # type: ignore[return-value]
 
 
 class JobsReference(Controller):
@@ -151,7 +196,8 @@ class JobsReference(Controller):
         media_type=MediaType.JSON,
         status_code=200,
         summary="Submit a job",
-        responses=errors(JOB_REQUEST, CROSS_SITE, RATE_LIMITED, DATABASE),
+        description=_SUBMIT_DESCRIPTION,
+        responses=errors(JOB_REQUEST, INVALID_PARAMETER, IDEMPOTENCY_KEY_REUSED, CROSS_SITE, RATE_LIMITED, DATABASE),
     )
     async def submit(
         self, request: Request[Any, Any, Any], data: JSONBody[JobRequest], jobs_api: NamedDependency[JobsApi]

@@ -28,11 +28,12 @@ from litestar.types import (
 )
 
 from app.errors import METHOD_NOT_ALLOWED
-from app.http.controllers.jobs import JobsApi, read_jobs, submit_job
+from app.http.controllers.jobs import IDEMPOTENCY_KEY, JobsApi, read_jobs, submit_job, submit_job_keyed
 from app.http.params import content_length
 
 _encode = msgspec.json.Encoder().encode
 _ALLOW = "GET, POST"
+_REPLAYED = (b"idempotent-replayed", b"true")
 
 
 class ClientGone(Exception):
@@ -68,22 +69,28 @@ def jobs_endpoint(api: JobsApi) -> ASGIRouteHandler:
     async def endpoint(scope: Scope, receive: Receive, send: Send) -> None:
         connection: ASGIConnection[Any, Any, Any, Any] = ASGIConnection(scope, receive, send)
         method = cast("HTTPScope", scope)["method"]
+        replayed = False
         if method == "POST":
             try:
                 body = await read_body(connection, receive, limit)
             except ClientGone:
                 return
-            answer: Any = await submit_job(api, connection, body)
+            key = connection.headers.get(IDEMPOTENCY_KEY)
+            if key is None:
+                answer: Any = await submit_job(api, connection, body)
+            else:
+                submitted = await submit_job_keyed(api, connection, body, key)
+                (answer,) = submitted.answers
+                replayed = submitted.replayed
         elif method == "GET":
             answer = await read_jobs(api, connection)
         else:
             raise METHOD_NOT_ALLOWED.error(headers={"Allow": _ALLOW})
         payload = _encode(answer)
-        start: HTTPResponseStartEvent = {
-            "type": "http.response.start",
-            "status": 200,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
-        }
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        if replayed:
+            headers.append(_REPLAYED)
+        start: HTTPResponseStartEvent = {"type": "http.response.start", "status": 200, "headers": headers}
         await send(start)
         await send({"type": "http.response.body", "body": payload, "more_body": False})
 

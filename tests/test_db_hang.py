@@ -108,6 +108,10 @@ async def frozen_proxy(url: str) -> AsyncIterator[tuple[FrozenProxy, str]]:
         await proxy.stop()
 
 
+#: A submit's ``Idempotency-Key`` (SPEC §8): its transaction meets the outage too.
+KEYED = {"Idempotency-Key": "during-the-outage"}
+
+
 async def _timed(request: Any) -> tuple[httpx.Response, float]:
     started = time.monotonic()
     response = await request
@@ -125,6 +129,8 @@ async def _each_endpoint_during_outage(http: httpx.AsyncClient, job_id: str) -> 
         "/info": lambda: http.get("/info"),
         "POST /api/jobs": lambda: http.post("/api/jobs", json=job("echo")),
         "POST /api/jobs/batch": lambda: http.post("/api/jobs/batch", json=[job("echo"), job("echo")]),
+        "POST /api/jobs keyed": lambda: http.post("/api/jobs", json=job("echo"), headers=KEYED),
+        "POST /api/jobs/batch keyed": lambda: http.post("/api/jobs/batch", json=[job("echo")], headers=KEYED),
         "GET /api/jobs?id=": lambda: http.get("/api/jobs", params={"id": job_id}),
         "GET /api/jobs": lambda: http.get("/api/jobs"),
         "GET /api/jobs/{id}": lambda: http.get(f"/api/jobs/{job_id}"),
@@ -230,6 +236,10 @@ async def test_locked_sqlite_gives_503_within_the_deadline_and_writes_resume(
                 for name, request in {
                     "POST /api/jobs": lambda: http.post("/api/jobs", json=job("echo")),
                     "POST /api/jobs/batch": lambda: http.post("/api/jobs/batch", json=[job("echo")]),
+                    "POST /api/jobs keyed": lambda: http.post("/api/jobs", json=job("echo"), headers=KEYED),
+                    "POST /api/jobs/batch keyed": lambda: http.post(
+                        "/api/jobs/batch", json=[job("echo")], headers=KEYED
+                    ),
                     "POST /api/jobs/{id}/cancel": lambda: http.post(f"/api/jobs/{before}/cancel"),
                 }.items():
                     response, took = await _timed(request())
@@ -241,5 +251,8 @@ async def test_locked_sqlite_gives_503_within_the_deadline_and_writes_resume(
                 holder.execute("ROLLBACK")
                 holder.close()
             after = await submit(http, job("echo", data={"job": "after"}))
+            # A keyed submit answered 503 kept no key: the same request now makes its job.
+            keyed = await http.post("/api/jobs", json=job("echo"), headers=KEYED)
+            assert keyed.status_code == 200 and "idempotent-replayed" not in keyed.headers, keyed.text
             results = await wait_finished(http, [before, after], timeout=30)
             assert {r["status"] for r in results.values()} == {"success"}

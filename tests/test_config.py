@@ -81,6 +81,7 @@ def test_defaults():
         settings.scheduler.poll_interval,
     ) == (64, 30, 3, 1.0)
     assert settings.retention.finished_jobs_days == 30
+    assert settings.retention.idempotency_hours == 24
     assert settings.manage_containers is True
     assert settings.docker.network_mode == "bridge"
     assert settings.containers == [] and settings.ignored_keys == []
@@ -166,6 +167,8 @@ def test_the_file_is_not_changed_by_loading(tmp_path):
         ({"database": {"statement_timeout": 0}}, "database.statement_timeout"),
         ({"database": {"statement_timeout": "5s"}}, "database.statement_timeout"),
         ({"database": {"connect_timeout": -1}}, "database.connect_timeout"),
+        ({"retention": {"idempotency_hours": 0}}, "retention.idempotency_hours"),
+        ({"retention": {"idempotency_hours": -1}}, "retention.idempotency_hours"),
         ({"server": {"workers": 2}, "containers": [{"id": "a", "image": "x"}]}, "server.workers"),
     ],
 )

@@ -108,6 +108,8 @@ async def submit_keyed(
             if is_database_unavailable(exc) or refused_value(exc) is None or refused:
                 raise
             refused = await _refusals(service, client, requests, now)
+            if not refused:  # each row stores alone: the failure was not about the data
+                raise
     raise RuntimeError("an idempotency key kept going away")  # pruned three times in a row
 
 

@@ -149,12 +149,14 @@ class Scheduler:
     def _sleep_seconds(self) -> float:
         """Until the poll, or the earliest pending job's due time if sooner."""
         poll = self.config.poll_interval
-        if self._next_due is None:
+        if self._next_due is None or self._full:  # full: a finishing job wakes the loop
             return poll
         due = (self._next_due - utcnow()).total_seconds()
-        if due <= 0:  # due and not claimed (taken elsewhere, or no room): the poll reads again
+        if due <= 0:
+            # Due since the claim (a timer fires a little early; a claim and a read take a
+            # few milliseconds), or claimed elsewhere meanwhile: claim now, read again.
             self._next_due = None
-            return poll
+            return 0.0
         return min(poll, due)
 
     async def _read_next_due(self) -> None:

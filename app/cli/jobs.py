@@ -82,7 +82,7 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
         ("source", detail["source"]),
         ("containers", " -> ".join(detail["containers"])),
         ("attempts", detail["attempts"]),
-        ("step retries", detail["retries"]),
+        ("retries", detail["retries"]),
         ("node", detail["node"] or "-"),
         ("created", when(detail["created_at"])),
         ("started", when(detail["started_at"]) or "-"),

@@ -240,3 +240,36 @@ async def test_retries_are_not_lease_attempts(make_node, host_service, client_ad
         assert flaky.calls() == {job_id_key(client_address): 4}
         detail = await _detail(http, job_id)
         assert detail["attempts"] == 1 and detail["retries"] == 3
+
+
+async def test_a_later_step_retried_resumes_after_the_steps_done(make_node, host_service, client_address):
+    """The second step of a chain waits for its retry; the first is not run again."""
+    echo, flaky = host_service("count"), host_service("flaky", FAILS=1)
+    first, second = f"first-{client_address}", f"second-{client_address}"
+    config = _config(second, flaky.url, {"attempts": 2, "backoff": 0.1})
+    config["containers"].insert(0, {"id": first, "url": echo.url})
+    async with make_node(config) as node, node.client(client_address) as http:
+        key = job_id_key(client_address)
+        job_id = await submit(http, job(first, second, data={"job": key}))
+        done = await wait_finished(http, [job_id], timeout=10)
+        assert done[job_id]["status"] == "success"
+        assert (echo.calls(), flaky.calls()) == ({key: 1}, {key: 2})
+        detail = await _detail(http, job_id)
+        assert [len(step["attempts"]) for step in detail["steps"]] == [1, 2]
+        assert detail["steps"][1]["attempts"][0]["reason"] == "5xx"
+
+
+async def test_a_requeued_job_gets_its_retries_anew(make_node, host_service, client_address):
+    flaky = host_service("flaky", FAILS=100)
+    cid = f"again-{client_address}"
+    async with make_node(_config(cid, flaky.url, {"attempts": 1, "backoff": 0.05})) as node:
+        async with node.client(client_address) as http:
+            key = job_id_key(client_address)
+            job_id = await submit(http, job(cid, data={"job": key}))
+            assert (await wait_finished(http, [job_id], timeout=10))[job_id]["status"] == "failed"
+            assert (await http.post(f"/api/jobs/{job_id}/retry")).status_code == 200
+            await wait_for(lambda: _true(flaky.calls().get(key) == 4))
+            assert (await wait_finished(http, [job_id], timeout=10))[job_id]["status"] == "failed"
+            detail = await _detail(http, job_id)
+            assert detail["retries"] == 1
+            assert [a["attempt"] for a in detail["steps"][0]["attempts"]] == [1, 2]

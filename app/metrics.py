@@ -71,6 +71,11 @@ JOBS_FINISHED = Counter(
 CONTAINER_ERRORS = Counter(
     "jobnode_container_errors_total", "Failed container calls, by container and kind of error", ["container", "kind"]
 )
+STEP_RETRIES = Counter(
+    "jobnode_step_retries_total",
+    "Failed steps put off to be tried again (a container's retry), by container and reason",
+    ["container", "reason"],
+)
 JOBS_RESCUED = Counter(
     "jobnode_jobs_rescued_total",
     "Jobs whose node stopped: requeued (lease expired), failed (out of attempts), taken_back (restarted node)",
@@ -214,6 +219,11 @@ def step_failed(
         failed.error,
         extra=_extra(job.id, container, step=position, error=failed.error, error_kind=kind),
     )
+
+
+def step_retried(container: str, reason: str) -> None:
+    """Logged by the chain runner, which knows when the next attempt is due."""
+    _child(STEP_RETRIES, container, reason).inc()
 
 
 def job_finished(job: ClaimedJob, status: str, container: str | None = None) -> None:

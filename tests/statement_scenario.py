@@ -16,7 +16,7 @@ import app.db.statements
 from app.db.direct import PerDialect, RowsInsert, Shapes, Statement
 from app.db.models import JobStatus, SubscriptionStatus
 from app.db.signal import CHANNEL, ENDED_CHANNEL, SUBSCRIPTIONS_CHANNEL
-from app.db.statements import claims, submits
+from app.db.statements import claims, retries, submits
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
 
@@ -149,8 +149,8 @@ LIFECYCLE = [
         "claims.CLAIM",
         {"now": NOW, "limit": 2, "node": NODE, "lease_until": LEASE},
         [
-            (J1, ["first", "second"], J1_INPUT, False, 1, at(10), A, False),
-            (J2, ["first", "second"], {"n": 9}, False, 1, at(9), A, False),
+            (J1, ["first", "second"], J1_INPUT, False, 1, at(10), A, 0, False),
+            (J2, ["first", "second"], {"n": 9}, False, 1, at(9), A, 0, False),
         ],
     ),
     Example("claims.INSERT_STEPS", [step_row(J1, 0, STEP_OUTPUT), step_row(J2, 0, None, "bad ✗")], notify=ENDED),
@@ -246,7 +246,7 @@ def _newest_jobs(status: str | None, client: bool) -> Example:
 
 
 #: J2's whole ``jobs`` row: seq, id, client, source, containers, input, requires_proof,
-#: status, attempts, stream, lease_owner, lease_expires_at, run_after, created_at,
+#: status, attempts, retries, stream, lease_owner, lease_expires_at, run_after, created_at,
 #: started_at (its claim), finished_at, subscription_id, interval.
 J2_ROW = (
     2,
@@ -258,6 +258,7 @@ J2_ROW = (
     False,
     JobStatus.FAILED,
     1,
+    0,
     False,
     None,
     None,
@@ -494,4 +495,59 @@ IDEMPOTENCY = [
     _read(B, KEY, [("b" * 64, STORED)]),
 ]
 
-SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS + IDEMPOTENCY
+# -- step retries: J10, running here, waits for its step's second attempt -------------------------
+
+J10 = str(uuid.UUID(int=10, version=4))
+J10_CLAIM = (J10, 1, at(2))
+
+
+def attempt_row(job_id: str, position: int, attempt: int, retry_at: datetime) -> dict[str, Any]:
+    row = {
+        "job_id": job_id,
+        "position": position,
+        "container": CONTAINERS[position],
+        "attempt": attempt,
+        "error": "HTTP 503: busy ✗",
+        "reason": "5xx",
+        "node": NODE,
+        "started_at": NOW,
+        "finished_at": NOW,
+        "retry_at": retry_at,
+    }
+    assert tuple(row) == retries.INSERT_STEP_ATTEMPTS.columns
+    return row
+
+
+_RETRY = {"claims": [J10_CLAIM], "node": NODE, "retry_at": LATER}
+RETRIES = [
+    Example(
+        "submits.INSERT_JOBS",
+        [
+            job_row(
+                J10,
+                A,
+                2,
+                status=JobStatus.RUNNING,
+                attempts=1,
+                lease_owner=NODE,
+                lease_expires_at=LEASE,
+                started_at=at(2),
+            )
+        ],
+    ),
+    Example("retries.RETRY_OWNED", {**_RETRY, "node": OTHER_NODE}, []),
+    Example("retries.RETRY_OWNED", _RETRY, [(J10,)]),
+    Example("retries.RETRY_OWNED", _RETRY, []),  # pending now: no longer held
+    Example("retries.INSERT_STEP_ATTEMPTS", [attempt_row(J10, 0, 1, LATER)]),
+    Example("retries.STEP_ATTEMPT_COUNTS", {"ids": [J10, J1]}, [(J10, 0, 1)]),
+    Example(
+        "retries.JOB_STEP_ATTEMPTS",
+        {"job": J10},
+        [(0, "first", 1, "HTTP 503: busy ✗", "5xx", NODE, NOW, NOW, LATER)],
+    ),
+    Example("retries.NEXT_DUE", {}, [(at(10),)]),
+    Example("retries.DROP_STEP_ATTEMPTS", {"job": J10}),
+    Example("retries.STEP_ATTEMPT_COUNTS", {"ids": [J10]}, []),
+]
+
+SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS + IDEMPOTENCY + RETRIES

@@ -170,6 +170,14 @@ def test_the_file_is_not_changed_by_loading(tmp_path):
         ({"retention": {"idempotency_hours": 0}}, "retention.idempotency_hours"),
         ({"retention": {"idempotency_hours": -1}}, "retention.idempotency_hours"),
         ({"server": {"workers": 2}, "containers": [{"id": "a", "image": "x"}]}, "server.workers"),
+        ({"containers": [{"id": "a", "url": "http://x", "retry": {"attempts": -1}}]}, "containers[0].retry.attempts"),
+        ({"containers": [{"id": "a", "url": "http://x", "retry": {"attempts": 1.5}}]}, "containers[0].retry.attempts"),
+        ({"containers": [{"id": "a", "url": "http://x", "retry": {"backoff": 0}}]}, "containers[0].retry.backoff"),
+        (
+            {"containers": [{"id": "a", "url": "http://x", "retry": {"backoff": 5, "max_backoff": 2}}]},
+            "containers[0].retry.max_backoff",
+        ),
+        ({"containers": [{"id": "a", "url": "http://x", "retry": {"tries": 2}}]}, "tries"),
     ],
 )
 def test_a_bad_value_or_unknown_key_names_the_key(raw, key):
@@ -352,3 +360,22 @@ def test_the_readme_documents_every_variable():
     for variable, key in ENVIRONMENT.items():
         assert variable in rows, f"{variable} is not in the README's table"
         assert f"`{key}`" in rows[variable], (variable, rows[variable])
+
+
+def test_retry_defaults_and_values():
+    """A container's ``retry`` (SPEC §8): off by default; ``retries`` stays what it was."""
+    (default,) = settings_from_dict({"containers": [{"id": "a", "url": "http://x"}]}, environ={}).containers
+    assert (default.retries, default.retry.attempts, default.retry.backoff, default.retry.max_backoff) == (
+        0,
+        0,
+        1.0,
+        60.0,
+    )
+    raw = {"id": "a", "url": "http://x", "retries": 2, "retry": {"attempts": 3, "backoff": 2, "max_backoff": 2}}
+    (container,) = settings_from_dict({"containers": [raw]}, environ={}).containers
+    assert (container.retries, container.retry.attempts, container.retry.backoff, container.retry.max_backoff) == (
+        2,
+        3,
+        2.0,
+        2.0,
+    )

@@ -8,11 +8,13 @@ Every test runs on the standard event loop and on uvloop (the node's loop under 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -21,7 +23,7 @@ import uvloop
 
 from app.config.settings import ContainerSettings
 from app.containers import http11
-from app.containers.client import ContainerClient, StepFailed
+from app.containers.client import ContainerClient, StepFailed, parse_retry_after
 from tests.support import free_port
 
 # The policy fixture works on every pytest-asyncio the project allows (>=0.24); its
@@ -519,3 +521,63 @@ async def test_a_nul_byte_in_an_error_body_is_not_stored_as_one(serve, client):
     service = await serve(broken)
     failed = await failure(client, service.url)
     assert failed.error == "HTTP 500: bad\\x00thing"
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+@pytest.mark.parametrize(
+    ("status", "extra", "reason", "retry_after"),
+    [
+        ("503 Service Unavailable", "Retry-After: 7\r\n", "5xx", 7.0),
+        ("429 Too Many Requests", "retry-after:  2 \r\n", "429", 2.0),
+        ("429 Too Many Requests", "Retry-After: soon\r\n", "429", None),  # garbage: ignored
+        ("500 Internal Server Error", "Retry-After: 9\r\n", "5xx", None),  # only 429 and 503 ask
+        ("502 Bad Gateway", "", "5xx", None),
+        ("400 Bad Request", "Retry-After: 3\r\n", None, None),
+        ("404 Not Found", "", None, None),
+    ],
+)
+async def test_which_failures_a_retry_may_call_again(serve, client, lean, status, extra, reason, retry_after):
+    """``retry_reason`` and ``retry_after`` (a container's ``retry``), the same from either client."""
+
+    async def answer(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(response(b'{"detail": "x"}', status, extra=extra))
+        return True
+
+    service = await serve(answer)
+    # Credentials in the URL take aiohttp's path (``http11.endpoint`` leaves them to it).
+    url = service.url if lean else service.url.replace("http://", "http://user:pw@")
+    failed = await failure(client, url)
+    assert failed.error.startswith(f"HTTP {status[:3]}")
+    assert (failed.retry_reason, failed.retry_after) == (reason, retry_after)
+
+
+async def test_retry_after_as_an_http_date(serve, client):
+    later = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+
+    async def busy(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(response(b"{}", "503 Service Unavailable", extra=f"Retry-After: {later}\r\n"))
+        return True
+
+    service = await serve(busy)
+    failed = await failure(client, service.url)
+    assert failed.retry_after is not None and 27 <= failed.retry_after <= 30
+    assert parse_retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # past: at once
+    assert parse_retry_after("-5") is None and parse_retry_after(b"") is None
+
+
+async def test_transport_failures_may_be_retried_and_bad_answers_not(serve, client):
+    async def too_slow(writer: asyncio.StreamWriter, request: Request) -> bool:
+        await asyncio.sleep(1)
+        return False
+
+    async def hang_up(writer: asyncio.StreamWriter, request: Request) -> bool:
+        return False
+
+    async def not_json(writer: asyncio.StreamWriter, request: Request) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nnot json")
+        return True
+
+    assert (await failure(client, (await serve(too_slow)).url, timeout=0.1)).retry_reason == "timeout"
+    assert (await failure(client, (await serve(hang_up)).url)).retry_reason == "connection"
+    assert (await failure(client, f"http://127.0.0.1:{free_port()}")).retry_reason == "connection"
+    assert (await failure(client, (await serve(not_json)).url)).retry_reason is None

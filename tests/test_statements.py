@@ -64,8 +64,13 @@ SELECT '10.1.' || (i % {CLIENTS} / 250) || '.' || (i % 250), 'key-' || i, md5(i:
        jsonb_build_object('id', gen_random_uuid()), now() - make_interval(secs => i),
        now() - make_interval(secs => i) + interval '24 hours'
 FROM generate_series(1, {JOBS} / 4) AS i;
+INSERT INTO step_attempts (job_id, position, container, attempt, error, reason, node, started_at, finished_at,
+                           retry_at)
+SELECT id, 0, (containers ->> 0), 1, 'HTTP 503', '5xx', 'node-0', created_at, created_at, created_at
+FROM jobs WHERE status = 'failed';
 ANALYZE jobs;
 ANALYZE job_steps;
+ANALYZE step_attempts;
 ANALYZE idempotency_keys;
 ANALYZE subscriptions;
 """
@@ -78,6 +83,12 @@ EXPECTED_INDEX = {
     "claims.FINISH_OWNED": "uq_jobs_id",
     "claims.RENEW.postgresql": "uq_jobs_id",
     "claims.RELEASE": "uq_jobs_id",
+    "retries.RETRY_OWNED": "uq_jobs_id",
+    "retries.NEXT_DUE": "ix_jobs_claim",
+    **dict.fromkeys(
+        ("retries.STEP_ATTEMPT_COUNTS", "retries.JOB_STEP_ATTEMPTS", "retries.DROP_STEP_ATTEMPTS"),
+        "ix_step_attempts_job",
+    ),
     "reads.RESULTS": "uq_jobs_id",
     "reads.CLIENT_JOB_SEQ": "uq_jobs_id",
     "reads.UNFINISHED_COUNTS": "ix_jobs_unfinished_source",

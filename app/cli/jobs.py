@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from typing import Any
 
 import click
 
@@ -81,6 +82,7 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
         ("source", detail["source"]),
         ("containers", " -> ".join(detail["containers"])),
         ("attempts", detail["attempts"]),
+        ("retries", detail["retries"]),
         ("node", detail["node"] or "-"),
         ("created", when(detail["created_at"])),
         ("started", when(detail["started_at"]) or "-"),
@@ -93,6 +95,11 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
     for key, value in fields:
         click.echo(f"{key.ljust(width)}  {value}")
     click.echo("")
+    _show_steps(detail)
+    _show_retries(detail)
+
+
+def _show_steps(detail: dict[str, Any]) -> None:
     if not detail["steps"]:
         click.echo("no step finished yet")
         return
@@ -112,6 +119,32 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
             ],
         )
     )
+
+
+def _show_retries(detail: dict[str, Any]) -> None:
+    """Every call of the steps that were retried (a container's ``retry``)."""
+    waiting = detail["waiting"]
+    retried = [s for s in detail["steps"] if len(s["attempts"]) > 1] + ([waiting] if waiting else [])
+    if not retried:
+        return
+    click.echo("")
+    rows = [
+        [
+            s["position"],
+            s["container"],
+            a["attempt"],
+            short(f"error: {a['error']}" if a["error"] is not None else "ok", 60),
+            a["reason"] or "",
+            duration(a["duration_seconds"]),
+            when(a["retry_at"]) or "",
+            a["node"] or "",
+        ]
+        for s in retried
+        for a in s["attempts"]
+    ]
+    click.echo(table(["#", "CONTAINER", "CALL", "RESULT", "REASON", "DURATION", "RETRY AT", "NODE"], rows))
+    if waiting:
+        click.echo(f"step {waiting['position']} waits for its next call at {when(waiting['next_attempt_at']) or '-'}")
 
 
 @jobs.command("cancel")

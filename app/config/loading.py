@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from app.config.environment import apply_environment
-from app.config.settings import Settings
+from app.config.settings import ContainerSettings, Settings
 from app.config.values import ConfigError, parse_host, parse_networks, parse_origin
 
 #: The two database URL schemes the node runs on (its engines and direct paths are written
@@ -115,6 +115,7 @@ def _validate_containers(settings: Settings) -> None:
         _positive(container.concurrency, f"{key}.concurrency")
         _positive(container.timeout, f"{key}.timeout", minimum=0.001)
         _positive(container.retries, f"{key}.retries", minimum=0)
+        _validate_retry(container, key)
         if container.port is None:
             while next_port in used_ports:
                 next_port += 1
@@ -122,6 +123,17 @@ def _validate_containers(settings: Settings) -> None:
             used_ports.add(next_port)
         elif not 1 <= container.port <= 65535:
             raise ConfigError(f"{key}.port: {container.port} is not a TCP port")
+
+
+def _validate_retry(container: ContainerSettings, key: str) -> None:
+    retry = container.retry
+    _positive(retry.attempts, f"{key}.retry.attempts", minimum=0)
+    if not retry.backoff > 0:
+        raise ConfigError(f"{key}.retry.backoff: must be more than 0, got {retry.backoff}")
+    if retry.max_backoff < retry.backoff:
+        raise ConfigError(
+            f"{key}.retry.max_backoff: must be at least retry.backoff ({retry.backoff}), got {retry.max_backoff}"
+        )
 
 
 def settings_from_dict(raw: dict[str, Any], *, environ: Mapping[str, str] | None = None) -> Settings:

@@ -93,6 +93,16 @@ class DockerSettings(_Section):
     labels: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class RetrySettings(_Section):
+    """Durable retries of a failed step (``app.scheduler.retries``): ``attempts`` more
+    calls after the first, waiting ``backoff * 2**n`` seconds (with jitter, at most
+    ``max_backoff``) in the database, not in this process."""
+
+    attempts: int = 0
+    backoff: float = 1.0
+    max_backoff: float = 60.0
+
+
 class ContainerSettings(_Section):
     id: str
     image: str = ""
@@ -110,7 +120,9 @@ class ContainerSettings(_Section):
     generates_proofs: bool = False
     concurrency: int = 16
     timeout: float = 180.0
+    #: Immediate in-process re-sends of a call that never reached the container.
     retries: int = 0
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
     health_path: str | None = None
     startup_timeout: float = 60.0
 

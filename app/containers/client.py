@@ -7,20 +7,24 @@ Streams, ``get_json`` and https URLs keep one pooled aiohttp session.
 
 Every way a call can go wrong becomes a ``StepFailed`` whose text says what happened,
 and whether the container may have received the request: only a failure *before*
-the request reached it may be retried without running the work twice.
+the request reached it may be retried without running the work twice (``retries``), and
+which failures a container's ``retry`` may try again later (``retry_reason``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
 import msgspec
 
+from app.clock import utcnow
 from app.config.settings import ContainerSettings
 from app.containers import http11
 from app.storable import DEFAULT_MAX_DEPTH, check_raw, nested_too_deep
@@ -28,32 +32,50 @@ from app.storable import DEFAULT_MAX_DEPTH, check_raw, nested_too_deep
 BODY_EXCERPT = 200
 
 
+#: Why a failed call may be tried again later (a container's ``retry``): it timed out, the
+#: connection failed or was lost, or the container answered 5xx or 429. Anything else
+#: (another 4xx, an output that is not JSON or cannot be stored) would fail again.
+TIMEOUT, CONNECTION, SERVER_ERROR, TOO_MANY_REQUESTS = "timeout", "connection", "5xx", "429"
+
+
 class StepFailed(Exception):
-    def __init__(self, error: str, *, delivered: bool) -> None:
+    def __init__(
+        self,
+        error: str,
+        *,
+        delivered: bool,
+        retry_reason: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(error)
         self.error = error
         #: False when the container cannot have seen the request (safe to re-send).
         self.delivered = delivered
+        #: Why ``retry`` may try the step again; None: it may not.
+        self.retry_reason = retry_reason
+        #: Seconds the container asked to wait (``Retry-After`` of a 429 or 503).
+        self.retry_after = retry_after
 
 
 # The failures of a call, worded the same whichever client made it (``_post``, ``_post_lean``).
 
 
 def _timed_out(container: ContainerSettings) -> StepFailed:
-    return StepFailed(f"timed out after {container.timeout:g} s", delivered=True)
+    return StepFailed(f"timed out after {container.timeout:g} s", delivered=True, retry_reason=TIMEOUT)
 
 
 def _not_connected(os_error: OSError | None) -> StepFailed:
     refused = isinstance(os_error, ConnectionRefusedError)
-    return StepFailed("connection refused" if refused else f"cannot connect: {os_error}", delivered=False)
+    error = "connection refused" if refused else f"cannot connect: {os_error}"
+    return StepFailed(error, delivered=False, retry_reason=CONNECTION)
 
 
 def _closed_before_answer() -> StepFailed:
-    return StepFailed("connection closed by the container before it answered", delivered=True)
+    return StepFailed("connection closed by the container before it answered", delivered=True, retry_reason=CONNECTION)
 
 
 def _reset_by_peer() -> StepFailed:
-    return StepFailed("connection reset by the container before it answered", delivered=True)
+    return StepFailed("connection reset by the container before it answered", delivered=True, retry_reason=CONNECTION)
 
 
 #: errno values of a connection the peer reset or aborted (aiohttp's ``ClientOSError``).
@@ -61,7 +83,33 @@ _RESET_ERRNOS = frozenset({errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED})
 
 
 def _request_failed(exc: BaseException) -> StepFailed:
-    return StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True)
+    return StepFailed(f"request failed: {type(exc).__name__}: {exc}", delivered=True, retry_reason=CONNECTION)
+
+
+def _http_error(status: int, raw: bytes, retry_after: bytes | str | None) -> StepFailed:
+    """A non-2xx answer: 5xx and 429 may be retried, honouring a ``Retry-After``."""
+    reason = TOO_MANY_REQUESTS if status == 429 else SERVER_ERROR if 500 <= status < 600 else None
+    wait = parse_retry_after(retry_after) if status in (429, 503) else None
+    return StepFailed(f"HTTP {status}: {_excerpt(raw)}", delivered=True, retry_reason=reason, retry_after=wait)
+
+
+def parse_retry_after(value: bytes | str | None) -> float | None:
+    """Seconds from a ``Retry-After`` value (RFC 9110 §10.2.3): delta-seconds or an
+    HTTP-date; None for none or one that is neither (ignored, not an error)."""
+    if value is None:
+        return None
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    text = text.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:  # RFC 9110 dates are GMT
+        return None
+    seconds = (moment - utcnow()).total_seconds()
+    return max(0.0, seconds) if math.isfinite(seconds) else None
 
 
 def _excerpt(raw: bytes) -> str:
@@ -136,7 +184,7 @@ class ContainerClient:
 
     async def _post_lean(
         self, container: ContainerSettings, endpoint: http11.Endpoint, body: bytes
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, bytes | None]:
         """``_post``'s failures, worded the same, from the lean client."""
         try:
             return await self._lean.post(endpoint, body, container.timeout)
@@ -155,21 +203,23 @@ class ContainerClient:
         """POST /service_output and return the container's JSON output."""
         body = self._body(data, requires_proof)
         endpoint = self._endpoint(container, base_url)
+        retry_after: bytes | str | None
         for attempt in range(container.retries + 1):
             try:
                 if endpoint is not None:
-                    status, raw = await self._post_lean(container, endpoint, body)
+                    status, raw, retry_after = await self._post_lean(container, endpoint, body)
                 else:
                     async with self._post(container, base_url, body) as response:
                         raw = await response.read()
                         status = response.status
+                        retry_after = response.headers.get("Retry-After")
                 break
             except StepFailed as failed:
                 if failed.delivered or attempt == container.retries:
                     raise
                 await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
         if not 200 <= status < 300:
-            raise StepFailed(f"HTTP {status}: {_excerpt(raw)}", delivered=True)
+            raise _http_error(status, raw, retry_after)
         return self._output(raw)
 
     def _output(self, raw: bytes) -> Any:

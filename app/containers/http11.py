@@ -135,6 +135,7 @@ class _Connection(asyncio.Protocol):
         "key",
         "loop",
         "pool",
+        "retry_after",
         "transport",
     )
 
@@ -148,12 +149,15 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[tuple[int, bytes, bool]] | None = None
+        #: The answer's ``Retry-After`` value (a 429 or 503 asks to be called again later).
+        self.retry_after: bytes | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._status = 0
         self._body: list[bytes] = []
         self._headers_done = False
+        self.retry_after = None
         #: Content-Length or chunked: the body has an end of its own (else it ends at EOF).
         self._framed = False
 
@@ -224,6 +228,8 @@ class _Connection(asyncio.Protocol):
         name = name.lower()
         if name == b"content-length" or (name == b"transfer-encoding" and b"chunked" in value.lower()):
             self._framed = True
+        elif name == b"retry-after":
+            self.retry_after = value
 
     def on_headers_complete(self) -> None:
         self._status = self._parser.get_status_code()
@@ -255,9 +261,10 @@ class Http11Pool:
     def open_connections(self) -> int:
         return len(self._open)
 
-    async def post(self, endpoint: Endpoint, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """Status and body of one POST; ``timeout`` bounds connect, request and response
-        together (0 or less: no bound, as aiohttp's ``ClientTimeout(total=0)``)."""
+    async def post(self, endpoint: Endpoint, body: bytes, timeout: float) -> tuple[int, bytes, bytes | None]:
+        """Status, body and ``Retry-After`` value (None without one) of one POST; ``timeout``
+        bounds connect, request and response together (0 or less: no bound, as aiohttp's
+        ``ClientTimeout(total=0)``)."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + timeout if timeout > 0 else None
@@ -266,6 +273,7 @@ class Http11Pool:
         timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
         try:
             status, raw, keep_alive = await waiter
+            retry_after = connection.retry_after  # read before the connection is reused
         except BaseException:  # failed, timed out or cancelled: the rest of the answer is unwanted
             connection.close()
             raise
@@ -276,7 +284,7 @@ class Http11Pool:
             self._release(connection, loop.time())
         else:
             connection.close()
-        return status, raw
+        return status, raw, retry_after
 
     async def close(self) -> None:
         """Close every connection, idle or in use (as closing an aiohttp session does)."""

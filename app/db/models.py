@@ -89,6 +89,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default=JobStatus.PENDING)
     #: Claims so far; a graceful hand-back gives one back.
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    #: Durable step retries so far (a container's ``retry``): only a job with some reads
+    #: its ``step_attempts`` when claimed.
+    retries: Mapped[int] = mapped_column(Integer, nullable=False, server_default=text("0"))
     #: A job owned by one node outside the scheduler (the streaming endpoint).
     stream: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     lease_owner: Mapped[str | None] = mapped_column(String(255))
@@ -169,6 +172,35 @@ class JobStep(Base):
     __table_args__ = (
         # One committed result per step: a resumed job can never record a step twice.
         UniqueConstraint("job_id", "position", name="uq_job_steps_job_position"),
+    )
+
+
+class StepAttempt(Base):
+    """A failed call of a step that was retried later (a container's ``retry``); the
+    step's last call is its ``job_steps`` row."""
+
+    __tablename__ = "step_attempts"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(
+        JobIdType, ForeignKey("jobs.id", ondelete="CASCADE", name="fk_step_attempts_job_id"), nullable=False
+    )
+    position: Mapped[int] = mapped_column(Integer, nullable=False)
+    container: Mapped[str] = mapped_column(String(255), nullable=False)
+    #: 1-based, per step.
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    error: Mapped[str] = mapped_column(Text, nullable=False)
+    #: ``timeout``, ``connection``, ``5xx`` or ``429`` (``app.containers.client``).
+    reason: Mapped[str] = mapped_column(String(16), nullable=False)
+    node: Mapped[str | None] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    #: When the next attempt was due.
+    retry_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+
+    __table_args__ = (
+        # A job's attempts, step by step (the claim's count, the operator's view).
+        Index("ix_step_attempts_job", "job_id", "position", "attempt"),
     )
 
 

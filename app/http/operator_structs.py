@@ -13,7 +13,23 @@ from app.http.structs import ApiStatus
 StoredStatus = Literal["pending", "running", "success", "failed", "cancelled"]
 
 
+class AttemptDetail(msgspec.Struct):
+    """One call of a step: ``attempt`` counts this step's calls from 1; a failed one that
+    was retried has its ``reason`` (timeout, connection, 5xx, 429) and ``retry_at``."""
+
+    attempt: int
+    error: str | None
+    reason: str | None
+    node: str | None
+    started_at: str
+    finished_at: str
+    duration_seconds: float
+    retry_at: str | None
+
+
 class StepDetail(msgspec.Struct):
+    """``attempt`` is the job's claim that committed it; ``attempts`` every call of it."""
+
     position: int
     container: str
     output: Any
@@ -23,6 +39,16 @@ class StepDetail(msgspec.Struct):
     started_at: str
     finished_at: str
     duration_seconds: float
+    attempts: list[AttemptDetail]
+
+
+class WaitingStep(msgspec.Struct):
+    """A step whose next attempt is due at ``next_attempt_at`` (a container's ``retry``)."""
+
+    position: int
+    container: str
+    next_attempt_at: str | None
+    attempts: list[AttemptDetail]
 
 
 class IntervalOf(msgspec.Struct):
@@ -55,6 +81,10 @@ class JobDetail(msgspec.Struct):
     duration_seconds: float | None
     result: dict[str, Any] | None
     steps: list[StepDetail]
+    #: Durable step retries so far.
+    retries: int
+    #: The step waiting for its retry; null otherwise.
+    waiting: WaitingStep | None
     #: An interval's job: ``{"id": <subscription>, "interval": k}``; null otherwise.
     subscription: IntervalOf | None = None
 

@@ -14,6 +14,7 @@ from app.clock import utcnow
 from app.db.engine import Database
 from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
 from app.db.statements.maintenance import CANCEL, DROP_ERROR_STEPS, REQUEUE
+from app.db.statements.retries import DROP_STEP_ATTEMPTS
 from app.errors import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, ErrorSpec
 from app.jobs.failure_step import record_failure
 from app.jobs.inspection import JobInspection
@@ -48,6 +49,7 @@ async def requeue_job(database: Database, job_id: str) -> bool:
         if (await REQUEUE.run(conn, {"job": job_id, "now": utcnow()})).rowcount != 1:
             return False
         await DROP_ERROR_STEPS.run(conn, {"job": job_id})
+        await DROP_STEP_ATTEMPTS.run(conn, {"job": job_id})
     return True
 
 

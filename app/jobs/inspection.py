@@ -20,6 +20,7 @@ from app.db.statements.inspection import (
     RETRYABLE_IDS,
     newest_jobs,
 )
+from app.db.statements.retries import JOB_STEP_ATTEMPTS
 from app.jobs.results import api_status, job_result, step_result
 
 
@@ -51,8 +52,46 @@ def _step(row: Any) -> dict[str, Any]:
     }
 
 
-def job_detail(job: Any, steps: Sequence[Any]) -> dict[str, Any]:
-    """A ``jobs`` row and its ``job_steps`` rows as one JSON object."""
+def _attempt(row: Any) -> dict[str, Any]:
+    """A failed attempt that was retried (``step_attempts``)."""
+    return {
+        "attempt": row.attempt,
+        "error": row.error,
+        "reason": row.reason,
+        "node": row.node,
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "duration_seconds": _seconds(row.started_at, row.finished_at),
+        "retry_at": _iso(row.retry_at),
+    }
+
+
+def _final_attempt(step: Any, number: int) -> dict[str, Any]:
+    """A step's committed call, the last of its attempts."""
+    return {
+        "attempt": number,
+        "error": step.error,
+        "reason": None,
+        "node": step.node,
+        "started_at": _iso(step.started_at),
+        "finished_at": _iso(step.finished_at),
+        "duration_seconds": _seconds(step.started_at, step.finished_at),
+        "retry_at": None,
+    }
+
+
+def _with_attempts(step: Any, failed: list[dict[str, Any]]) -> dict[str, Any]:
+    return {**_step(step), "attempts": [*failed, _final_attempt(step, len(failed) + 1)]}
+
+
+def job_detail(job: Any, steps: Sequence[Any], attempts: Sequence[Any] = ()) -> dict[str, Any]:
+    """A ``jobs`` row, its ``job_steps`` rows and its failed attempts (``step_attempts``)
+    as one JSON object. A job waiting for a step retry shows that step in ``waiting``."""
+    failed: dict[int, list[dict[str, Any]]] = {}
+    for row in attempts:
+        failed.setdefault(row.position, []).append(_attempt(row))
+    committed = {s.position for s in steps}
+    waiting = next((p for p in sorted(failed) if p not in committed), None)
     results = [step_result(s.container, s.output, s.error) for s in steps]
     finished = job.status in JobStatus.FINISHED
     node = job.lease_owner if job.lease_owner else (steps[-1].node if steps else None)
@@ -78,7 +117,17 @@ def job_detail(job: Any, steps: Sequence[Any]) -> dict[str, Any]:
         "queued_seconds": _seconds(job.created_at, job.started_at),
         "duration_seconds": _seconds(job.started_at, job.finished_at) if finished else None,
         "result": job_result(str(job.id), job.status, results, False)["result"],
-        "steps": [_step(s) for s in steps],
+        "steps": [_with_attempts(s, failed.get(s.position, [])) for s in steps],
+        "retries": job.retries,
+        # A step whose retry is due at ``run_after`` (the job is pending meanwhile).
+        "waiting": None
+        if waiting is None or job.status in JobStatus.FINISHED
+        else {
+            "position": waiting,
+            "container": job.containers[waiting],
+            "next_attempt_at": _iso(job.run_after) if job.status == JobStatus.PENDING else None,
+            "attempts": failed[waiting],
+        },
         # An interval's job (SPEC §7): its subscription and interval.
         "subscription": None
         if job.subscription_id is None
@@ -109,7 +158,8 @@ class JobInspection:
             if job is None:
                 raise JobNotFound(job_id)
             steps = (await JOB_STEPS.run(conn, {"job": job_id})).all()
-        return job_detail(job, steps)
+            attempts = (await JOB_STEP_ATTEMPTS.run(conn, {"job": job_id})).all() if job.retries else []
+        return job_detail(job, steps, attempts)
 
     async def list_jobs(
         self, status: str | None = None, client: str | None = None, limit: int = 50

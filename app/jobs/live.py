@@ -55,7 +55,9 @@ class LiveJobs:
 
     def ended(self, job_id: str, status: str | None = None) -> None:
         """After the job's last commit, with the status it ended in; or without one when
-        this node gave the job up (cancelled, taken over, shutting down)."""
+        this node gave the job up (cancelled, taken over, shutting down, or back to
+        ``pending`` until a step retry is due): a read waiting for it reads it again and,
+        finding it unfinished, goes on waiting."""
         job = self._jobs.pop(job_id, None)
         final = EndedJob(job_id, status, job.steps) if job is not None and status is not None else None
         self.wake([job_id], final)

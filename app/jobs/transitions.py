@@ -18,11 +18,11 @@ from app.clock import utcnow
 from app.db.engine import Database
 from app.db.models import JobStatus
 from app.db.signal import JobSignal
-from app.db.statements import claims
+from app.db.statements import claims, retries
 from app.db.statements.submits import INSERT_JOBS
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
-from app.jobs.values import ClaimedJob, CommittedStep, LeaseLost, StepResult
+from app.jobs.values import ClaimedJob, CommittedStep, LeaseLost, StepResult, StepRetry
 
 
 class JobStore:
@@ -64,17 +64,23 @@ class JobStore:
         The candidates are locked in a CTE (``FOR UPDATE SKIP LOCKED`` on PostgreSQL) so
         that the LIMIT is applied once; on SQLite the writer's ``BEGIN IMMEDIATE``
         serialises claims instead. The claim is one statement (one round trip on
-        PostgreSQL); it also tells which jobs have committed steps, and only those (resumed
-        jobs) cost a second read, so that they continue where they stopped.
+        PostgreSQL); it also tells which jobs have committed steps or retried ones, and only
+        those (resumed jobs) cost a second read, so that they continue where they stopped.
         """
         async with self.database.direct_write(one_statement=True) as conn:
             rows = await conn.fetch(claims.CLAIM, self.claim_params(limit, utcnow()))
         resumed = [row[0] for row in rows if row[-1]]
+        retried = [row[0] for row in rows if row[-2]]
         steps: dict[str, list[CommittedStep]] = {}
-        if resumed:
+        step_retries: dict[str, dict[int, int]] = {}
+        if resumed or retried:
             async with self.database.direct_read() as conn:
-                for job_id, position, output, error in await conn.fetch(claims.COMMITTED_STEPS, {"ids": resumed}):
-                    steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
+                if resumed:
+                    for job_id, position, output, error in await conn.fetch(claims.COMMITTED_STEPS, {"ids": resumed}):
+                        steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
+                if retried:
+                    for job_id, position, count in await conn.fetch(retries.STEP_ATTEMPT_COUNTS, {"ids": retried}):
+                        step_retries.setdefault(str(job_id), {})[position] = count
         return [
             ClaimedJob(
                 str(job_id),
@@ -85,8 +91,9 @@ class JobStore:
                 run_after,
                 tuple(steps.get(str(job_id), ())),
                 client,
+                step_retries.get(str(job_id), {}),
             )
-            for job_id, containers, data, requires_proof, attempts, run_after, client, _ in rows
+            for job_id, containers, data, requires_proof, attempts, run_after, client, _, _ in rows
         ]
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
@@ -133,6 +140,34 @@ class JobStore:
             for notification in notifications:
                 await conn.notify(*notification)
         return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
+
+    async def record_retry(self, retry: StepRetry) -> None:
+        """Hand the job back to ``pending`` until ``retry.retry_at``, keeping the failed
+        attempt: one transaction, guarded by the claim (``LeaseLost`` when no longer held)."""
+        job = retry.job
+        params = {"claims": [(job.id, job.attempts, job.queued_at)], "node": self.node_id, "retry_at": retry.retry_at}
+        row = {
+            "job_id": retry.job.id,
+            "position": retry.position,
+            "container": retry.job.containers[retry.position],
+            "attempt": retry.attempt,
+            "error": retry.error,
+            "reason": retry.reason,
+            "node": self.node_id,
+            "started_at": retry.started_at,
+            "finished_at": retry.finished_at,
+            "retry_at": retry.retry_at,
+        }
+        async with self.database.direct_write() as conn:
+            if not await conn.fetch(retries.RETRY_OWNED, params):
+                raise LeaseLost(retry.job.id)
+            await conn.insert_many(retries.INSERT_STEP_ATTEMPTS, [row])
+
+    async def next_due(self) -> datetime | None:
+        """When the earliest pending job is due (``retries.NEXT_DUE``)."""
+        async with self.database.direct_read() as conn:
+            rows = await conn.fetch(retries.NEXT_DUE, {})
+        return rows[0][0] if rows else None
 
     async def record_step(self, result: StepResult) -> None:
         (lost,) = await self.record_steps([result])

@@ -36,6 +36,9 @@ class ClaimedJob:
     #: Steps committed before this claim (a resumed job continues after them).
     steps: tuple[CommittedStep, ...] = ()
     client: str = ""
+    #: Failed attempts so far by step position (a container's ``retry``); empty for a job
+    #: never retried, which never reads them.
+    step_retries: dict[int, int] = field(default_factory=dict)
 
     @classmethod
     def inserted(cls, row: dict[str, Any]) -> ClaimedJob:
@@ -49,6 +52,21 @@ class ClaimedJob:
             row["run_after"],
             client=row["client"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class StepRetry:
+    """A failed call of a step that will be tried again at ``retry_at`` (``retry``)."""
+
+    job: ClaimedJob
+    position: int
+    #: 1-based, this step's.
+    attempt: int
+    error: str
+    reason: str
+    started_at: datetime
+    finished_at: datetime
+    retry_at: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,12 +6,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from app import metrics
 from app.clock import utcnow
-from app.containers.client import ContainerClient, StepFailed
+from app.containers.client import CONNECTION, ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
 from app.db.batching import GroupCommit
 from app.db.errors import is_database_unavailable, refused_value, short_message
@@ -20,7 +20,8 @@ from app.errors import could_not_be_stored
 from app.jobs.live import LiveJobs
 from app.jobs.results import step_result
 from app.jobs.transitions import JobStore
-from app.jobs.values import ClaimedJob, LeaseLost, StepResult
+from app.jobs.values import ClaimedJob, LeaseLost, StepResult, StepRetry
+from app.scheduler.backoff import retry_delay
 
 log = logging.getLogger("jobnode.scheduler")
 
@@ -41,11 +42,15 @@ class ChainRunner:
         self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
         #: Jobs whose step is being committed (see ``committing``).
         self._committing: set[str] = set()
+        #: Told when a job waits for a step retry (the claim loop's next due time).
+        self.retry_scheduled: Callable[[datetime], None] | None = None
         # Each container's ``concurrency`` bounds the calls in flight to it.
         self._slots = {state.settings.id: asyncio.Semaphore(state.settings.concurrency) for state in states}
 
     async def run(self, job: ClaimedJob) -> None:
-        """Raises ``LeaseLost`` when another node (or a cancel) took the job over."""
+        """Raises ``LeaseLost`` when another node (or a cancel) took the job over. A job
+        handed back for a step retry leaves without an outcome: a read waiting for it reads
+        it again (``pending``, shown ``running``) and goes on waiting."""
         committed = [step_result(job.containers[s.position], s.output, s.error) for s in job.steps]
         self.live.started(job.id, job.client, committed)
         outcome = None
@@ -54,8 +59,8 @@ class ChainRunner:
         finally:
             self.live.ended(job.id, outcome)
 
-    async def _run_chain(self, job: ClaimedJob) -> str:
-        """The status the job ended in (committed)."""
+    async def _run_chain(self, job: ClaimedJob) -> str | None:
+        """The status the job ended in (committed); None when it waits for a step retry."""
         data: Any = job.steps[-1].output if job.steps else job.input
         for position in range(len(job.steps), len(job.containers)):
             container_id = job.containers[position]
@@ -71,6 +76,10 @@ class ChainRunner:
                     data = await self._call(state, job, data)
             except StepFailed as failed:
                 metrics.step_failed(job, position, container_id, state, failed, started)
+                retry = self._retry(job, position, state, failed, started)
+                if retry is not None:
+                    await self._record_retry(retry)
+                    return None
                 await self._record(job, position, started, error=failed.error)
                 metrics.job_finished(job, "failed", container_id)
                 return JobStatus.FAILED
@@ -100,6 +109,50 @@ class ChainRunner:
             self._committing.discard(job.id)
         self.live.step_committed(job.id, job.containers[position], step.output, step.error)
         return step.error
+
+    @staticmethod
+    def _retry(
+        job: ClaimedJob, position: int, state: ContainerState | None, failed: StepFailed, started: datetime
+    ) -> StepRetry | None:
+        """The step's next attempt, when its failure may be retried and its container's
+        ``retry`` has attempts left; None: the job fails on this error."""
+        if state is None or failed.retry_reason is None:
+            return None
+        made = job.step_retries.get(position, 0)
+        if made >= state.settings.retry.attempts:
+            return None
+        finished = utcnow()
+        delay = retry_delay(state.settings.retry, made, failed.retry_after)
+        return StepRetry(
+            job,
+            position,
+            made + 1,
+            failed.error,
+            failed.retry_reason,
+            started,
+            finished,
+            finished + timedelta(seconds=delay),
+        )
+
+    async def _record_retry(self, retry: StepRetry) -> None:
+        """Commit the wait: the job is pending until its retry is due, for any node."""
+        self._committing.add(retry.job.id)
+        try:
+            await self._outlasting_outages(retry.job, lambda: self.store.record_retry(retry))
+        finally:
+            self._committing.discard(retry.job.id)
+        metrics.step_retried(retry.job.containers[retry.position], retry.reason)
+        log.info(
+            "job %s: step %d: %s; attempt %d failed, the next at %s",
+            retry.job.id,
+            retry.position,
+            retry.error,
+            retry.attempt,
+            retry.retry_at.isoformat(),
+            extra={"job_id": retry.job.id, "container": retry.job.containers[retry.position]},
+        )
+        if self.retry_scheduled is not None:
+            self.retry_scheduled(retry.retry_at)
 
     async def _commit_step(self, step: StepResult) -> None:
         lost = await self._commit(step)
@@ -168,4 +221,5 @@ class ChainRunner:
         """A container being (re)started is waited for, within its startup timeout, not called."""
         if not await state.wait_ready(state.settings.startup_timeout):
             reason = f": {state.last_error}" if state.last_error else ""
-            raise StepFailed(f"container not ready ({state.readiness.value}{reason})", delivered=False)
+            error = f"container not ready ({state.readiness.value}{reason})"
+            raise StepFailed(error, delivered=False, retry_reason=CONNECTION)

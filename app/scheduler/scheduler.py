@@ -3,7 +3,8 @@
 Jobs submitted to this process while it has free capacity and nothing is waiting are
 claimed by their INSERT and handed over at once (``app.jobs.handoff``). Everything else
 is claimed by one loop (woken at once by a submit in this process or a NOTIFY from
-another node, with a slow poll as the fallback); one renews leases. Reaping expired
+another node, with a slow poll as the fallback, and at the time the earliest pending job
+is due: a step retry waiting in the database); one renews leases. Reaping expired
 leases, pruning old jobs and taking back orphans are not its work (``app.maintenance``).
 A graceful stop stops claiming, lets running steps finish within the grace period and
 hands the rest back to ``pending``.
@@ -17,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from app import metrics
+from app.clock import utcnow
 from app.config.settings import Settings
 from app.db.errors import describe, is_database_unavailable
 from app.db.signal import JobSignal
@@ -54,6 +56,10 @@ class Scheduler:
         self._queued = 0
         #: An outage is logged once per loop when it begins and once when it ends.
         self._outages = Outages(log)
+        #: When the earliest pending job is due, as last read (``JobStore.next_due``) or
+        #: learned from a step retry of this node: the claim loop wakes then.
+        self._next_due: datetime | None = None
+        runner.retry_scheduled = self._retry_scheduled
 
     async def start(self) -> None:
         """After the orphans are taken back (``app.maintenance.orphans``)."""
@@ -125,15 +131,48 @@ class Scheduler:
 
     async def _claim_loop(self, claimed: int | None) -> None:
         """``claimed``: what the last claim took (None: it failed)."""
+        timed_out = True
         while not self._stopping:
+            if timed_out and claimed is not None:
+                await self._read_next_due()
+            timed_out = False
             if claimed is None:
                 await asyncio.sleep(self.config.poll_interval)
             elif not (claimed and self._full):
                 # Full: more may be waiting, so a finishing job wakes this loop; otherwise
-                # only new jobs (or the poll) do, and finishing jobs cost no empty claims.
-                await self.signal.wait(self.config.poll_interval)
+                # only new jobs, the poll or a due retry do, and finishing jobs cost no
+                # empty claims.
+                timed_out = not await self.signal.wait(self._sleep_seconds())
             if not self._stopping:
                 claimed = await self._try_claim()
+
+    def _sleep_seconds(self) -> float:
+        """Until the poll, or the earliest pending job's due time if sooner."""
+        poll = self.config.poll_interval
+        if self._next_due is None or self._full:  # full: a finishing job wakes the loop
+            return poll
+        due = (self._next_due - utcnow()).total_seconds()
+        if due <= 0:
+            # Due since the claim (a timer fires a little early; a claim and a read take a
+            # few milliseconds), or claimed elsewhere meanwhile: claim now, read again.
+            self._next_due = None
+            return 0.0
+        return min(poll, due)
+
+    async def _read_next_due(self) -> None:
+        """After a wake-up by time (the poll or a due time), not by a signal: a busy loop
+        is woken by signals and reads nothing more than its claims."""
+        try:
+            self._next_due = await self.store.next_due()
+        except Exception as exc:
+            if not is_database_unavailable(exc):
+                log.exception("reading the next due time failed")
+
+    def _retry_scheduled(self, due: datetime) -> None:
+        """A job of this node waits for a step retry: wake up for it, without a read."""
+        if self._next_due is None or due < self._next_due:
+            self._next_due = due
+            self.signal.notify()
 
     # -- jobs claimed by their INSERT (``app.jobs.handoff.SubmitClaims``) ----------------
     def reserve(self, wanted: int) -> int:

@@ -7,14 +7,17 @@ the host: ``MODE=echo PORT=3001 python3 tests/services/server.py``.
 Environment
     HOST    bind address (default 0.0.0.0)
     PORT    bind port (default 3000)
-    MODE    echo | transform | fail | badjson | slow | exit | count | answer
-            (default echo)
+    MODE    echo | transform | fail | badjson | slow | exit | count | answer |
+            flaky (default echo)
     NAME    service name, reported by /service-resources and used by transform
             (default: the MODE, so "transform" for MODE=transform)
     FACTOR  transform multiplier (default 2)
     ADD     transform addend (default 0)
     DELAY   seconds (float) to sleep before answering: default 5 for MODE=slow,
             0 for every other mode (so e.g. MODE=count DELAY=0.2 is a slow counter)
+    FAILS   flaky: how many calls of each key fail before it echoes (default 1)
+    STATUS  flaky: the status of those failures (default 503)
+    RETRY_AFTER  flaky: the Retry-After header value sent with them (default none)
 
 Endpoints
     POST   /service_output   body {"source": int, "destination": int,
@@ -35,6 +38,9 @@ Endpoints
         exit       the process exits at once (os._exit(1)) without answering,
                    like a container dying mid-request
         count      echoes (the per-key counting below happens in every mode)
+        flaky      the first FAILS calls of each key (as counted by /calls)
+                   answer STATUS {"detail": "flaky"}, with a Retry-After
+                   header when RETRY_AFTER is set; later calls echo
         answer     by ``data["answer"]`` when data is an object: "nul" -> 200
                    {"text": "a\\u0000b"} (a NUL character, which PostgreSQL
                    cannot store); "nulbyte" -> 200, the bytes ``a``, NUL, ``b``
@@ -45,7 +51,9 @@ Endpoints
                              str(data["job"]) when data is an object with a
                              "job" key, else the compact sorted JSON of data.
                              Counted on arrival (before any DELAY).
-    DELETE /calls            resets the counts; 200 {}
+    GET    /call-times       200 {key: [unix seconds of each call's arrival]}, keyed
+                             as /calls (the spacing of a node's retries)
+    DELETE /calls            resets the counts and times; 200 {}
     GET    /health           200 {"status": "ok"}
     GET    /service-resources  200 {"mode": MODE, "name": NAME}, plus
                              "model_id" when the query string has model_id
@@ -65,7 +73,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
-MODES = ("echo", "transform", "fail", "badjson", "slow", "exit", "count", "answer")
+MODES = ("echo", "transform", "fail", "badjson", "slow", "exit", "count", "answer", "flaky")
 
 HOST = os.environ.get("HOST", "0.0.0.0")
 PORT = int(os.environ.get("PORT", "3000"))
@@ -81,8 +89,12 @@ def _number(text):
 FACTOR = _number(os.environ.get("FACTOR", "2"))
 ADD = _number(os.environ.get("ADD", "0"))
 DELAY = float(os.environ.get("DELAY", "5" if MODE == "slow" else "0"))
+FAILS = int(os.environ.get("FAILS", "1"))
+STATUS = int(os.environ.get("STATUS", "503"))
+RETRY_AFTER = os.environ.get("RETRY_AFTER")
 
 _calls = {}
+_times = {}
 _calls_lock = threading.Lock()
 
 
@@ -97,6 +109,8 @@ def _count(data):
         key = json.dumps(data, sort_keys=True, separators=(",", ":"))
     with _calls_lock:
         _calls[key] = _calls.get(key, 0) + 1
+        _times.setdefault(key, []).append(time.time())
+        return _calls[key]
 
 
 def _transform(data):
@@ -135,10 +149,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     # -- helpers -----------------------------------------------------------
-    def _send(self, status, body, content_type="application/json"):
+    def _send(self, status, body, content_type="application/json", headers=()):
         if not isinstance(body, bytes):
             body = json.dumps(body).encode()
         self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -176,6 +192,10 @@ class Handler(BaseHTTPRequestHandler):
             with _calls_lock:
                 snapshot = dict(_calls)
             self._send(200, snapshot)
+        elif url.path == "/call-times":
+            with _calls_lock:
+                snapshot = {key: list(times) for key, times in _times.items()}
+            self._send(200, snapshot)
         else:
             self._not_found()
 
@@ -183,6 +203,7 @@ class Handler(BaseHTTPRequestHandler):
         if self._path().path == "/calls":
             with _calls_lock:
                 _calls.clear()
+                _times.clear()
             self._send(200, {})
         else:
             self._not_found()
@@ -203,13 +224,16 @@ class Handler(BaseHTTPRequestHandler):
         except BadRequest as exc:
             return self._send(400, {"detail": str(exc)})
 
-        _count(data)
+        calls = _count(data)
         if MODE == "exit":
             os._exit(1)
         if DELAY > 0:
             time.sleep(DELAY)
         if MODE == "fail":
             self._send(500, {"detail": "boom"})
+        elif MODE == "flaky" and calls <= FAILS:
+            headers = [("Retry-After", RETRY_AFTER)] if RETRY_AFTER is not None else []
+            self._send(STATUS, {"detail": "flaky"}, headers=headers)
         elif MODE == "badjson":
             self._send(200, b"not json", "text/plain")
         elif MODE == "answer" and isinstance(data, dict) and data.get("answer") in ("nul", "nulbyte", "deep"):

@@ -2,7 +2,7 @@
 end the owned leases, insert the steps), the lease renewal and the graceful release.
 
 Each write that a running job makes is guarded by ``status = 'running' AND lease_owner =
-<this node>`` (and the claim itself, see ``_owned_claims``) and returns what it wrote, so a
+<this node>`` (and the claim itself, see ``owned_claims``) and returns what it wrote, so a
 node that lost its lease can no longer write anything for that job.
 """
 
@@ -16,7 +16,7 @@ from app.db.models import Job, JobStatus, JobStep, UtcDateTime
 from app.db.statements.status import status_is
 
 
-def _owned_claims() -> tuple[ColumnElement[bool], ...]:
+def owned_claims() -> tuple[ColumnElement[bool], ...]:
     """The very claims of the jobs (``claims``: id, attempts, run_after) held by ``node``: a
     node that lost a job and claimed it again must not write for its old claim. Every later
     claim has more attempts, except after an operator's re-queue (attempts back to 0),
@@ -38,7 +38,8 @@ _CLAIMABLE = (
     .cte("claimable")
 )
 #: Up to ``limit`` runnable jobs, oldest first, taken by ``node`` until ``lease_until``;
-#: the last column tells whether the job has committed steps (a resumed job).
+#: the last columns tell how often its steps were retried (``retries``) and whether it has
+#: committed steps (a resumed job).
 CLAIM = Statement(
     update(Job)
     .where(Job.seq == _CLAIMABLE.c.seq)
@@ -57,6 +58,7 @@ CLAIM = Statement(
         Job.attempts,
         Job.run_after,
         Job.client,
+        Job.retries,
         select(JobStep.job_id).where(JobStep.job_id == Job.id).exists(),
     )
 )
@@ -69,14 +71,14 @@ COMMITTED_STEPS = Statement(
 #: A step commit whose jobs go on: their leases extended; returns the claims still held.
 EXTEND_OWNED = Statement(
     update(Job)
-    .where(*_owned_claims())
+    .where(*owned_claims())
     .values(lease_expires_at=bindparam("lease_until"))
     .returning(Job.id, Job.attempts, Job.run_after)
 )
 #: A step commit that ends its jobs as ``outcome``; returns the claims still held.
 FINISH_OWNED = Statement(
     update(Job)
-    .where(*_owned_claims())
+    .where(*owned_claims())
     .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
     .returning(Job.id, Job.attempts, Job.run_after)
 )

@@ -105,11 +105,11 @@ CANCEL = Statement(
     .values(status=JobStatus.CANCELLED, finished_at=_NOW, **_UNLEASED)
     .returning(Job.containers)
 )
-#: A failed or cancelled job back to pending, its attempts reset. Parameters: ``job``, ``now``.
+#: A failed or cancelled job back to pending, its attempts and step retries reset. Parameters: ``job``, ``now``.
 REQUEUE = Statement(
     update(Job)
     .where(Job.id == _JOB, status_in((JobStatus.FAILED, JobStatus.CANCELLED)))
-    .values(status=JobStatus.PENDING, attempts=0, finished_at=None, run_after=_NOW)
+    .values(status=JobStatus.PENDING, attempts=0, retries=0, finished_at=None, run_after=_NOW)
 )
 #: A re-queued job's error step goes: it resumes at the step that failed. Parameter: ``job``.
 DROP_ERROR_STEPS = Statement(delete(JobStep).where(JobStep.job_id == _JOB, JobStep.error.is_not(None)))

@@ -6,7 +6,7 @@ failed attempt is kept in ``step_attempts``, and ``jobs.retries`` counts them so
 a retried job reads that table when claimed.
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-04
 """
 

@@ -249,6 +249,12 @@ async def test_openapi_document_describes_bodies_parameters_statuses_and_securit
         "cancelled",
     ]
     assert schemas["JobDetail"]["properties"]["api_status"]["enum"] == ["running", "success", "failed"]
+    # Every call of a step, and a step waiting for its retry (a container's ``retry``).
+    assert {"retries", "waiting"} <= set(schemas["JobDetail"]["properties"])
+    assert set(schemas["StepDetail"]["properties"]["attempts"]["items"].values()) == {
+        "#/components/schemas/AttemptDetail"
+    }
+    assert set(schemas["AttemptDetail"]["required"]) >= {"attempt", "error", "reason", "retry_at"}
     assert schemas["Health"]["properties"]["status"]["enum"] == ["healthy", "unhealthy"]
 
     assert document["components"]["securitySchemes"]["operator"] | {"description": ""} == {

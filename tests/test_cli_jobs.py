@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from sqlalchemy import insert
 
 from app.cli import main
 from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import JobStatus
+from app.db.models import JobStatus, StepAttempt
 from tests.conftest import BACKENDS
-from tests.operator_support import TOKEN, add_job, container, fresh_database, scheduled
+from tests.operator_support import TOKEN, add_job, container, fresh_database, scheduled, set_job
 from tests.support import node_settings, serve_node
 
 
@@ -198,3 +199,45 @@ async def test_containers_from_a_running_node(fresh_url, host_service):
         assert denied.exit_code == 1 and "401: Operator token required" in denied.stderr
     gone = await cli("containers", "--url", node.url, "--token", TOKEN, ok=False)
     assert gone.exit_code == 1 and "cannot reach" in gone.stderr
+
+
+async def test_show_lists_the_calls_of_retried_steps(database, config_path):
+    """``jobs show``: every call of a step that was retried, and a step waiting for its next."""
+    done, waiting = _ids()[:2]
+    now = utcnow()
+    await add_job(
+        database,
+        done,
+        status=JobStatus.SUCCESS,
+        steps=[{"container": "echo", "output": {"y": 2}}],
+        retries=1,
+    )
+    await add_job(database, waiting, retries=2)
+    await set_job(database, waiting, run_after=now + timedelta(minutes=5))
+    async with database.write() as conn:
+        for job_id, attempts in ((done, 1), (waiting, 2)):
+            for attempt in range(1, attempts + 1):
+                await conn.execute(
+                    insert(StepAttempt).values(
+                        job_id=job_id,
+                        position=0,
+                        container="echo",
+                        attempt=attempt,
+                        error=f"HTTP 503: busy {attempt}",
+                        reason="5xx",
+                        node="test-node",
+                        started_at=now,
+                        finished_at=now,
+                        retry_at=now + timedelta(seconds=attempt),
+                    )
+                )
+    out = (await cli("jobs", "show", done, "--config", config_path)).stdout
+    assert "retries     1" in out
+    assert "HTTP 503: busy 1" in out and "5xx" in out and "ok" in out
+    out = (await cli("jobs", "show", waiting, "--config", config_path)).stdout
+    assert "status      pending (API: running)" in out
+    assert "HTTP 503: busy 1" in out and "HTTP 503: busy 2" in out
+    assert "step 0 waits for its next call at" in out
+    shown = json.loads((await cli("jobs", "show", waiting, "--config", config_path, "--json")).stdout)
+    assert shown["waiting"]["position"] == 0 and [a["attempt"] for a in shown["waiting"]["attempts"]] == [1, 2]
+    assert shown["waiting"]["next_attempt_at"] == shown["run_after"]

@@ -44,9 +44,13 @@ def _config(enabled: bool = False, **retention: Any) -> dict[str, Any]:
     }
 
 
+#: Due in a day: stored, and no job runs meanwhile. Fixed, so that its bodies are equal.
+LATER = int(time.time()) + 86400
+
+
 def _later(n: int = 1) -> bytes:
-    """A subscription due in an hour: stored, and no job runs meanwhile."""
-    schedule = {"period": 60, "frequency": 3, "active_at": int(time.time()) + 3600}
+    """A subscription request due ``LATER``."""
+    schedule = {"period": 60, "frequency": 3, "active_at": LATER}
     return msgspec.json.encode(job("echo", data={"n": n}, subscription=schedule))
 
 
@@ -198,7 +202,7 @@ async def test_prune_keys_batch_deletes_only_expired_keys(make_node: MakeNode, c
 
 
 async def test_a_subscription_with_a_key_replays_its_id(make_node: MakeNode, client_address):
-    schedule = {"period": 60, "frequency": 3, "active_at": int(time.time()) + 3600}
+    schedule = {"period": 60, "frequency": 3, "active_at": LATER}
     body = _later()
     async with make_node(_config()) as node, node.client(client_address) as http:
         first = _ok(await _post(http, "sub-1", body), replayed=False)
@@ -223,6 +227,11 @@ async def test_concurrent_duplicates_through_one_node_make_one_job(make_node: Ma
         assert {r.status_code for r in responses} == {200}
         assert len({r.text for r in responses}) == 1
         assert await jobs_of_client(node.node.database, client_address) == 6
+        # A subscription's request takes the client's quota lock first: the same holds.
+        responses = await asyncio.gather(*(_post(http, "burst-s", _later()) for _ in range(20)))
+        assert {r.status_code for r in responses} == {200}
+        assert len({r.json()["id"] for r in responses}) == 1
+        assert await _subscriptions_of(node.node.database, client_address) == 1
 
 
 async def test_a_keyed_batch_item_the_database_refuses_fails_alone(make_node: MakeNode, client_address):

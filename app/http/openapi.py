@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from litestar import Litestar
 from litestar.di import Provide
+from litestar.enums import ParamType
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import (
     Components,
@@ -16,6 +17,7 @@ from litestar.openapi.spec import (
     OpenAPIMediaType,
     OpenAPIType,
     Operation,
+    Parameter,
     Reference,
     RequestBody,
     Schema,
@@ -128,6 +130,31 @@ def json_body(schema: Schema | Reference) -> type[Operation]:
             )
 
     return WithJsonBody
+
+
+#: The optional ``Idempotency-Key`` request header of the submits (SPEC §8).
+IDEMPOTENCY_KEY_HEADER = Parameter(
+    name="Idempotency-Key",
+    param_in=ParamType.HEADER,
+    required=False,
+    description="Sent again with the same body: the first answer again, no new job (`Idempotent-Replayed: true`).",
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255, pattern="^[!-~]+$"),
+)
+
+
+def with_idempotency_key(base: type[Operation]) -> type[Operation]:
+    """``operation_class=`` of a submit: ``base``'s, with the ``Idempotency-Key`` header."""
+
+    @dataclass
+    class Keyed(base):  # type: ignore[valid-type,misc]
+        def __post_init__(self) -> None:
+            base_init = getattr(super(), "__post_init__", None)
+            if base_init is not None:
+                base_init()
+            operation: Operation = self
+            operation.parameters = [*(operation.parameters or []), IDEMPOTENCY_KEY_HEADER]
+
+    return Keyed
 
 
 #: ``operation_class=`` of the handlers that take one job request, and a batch of them.

@@ -17,7 +17,7 @@ from litestar import Controller, MediaType, Request, Response, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import MultiDict
 from litestar.di import NamedDependency
-from litestar.openapi.spec import OpenAPI, Parameter, Schema
+from litestar.openapi.spec import OpenAPI, Operation, Parameter, Schema
 from litestar.params import JSONBody, QueryParameter
 
 from app.config.settings import ServerSettings
@@ -34,7 +34,15 @@ from app.errors import (
 )
 from app.http import params
 from app.http.identity import ClientIdentity
-from app.http.openapi import CROSS_SITE, DATABASE, JOB_BATCH_BODY, JOB_REQUEST, RATE_LIMITED, errors
+from app.http.openapi import (
+    CROSS_SITE,
+    DATABASE,
+    JOB_BATCH_BODY,
+    JOB_REQUEST,
+    RATE_LIMITED,
+    errors,
+    with_idempotency_key,
+)
 from app.http.structs import ErrorBody, JobId, JobResult
 from app.jobs.idempotency import IdempotencyKey, Submitted
 from app.jobs.requests import JobRequest, decode_batch, decode_job_request
@@ -145,7 +153,7 @@ class JobsController(Controller):
         summary="Submit jobs in one transaction",
         description='Each item is answered in place: `{"id"}`, or the `{"error", "params"?}` of a '
         "rejected job request. " + _KEYED_DESCRIPTION,
-        operation_class=JOB_BATCH_BODY,
+        operation_class=with_idempotency_key(JOB_BATCH_BODY),
         responses=errors(
             EXPECTED_LIST,
             BATCH_TOO_LARGE,
@@ -197,6 +205,7 @@ class JobsReference(Controller):
         status_code=200,
         summary="Submit a job",
         description=_SUBMIT_DESCRIPTION,
+        operation_class=with_idempotency_key(Operation),
         responses=errors(JOB_REQUEST, INVALID_PARAMETER, IDEMPOTENCY_KEY_REUSED, CROSS_SITE, RATE_LIMITED, DATABASE),
     )
     async def submit(

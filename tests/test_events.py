@@ -14,7 +14,7 @@ import msgspec
 
 from tests.helpers import assert_error, job, other_address, submit
 from tests.operator_support import container, scheduled, wait_for
-from tests.support import RunningNode, node_settings, serve_node, wait_finished
+from tests.support import NodeProcess, RunningNode, node_settings, serve_node, wait_finished
 
 
 @dataclass
@@ -271,3 +271,24 @@ async def test_a_reconnect_to_another_node_replays_from_the_database(postgresql_
         first = await stream(on_worker, [job_id], stop_after=2)
         rest = await stream(on_front, [job_id], last=first.events[-1]["id"])
         assert first.events + rest.events == chain_events(job_id)
+
+
+async def test_a_stopping_node_ends_its_streams(tmp_path, host_service):
+    """SIGTERM: open streams end at once (their clients reconnect elsewhere with
+    ``Last-Event-ID``) instead of holding the shutdown up."""
+    slow = host_service("slow", DELAY=60)
+    config = scheduled(container("a", slow.url), lease_seconds=30, shutdown_grace=20)
+    config["database"] = {"url": f"sqlite+aiosqlite:///{tmp_path / 'events.db'}"}
+    node = NodeProcess(tmp_path, config).start()
+    try:
+        async with node.client() as http:
+            job_id = await submit(http, job("a"))
+            reading = asyncio.create_task(stream(http, [job_id]))
+            await asyncio.sleep(1)
+            assert not reading.done()
+            started = time.monotonic()
+            node.process.terminate()
+            sse = await reading
+            assert sse.ended and sse.events == [] and time.monotonic() - started < 5
+    finally:
+        node.kill()

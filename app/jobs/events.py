@@ -172,6 +172,8 @@ class EventFeed:
                 watch.update(job_id, Snapshot(running.client, JobStatus.RUNNING, running.steps))
             else:
                 self._fresh.add(job_id)
+        if self.closing:  # the node is stopping: this stream ends at once
+            watch.seen.set()
         self._wake_reader()
         return watch
 
@@ -200,8 +202,16 @@ class EventFeed:
         return len(self._watches)
 
     def close(self) -> None:
-        """The node is stopping: streams end now (clients reconnect elsewhere)."""
+        """The node is stopping: streams end now (clients reconnect elsewhere). Called from
+        a signal handler too, hence the streams are woken by the loop, not from here."""
         self.closing = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.call_soon_threadsafe(self._end_streams)
+
+    def _end_streams(self) -> None:
         for watches in list(self._watches.values()):
             for watch in watches:
                 watch.changed.set()

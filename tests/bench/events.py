@@ -10,7 +10,7 @@ their stream is open) on a fresh database. Then:
 * ``live``: submits N jobs in one batch and opens one stream per job at once; each stream
   must deliver ``step``, ``step``, ``job``. Reports the time from the request to the
   answer's headers and to the first event, to the stream's end, the events delivered,
-  the node's CPU and its peak memory.
+  the node's CPU and its memory (at start, and its peak over the whole run).
 * ``idle``: N streams held open on N jobs that stay queued (a container the node has no
   room for: its ``concurrency`` is taken by a job that hangs), for ``--idle`` seconds:
   the node's CPU per second for watching them (one read of all of them per tick).
@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import click
-import httpx
 
 from tests.bench.procs import (
     EchoService,
@@ -40,6 +40,14 @@ from tests.bench.procs import (
 from tests.support import HostService, migrated
 
 
+def _rss_mb(pid: int) -> float | None:
+    """``VmRSS``: the process's resident set size now, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return None
+
+
 def say(message: str) -> None:
     print(f"[events {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -49,17 +57,17 @@ def percentile(values: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else float("nan")
 
 
-async def _one_stream(http: httpx.AsyncClient, job_id: str, stop_after: int | None = None) -> dict[str, Any]:
+async def _one_stream(http: aiohttp.ClientSession, job_id: str, stop_after: int | None = None) -> dict[str, Any]:
     started = time.perf_counter()
     events = 0
     first: float | None = None
-    async with http.stream("GET", "/api/jobs/events", params={"id": job_id}) as r:
+    async with http.get("/api/jobs/events", params={"id": job_id}) as r:
         headers = time.perf_counter() - started
-        if r.status_code != 200:
-            await r.aread()
-            return {"status": r.status_code, "events": 0, "headers": headers, "first": None, "end": None}
-        async for line in r.aiter_lines():
-            if line.startswith("event: "):
+        if r.status != 200:
+            await r.read()
+            return {"status": r.status, "events": 0, "headers": headers, "first": None, "end": None}
+        async for line in r.content:
+            if line.startswith(b"event: "):
                 events += 1
                 if first is None:
                     first = time.perf_counter() - started
@@ -68,28 +76,28 @@ async def _one_stream(http: httpx.AsyncClient, job_id: str, stop_after: int | No
     return {"status": 200, "events": events, "headers": headers, "first": first, "end": time.perf_counter() - started}
 
 
-async def _submit(http: httpx.AsyncClient, body: dict[str, Any], count: int) -> list[str]:
+async def _submit(http: aiohttp.ClientSession, body: dict[str, Any], count: int) -> list[str]:
     ids: list[str] = []
     for start in range(0, count, 1000):
-        r = await http.post("/api/jobs/batch", json=[body] * min(1000, count - start))
-        r.raise_for_status()
-        ids.extend(item["id"] for item in r.json())
+        async with http.post("/api/jobs/batch", json=[body] * min(1000, count - start)) as r:
+            r.raise_for_status()
+            ids.extend(item["id"] for item in await r.json())
     return ids
 
 
-def _client(node: NodeProcess) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    return httpx.AsyncClient(base_url=node.url, limits=limits, timeout=120)
+def _client(node: NodeProcess) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0)
+    return aiohttp.ClientSession(node.url, connector=connector, timeout=aiohttp.ClientTimeout(total=120))
 
 
 async def live_phase(node: NodeProcess, streams: int) -> dict[str, Any]:
     async with _client(node) as http:
         ids = await _submit(http, {"containers": ["echo1", "echo2"], "data": {"x": 1}}, streams)
-        cpu = node.cpu()
+        cpu, own = node.cpu(), time.process_time()
         started = time.perf_counter()
         results = await asyncio.gather(*(_one_stream(http, job_id) for job_id in ids))
         wall = time.perf_counter() - started
-        cpu = node.cpu() - cpu
+        cpu, own = node.cpu() - cpu, time.process_time() - own
     ok = [r for r in results if r["status"] == 200]
     return {
         "streams": streams,
@@ -107,6 +115,7 @@ async def live_phase(node: NodeProcess, streams: int) -> dict[str, Any]:
         "stream_end_ms": {"p50": percentile([r["end"] for r in ok], 0.5), "max": percentile([r["end"] for r in ok], 1)},
         "wall_s": round(wall, 2),
         "node_cpu_s": round(cpu, 2),
+        "client_cpu_s": round(own, 2),
     }
 
 
@@ -137,6 +146,7 @@ async def run(db: str, streams: int, idle: float, workdir: Path) -> dict[str, An
         config = node_config(url, echo.url, containers=2, max_concurrent_jobs=32)
         config["containers"].append({"id": "hang", "url": hang.url, "concurrency": 1, "timeout": 3600})
         node = NodeProcess(workdir, config).start()
+        rss_before = _rss_mb(node.pid)
         say(f"{db}: {streams} streams on jobs that run now")
         live = await live_phase(node, streams)
         say(json.dumps(live))
@@ -144,7 +154,13 @@ async def run(db: str, streams: int, idle: float, workdir: Path) -> dict[str, An
         idle_result = await idle_phase(node, streams, idle)
         say(json.dumps(idle_result))
         rss = peak_rss_mb(node.pid)
-        return {"db": db, "live": live, "idle": idle_result, "node_peak_rss_mb": rss}
+        return {
+            "db": db,
+            "live": live,
+            "idle": idle_result,
+            "node_rss_at_start_mb": rss_before,
+            "node_peak_rss_mb": rss,
+        }
     finally:
         if node is not None:
             node.stop(timeout=10)

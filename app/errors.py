@@ -85,6 +85,8 @@ SUBSCRIPTION_NOT_FOUND = ErrorSpec(404, "Subscription not found")
 INVALID_JOB_ID = ErrorSpec(400, "Invalid job id", ("id",))
 TOO_MANY_IDS = ErrorSpec(400, "Too many ids", ("limit",))
 INVALID_PARAMETER = ErrorSpec(400, "Invalid parameter", ("name", "value"))
+#: ``GET /api/jobs/events``: the node serves ``server.max_event_streams`` already.
+TOO_MANY_EVENT_STREAMS = ErrorSpec(503, "Too many event streams", ("limit",))
 
 # Operator actions (app.jobs.actions).
 JOB_NOT_FOUND = ErrorSpec(404, "Job not found")

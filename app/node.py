@@ -28,6 +28,7 @@ from app.http.app import create_app
 from app.jobs.actions import JobActions
 from app.jobs.container_report import ContainerReport
 from app.jobs.dashboard import Dashboard
+from app.jobs.events import EventFeed
 from app.jobs.inspection import JobInspection
 from app.jobs.live import LiveJobs
 from app.jobs.queue_numbers import QueueNumbers
@@ -67,7 +68,9 @@ class Node:
         live = LiveJobs()  # the scheduler's running jobs, which the API reads
         store = JobStore(self.database, settings.node_id, settings.scheduler.lease_seconds, self.signal)
         self.connection = (
-            NodeConnection(self.database, self.signal, on_ended=live.wake) if self.database.is_postgresql else None
+            NodeConnection(self.database, self.signal, on_ended=live.ended_elsewhere)
+            if self.database.is_postgresql
+            else None
         )
         self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client, live), self.signal)
         self.orphans = OrphanTakeBack(self.database, settings.node_id, settings.scheduler.max_attempts)
@@ -84,6 +87,7 @@ class Node:
             self.subscriptions,
             timedelta(hours=settings.retention.idempotency_hours),
         )
+        self.events = EventFeed(self.database, live)
         streamer = StreamRunner(self.containers, self.client)
         self.streams = StreamService(store, catalog, streamer, settings.server.max_json_depth)
         self.resources = ResourceService(self.containers, self.client)
@@ -113,6 +117,7 @@ class Node:
     def drain(self) -> None:
         """Shutdown has begun (a signal, or the lifespan ending): stop getting traffic."""
         self.readiness.drain()
+        self.events.close()  # streams end: their clients reconnect to a node that serves
 
     def _needs_runtime(self) -> bool:
         """Docker only when something is managed; probes for any container (a TCP connect
@@ -125,6 +130,7 @@ class Node:
             log.warning("config keys ignored (Infernet-only): %s", ", ".join(self.settings.ignored_keys))
         async with AsyncExitStack() as stack:
             stack.push_async_callback(self.database.dispose)
+            stack.push_async_callback(self.events.stop)
             await migrate.upgrade(self.database)
             await self.dashboard.start()
             stack.push_async_callback(self.dashboard.stop)
@@ -155,6 +161,7 @@ class Node:
             self.settings.server,
             {
                 "jobs": self.jobs,
+                "events": self.events,
                 "subscriptions": self.subscriptions,
                 "containers": self.containers,
                 "streams": self.streams,

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,9 @@ async def _each_endpoint_during_outage(http: httpx.AsyncClient, job_id: str) -> 
         "POST /api/jobs/batch keyed": lambda: http.post("/api/jobs/batch", json=[job("echo")], headers=KEYED),
         "GET /api/jobs?id=": lambda: http.get("/api/jobs", params={"id": job_id}),
         "GET /api/jobs": lambda: http.get("/api/jobs"),
+        # A job not running here: its stream starts with a database read (one running here
+        # would be streamed from memory).
+        "GET /api/jobs/events": lambda: http.get("/api/jobs/events", params={"id": str(uuid.uuid4())}),
         "GET /api/jobs/{id}": lambda: http.get(f"/api/jobs/{job_id}"),
         "POST /api/jobs/{id}/cancel": lambda: http.post(f"/api/jobs/{job_id}/cancel"),
         "/dashboard/data": lambda: http.get("/dashboard/data"),

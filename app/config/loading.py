@@ -66,13 +66,22 @@ def _validate_numbers(settings: Settings) -> None:
     server, scheduler = settings.server, settings.scheduler
     if not 0 <= server.port <= 65535:
         raise ConfigError(f"server.port: {server.port} is not a TCP port")
-    for key in ("max_body_bytes", "max_batch", "max_ids", "max_subscriptions", "max_json_depth", "workers"):
+    for key in (
+        "max_body_bytes",
+        "max_batch",
+        "max_ids",
+        "max_subscriptions",
+        "max_json_depth",
+        "workers",
+        "max_event_streams",
+    ):
         _positive(getattr(server, key), f"server.{key}")
     if server.max_json_depth > MAX_JSON_DEPTH_LIMIT:
         # Deeper values would again meet Python's recursion limit on the way in or out.
         raise ConfigError(f"server.max_json_depth: must be at most {MAX_JSON_DEPTH_LIMIT}, got {server.max_json_depth}")
     _positive(server.max_wait, "server.max_wait", minimum=0)
     _positive(server.poll_hold, "server.poll_hold", minimum=0)
+    _positive(server.sse_keepalive, "server.sse_keepalive", minimum=0.01)
     if server.rate_limit is not None:
         _positive(server.rate_limit.num_requests, "server.rate_limit.num_requests")
         _positive(server.rate_limit.period, "server.rate_limit.period", minimum=0.001)

@@ -43,6 +43,10 @@ class ServerSettings(_Section):
     #: A read without ``wait`` of jobs running on this node waits this long at most for
     #: them to end (0: answer at once); see ``JobService.results``.
     poll_hold: float = 0.05
+    #: Concurrent ``GET /api/jobs/events`` streams per node; past it: 503.
+    max_event_streams: int = 2000
+    #: Seconds of silence after which an event stream sends a comment line (keep-alive).
+    sse_keepalive: float = 15.0
     operator_token: str | None = None
     #: Origins (``scheme://host[:port]``) besides the node's own whose browser requests
     #: are served (``app.http.origin``); e.g. a proxy's public address.

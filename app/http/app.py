@@ -19,6 +19,7 @@ from app import __version__
 from app.config.settings import ServerSettings
 from app.config.values import parse_networks
 from app.http.controllers.dashboard import DashboardController
+from app.http.controllers.events import EventsController
 from app.http.controllers.jobs import JobsApi, JobsController, JobsReference, document_read_limits
 from app.http.controllers.jobs_endpoint import jobs_endpoint
 from app.http.controllers.metrics import MetricsController
@@ -93,6 +94,7 @@ def create_app(
             NodeController,
             jobs_endpoint(jobs_api),
             JobsController,
+            EventsController,
             StreamController,
             SubscriptionsController,
             OperatorJobsController,

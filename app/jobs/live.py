@@ -11,6 +11,11 @@ A client may also wait for its jobs (``GET /api/jobs?id=…&wait=``): the node w
 when it ends one of them, or when another node or worker announces that it did
 (PostgreSQL NOTIFY), and otherwise re-reads every ``RECHECK_SECONDS``.
 
+Event streams (``app.jobs.events``) listen to single jobs: a listener hears each step the
+moment it is committed here, the job's end, and a hint to read the database when the job
+left this node without an end of its own (given up) or ended on another node. Jobs
+nobody listens to pay one test of an empty dictionary per step.
+
 The one thing this view can lag behind is a cancel or a lease taken over by another
 node: the job reads ``running`` here until the lease renewal notices (within a third
 of ``scheduler.lease_seconds``) and abandons it.
@@ -19,11 +24,14 @@ of ``scheduler.lease_seconds``) and abandons it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.db.models import JobStatus
 from app.jobs.results import step_result
+
+JOB_RUNNING = JobStatus.RUNNING
 
 
 @dataclass(slots=True)
@@ -40,10 +48,29 @@ class EndedJob:
     steps: list[dict[str, Any]]
 
 
+#: ``(job id, client, status, steps)``: the job's committed steps so far, ``running`` or
+#: the status it ended in; ``(job id, None, None, None)`` when only the database knows
+#: (this node gave the job up, or another node ended it).
+Listener = Callable[[str, str | None, str | None, list[dict[str, Any]] | None], None]
+
+
 class LiveJobs:
     def __init__(self) -> None:
         self._jobs: dict[str, LiveJob] = {}
         self._waiters: dict[str, set[asyncio.Future[EndedJob | None]]] = {}
+        self._listeners: dict[str, Listener] = {}
+
+    def listen(self, job_id: str, listener: Listener) -> None:
+        """``listener`` hears about the job until ``unlisten`` (one listener per job: the
+        node's event feed, which fans out to its streams)."""
+        self._listeners[job_id] = listener
+
+    def unlisten(self, job_id: str) -> None:
+        self._listeners.pop(job_id, None)
+
+    def peek(self, job_id: str) -> LiveJob | None:
+        """The job while this node runs it, whoever's it is."""
+        return self._jobs.get(job_id)
 
     def started(self, job_id: str, client: str, steps: list[dict[str, Any]]) -> None:
         self._jobs[job_id] = LiveJob(client, steps)
@@ -52,6 +79,10 @@ class LiveJobs:
         job = self._jobs.get(job_id)
         if job is not None:
             job.steps.append(step_result(container, output, error))
+            if self._listeners:
+                listener = self._listeners.get(job_id)
+                if listener is not None:
+                    listener(job_id, job.client, JOB_RUNNING, job.steps)
 
     def ended(self, job_id: str, status: str | None = None) -> None:
         """After the job's last commit, with the status it ended in; or without one when
@@ -60,7 +91,24 @@ class LiveJobs:
         finding it unfinished, goes on waiting."""
         job = self._jobs.pop(job_id, None)
         final = EndedJob(job_id, status, job.steps) if job is not None and status is not None else None
+        if self._listeners:
+            listener = self._listeners.get(job_id)
+            if listener is not None:
+                if final is not None and job is not None:
+                    listener(job_id, job.client, status, job.steps)
+                else:
+                    listener(job_id, None, None, None)
         self.wake([job_id], final)
+
+    def ended_elsewhere(self, job_ids: Iterable[str]) -> None:
+        """Another node or worker ended these jobs (PostgreSQL NOTIFY)."""
+        job_ids = list(job_ids)
+        if self._listeners:
+            for job_id in job_ids:
+                listener = self._listeners.get(job_id)
+                if listener is not None:
+                    listener(job_id, None, None, None)
+        self.wake(job_ids)
 
     def wake(self, job_ids: Iterable[str], final: EndedJob | None = None) -> None:
         """Reads waiting on these jobs go on: they ended (here or elsewhere)."""

@@ -40,6 +40,7 @@ from app.maintenance.orphans import OrphanTakeBack
 from app.maintenance.pruner import Pruner
 from app.maintenance.reaper import Reaper
 from app.maintenance.ticker import Ticker
+from app.maintenance.webhooks import WebhookDeliveries
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
 from app.scheduler.streaming import StreamRunner
@@ -69,6 +70,7 @@ class Node:
             NodeConnection(self.database, self.signal, on_ended=live.wake) if self.database.is_postgresql else None
         )
         self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client, live), self.signal)
+        self.webhooks = WebhookDeliveries(self.database, self.signal, settings.webhooks)
         self.orphans = OrphanTakeBack(self.database, settings.node_id, settings.scheduler.max_attempts)
         self.maintenance = self._maintenance(settings)
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
@@ -98,6 +100,7 @@ class Node:
         if settings.retention.finished_jobs_days > 0:
             leadership.register(Pruner(self.database, settings.retention.finished_jobs_days, period))
         leadership.register_on_every_node(Ticker(self.database, self.signal))
+        leadership.register_on_every_node(self.webhooks)
         return leadership
 
     def drain(self) -> None:
@@ -132,6 +135,7 @@ class Node:
             if self.settings.scheduler.enabled:
                 await self.orphans.run()  # before the first claim
                 await self.maintenance.start()
+                stack.push_async_callback(self.webhooks.stop)  # after the loops' stop
                 stack.push_async_callback(self.maintenance.stop)  # after the scheduler's stop
                 await self.scheduler.start()
                 stack.push_async_callback(self.scheduler.stop)

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.db.engine import Database
-from app.db.models import JobStatus
+from app.db.models import DeliveryStatus, JobStatus
 from app.db.statements.inspection import (
     ERRORS,
     JOB,
@@ -20,6 +20,7 @@ from app.db.statements.inspection import (
     RETRYABLE_IDS,
     newest_jobs,
 )
+from app.db.statements.webhooks import DELIVERY_ATTEMPTS, JOB_DELIVERIES
 from app.jobs.results import api_status, job_result, step_result
 
 
@@ -83,6 +84,7 @@ def job_detail(job: Any, steps: Sequence[Any]) -> dict[str, Any]:
         "subscription": None
         if job.subscription_id is None
         else {"id": str(job.subscription_id), "interval": job.interval},
+        "webhook": None,
     }
 
 
@@ -109,7 +111,10 @@ class JobInspection:
             if job is None:
                 raise JobNotFound(job_id)
             steps = (await JOB_STEPS.run(conn, {"job": job_id})).all()
-        return job_detail(job, steps)
+            detail = job_detail(job, steps)
+            if job.webhook is not None:
+                detail["webhook"] = {"url": job.webhook, "deliveries": await _deliveries(conn, job_id)}
+        return detail
 
     async def list_jobs(
         self, status: str | None = None, client: str | None = None, limit: int = 50
@@ -137,3 +142,33 @@ async def _errors(conn: AsyncConnection, job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     return {str(r.job_id): f"{r.container}: {r.error}" for r in await ERRORS.run(conn, {"ids": job_ids})}
+
+
+async def _deliveries(conn: AsyncConnection, job_id: str) -> list[dict[str, Any]]:
+    """The job's webhook deliveries, each with its attempts."""
+    deliveries = (await JOB_DELIVERIES.run(conn, {"job": job_id})).all()
+    attempts: dict[str, list[dict[str, Any]]] = {str(d.id): [] for d in deliveries}
+    if deliveries:
+        for a in await DELIVERY_ATTEMPTS.run(conn, {"ids": list(attempts)}):
+            attempts[str(a.delivery_id)].append(
+                {
+                    "attempt": a.attempt,
+                    "started_at": _iso(a.started_at),
+                    "finished_at": _iso(a.finished_at),
+                    "status_code": a.status_code,
+                    "error": a.error,
+                }
+            )
+    return [
+        {
+            "id": str(d.id),
+            "url": d.url,
+            "status": d.status,
+            "created_at": _iso(d.created_at),
+            "delivered_at": _iso(d.delivered_at),
+            "next_attempt_at": _iso(d.next_attempt_at) if d.status == DeliveryStatus.PENDING else None,
+            "last_error": d.last_error,
+            "attempts": attempts[str(d.id)],
+        }
+        for d in deliveries
+    ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -51,7 +51,13 @@ class JobRequest(msgspec.Struct, kw_only=True):
     requires_proof: bool = False
     subscription: SubscriptionRequest | None = None
     #: Where the job's result is POSTed when it ends (``app.maintenance.webhooks``).
-    webhook: str | None = None
+    webhook: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="An http(s) URL (at most 2,048 characters) the job's JobResult, with intermediate_results, "
+            "is POSTed to when the job ends; its host must be in webhooks.allowed_hosts."
+        ),
+    ] = None
 
 
 class JobRejected(ClientError):

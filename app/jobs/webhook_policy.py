@@ -37,7 +37,11 @@ def webhook_host(url: str) -> str:
         parts.port  # noqa: B018 - raises on a port that is not a number or out of range
     except ValueError:
         raise WebhookInvalid("is not an absolute http(s) URL") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or any(c <= " " or c == "\x7f" or c.isspace() for c in url)
+    ):
         raise WebhookInvalid("is not an absolute http(s) URL")
     if parts.username is not None or parts.password is not None:
         raise WebhookInvalid("must not carry credentials")

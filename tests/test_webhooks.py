@@ -8,6 +8,7 @@ commit, the operator's view and re-send. Process-level tests (SIGKILL, two nodes
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from datetime import datetime, timedelta
@@ -65,7 +66,7 @@ def _readme_verify() -> Any:
     snippet = re.search(r"```python\n(.*?)```", section, re.S)
     assert snippet is not None
     namespace: dict[str, Any] = {}
-    exec(snippet.group(1), namespace)  # noqa: S102 - the README's own code
+    exec(snippet.group(1), namespace)
     return namespace["verify"]
 
 
@@ -181,7 +182,7 @@ async def test_receiver_down_then_up_every_delivery_arrives(make_node, host_serv
         assert delivery["status"] == "delivered" and attempts[-1]["status_code"] == 200
         assert len(attempts) >= 3 and all(a["error"].startswith("cannot connect") for a in attempts[:-1])
         started = [datetime.fromisoformat(a["started_at"]) for a in attempts]
-        gaps = [(b - a).total_seconds() for a, b in zip(started, started[1:], strict=False)]
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(started)]
         # 1 s, 2 s, 4 s … after each failure: never sooner, and not much later.
         for n, gap in enumerate(gaps[:-1]):
             assert 2**n <= gap < 2**n + 0.8, gaps

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+from typing import Any
 
 import click
 
@@ -109,6 +110,31 @@ def jobs_show(config_path: str | None, job_id: str, as_json: bool) -> None:
                     s["node"] or "",
                 ]
                 for s in detail["steps"]
+            ],
+        )
+    )
+    _webhook(detail["webhook"])
+
+
+def _webhook(webhook: dict[str, Any] | None) -> None:
+    """The job's webhook deliveries, one line each with its last error."""
+    if webhook is None:
+        return
+    click.echo("")
+    click.echo(f"webhook {webhook['url']}")
+    click.echo(
+        table(
+            ["DELIVERY", "STATUS", "ATTEMPTS", "CREATED", "DELIVERED", "LAST ERROR"],
+            [
+                [
+                    d["id"],
+                    d["status"],
+                    len(d["attempts"]),
+                    when(d["created_at"]),
+                    when(d["delivered_at"]) or "-",
+                    short(d["last_error"], 50),
+                ]
+                for d in webhook["deliveries"]
             ],
         )
     )

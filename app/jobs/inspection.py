@@ -4,11 +4,12 @@ the dashboard and the ``jobnode jobs`` CLI)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.clock import utcnow
 from app.db.engine import Database
 from app.db.models import DeliveryStatus, JobStatus
 from app.db.statements.inspection import (
@@ -20,7 +21,7 @@ from app.db.statements.inspection import (
     RETRYABLE_IDS,
     newest_jobs,
 )
-from app.db.statements.webhooks import DELIVERY_ATTEMPTS, JOB_DELIVERIES
+from app.db.statements.webhooks import DELIVERY_ATTEMPTS, FAILED_ENDPOINTS, JOB_DELIVERIES, RETRYING_ENDPOINTS
 from app.jobs.results import api_status, job_result, step_result
 
 
@@ -132,6 +133,20 @@ class JobInspection:
             rows = (await RECENTLY_FAILED.run(conn, {"limit": limit})).all()
             errors = await _errors(conn, [str(r.id) for r in rows])
         return [_summary(r, errors.get(str(r.id))) for r in rows]
+
+    async def failing_webhooks(self, hours: float = 24, limit: int = 20) -> list[dict[str, Any]]:
+        """Endpoints whose deliveries are being retried now, then those whose deliveries
+        failed in the last ``hours``: ``{"url", "state", "deliveries", "since", "error"}``
+        (``since``: the oldest retried or the newest failed; ``error``: one of theirs)."""
+        since = utcnow() - timedelta(hours=hours)
+        async with self.database.read() as conn:
+            retrying = (await RETRYING_ENDPOINTS.run(conn, {"limit": limit})).all()
+            failed = (await FAILED_ENDPOINTS.run(conn, {"since": since, "limit": limit})).all()
+        return [
+            {"url": url, "state": state, "deliveries": count, "since": _iso(at), "error": error}
+            for state, rows in (("retrying", retrying), ("failed", failed))
+            for url, count, at, error in (tuple(row) for row in rows)
+        ]
 
     async def retryable_ids(self) -> list[str]:
         async with self.database.read() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import time
 from datetime import datetime, timedelta
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from click.testing import CliRunner
 
+from app.cli import main
 from app.clock import utcnow
 from app.db.batching import GroupCommit
 from app.db.statements.submits import INSERT_JOBS
@@ -363,3 +366,31 @@ async def test_resend(make_node, host_service, client_address):
             unknown = "00000000-0000-4000-8000-000000000000"
             assert_error(await http.post(f"/api/jobs/{unknown}/webhook"), 404, "Job not found")
             await http.delete(f"/api/jobs/{running}")
+
+
+async def test_failing_endpoints_on_the_dashboard_and_in_the_cli(
+    make_node, host_service, client_address, database_url, tmp_path
+):
+    echo = host_service("echo")
+    async with Receiver() as receiver:
+        receiver.answers["broken"] = [503]
+        config = _config(echo.url, max_attempts=1)
+        async with make_node(config) as node, node.client(client_address) as http:
+            broken = await submit(http, job("echo", webhook=receiver.hook("broken")))
+            await _settled(http, broken)
+            data = (await http.get("/dashboard/data")).json()
+            page = (await http.get("/dashboard")).text
+        failing = {w["url"]: w for w in data["webhooks"]}
+        assert failing[receiver.hook("broken")]["state"] == "failed"
+        assert failing[receiver.hook("broken")]["error"] == "HTTP 503"
+        assert receiver.hook("broken") in page
+
+        path = tmp_path / "jobnode.json"
+        path.write_text(json.dumps({"database": {"url": database_url}}))
+        listed = await asyncio.to_thread(CliRunner().invoke, main, ["webhooks", "list", "--config", str(path)])
+        assert listed.exit_code == 0, listed.output
+        line = next(x for x in listed.output.splitlines() if receiver.hook("broken") in x)
+        assert "failed" in line and "HTTP 503" in line
+        shown = await asyncio.to_thread(CliRunner().invoke, main, ["jobs", "show", broken, "--config", str(path)])
+        assert shown.exit_code == 0, shown.output
+        assert f"webhook {receiver.hook('broken')}" in shown.output and "HTTP 503" in shown.output

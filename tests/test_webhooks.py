@@ -23,6 +23,8 @@ from app.cli import main
 from app.clock import utcnow
 from app.db.batching import GroupCommit
 from app.db.statements.submits import INSERT_JOBS
+from app.db.statements.webhooks import INSERT_DELIVERIES
+from app.jobs.outbox import delivery_row
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
 from app.jobs.transitions import JobStore
@@ -235,6 +237,14 @@ async def test_ssrf_refused(make_node, host_service, client_address):
             named = await submit(http, job("echo", webhook=receiver.hook("named", host="localhost")))
             named_detail = await _settled(http, named)
             metrics = (await http.get("/metrics")).text
+            # A delivery whose host the list no longer allows (it changed since the submit):
+            # checked again at the attempt.
+            async with node.node.database.direct_write() as conn:
+                await conn.insert_many(INSERT_DELIVERIES, [delivery_row(named, receiver.hook("late"), utcnow())])
+            node.node.signal.webhooks_changed()
+            late = [d for d in (await _settled(http, named))["webhook"]["deliveries"] if d["url"].endswith("/late")]
+            assert late[0]["status"] == "failed"
+            assert late[0]["last_error"] == "refused: webhooks.allowed_hosts does not allow this host"
         config = _config(echo.url, ["127.0.0.1"], max_attempts=2)
         async with make_node(config) as node, node.client(client_address) as http:
             moved = await submit(http, job("echo", webhook=receiver.hook("moved")))
@@ -244,7 +254,7 @@ async def test_ssrf_refused(make_node, host_service, client_address):
     assert delivery["last_error"].startswith("refused: localhost resolves to "), delivery
     assert "webhooks.allowed_hosts does not allow" in delivery["last_error"]
     assert delivery["attempts"][0]["status_code"] is None
-    assert receiver.of("named") == [] and receiver.of("target") == []
+    assert receiver.of("named") == [] and receiver.of("target") == [] and receiver.of("late") == []
     assert re.search(r'jobnode_webhook_deliveries_total\{outcome="refused"\} [1-9]', metrics)
     (delivery,) = moved_detail["webhook"]["deliveries"]
     assert [a["status_code"] for a in delivery["attempts"]] == [302, 302]
@@ -300,10 +310,10 @@ async def test_cancelled_reaped_and_interval_jobs_deliver(make_node, host_servic
             subscription = await submit(
                 http,
                 job(
-                    "echo", data={"s": 1}, webhook=receiver.hook("interval"), subscription={"period": 1, "frequency": 2}
+                    "echo", data={"s": 1}, webhook=receiver.hook("interval"), subscription={"period": 2, "frequency": 2}
                 ),
             )
-            got = await receiver.wait_for(2, "interval", timeout=15)
+            got = await receiver.wait_for(2, "interval", timeout=20)
             r = await http.get(f"/api/subscriptions/{subscription}")
             interval_jobs = {j["id"] for j in r.json()["jobs"]}
             assert {g.json["id"] for g in got} == interval_jobs and len(interval_jobs) == 2

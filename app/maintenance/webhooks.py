@@ -11,15 +11,20 @@ followed, an error, a timeout) is retried after ``min(1 s * 2^(n-1), 1 h)``, unt
 
 POSTs run in tasks of their own, at most ``webhooks.concurrency`` at once, never in the
 job's path: the step commit only writes the row and wakes this service. Woken by that,
-by a NOTIFY from other nodes (``jobnode_webhooks``), or when a POST frees a slot, it
-otherwise sleeps until the earliest due delivery. The outcomes of many POSTs are written
-in one transaction (``GroupCommit``, one item alone again if the group fails).
+by a NOTIFY from other nodes (``jobnode_webhooks``), or when a POST is answered, it
+otherwise sleeps until the earliest due delivery. Each round is one write transaction:
+the outcomes of the POSTs answered since the last round, then the next claim; rounds
+are at least ``ROUND_SECONDS`` apart, so that a busy node's deliveries cost a few
+transactions a second rather than several per job (SQLite's one writer serves the jobs'
+step commits too). A round that fails as a whole for another reason than an outage
+writes each outcome alone, so one faulty outcome cannot stall the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,8 +35,9 @@ import msgspec
 from app import metrics
 from app.clock import utcnow
 from app.config.settings import WebhookSettings
-from app.db.batching import GroupCommit
+from app.db.direct import DirectConnection
 from app.db.engine import Database
+from app.db.errors import is_database_unavailable
 from app.db.models import DeliveryStatus
 from app.db.signal import JobSignal
 from app.db.statements import reads, webhooks
@@ -44,6 +50,8 @@ log = logging.getLogger("jobnode.webhooks")
 MAX_BACKOFF = timedelta(hours=1)
 #: A claimed attempt belongs to its node this long past ``webhooks.timeout``.
 CLAIM_MARGIN = timedelta(seconds=5)
+#: The shortest time between two rounds (outcomes written, deliveries claimed).
+ROUND_SECONDS = 0.02
 
 
 def backoff(attempt: int) -> timedelta:
@@ -81,59 +89,81 @@ class WebhookDeliveries:
         self.settings = settings
         self.client = WebhookClient(settings)
         self._tasks: set[asyncio.Task[None]] = set()
+        #: POSTs in flight: claimed and not answered yet.
+        self._posting = 0
+        #: Answered POSTs whose outcome the next round writes.
+        self._outcomes: list[Outcome] = []
         self._delay: float | None = None
-        #: Every slot was taken at the last claim: a finished POST wakes the loop.
-        self._full = False
-        self._record: GroupCommit[Outcome, None] = GroupCommit(self._write_outcomes)
+        self._last_round = 0.0
 
     async def work(self) -> None:
-        """Claim what is due, as many as there are free slots, and start their POSTs."""
-        free = self.settings.concurrency - len(self._tasks)
-        if free <= 0:
-            self._full = True
-            self._delay = None  # a finished POST wakes the loop
-            return
-        now = utcnow()
-        lease_until = now + timedelta(seconds=self.settings.timeout) + CLAIM_MARGIN
-        async with self.database.direct_write(one_statement=True) as conn:
-            rows = await conn.fetch(webhooks.CLAIM_DUE, {"now": now, "limit": free, "lease_until": lease_until})
-        claimed = [Claimed(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]
+        """One round: the outcomes answered since the last one, then a claim of what is due
+        (as many as there are free slots), in one transaction; then their POSTs start."""
+        self._last_round = time.monotonic()
+        outcomes, self._outcomes = self._outcomes, []
+        free = self.settings.concurrency - self._posting
+        try:
+            async with self.database.direct_write() as conn:
+                latencies = await self._write(conn, outcomes)
+                claimed = await self._claim(conn, free)
+        except Exception as exc:
+            if is_database_unavailable(exc):
+                self._outcomes = outcomes + self._outcomes  # written once it is back
+                raise
+            latencies = await self._write_alone(outcomes)
+            async with self.database.direct_write(one_statement=True) as conn:
+                claimed = await self._claim(conn, free)
+        metrics.webhooks_delivered(latencies)
         if claimed:
             bodies = await self._bodies([c.job_id for c in claimed])
             for delivery in claimed:
+                self._posting += 1
                 task = asyncio.create_task(self._deliver(delivery, bodies.get(delivery.job_id)))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
-        self._full = len(self._tasks) >= self.settings.concurrency
-        if len(claimed) == free:  # more may be due: at once, or when a slot frees
-            self._delay = None if self._full else 0.0
-            return
-        if claimed:  # woken again by new deliveries and by retries (``_deliver``)
-            self._delay = None
+        if claimed or free <= 0:  # woken by new deliveries, answered POSTs and retries
+            self._delay = 0.0 if len(claimed) == free > 0 else None  # a full claim: more may be due
             return
         async with self.database.direct_read() as conn:
             due = (await conn.fetch(webhooks.NEXT_DUE, {}))[0][0]
         self._delay = None if due is None else max(0.0, (due - utcnow()).total_seconds())
 
+    async def _claim(self, conn: DirectConnection, free: int) -> list[Claimed]:
+        if free <= 0:
+            return []
+        now = utcnow()
+        lease_until = now + timedelta(seconds=self.settings.timeout) + CLAIM_MARGIN
+        rows = await conn.fetch(webhooks.CLAIM_DUE, {"now": now, "limit": free, "lease_until": lease_until})
+        return [Claimed(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("webhook delivery failed unexpectedly", exc_info=task.exception())
-        if self._full:
-            self._full = False
-            self.signal.webhooks_changed()  # a slot is free for what is waiting
 
     async def wait(self, period: float) -> bool:
+        """Until the earliest due delivery, or woken; at least ``ROUND_SECONDS`` after the
+        last round (wake-ups meanwhile are served together by the next one)."""
         timeout = period if self._delay is None else min(period, self._delay)
         self._delay = None
-        return await self.signal.wait_webhooks(timeout)
+        woken = await self.signal.wait_webhooks(timeout)
+        rest = self._last_round + ROUND_SECONDS - time.monotonic()
+        if rest > 0:
+            await asyncio.sleep(rest)
+        return woken
 
     async def stop(self) -> None:
-        """POSTs under way are abandoned: their attempts are claimed again once leased out."""
+        """POSTs under way are abandoned (their attempts are claimed again once leased
+        out); the outcomes of those answered are written, if the database answers."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.client.close()
+        if self._outcomes:
+            try:
+                await self._write_alone(self._outcomes)
+            except Exception:
+                log.warning("outcomes of %d webhook attempts not written at shutdown", len(self._outcomes))
 
     async def _bodies(self, job_ids: list[str]) -> dict[str, bytes]:
         """Each job's ``JobResult`` with ``intermediate_results``, read in one statement."""
@@ -153,10 +183,13 @@ class WebhookDeliveries:
 
     async def _deliver(self, delivery: Claimed, body: bytes | None) -> None:
         started = utcnow()
-        if body is None:  # the job went (pruned) between the claim and the read
-            answer = Answer(None, "refused: the job no longer exists", refused=True)
-        else:
-            answer = await self.client.post(delivery.url, delivery.id, delivery.attempt, body)
+        try:
+            if body is None:  # the job went (pruned) between the claim and the read
+                answer = Answer(None, "refused: the job no longer exists", refused=True)
+            else:
+                answer = await self.client.post(delivery.url, delivery.id, delivery.attempt, body)
+        finally:
+            self._posting -= 1
         finished = utcnow()
         if answer.delivered:
             state, outcome = DeliveryStatus.DELIVERED, "delivered"
@@ -173,11 +206,14 @@ class WebhookDeliveries:
                 answer.error,
                 extra={"job_id": delivery.job_id, "delivery": delivery.id, "url": delivery.url},
             )
-        await self._record(Outcome(delivery, started, finished, answer, state, finished + backoff(delivery.attempt)))
-        if state == DeliveryStatus.PENDING:
-            self.signal.webhooks_changed()  # the loop sleeps until this retry is due
+        self._outcomes.append(Outcome(delivery, started, finished, answer, state, finished + backoff(delivery.attempt)))
+        self.signal.webhooks_changed()  # the next round writes it (and claims into the free slot)
 
-    async def _write_outcomes(self, outcomes: list[Outcome]) -> list[None]:
+    async def _write(self, conn: DirectConnection, outcomes: list[Outcome]) -> list[float]:
+        """The attempts and what they did to their deliveries; the delivered ones' seconds
+        from the job's end."""
+        if not outcomes:
+            return []
         now = utcnow()
         attempts = [
             {
@@ -190,22 +226,34 @@ class WebhookDeliveries:
             }
             for o in outcomes
         ]
-        delivered = [o.delivery.id for o in outcomes if o.state == DeliveryStatus.DELIVERED]
+        await conn.insert_many(webhooks.INSERT_ATTEMPTS, attempts)
         latencies: list[float] = []
-        async with self.database.direct_write() as conn:
-            await conn.insert_many(webhooks.INSERT_ATTEMPTS, attempts)
-            if delivered:
-                for _, created_at in await conn.fetch(webhooks.DELIVERED, {"ids": delivered, "now": now}):
-                    latencies.append((now - created_at).total_seconds())
-            for o in outcomes:
-                if o.state != DeliveryStatus.DELIVERED:
-                    params = {
-                        "delivery": o.delivery.id,
-                        "attempt": o.delivery.attempt,
-                        "state": o.state,
-                        "retry_at": o.retry_at,
-                        "reason": o.answer.error,
-                    }
-                    await conn.execute(webhooks.NOT_DELIVERED, params)
-        metrics.webhooks_delivered(latencies)
-        return [None] * len(outcomes)
+        delivered = [o.delivery.id for o in outcomes if o.state == DeliveryStatus.DELIVERED]
+        if delivered:
+            for _, created_at in await conn.fetch(webhooks.DELIVERED, {"ids": delivered, "now": now}):
+                latencies.append((now - created_at).total_seconds())
+        for o in outcomes:
+            if o.state != DeliveryStatus.DELIVERED:
+                params = {
+                    "delivery": o.delivery.id,
+                    "attempt": o.delivery.attempt,
+                    "state": o.state,
+                    "retry_at": o.retry_at,
+                    "reason": o.answer.error,
+                }
+                await conn.execute(webhooks.NOT_DELIVERED, params)
+        return latencies
+
+    async def _write_alone(self, outcomes: list[Outcome]) -> list[float]:
+        """Each outcome in a transaction of its own: one the database refuses is logged and
+        left (its attempt is claimed again once its lease has passed)."""
+        latencies: list[float] = []
+        for outcome in outcomes:
+            try:
+                async with self.database.direct_write() as conn:
+                    latencies += await self._write(conn, [outcome])
+            except Exception as exc:
+                if is_database_unavailable(exc):
+                    raise
+                log.exception("the outcome of webhook attempt %d not written", outcome.delivery.attempt)
+        return latencies

@@ -9,8 +9,9 @@ in a process of its own: ``python -m tests.bench.hooks receive --port P``, answe
 and counting) and a node (one container, ``webhooks.allowed_hosts: ["127.0.0.1"]``) on a
 fresh database, then:
 
-* saturation: N jobs submitted as fast as 8 clients can (batches of 100), without then with
-  a webhook on every job: jobs/s from the first job's creation to the last one's end;
+* saturation: N jobs submitted as fast as 8 clients can (batches of 100), without, with
+  a webhook on every job (then until every delivery is done), and without again: jobs/s
+  from the first job's creation to the last one's end;
 * paced: jobs submitted at ``--rate`` a second (batches of 50 every 50 ms) for
   ``--seconds``, every job with a webhook: whether the node kept up, and each delivery's
   delay from the job's end (``webhook_deliveries.created_at``) to its 2xx
@@ -223,10 +224,15 @@ async def run(db: str, jobs: int, rate: int, seconds: float, workdir: Path) -> d
         say("warm-up")
         await saturation(database, node.url, 2000, receiver.url)
         results: dict[str, Any] = {"db": db}
+        delivered = 2000
         for label, webhook in (("without", None), ("with", receiver.url), ("without_again", None)):
             results[f"saturation_{label}_webhooks"] = await saturation(database, node.url, jobs, webhook)
             say(f"saturation {label}: {results[f'saturation_{label}_webhooks']}")
-        await _until_delivered(database, 2000 + jobs)
+            if webhook is not None:  # the next run starts once the deliveries are done
+                delivered += jobs
+                began = time.monotonic()
+                await _until_delivered(database, delivered)
+                results[f"saturation_{label}_webhooks"]["deliveries_done_after_s"] = round(time.monotonic() - began, 1)
         results["paced_with_webhooks"] = await paced(database, node.url, rate, seconds, receiver.url)
         say(f"paced: {results['paced_with_webhooks']}")
         results["tracebacks"] = node.log().count("Traceback")

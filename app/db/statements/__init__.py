@@ -7,7 +7,9 @@
 * ``status``: ``status_in``/``status_is``, the status conditions every statement uses;
 * ``maintenance``: the reaper, orphan take-back and pruner (``app.maintenance``) and the
   operator's job actions (``app.jobs.actions``);
-* ``inspection``: what the operator reads (``app.jobs.inspection``, ``app.jobs.queue_numbers``).
+* ``inspection``: what the operator reads (``app.jobs.inspection``, ``app.jobs.queue_numbers``);
+* ``webhooks``: the webhook outbox (``app.maintenance.webhooks``) and what the operator
+  reads of it.
 
 A statement is a module-level ``app.db.direct.Statement`` (a Core statement with named
 ``bindparam``\\ s), UPPER_CASE. Hot paths run it on ``database.direct_read()`` /

@@ -16,7 +16,9 @@ otherwise sleeps until the earliest due delivery. Each round is one write transa
 the outcomes of the POSTs answered since the last round, then the next claim; rounds
 are at least ``ROUND_SECONDS`` apart, so that a busy node's deliveries cost a few
 transactions a second rather than several per job (SQLite's one writer serves the jobs'
-step commits too). A round that fails as a whole for another reason than an outage
+step commits too). A round claims ahead of the POSTs (up to ``CLAIMED_PER_SLOT`` per
+slot), so that slots refill between rounds; a claimed attempt that waited for a slot
+until too little of its lease was left is not made (the next claim makes the next one). A round that fails as a whole for another reason than an outage
 writes each outcome alone, so one faulty outcome cannot stall the others.
 """
 
@@ -52,6 +54,9 @@ MAX_BACKOFF = timedelta(hours=1)
 CLAIM_MARGIN = timedelta(seconds=5)
 #: The shortest time between two rounds (outcomes written, deliveries claimed).
 ROUND_SECONDS = 0.02
+#: Deliveries claimed and not answered yet, at most, per ``webhooks.concurrency``: a round
+#: claims ahead of the POSTs, so that the slots refill between rounds.
+CLAIMED_PER_SLOT = 4
 
 
 def backoff(attempt: int) -> timedelta:
@@ -65,6 +70,8 @@ class Claimed:
     job_id: str
     url: str
     attempt: int
+    #: The attempt is this node's until then; past it, another node may claim it again.
+    lease_until: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +96,9 @@ class WebhookDeliveries:
         self.settings = settings
         self.client = WebhookClient(settings)
         self._tasks: set[asyncio.Task[None]] = set()
-        #: POSTs in flight: claimed and not answered yet.
-        self._posting = 0
+        #: Deliveries claimed and not answered yet (POSTed or waiting for a slot).
+        self._claimed = 0
+        self._slots: asyncio.Semaphore | None = None
         #: Answered POSTs whose outcome the next round writes.
         self._outcomes: list[Outcome] = []
         self._delay: float | None = None
@@ -101,7 +109,7 @@ class WebhookDeliveries:
         (as many as there are free slots), in one transaction; then their POSTs start."""
         self._last_round = time.monotonic()
         outcomes, self._outcomes = self._outcomes, []
-        free = self.settings.concurrency - self._posting
+        free = self.settings.concurrency * CLAIMED_PER_SLOT - self._claimed
         try:
             async with self.database.direct_write() as conn:
                 latencies = await self._write(conn, outcomes)
@@ -117,7 +125,7 @@ class WebhookDeliveries:
         if claimed:
             bodies = await self._bodies([c.job_id for c in claimed])
             for delivery in claimed:
-                self._posting += 1
+                self._claimed += 1
                 task = asyncio.create_task(self._deliver(delivery, bodies.get(delivery.job_id)))
                 self._tasks.add(task)
                 task.add_done_callback(self._done)
@@ -134,7 +142,7 @@ class WebhookDeliveries:
         now = utcnow()
         lease_until = now + timedelta(seconds=self.settings.timeout) + CLAIM_MARGIN
         rows = await conn.fetch(webhooks.CLAIM_DUE, {"now": now, "limit": free, "lease_until": lease_until})
-        return [Claimed(str(r[0]), str(r[1]), r[2], r[3]) for r in rows]
+        return [Claimed(str(r[0]), str(r[1]), r[2], r[3], lease_until) for r in rows]
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -182,14 +190,19 @@ class WebhookDeliveries:
         }
 
     async def _deliver(self, delivery: Claimed, body: bytes | None) -> None:
-        started = utcnow()
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.settings.concurrency)
         try:
-            if body is None:  # the job went (pruned) between the claim and the read
-                answer = Answer(None, "refused: the job no longer exists", refused=True)
-            else:
-                answer = await self.client.post(delivery.url, delivery.id, delivery.attempt, body)
+            async with self._slots:
+                started = utcnow()
+                if started + timedelta(seconds=self.settings.timeout) > delivery.lease_until:
+                    return  # waited too long for a slot: left to the next claim, never made twice
+                if body is None:  # the job went (pruned) between the claim and the read
+                    answer = Answer(None, "refused: the job no longer exists", refused=True)
+                else:
+                    answer = await self.client.post(delivery.url, delivery.id, delivery.attempt, body)
         finally:
-            self._posting -= 1
+            self._claimed -= 1
         finished = utcnow()
         if answer.delivered:
             state, outcome = DeliveryStatus.DELIVERED, "delivered"

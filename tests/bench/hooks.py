@@ -7,11 +7,12 @@ webhooks to a local receiver, and the delay from a job's end to its delivery.
 It starts the echo service (``tests/bench/echo.py``), a webhook receiver (an aiohttp server
 in a process of its own: ``python -m tests.bench.hooks receive --port P``, answering 200
 and counting) and a node (one container, ``webhooks.allowed_hosts: ["127.0.0.1"]``) on a
-fresh database, then:
+fresh database for each run, then:
 
 * saturation: N jobs submitted as fast as 8 clients can (batches of 100), without, with
-  a webhook on every job (then until every delivery is done), and without again: jobs/s
-  from the first job's creation to the last one's end;
+  a webhook on every job (then until every delivery is done), without and with again,
+  each on a fresh database and node after a warm-up of 2,000 jobs: jobs/s from the first
+  job's creation to the last one's end;
 * paced: jobs submitted at ``--rate`` a second (batches of 50 every 50 ms) for
   ``--seconds``, every job with a webhook: whether the node kept up, and each delivery's
   delay from the job's end (``webhook_deliveries.created_at``) to its 2xx
@@ -22,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -211,38 +214,57 @@ async def paced(database: Database, node: str, rate: int, seconds: float, webhoo
     }
 
 
-async def run(db: str, jobs: int, rate: int, seconds: float, workdir: Path) -> dict[str, Any]:
-    url = await create_pg_database("jobnode_bench_hooks") if db == "postgresql" else sqlite_url(workdir / "hooks.db")
+@contextlib.asynccontextmanager
+async def fresh_node(db: str, workdir: Path, echo: EchoService, name: str) -> AsyncIterator[tuple[Database, str]]:
+    """A node on a database of its own: every run starts from the same empty tables."""
+    url = await create_pg_database("jobnode_bench_hooks") if db == "postgresql" else sqlite_url(workdir / f"{name}.db")
     await migrated(url)
-    echo = EchoService(workdir).start()
-    receiver = await Receiver(workdir).start()
     config = node_config(url, echo.url, containers=1)
     config["webhooks"] = {"allowed_hosts": ["127.0.0.1"]}
-    node = NodeProcess(workdir, config).start()
+    node = NodeProcess(workdir, config, name).start()
     database = Database(url)
     try:
-        say("warm-up")
-        await saturation(database, node.url, 2000, receiver.url)
-        results: dict[str, Any] = {"db": db}
-        delivered = 2000
-        for label, webhook in (("without", None), ("with", receiver.url), ("without_again", None)):
-            results[f"saturation_{label}_webhooks"] = await saturation(database, node.url, jobs, webhook)
-            say(f"saturation {label}: {results[f'saturation_{label}_webhooks']}")
-            if webhook is not None:  # the next run starts once the deliveries are done
-                delivered += jobs
-                began = time.monotonic()
-                await _until_delivered(database, delivered)
-                results[f"saturation_{label}_webhooks"]["deliveries_done_after_s"] = round(time.monotonic() - began, 1)
-        results["paced_with_webhooks"] = await paced(database, node.url, rate, seconds, receiver.url)
-        say(f"paced: {results['paced_with_webhooks']}")
-        results["tracebacks"] = node.log().count("Traceback")
+        yield database, node.url
     finally:
+        tracebacks = node.log().count("Traceback")
         node.stop()
-        await receiver.stop()
-        echo.stop()
         await database.dispose()
         if db == "postgresql":
             await drop_pg_database(url)
+        if tracebacks:
+            raise RuntimeError(f"{tracebacks} tracebacks in the log of node {name}")
+
+
+async def run(db: str, jobs: int, rate: int, seconds: float, workdir: Path) -> dict[str, Any]:
+    echo = EchoService(workdir).start()
+    receiver = await Receiver(workdir).start()
+    results: dict[str, Any] = {"db": db}
+    try:
+        for label, webhook in (
+            ("without", None),
+            ("with", receiver.url),
+            ("without_again", None),
+            ("with_again", receiver.url),
+        ):
+            async with fresh_node(db, workdir, echo, label) as (database, node):
+                await saturation(database, node, 2000, webhook)  # warm-up
+                if webhook is not None:
+                    await _until_delivered(database, 2000)
+                result = await saturation(database, node, jobs, webhook)
+                if webhook is not None:  # the deliveries left when the last job ended
+                    began = time.monotonic()
+                    await _until_delivered(database, 2000 + jobs)
+                    result["deliveries_done_after_s"] = round(time.monotonic() - began, 1)
+            results[f"saturation_{label}_webhooks"] = result
+            say(f"saturation {label}: {result}")
+        async with fresh_node(db, workdir, echo, "paced") as (database, node):
+            await saturation(database, node, 2000, receiver.url)  # warm-up
+            await _until_delivered(database, 2000)
+            results["paced_with_webhooks"] = await paced(database, node, rate, seconds, receiver.url)
+        say(f"paced: {results['paced_with_webhooks']}")
+    finally:
+        await receiver.stop()
+        echo.stop()
     return results
 
 

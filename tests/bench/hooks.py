@@ -46,6 +46,7 @@ from tests.bench.procs import (
     free_port,
     node_config,
     sqlite_url,
+    tree_cpu,
 )
 from tests.support import migrated
 
@@ -97,6 +98,10 @@ class Receiver:
             except aiohttp.ClientError:
                 await asyncio.sleep(0.05)
         raise RuntimeError("receiver did not start")
+
+    def cpu(self) -> float:
+        assert self.process is not None
+        return tree_cpu(self.process.pid)
 
     async def stop(self) -> None:
         if self.process is not None:
@@ -215,7 +220,9 @@ async def paced(database: Database, node: str, rate: int, seconds: float, webhoo
 
 
 @contextlib.asynccontextmanager
-async def fresh_node(db: str, workdir: Path, echo: EchoService, name: str) -> AsyncIterator[tuple[Database, str]]:
+async def fresh_node(
+    db: str, workdir: Path, echo: EchoService, name: str
+) -> AsyncIterator[tuple[Database, NodeProcess]]:
     """A node on a database of its own: every run starts from the same empty tables."""
     url = await create_pg_database("jobnode_bench_hooks") if db == "postgresql" else sqlite_url(workdir / f"{name}.db")
     await migrated(url)
@@ -224,7 +231,7 @@ async def fresh_node(db: str, workdir: Path, echo: EchoService, name: str) -> As
     node = NodeProcess(workdir, config, name).start()
     database = Database(url)
     try:
-        yield database, node.url
+        yield database, node
     finally:
         tracebacks = node.log().count("Traceback")
         node.stop()
@@ -247,20 +254,24 @@ async def run(db: str, jobs: int, rate: int, seconds: float, workdir: Path) -> d
             ("with_again", receiver.url),
         ):
             async with fresh_node(db, workdir, echo, label) as (database, node):
-                await saturation(database, node, 2000, webhook)  # warm-up
+                await saturation(database, node.url, 2000, webhook)  # warm-up
                 if webhook is not None:
                     await _until_delivered(database, 2000)
-                result = await saturation(database, node, jobs, webhook)
+                node_cpu, receiver_cpu = node.cpu(), receiver.cpu()
+                result = await saturation(database, node.url, jobs, webhook)
                 if webhook is not None:  # the deliveries left when the last job ended
                     began = time.monotonic()
                     await _until_delivered(database, 2000 + jobs)
                     result["deliveries_done_after_s"] = round(time.monotonic() - began, 1)
+                # CPU per job, the deliveries included: the node's, and the receiver's.
+                result["node_cpu_ms_per_job"] = round((node.cpu() - node_cpu) / jobs * 1000, 3)
+                result["receiver_cpu_ms_per_job"] = round((receiver.cpu() - receiver_cpu) / jobs * 1000, 3)
             results[f"saturation_{label}_webhooks"] = result
             say(f"saturation {label}: {result}")
         async with fresh_node(db, workdir, echo, "paced") as (database, node):
-            await saturation(database, node, 2000, receiver.url)  # warm-up
+            await saturation(database, node.url, 2000, receiver.url)  # warm-up
             await _until_delivered(database, 2000)
-            results["paced_with_webhooks"] = await paced(database, node, rate, seconds, receiver.url)
+            results["paced_with_webhooks"] = await paced(database, node.url, rate, seconds, receiver.url)
         say(f"paced: {results['paced_with_webhooks']}")
     finally:
         await receiver.stop()

@@ -18,8 +18,9 @@ are at least ``ROUND_SECONDS`` apart, so that a busy node's deliveries cost a fe
 transactions a second rather than several per job (SQLite's one writer serves the jobs'
 step commits too). A round claims ahead of the POSTs (up to ``CLAIMED_PER_SLOT`` per
 slot), so that slots refill between rounds; a claimed attempt that waited for a slot
-until too little of its lease was left is not made (the next claim makes the next one). A round that fails as a whole for another reason than an outage
-writes each outcome alone, so one faulty outcome cannot stall the others.
+until too little of its lease was left is not made (the next claim makes the next one).
+A round that fails as a whole for another reason than an outage writes each outcome
+alone, so one faulty outcome cannot stall the others.
 """
 
 from __future__ import annotations

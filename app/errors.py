@@ -67,6 +67,8 @@ CONTAINER_NOT_SUPPORTED = ErrorSpec(400, "Container not supported", ("container"
 FIRST_CONTAINER_NOT_EXTERNAL = ErrorSpec(400, "First container must be external", ("first_container",))
 NO_PROOF = ErrorSpec(400, "Container does not generate proof", ("container",))
 CONTAINER_NOT_ALLOWED = ErrorSpec(400, "Container not allowed for address", ("container", "address"))
+#: A webhook whose host ``webhooks.allowed_hosts`` does not list, after the other checks.
+WEBHOOK_NOT_ALLOWED = ErrorSpec(400, "Webhook not allowed", ("url",))
 #: A subscription's own checks (SPEC §7), after those of a job.
 INVALID_SUBSCRIPTION = ErrorSpec(400, "Invalid subscription", ("field", "reason"))
 TOO_MANY_SUBSCRIPTIONS = ErrorSpec(400, "Too many subscriptions", ("limit",))
@@ -78,6 +80,7 @@ STREAM_ONE_CONTAINER = ErrorSpec(400, "Streaming supports one container")
 STREAM_NO_SUBSCRIPTIONS = ErrorSpec(400, "Streaming does not support subscriptions")
 #: ``Idempotency-Key`` of a submit (SPEC §8) held for another request (another body).
 IDEMPOTENCY_KEY_REUSED = ErrorSpec(409, "Idempotency key reused", ("key",))
+STREAM_NO_WEBHOOKS = ErrorSpec(400, "Streaming does not support webhooks")
 #: ``/api/subscriptions/{id}``: another client's is the same as an unknown one.
 SUBSCRIPTION_NOT_FOUND = ErrorSpec(404, "Subscription not found")
 
@@ -92,6 +95,9 @@ TOO_MANY_EVENT_STREAMS = ErrorSpec(503, "Too many event streams", ("limit",))
 JOB_NOT_FOUND = ErrorSpec(404, "Job not found")
 JOB_ALREADY_FINISHED = ErrorSpec(409, "Job already finished")
 JOB_NOT_FAILED = ErrorSpec(409, "Job is not failed")
+#: ``POST /api/jobs/{id}/webhook``: a re-send needs a webhook and an ended job.
+JOB_HAS_NO_WEBHOOK = ErrorSpec(409, "Job has no webhook")
+JOB_NOT_ENDED = ErrorSpec(409, "Job has not ended")
 
 # Operator access (app.http.operator_auth) and browsers (app.http.origin).
 OPERATOR_TOKEN_REQUIRED = ErrorSpec(401, "Operator token required")

@@ -99,6 +99,17 @@ IDEMPOTENT_REPLAYS = Counter(
 IDEMPOTENCY_CONFLICTS = Counter(
     "jobnode_idempotency_conflicts_total", "Submits refused 409: their Idempotency-Key was used for another body"
 )
+WEBHOOK_DELIVERIES = Counter(
+    "jobnode_webhook_deliveries_total",
+    "Webhook POSTs made by this node, by outcome: delivered (2xx), retried (another attempt "
+    "due), failed (the last attempt), refused (the allow-list refused the host or its address)",
+    ["outcome"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "jobnode_webhook_delivery_seconds",
+    "From a job's end (or an operator's re-send) to the 2xx of its webhook, for deliveries by this node",
+    buckets=DURATION_BUCKETS,
+)
 JOBS_RETRIED = Counter("jobnode_jobs_retried_total", "Failed or cancelled jobs re-queued by an operator")
 JOBS_ABANDONED = Counter(
     "jobnode_jobs_abandoned_total",
@@ -285,3 +296,14 @@ def intervals_ticked(lags: list[float], missed: int) -> None:
         INTERVALS_MISSED.inc(missed)
     for lag in lags:
         START_LAG.observe(lag)
+
+
+def webhook_attempted(outcome: str) -> None:
+    """One POST of a webhook (``app.maintenance.webhooks``): its outcome."""
+    _child(WEBHOOK_DELIVERIES, outcome).inc()
+
+
+def webhooks_delivered(latencies: list[float]) -> None:
+    """Seconds from each delivered job's end to its 2xx."""
+    for seconds in latencies:
+        WEBHOOK_LATENCY.observe(seconds)

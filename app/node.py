@@ -42,6 +42,7 @@ from app.maintenance.orphans import OrphanTakeBack
 from app.maintenance.pruner import KeyPruner, Pruner
 from app.maintenance.reaper import Reaper
 from app.maintenance.ticker import Ticker
+from app.maintenance.webhooks import WebhookDeliveries
 from app.scheduler.chain import ChainRunner
 from app.scheduler.scheduler import Scheduler
 from app.scheduler.streaming import StreamRunner
@@ -73,6 +74,7 @@ class Node:
             else None
         )
         self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client, live), self.signal)
+        self.webhooks = WebhookDeliveries(self.database, self.signal, settings.webhooks)
         self.orphans = OrphanTakeBack(self.database, settings.node_id, settings.scheduler.max_attempts)
         self.maintenance = self._maintenance(settings)
         # New jobs go straight to this node's scheduler when it has room (app.jobs.handoff).
@@ -112,6 +114,7 @@ class Node:
             leadership.register(Pruner(self.database, settings.retention.finished_jobs_days, period))
         leadership.register(KeyPruner(self.database, period))
         leadership.register_on_every_node(Ticker(self.database, self.signal))
+        leadership.register_on_every_node(self.webhooks)
         return leadership
 
     def drain(self) -> None:
@@ -148,6 +151,7 @@ class Node:
             if self.settings.scheduler.enabled:
                 await self.orphans.run()  # before the first claim
                 await self.maintenance.start()
+                stack.push_async_callback(self.webhooks.stop)  # after the loops' stop
                 stack.push_async_callback(self.maintenance.stop)  # after the scheduler's stop
                 await self.scheduler.start()
                 stack.push_async_callback(self.scheduler.stop)

@@ -16,7 +16,7 @@ import app.db.statements
 from app.db.direct import PerDialect, RowsInsert, Shapes, Statement
 from app.db.models import JobStatus, SubscriptionStatus
 from app.db.signal import CHANNEL, ENDED_CHANNEL, SUBSCRIPTIONS_CHANNEL
-from app.db.statements import claims, retries, submits
+from app.db.statements import claims, retries, submits, webhooks
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
 
@@ -53,6 +53,8 @@ J1, J2, J3, J4, J5, J6, J7 = (str(uuid.UUID(int=n, version=4)) for n in range(1,
 UNICODE = "ünïcødé ✓ 𝄞 — \u2028 'quoted' \"double\" \\"
 J1_INPUT = {"text": UNICODE, "none": None, "list": [1, None, "x", {"deep": [True, 1.5]}]}
 STEP_OUTPUT = {"a": UNICODE, "n": None}
+#: J2's webhook.
+HOOK = "https://hooks.example.com/jobs?x=ünï"
 
 
 def job_row(job_id: str, client: str, minutes_ago: int, **columns: Any) -> dict[str, Any]:
@@ -125,7 +127,7 @@ ENDED = (ENDED_CHANNEL, f'["{NODE}",["{J2}"]]')
 LIFECYCLE = [
     Example(
         "submits.INSERT_JOBS",
-        [job_row(J1, A, 10, input=J1_INPUT), job_row(J2, A, 9), job_row(J3, A, 8)],
+        [job_row(J1, A, 10, input=J1_INPUT), job_row(J2, A, 9, webhook=HOOK), job_row(J3, A, 8)],
         notify=(CHANNEL, "sender ✓"),
     ),
     Example(
@@ -167,7 +169,7 @@ LIFECYCLE = [
     Example(
         "claims.FINISH_OWNED",
         {"claims": [(J2, 1, at(9))], "node": NODE, "outcome": JobStatus.FAILED, "now": NOW},
-        [(J2, 1, at(9))],
+        [(J2, 1, at(9), HOOK)],
     ),
     Example(
         "claims.FINISH_OWNED",  # another node's claim of J1: nothing written
@@ -268,8 +270,77 @@ J2_ROW = (
     NOW,
     None,
     None,
+    HOOK,
 )
 _MINUTE = int(NOW.timestamp() // 60)
+
+# -- webhooks: J2's two deliveries, one retried then delivered, one failed ------------------------
+
+D1, D2 = (str(uuid.UUID(int=n, version=4)) for n in (201, 202))
+_RETRY_AT = NOW + timedelta(seconds=1)
+
+
+def delivery_row(delivery_id: str, due: datetime) -> dict[str, Any]:
+    row = {
+        "id": delivery_id,
+        "job_id": J2,
+        "url": HOOK,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": due,
+        "created_at": due,
+    }
+    assert tuple(row) == webhooks.INSERT_DELIVERIES.columns
+    return row
+
+
+WEBHOOKS = [
+    Example("webhooks.INSERT_DELIVERIES", [delivery_row(D1, NOW), delivery_row(D2, LATER)]),
+    Example("webhooks.NEXT_DUE", {}, [(NOW,)]),
+    Example("webhooks.CLAIM_DUE", {"now": NOW, "limit": 10, "lease_until": LEASE}, [(D1, J2, HOOK, 1)]),
+    Example("webhooks.CLAIM_DUE", {"now": NOW, "limit": 10, "lease_until": LEASE}, []),  # leased, not due
+    Example("webhooks.NEXT_DUE", {}, [(LEASE,)]),
+    Example(
+        "webhooks.INSERT_ATTEMPTS",
+        [
+            {
+                "delivery_id": D1,
+                "attempt": 1,
+                "started_at": NOW,
+                "finished_at": NOW,
+                "status_code": 500,
+                "error": "HTTP 500",
+            }
+        ],
+    ),
+    Example(
+        "webhooks.NOT_DELIVERED",
+        {"delivery": D1, "attempt": 1, "state": "pending", "retry_at": _RETRY_AT, "reason": "HTTP 500"},
+    ),
+    Example("webhooks.RETRYING_ENDPOINTS", {"limit": 10}, [(HOOK, 1, NOW, "HTTP 500")]),
+    Example("webhooks.CLAIM_DUE", {"now": LATER, "limit": 1, "lease_until": LATER}, [(D1, J2, HOOK, 2)]),
+    Example("webhooks.DELIVERED", {"ids": [D1], "now": LATER}, [(D1, NOW)]),
+    Example("webhooks.DELIVERED", {"ids": [D1], "now": LATER}, []),  # once
+    Example("webhooks.CLAIM_DUE", {"now": LATER, "limit": 10, "lease_until": LATER}, [(D2, J2, HOOK, 1)]),
+    Example(
+        "webhooks.NOT_DELIVERED",
+        {"delivery": D2, "attempt": 1, "state": "failed", "retry_at": LATER, "reason": "refused"},
+    ),
+    Example("webhooks.FAILED_ENDPOINTS", {"since": NOW, "limit": 10}, [(HOOK, 1, LATER, "refused")]),
+    Example("webhooks.RETRYING_ENDPOINTS", {"limit": 10}, []),
+    Example("webhooks.NEXT_DUE", {}, [(None,)]),
+    Example("webhooks.JOB_WEBHOOK", {"job": J2}, [(HOOK, JobStatus.FAILED)]),
+    Example(
+        "webhooks.JOB_DELIVERIES",
+        {"job": J2},
+        [
+            (D1, HOOK, "delivered", 2, LATER, NOW, LATER, None),
+            (D2, HOOK, "failed", 1, LATER, LATER, None, "refused"),
+        ],
+        True,
+    ),
+    Example("webhooks.DELIVERY_ATTEMPTS", {"ids": [D1, D2]}, [(D1, 1, NOW, NOW, 500, "HTTP 500")]),
+]
 _J3_FAILURE_STEP = {"job": J3, "step": 0, "container_id": "first", "reason": "cancelled", "by_node": NODE, "now": NOW}
 OPERATOR_AND_MAINTENANCE = [
     Example(
@@ -300,7 +371,7 @@ OPERATOR_AND_MAINTENANCE = [
         for dialect in ("postgresql", "sqlite")
     ),
     # The operator cancels J3 (its error step written), then re-queues it (the step goes).
-    Example("maintenance.CANCEL", {"job": J3, "now": NOW}, [(CONTAINERS,)]),
+    Example("maintenance.CANCEL", {"job": J3, "now": NOW}, [(CONTAINERS, None)]),
     Example("maintenance.CANCEL", {"job": J2, "now": NOW}, []),  # already finished
     Example("maintenance.STEP_COUNT", {"job": J3}, [(0,)]),
     Example("maintenance.FAILURE_STEP", _J3_FAILURE_STEP),
@@ -311,10 +382,10 @@ OPERATOR_AND_MAINTENANCE = [
     Example("inspection.RUNNABLE", {"now": NOW}, [(5, at(7))]),  # J3 runs after its re-queue
     # The reaper: J1's lease (until LEASE) has expired a minute later.
     Example("maintenance.EXPIRED", {"now": NOW, "batch": 100}, []),
-    Example("maintenance.EXPIRED", {"now": LATER, "batch": 100}, [(J1, 1, CONTAINERS, False)]),
+    Example("maintenance.EXPIRED", {"now": LATER, "batch": 100}, [(J1, 1, CONTAINERS, False, None)]),
     # A restarted node-1's orphans: J1, its one attempt used.
     Example("maintenance.EXHAUSTED_ORPHANS", {"node": NODE, "max_attempts": 3}, []),
-    Example("maintenance.EXHAUSTED_ORPHANS", {"node": NODE, "max_attempts": 1}, [(J1, 1, CONTAINERS)]),
+    Example("maintenance.EXHAUSTED_ORPHANS", {"node": NODE, "max_attempts": 1}, [(J1, 1, CONTAINERS, None)]),
     Example("maintenance.REQUEUE_ORPHANS", {"node": NODE}),
     Example("maintenance.REQUEUE_EXPIRED", {"job": J1}),
     Example("maintenance.EXPIRED", {"now": LATER, "batch": 100}, []),
@@ -354,6 +425,7 @@ def subscription_row(subscription_id: str, client: str, due: datetime) -> dict[s
         "missed": 0,
         "created_at": NOW,
         "cancelled_at": None,
+        "webhook": None,
     }
 
 
@@ -550,4 +622,4 @@ RETRIES = [
     Example("retries.STEP_ATTEMPT_COUNTS", {"ids": [J10]}, []),
 ]
 
-SCENARIO = LIFECYCLE + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS + IDEMPOTENCY + RETRIES
+SCENARIO = LIFECYCLE + WEBHOOKS + OPERATOR_AND_MAINTENANCE + SUBSCRIPTIONS + IDEMPOTENCY + RETRIES

@@ -182,6 +182,7 @@ OPERATOR_OPERATIONS = {
     ("delete", "/api/jobs/{job_id}"),
     ("post", "/api/jobs/{job_id}/cancel"),
     ("post", "/api/jobs/{job_id}/retry"),
+    ("post", "/api/jobs/{job_id}/webhook"),
     ("get", "/api/containers"),
     ("get", "/metrics"),
     ("get", "/dashboard"),

@@ -33,7 +33,7 @@ INFERNET_CONFIG: dict[str, Any] = {
     "redis": {"host": "redis", "port": 6379},
     "forward_stats": True,
     "log": {"max_file_size": 1000000, "backup_count": 2},
-    "docker": {"username": "operator", "password": "secret"},
+    "docker": {"username": "operator", "password": "hunter2"},
     "containers": [
         {
             "id": "hello-world",
@@ -119,7 +119,7 @@ def test_an_infernet_config_loads_and_reports_what_it_ignores(tmp_path):
     )
     assert settings.server.port == 4000
     assert (settings.server.rate_limit.num_requests, settings.server.rate_limit.period) == (100, 100)
-    assert (settings.docker.username, settings.docker.password) == ("operator", "secret")
+    assert (settings.docker.username, settings.docker.password) == ("operator", "hunter2")
     hello, second = settings.containers
     assert (hello.id, hello.image, hello.external, hello.port, hello.command) == (
         "hello-world",
@@ -248,6 +248,7 @@ ENV_SAMPLES: dict[str, tuple[str, Any]] = {
     "JOBNODE_DOCKER_URL": ("unix:///run/docker.sock", "unix:///run/docker.sock"),
     "JOBNODE_DOCKER_USERNAME": ("robot", "robot"),
     "JOBNODE_DOCKER_PASSWORD": ("d0cker", "d0cker"),
+    "JOBNODE_WEBHOOK_SECRET": ("wh-s3cret", "wh-s3cret"),
     "JOBNODE_LOG_LEVEL": ("DEBUG", "DEBUG"),
 }
 
@@ -299,15 +300,21 @@ def test_masked_shows_whether_a_secret_is_set_not_what_it_is():
         {
             "containers": [{"id": "a", "url": "http://10.0.0.5:3000", "bearer": "b3arer", "env": {"API_KEY": "k3y"}}],
             "docker": {"password": "d0cker"},
+            "webhooks": {"secret": "from-file"},
         },
-        environ={"JOBNODE_OPERATOR_TOKEN": "t0ken", "JOBNODE_DATABASE_URL": "postgresql+asyncpg://u:pw@db/jobs"},
+        environ={
+            "JOBNODE_OPERATOR_TOKEN": "t0ken",
+            "JOBNODE_DATABASE_URL": "postgresql+asyncpg://u:pw@db/jobs",
+            "JOBNODE_WEBHOOK_SECRET": "wh00k",
+        },
     )
+    assert settings.webhooks.secret == "wh00k"  # the environment wins
     shown = masked(settings)
-    assert shown["server"]["operator_token"] == shown["docker"]["password"] == "***"
+    assert shown["server"]["operator_token"] == shown["docker"]["password"] == shown["webhooks"]["secret"] == "***"
     assert shown["docker"]["username"] is None  # unset stays null
     assert shown["database"]["url"] == "postgresql+asyncpg://u:***@db/jobs"
     assert shown["containers"][0]["bearer"] == "***" and shown["containers"][0]["env"] == {"API_KEY": "***"}
-    assert not {"t0ken", "d0cker", "b3arer", "k3y", "pw"} & set(
+    assert not {"t0ken", "d0cker", "b3arer", "k3y", "pw", "wh00k", "from-file"} & set(
         json.dumps(shown).replace('"', " ").replace(":", " ").replace("@", " ").split()
     )
     assert settings.server.operator_token == "t0ken"  # the settings themselves are untouched

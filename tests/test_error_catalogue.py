@@ -97,6 +97,7 @@ def test_the_documented_errors_of_an_endpoint_are_those_it_raises() -> None:
     assert [m for m in stream if CATALOGUE[m].status == 400] == [
         *(spec.message for spec in JOB_REQUEST if spec.status == 400),
         catalogue.STREAM_NO_SUBSCRIPTIONS.message,
+        catalogue.STREAM_NO_WEBHOOKS.message,
         catalogue.STREAM_ONE_CONTAINER.message,
     ]
 

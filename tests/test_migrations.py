@@ -23,7 +23,7 @@ from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
 
 BIN = Path(sys.executable).parent
-TABLES = {"jobs", "job_steps", "subscriptions", "step_attempts"}
+TABLES = {"jobs", "job_steps", "subscriptions", "step_attempts", "webhook_deliveries", "webhook_attempts"}
 
 
 @pytest.fixture(params=BACKENDS)

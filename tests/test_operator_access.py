@@ -9,7 +9,12 @@ from tests.operator_support import TOKEN, bearer, container, scheduled, wait_for
 from tests.support import wait_finished
 
 OPERATOR_GETS = ("/api/jobs/{id}", "/api/containers", "/metrics", "/dashboard", "/dashboard/data")
-OPERATOR_WRITES = (("DELETE", "/api/jobs/{id}"), ("POST", "/api/jobs/{id}/cancel"), ("POST", "/api/jobs/{id}/retry"))
+OPERATOR_WRITES = (
+    ("DELETE", "/api/jobs/{id}"),
+    ("POST", "/api/jobs/{id}/cancel"),
+    ("POST", "/api/jobs/{id}/retry"),
+    ("POST", "/api/jobs/{id}/webhook"),
+)
 
 
 def _with_token(**server: object) -> dict:

@@ -26,7 +26,12 @@ FOREIGN_ORIGINS = (
     "http://user@localhost",
 )
 OPERATOR_GETS = ("/api/jobs/{id}", "/api/containers", "/metrics", "/dashboard", "/dashboard/data")
-OPERATOR_WRITES = (("DELETE", "/api/jobs/{id}"), ("POST", "/api/jobs/{id}/cancel"), ("POST", "/api/jobs/{id}/retry"))
+OPERATOR_WRITES = (
+    ("DELETE", "/api/jobs/{id}"),
+    ("POST", "/api/jobs/{id}/cancel"),
+    ("POST", "/api/jobs/{id}/retry"),
+    ("POST", "/api/jobs/{id}/webhook"),
+)
 JOB = json.dumps(job("echo"))
 
 

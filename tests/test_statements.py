@@ -68,6 +68,15 @@ INSERT INTO step_attempts (job_id, position, container, attempt, error, reason, 
                            retry_at)
 SELECT id, 0, (containers ->> 0), 1, 'HTTP 503', '5xx', 'node-0', created_at, created_at, created_at
 FROM jobs WHERE status = 'failed';
+INSERT INTO webhook_deliveries (id, job_id, url, status, attempts, next_attempt_at, created_at, delivered_at)
+SELECT gen_random_uuid(), id, 'https://hooks.example.com/' || (seq % 50),
+       CASE WHEN seq % 100 < 96 THEN 'delivered' WHEN seq % 100 < 98 THEN 'failed' ELSE 'pending' END,
+       1, finished_at, finished_at, finished_at
+FROM jobs WHERE finished_at IS NOT NULL AND seq % 2 = 0;
+INSERT INTO webhook_attempts (delivery_id, attempt, started_at, finished_at, status_code)
+SELECT id, 1, created_at, created_at, 200 FROM webhook_deliveries;
+ANALYZE webhook_deliveries;
+ANALYZE webhook_attempts;
 ANALYZE jobs;
 ANALYZE job_steps;
 ANALYZE step_attempts;
@@ -121,6 +130,15 @@ EXPECTED_INDEX = {
     **dict.fromkeys(("idempotency.CLAIM_KEY.postgresql", "idempotency.READ_KEY"), "idempotency_keys_pkey"),
     "idempotency.PRUNE_KEYS.postgresql": "ix_idempotency_keys_expires_at",
     "inspection.FINISHED_SINCE": "ix_jobs_finished_at",
+    "webhooks.CLAIM_DUE": "ix_webhook_deliveries_due",
+    "webhooks.NEXT_DUE": "ix_webhook_deliveries_due",
+    "webhooks.RETRYING_ENDPOINTS": "ix_webhook_deliveries_due",
+    "webhooks.FAILED_ENDPOINTS": "ix_webhook_deliveries_failed",
+    "webhooks.DELIVERED": "webhook_deliveries_pkey",
+    "webhooks.NOT_DELIVERED": "webhook_deliveries_pkey",
+    "webhooks.JOB_WEBHOOK": "uq_jobs_id",
+    "webhooks.JOB_DELIVERIES": "ix_webhook_deliveries_job",
+    "webhooks.DELIVERY_ATTEMPTS": "uq_webhook_attempts_delivery_attempt",
     "inspection.FINISHED_PER_MINUTE.postgresql": "ix_jobs_finished_at",
     # The newest jobs: a client's from its indexes, others backwards along the primary key
     # (running ones from the lease index of them, then sorted).

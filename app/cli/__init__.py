@@ -9,7 +9,7 @@ from __future__ import annotations
 import click
 
 from app import __version__
-from app.cli import bench, configuration, database, jobs, monitor, serve, subscriptions
+from app.cli import bench, configuration, database, jobs, monitor, serve, subscriptions, webhooks
 
 
 @click.group()
@@ -23,6 +23,7 @@ main.add_command(database.db)
 main.add_command(configuration.config_group)
 main.add_command(jobs.jobs)
 main.add_command(subscriptions.subscriptions)
+main.add_command(webhooks.webhooks)
 main.add_command(monitor.containers)
 main.add_command(monitor.stats)
 main.add_command(bench.bench)

@@ -119,6 +119,31 @@ def _show_steps(detail: dict[str, Any]) -> None:
             ],
         )
     )
+    _webhook(detail["webhook"])
+
+
+def _webhook(webhook: dict[str, Any] | None) -> None:
+    """The job's webhook deliveries, one line each with its last error."""
+    if webhook is None:
+        return
+    click.echo("")
+    click.echo(f"webhook {webhook['url']}")
+    click.echo(
+        table(
+            ["DELIVERY", "STATUS", "ATTEMPTS", "CREATED", "DELIVERED", "LAST ERROR"],
+            [
+                [
+                    d["id"],
+                    d["status"],
+                    len(d["attempts"]),
+                    when(d["created_at"]),
+                    when(d["delivered_at"]) or "-",
+                    short(d["last_error"], 50),
+                ]
+                for d in webhook["deliveries"]
+            ],
+        )
+    )
 
 
 def _show_retries(detail: dict[str, Any]) -> None:

@@ -33,6 +33,7 @@ ENVIRONMENT: dict[str, str] = {
     "JOBNODE_DOCKER_URL": "docker.url",
     "JOBNODE_DOCKER_USERNAME": "docker.username",
     "JOBNODE_DOCKER_PASSWORD": "docker.password",
+    "JOBNODE_WEBHOOK_SECRET": "webhooks.secret",
     "JOBNODE_LOG_LEVEL": "log_level",
 }
 

@@ -174,12 +174,22 @@ def settings_from_dict(raw: dict[str, Any], *, environ: Mapping[str, str] | None
             parse_origin(o, f"server.allowed_origins[{i}]") for i, o in enumerate(settings.server.allowed_origins)
         ]
         _validate_containers(settings)
+        _validate_webhooks(settings)
     except ConfigError as exc:
         key = str(exc).split(":", 1)[0]
         if key in from_environment:  # the value came from a variable: name it too
             raise ConfigError(f"{from_environment[key]}: {exc}") from None
         raise
     return settings
+
+
+def _validate_webhooks(settings: Settings) -> None:
+    from app.jobs.webhook_policy import AllowList
+
+    AllowList.parse(settings.webhooks.allowed_hosts)
+    _positive(settings.webhooks.timeout, "webhooks.timeout", minimum=0.001)
+    _positive(settings.webhooks.max_attempts, "webhooks.max_attempts")
+    _positive(settings.webhooks.concurrency, "webhooks.concurrency")
 
 
 def _validate_database_url(url: str) -> None:

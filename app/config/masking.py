@@ -11,7 +11,7 @@ from app.config.settings import Settings
 
 #: Shown as ``"***"`` by ``masked`` (``jobnode config check``) when set; so are a
 #: container's ``bearer`` and ``env`` values and the database URL's password.
-SECRET_KEYS = ("server.operator_token", "docker.password")
+SECRET_KEYS = ("server.operator_token", "docker.password", "webhooks.secret")
 MASK = "***"
 
 

@@ -98,13 +98,30 @@ class DockerSettings(_Section):
 
 
 class RetrySettings(_Section):
-    """Durable retries of a failed step (``app.scheduler.retries``): ``attempts`` more
+    """Durable retries of a failed step (``app.scheduler.backoff``, ``app.scheduler.chain``): ``attempts`` more
     calls after the first, waiting ``backoff * 2**n`` seconds (with jitter, at most
     ``max_backoff``) in the database, not in this process."""
 
     attempts: int = 0
     backoff: float = 1.0
     max_backoff: float = 60.0
+
+
+class WebhookSettings(_Section):
+    """Jobs' webhooks (``app.maintenance.webhooks``)."""
+
+    #: Where a webhook may point: host names, ``*.suffix`` wildcards, IP addresses and CIDR
+    #: ranges. Empty: no webhook is accepted. A name entry never allows a loopback,
+    #: private or link-local address it resolves to; an IP/CIDR entry must.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    #: Signs each POST (``Jobnode-Signature``) when set; ``JOBNODE_WEBHOOK_SECRET`` too.
+    secret: str | None = None
+    #: Seconds one POST may take, connection included.
+    timeout: float = 10.0
+    #: POSTs of one delivery before it is given up as failed.
+    max_attempts: int = 12
+    #: POSTs in flight at once on this node.
+    concurrency: int = 16
 
 
 class ContainerSettings(_Section):
@@ -144,6 +161,7 @@ class Settings(_Section):
     manage_containers: bool = True
     docker: DockerSettings = msgspec.field(default_factory=DockerSettings)
     containers: list[ContainerSettings] = msgspec.field(default_factory=list)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     log_level: str = "INFO"
 
     #: Keys of an Infernet config that were present and ignored (filled by the loader).

@@ -23,7 +23,7 @@ import asyncpg
 
 from app.db.engine import Database, asyncpg_timeouts
 from app.db.errors import describe
-from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, SUBSCRIPTIONS_CHANNEL, JobSignal
+from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, SUBSCRIPTIONS_CHANNEL, WEBHOOKS_CHANNEL, JobSignal
 
 log = logging.getLogger("jobnode.db")
 
@@ -92,12 +92,14 @@ class NodeConnection:
                 await self._conn.add_listener(CHANNEL, self._on_notify)
                 await self._conn.add_listener(LEASE_CHANNEL, self._on_notify)
                 await self._conn.add_listener(SUBSCRIPTIONS_CHANNEL, self._on_notify)
+                await self._conn.add_listener(WEBHOOKS_CHANNEL, self._on_notify)
                 if self.on_ended is not None:
                     await self._conn.add_listener(ENDED_CHANNEL, self._on_notify)
                 log.info("listening for new jobs on %s", CHANNEL)
                 lost = False
                 self.signal.notify()  # jobs may have arrived while we were not listening
                 self.signal.subscriptions_changed()  # and subscriptions
+                self.signal.webhooks_changed()  # and webhook deliveries
                 while not self._conn.is_closed():
                     await asyncio.sleep(self.retry_seconds)
                     async with self._querying:

@@ -1,4 +1,5 @@
-"""The schema operators read: ``jobs``, ``job_steps``, ``subscriptions`` and ``idempotency_keys``.
+"""The schema operators read: ``jobs``, ``job_steps``, ``step_attempts``, ``subscriptions``,
+``idempotency_keys`` and the webhook outbox (``webhook_deliveries``, ``webhook_attempts``).
 
 Every API query is served by an index declared here, and the Alembic history in
 ``migrations/`` must produce exactly this (a test compares them).
@@ -103,6 +104,8 @@ class Job(Base):
     #: An interval's job: its subscription and its interval (1-based); NULL otherwise.
     subscription_id: Mapped[str | None] = mapped_column(JobIdType)
     interval: Mapped[int | None] = mapped_column(BigInteger)
+    #: Where the job's result is POSTed when it ends (``app.maintenance.webhooks``).
+    webhook: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("id", name="uq_jobs_id"),
@@ -238,6 +241,8 @@ class Subscription(Base):
     missed: Mapped[int] = mapped_column(BigInteger, nullable=False)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
     cancelled_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    #: Copied into each interval's job.
+    webhook: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("id", name="uq_subscriptions_id"),
@@ -287,3 +292,72 @@ class IdempotencyKey(Base):
         # The pruner: expired keys, oldest first.
         Index("ix_idempotency_keys_expires_at", "expires_at"),
     )
+
+
+class DeliveryStatus:
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+_PENDING_SQL = "status = 'pending'"
+
+
+class WebhookDelivery(Base):
+    """The outbox: one POST of a job's result to its webhook, written in the transaction
+    that ends the job (or by an operator's re-send); its id is ``Jobnode-Delivery``."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[str] = mapped_column(JobIdType, primary_key=True)
+    job_id: Mapped[str] = mapped_column(
+        JobIdType, ForeignKey("jobs.id", ondelete="CASCADE", name="fk_webhook_deliveries_job_id"), nullable=False
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: When the next attempt is due; a claimed delivery's is pushed past its claim lease.
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    #: The job's end (or the re-send): where the delivery latency starts.
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        # The delivery claim: the earliest due pending delivery.
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text(_PENDING_SQL),
+            sqlite_where=text(_PENDING_SQL),
+        ),
+        # A job's deliveries (``GET /api/jobs/{id}``) and the cascade of a pruned job.
+        Index("ix_webhook_deliveries_job", "job_id"),
+        # Failing endpoints (the dashboard, ``jobnode webhooks list --failing``).
+        Index(
+            "ix_webhook_deliveries_failed",
+            "created_at",
+            postgresql_where=text("status = 'failed'"),
+            sqlite_where=text("status = 'failed'"),
+        ),
+    )
+
+
+class WebhookAttempt(Base):
+    """One POST of a delivery: when, and what came back (a status code or an error)."""
+
+    __tablename__ = "webhook_attempts"
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[str] = mapped_column(
+        JobIdType,
+        ForeignKey("webhook_deliveries.id", ondelete="CASCADE", name="fk_webhook_attempts_delivery_id"),
+        nullable=False,
+    )
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    finished_at: Mapped[datetime] = mapped_column(UtcDateTime, nullable=False)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("delivery_id", "attempt", name="uq_webhook_attempts_delivery_attempt"),)

@@ -20,6 +20,9 @@ CHANNEL = "jobnode_jobs"
 LEASE_CHANNEL = "jobnode_leases"
 #: A subscription was added or cancelled: every node's ticker reads its next due time.
 SUBSCRIPTIONS_CHANNEL = "jobnode_subscriptions"
+#: Webhook deliveries were written (a cancel, the reaper, a re-send): every node's
+#: delivery service looks for due ones.
+WEBHOOKS_CHANNEL = "jobnode_webhooks"
 #: Jobs that ended, for reads waiting on them in other processes: ``[sender, [ids]]``.
 ENDED_CHANNEL = "jobnode_ended"
 #: NOTIFY payloads must stay under 8000 bytes: ids per notification.
@@ -34,6 +37,7 @@ class JobSignal:
         self._event = asyncio.Event()
         self._leases = asyncio.Event()
         self._subscriptions = asyncio.Event()
+        self._webhooks = asyncio.Event()
         self._elsewhere: asyncio.TimerHandle | None = None
         #: Sent as the NOTIFY payload, so that a node ignores its own notifications: it
         #: was already woken in-process.
@@ -56,12 +60,18 @@ class JobSignal:
         """A subscription was added or cancelled: the ticker's next due time may have moved."""
         self._subscriptions.set()
 
+    def webhooks_changed(self) -> None:
+        """Webhook deliveries were written: the delivery service should claim them now."""
+        self._webhooks.set()
+
     def wake(self, channel: str) -> None:
         """What a notification on ``channel`` means for this node's scheduler."""
         if channel == LEASE_CHANNEL:
             self.leases_changed()
         elif channel == SUBSCRIPTIONS_CHANNEL:
             self.subscriptions_changed()
+        elif channel == WEBHOOKS_CHANNEL:
+            self.webhooks_changed()
         else:
             self.notify()
 
@@ -106,6 +116,9 @@ class JobSignal:
 
     async def wait_subscriptions(self, timeout: float) -> bool:
         return await _wait(self._subscriptions, timeout)
+
+    async def wait_webhooks(self, timeout: float) -> bool:
+        return await _wait(self._webhooks, timeout)
 
 
 async def _wait(event: asyncio.Event, timeout: float) -> bool:

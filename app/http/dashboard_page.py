@@ -90,6 +90,17 @@ def _jobs(rows: list[dict[str, Any]], failed: bool) -> str:
     return "".join(out)
 
 
+def _webhooks(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return '<tr><td colspan="5" class="muted">no failing webhook endpoints</td></tr>'
+    return "".join(
+        f'<tr><td class="mono">{_e(w["url"])}</td><td>{_badge(w["state"])}</td>'
+        f'<td class="r">{_e(w["deliveries"])}</td><td>{_e(clock(w["since"]))}</td>'
+        f'<td class="err">{_e(w["error"])}</td></tr>'
+        for w in rows
+    )
+
+
 def render(data: dict[str, Any], nonce: str) -> str:
     page = PAGE
     for marker, value in (
@@ -102,6 +113,7 @@ def render(data: dict[str, Any], nonce: str) -> str:
         ("@CONTAINERS@", _containers(data["containers"])),
         ("@RECENT@", _jobs(data["recent"], failed=False)),
         ("@FAILED@", _jobs(data["failed"], failed=True)),
+        ("@WEBHOOKS@", _webhooks(data["webhooks"])),
     ):
         page = page.replace(marker, value)
     return page
@@ -146,7 +158,7 @@ tr.job.sel { background:#dfe8ff; }
 .badge.success, .badge.ready { background:var(--ok); }
 .badge.failed, .badge.cancelled { background:var(--bad); }
 .badge.running, .badge.starting { background:var(--run); }
-.badge.pending { background:var(--wait); }
+.badge.pending, .badge.retrying { background:var(--wait); }
 svg { width:100%; height:150px; display:block; }
 .legend { font-size:12px; color:var(--muted); margin-top:4px; }
 .legend b { display:inline-block; width:10px; height:10px; border-radius:2px; margin:0 4px 0 10px; vertical-align:-1px; }
@@ -177,6 +189,9 @@ svg { width:100%; height:150px; display:block; }
 <th>created</th><th>status</th></tr></thead><tbody id="recent">@RECENT@</tbody></table></section>
 <section><h2>Failed jobs</h2><table><thead><tr><th>id</th><th>containers</th><th class="r">attempts</th>
 <th>finished</th><th>error</th></tr></thead><tbody id="failed">@FAILED@</tbody></table></section>
+<section class="wide"><h2>Failing webhook endpoints</h2><table><thead><tr><th>url</th><th>state</th>
+<th class="r">deliveries</th><th>since</th><th>error</th></tr></thead><tbody id="webhooks">@WEBHOOKS@</tbody></table>
+</section>
 <section class="wide" id="detail"><h2>Job</h2><p class="muted" id="detail-hint">Click a job to see its steps.</p>
 <div id="detail-body"></div></section>
 </main>
@@ -290,6 +305,9 @@ function render(d) {
   containers(d.containers);
   jobs($("recent"), d.recent, false);
   jobs($("failed"), d.failed, true);
+  fill($("webhooks"), d.webhooks.map((w) => row([
+    td(w.url, "mono"), badge(w.state), td(w.deliveries, "r"), td(clock(w.since)), td(w.error, "err"),
+  ])), "no failing webhook endpoints", 5);
   lines($("depth"), d.depth, ["pending", "running"], ["#c98a00", "#2f6fdb"]);
   bars($("throughput"), d.throughput);
   $("live").textContent = "updated " + clock(d.now) + " UTC";

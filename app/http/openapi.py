@@ -56,6 +56,7 @@ JOB_REQUEST: ErrorGroup = (
     catalogue.FIRST_CONTAINER_NOT_EXTERNAL,
     catalogue.NO_PROOF,
     catalogue.CONTAINER_NOT_ALLOWED,
+    catalogue.WEBHOOK_NOT_ALLOWED,
     catalogue.INVALID_SUBSCRIPTION,
     catalogue.TOO_MANY_SUBSCRIPTIONS,
     catalogue.BODY_TOO_LARGE,

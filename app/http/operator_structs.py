@@ -56,6 +56,35 @@ class IntervalOf(msgspec.Struct):
     interval: int
 
 
+class WebhookAttemptDetail(msgspec.Struct):
+    """One POST: its status code, or its error (no answer: refused, timed out, no connection)."""
+
+    attempt: int
+    started_at: str
+    finished_at: str
+    status_code: int | None
+    error: str | None
+
+
+class WebhookDeliveryDetail(msgspec.Struct):
+    """One delivery of the job's result (``Jobnode-Delivery``): at the job's end, or an
+    operator's re-send. ``next_attempt_at`` is null once delivered or failed."""
+
+    id: uuid.UUID
+    url: str
+    status: Literal["pending", "delivered", "failed"]
+    created_at: str
+    delivered_at: str | None
+    next_attempt_at: str | None
+    last_error: str | None
+    attempts: list[WebhookAttemptDetail]
+
+
+class WebhookDetail(msgspec.Struct):
+    url: str
+    deliveries: list[WebhookDeliveryDetail]
+
+
 class JobDetail(msgspec.Struct):
     """One job in full. ``status`` is the stored state (pending, running, success, failed,
     cancelled); ``api_status`` is how the compatible surface shows it."""
@@ -87,6 +116,8 @@ class JobDetail(msgspec.Struct):
     waiting: WaitingStep | None
     #: An interval's job: ``{"id": <subscription>, "interval": k}``; null otherwise.
     subscription: IntervalOf | None = None
+    #: The job's webhook and its deliveries; null without a webhook.
+    webhook: WebhookDetail | None = None
 
 
 class ContainerLiveState(msgspec.Struct):

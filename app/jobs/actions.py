@@ -12,13 +12,16 @@ from typing import Any
 from app import metrics
 from app.clock import utcnow
 from app.db.engine import Database
+from app.db.models import JobStatus
 from app.db.signal import CHANNEL, LEASE_CHANNEL, JobSignal
 from app.db.statements.maintenance import CANCEL, DROP_ERROR_STEPS, REQUEUE
 from app.db.statements.retries import DROP_STEP_ATTEMPTS
-from app.errors import JOB_ALREADY_FINISHED, JOB_NOT_FAILED, ErrorSpec
+from app.db.statements.webhooks import JOB_WEBHOOK
+from app.errors import JOB_ALREADY_FINISHED, JOB_HAS_NO_WEBHOOK, JOB_NOT_ENDED, JOB_NOT_FAILED, ErrorSpec
 from app.jobs.failure_step import record_failure
-from app.jobs.inspection import JobInspection
+from app.jobs.inspection import JobInspection, JobNotFound
 from app.jobs.live import LiveJobs
+from app.jobs.outbox import delivery_row, insert_deliveries, notify_webhooks
 from app.jobs.values import CANCELLED_ERROR
 
 
@@ -40,6 +43,9 @@ async def cancel_job(database: Database, job_id: str, node: str) -> bool:
         if row is None:
             return False
         await record_failure(conn, job_id, row.containers, CANCELLED_ERROR, now, node)
+        if row.webhook is not None:
+            await insert_deliveries(conn, [delivery_row(job_id, row.webhook, now)])
+            await notify_webhooks(conn)
     return True
 
 
@@ -77,6 +83,8 @@ class JobActions:
             raise JobConflict(JOB_ALREADY_FINISHED)
         if self.live is not None:
             self.live.ended(job_id)  # reads of it go to the database from now on
+        if self.signal is not None:
+            self.signal.webhooks_changed()  # its delivery, if it has a webhook
         await self._wake(LEASE_CHANNEL)
         detail = await self.inspection.job(job_id)
         metrics.job_cancelled(job_id, detail["container"])
@@ -96,6 +104,23 @@ class JobActions:
         """``retry`` without its answer, its metric or its wake-up (the CLI's ``--all-failed``
         wakes the schedulers once, at the end)."""
         return await requeue_job(self.database, job_id)
+
+    async def resend_webhook(self, job_id: str) -> dict[str, Any]:
+        """A new delivery of an ended job's result to its webhook (whatever became of the
+        earlier ones); the job in full, the new delivery among its deliveries."""
+        async with self.database.write() as conn:
+            row = (await JOB_WEBHOOK.run(conn, {"job": job_id})).first()
+            if row is None:
+                raise JobNotFound(job_id)
+            if row.webhook is None:
+                raise JobConflict(JOB_HAS_NO_WEBHOOK)
+            if row.status not in JobStatus.FINISHED:
+                raise JobConflict(JOB_NOT_ENDED)
+            await insert_deliveries(conn, [delivery_row(job_id, row.webhook, utcnow())])
+            await notify_webhooks(conn)
+        if self.signal is not None:
+            self.signal.webhooks_changed()
+        return await self.inspection.job(job_id)
 
     async def wake_schedulers(self) -> None:
         await self._wake(CHANNEL)

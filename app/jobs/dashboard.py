@@ -1,6 +1,7 @@
 """The dashboard's data: the queue now, its depth over the last minutes (sampled in the
 background, kept in memory), throughput, containers, recent and failed jobs, and the
-subscriptions: active ones, the next due time, intervals this node counted missed."""
+subscriptions: active ones, the next due time, intervals this node counted missed; and
+the webhook endpoints that fail (retried now, or failed in the last day)."""
 
 from __future__ import annotations
 
@@ -77,4 +78,5 @@ class Dashboard:
             "containers": self.containers.states(),
             "recent": recent,
             "failed": await self.inspection.failed_jobs(10),
+            "webhooks": await self.inspection.failing_webhooks(limit=10),
         }

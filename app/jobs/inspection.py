@@ -4,13 +4,14 @@ the dashboard and the ``jobnode jobs`` CLI)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.clock import utcnow
 from app.db.engine import Database
-from app.db.models import JobStatus
+from app.db.models import DeliveryStatus, JobStatus
 from app.db.statements.inspection import (
     ERRORS,
     JOB,
@@ -21,6 +22,7 @@ from app.db.statements.inspection import (
     newest_jobs,
 )
 from app.db.statements.retries import JOB_STEP_ATTEMPTS
+from app.db.statements.webhooks import DELIVERY_ATTEMPTS, FAILED_ENDPOINTS, JOB_DELIVERIES, RETRYING_ENDPOINTS
 from app.jobs.results import api_status, job_result, step_result
 
 
@@ -132,6 +134,7 @@ def job_detail(job: Any, steps: Sequence[Any], attempts: Sequence[Any] = ()) -> 
         "subscription": None
         if job.subscription_id is None
         else {"id": str(job.subscription_id), "interval": job.interval},
+        "webhook": None,
     }
 
 
@@ -159,7 +162,10 @@ class JobInspection:
                 raise JobNotFound(job_id)
             steps = (await JOB_STEPS.run(conn, {"job": job_id})).all()
             attempts = (await JOB_STEP_ATTEMPTS.run(conn, {"job": job_id})).all() if job.retries else []
-        return job_detail(job, steps, attempts)
+            detail = job_detail(job, steps, attempts)
+            if job.webhook is not None:
+                detail["webhook"] = {"url": job.webhook, "deliveries": await _deliveries(conn, job_id)}
+        return detail
 
     async def list_jobs(
         self, status: str | None = None, client: str | None = None, limit: int = 50
@@ -178,6 +184,20 @@ class JobInspection:
             errors = await _errors(conn, [str(r.id) for r in rows])
         return [_summary(r, errors.get(str(r.id))) for r in rows]
 
+    async def failing_webhooks(self, hours: float = 24, limit: int = 20) -> list[dict[str, Any]]:
+        """Endpoints whose deliveries are being retried now, then those whose deliveries
+        failed in the last ``hours``: ``{"url", "state", "deliveries", "since", "error"}``
+        (``since``: the oldest retried or the newest failed; ``error``: one of theirs)."""
+        since = utcnow() - timedelta(hours=hours)
+        async with self.database.read() as conn:
+            retrying = (await RETRYING_ENDPOINTS.run(conn, {"limit": limit})).all()
+            failed = (await FAILED_ENDPOINTS.run(conn, {"since": since, "limit": limit})).all()
+        return [
+            {"url": url, "state": state, "deliveries": count, "since": _iso(at), "error": error}
+            for state, rows in (("retrying", retrying), ("failed", failed))
+            for url, count, at, error in (tuple(row) for row in rows)
+        ]
+
     async def retryable_ids(self) -> list[str]:
         async with self.database.read() as conn:
             return [str(job_id) for (job_id,) in await RETRYABLE_IDS.run(conn)]
@@ -187,3 +207,33 @@ async def _errors(conn: AsyncConnection, job_ids: list[str]) -> dict[str, str]:
     if not job_ids:
         return {}
     return {str(r.job_id): f"{r.container}: {r.error}" for r in await ERRORS.run(conn, {"ids": job_ids})}
+
+
+async def _deliveries(conn: AsyncConnection, job_id: str) -> list[dict[str, Any]]:
+    """The job's webhook deliveries, each with its attempts."""
+    deliveries = (await JOB_DELIVERIES.run(conn, {"job": job_id})).all()
+    attempts: dict[str, list[dict[str, Any]]] = {str(d.id): [] for d in deliveries}
+    if deliveries:
+        for a in await DELIVERY_ATTEMPTS.run(conn, {"ids": list(attempts)}):
+            attempts[str(a.delivery_id)].append(
+                {
+                    "attempt": a.attempt,
+                    "started_at": _iso(a.started_at),
+                    "finished_at": _iso(a.finished_at),
+                    "status_code": a.status_code,
+                    "error": a.error,
+                }
+            )
+    return [
+        {
+            "id": str(d.id),
+            "url": d.url,
+            "status": d.status,
+            "created_at": _iso(d.created_at),
+            "delivered_at": _iso(d.delivered_at),
+            "next_attempt_at": _iso(d.next_attempt_at) if d.status == DeliveryStatus.PENDING else None,
+            "last_error": d.last_error,
+            "attempts": attempts[str(d.id)],
+        }
+        for d in deliveries
+    ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -24,11 +24,13 @@ from app.errors import (
     INVALID_JOB_REQUEST,
     NO_CONTAINERS,
     NO_PROOF,
+    WEBHOOK_NOT_ALLOWED,
     ClientError,
     lone_surrogate_reason,
     nested_too_deep,
 )
 from app.formatting import clipped
+from app.jobs.webhook_policy import AllowList, WebhookInvalid
 from app.storable import DEFAULT_MAX_DEPTH
 
 
@@ -41,13 +43,21 @@ class SubscriptionRequest(msgspec.Struct, kw_only=True):
 
 
 class JobRequest(msgspec.Struct, kw_only=True):
-    """``{"containers", "data", "requires_proof"?, "subscription"?}``; other keys (``id``,
-    ``ip``…) are ignored."""
+    """``{"containers", "data", "requires_proof"?, "subscription"?, "webhook"?}``; other
+    keys (``id``, ``ip``…) are ignored."""
 
     containers: list[str]
     data: dict[str, Any]
     requires_proof: bool = False
     subscription: SubscriptionRequest | None = None
+    #: Where the job's result is POSTed when it ends (``app.maintenance.webhooks``).
+    webhook: Annotated[
+        str | None,
+        msgspec.Meta(
+            description="An http(s) URL (at most 2,048 characters) the job's JobResult, with intermediate_results, "
+            "is POSTed to when the job ends; its host must be in webhooks.allowed_hosts."
+        ),
+    ] = None
 
 
 class JobRejected(ClientError):
@@ -176,20 +186,29 @@ class _Container:
 
 
 class ContainerCatalog:
-    """The configured containers, with their allow-lists parsed once."""
+    """The configured containers, with their allow-lists parsed once (and the webhooks'
+    allow-list: a request's webhook is checked here too)."""
 
     def __init__(self, settings: Settings) -> None:
         self._containers = {
             c.id: _Container(c, tuple(parse_networks(c.allowed_ips, f"containers[{c.id}].allowed_ips")))
             for c in settings.containers
         }
+        self.webhooks = AllowList.parse(settings.webhooks.allowed_hosts)
 
     def get(self, container_id: str) -> ContainerSettings | None:
         entry = self._containers.get(container_id)
         return entry.settings if entry else None
 
     def check(self, request: JobRequest, client: str) -> None:
-        """Raise the first rejection of SPEC §1's table, in its order."""
+        """Raise the first rejection of SPEC §1's table, in its order (a webhook that is no
+        URL is an invalid request, first; one the allow-list refuses comes last)."""
+        allowed = True
+        if request.webhook is not None:
+            try:
+                allowed = self.webhooks.allows_url(request.webhook)
+            except WebhookInvalid as exc:
+                raise JobRejected(INVALID_JOB_REQUEST, {"reason": f"webhook {exc}"}) from None
         if not request.containers:
             raise JobRejected(NO_CONTAINERS)
         entries = []
@@ -205,3 +224,5 @@ class ContainerCatalog:
         for entry in entries:
             if not entry.allows(client):
                 raise JobRejected(CONTAINER_NOT_ALLOWED, {"container": entry.settings.id, "address": client})
+        if not allowed:
+            raise JobRejected(WEBHOOK_NOT_ALLOWED, {"url": clipped(request.webhook or "")})

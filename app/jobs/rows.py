@@ -43,6 +43,7 @@ def pending_row(request: JobRequest, client: str, now: datetime, job_id: str | N
         "run_after": now,
         "created_at": now,
         "started_at": None,
+        "webhook": request.webhook,
     }
 
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Protocol
 
 from app.clock import utcnow
-from app.errors import NUL_REFUSED, STREAM_NO_SUBSCRIPTIONS, STREAM_ONE_CONTAINER
+from app.errors import NUL_REFUSED, STREAM_NO_SUBSCRIPTIONS, STREAM_NO_WEBHOOKS, STREAM_ONE_CONTAINER
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.transitions import JobStore
 from app.jobs.values import ClaimedJob, StepResult
@@ -55,6 +55,8 @@ class StreamService:
         """Check and store the job; the caller streams it with ``run``."""
         if request.subscription is not None:
             raise JobRejected(STREAM_NO_SUBSCRIPTIONS)
+        if request.webhook is not None:  # its client reads the result as it streams
+            raise JobRejected(STREAM_NO_WEBHOOKS)
         if len(request.containers) > 1:
             raise JobRejected(STREAM_ONE_CONTAINER)
         self.catalog.check(request, client)

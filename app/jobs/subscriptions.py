@@ -50,6 +50,7 @@ def new_subscription_row(request: JobRequest, schedule: Schedule, client: str, n
         "missed": 0,
         "created_at": now,
         "cancelled_at": None,
+        "webhook": request.webhook,
     }
 
 

@@ -20,6 +20,8 @@ from app.db.models import JobStatus
 from app.db.signal import JobSignal
 from app.db.statements import claims, retries
 from app.db.statements.submits import INSERT_JOBS
+from app.db.statements.webhooks import INSERT_DELIVERIES
+from app.jobs.outbox import delivery_row
 from app.jobs.requests import JobRequest
 from app.jobs.rows import pending_row
 from app.jobs.values import ClaimedJob, CommittedStep, LeaseLost, StepResult, StepRetry
@@ -106,6 +108,7 @@ class JobStore:
         #: The claims written for, not only the jobs: a node holding a stale and a current
         #: claim of one job (it lost the job and claimed it again) writes for the current one.
         held: set[tuple[str, int, datetime]] = set()
+        deliveries: list[dict[str, Any]] = []
         async with self.database.direct_write() as conn:
             for outcome in {result.ends_job_as for result in results}:
                 params = {
@@ -116,7 +119,8 @@ class JobStore:
                     rows = await conn.fetch(claims.EXTEND_OWNED, {**params, "lease_until": now + self.lease})
                 else:
                     rows = await conn.fetch(claims.FINISH_OWNED, {**params, "outcome": outcome, "now": now})
-                held.update((str(job_id), attempts, run_after) for job_id, attempts, run_after in rows)
+                    deliveries += [delivery_row(str(row[0]), row[3], now) for row in rows if row[3] is not None]
+                held.update((str(row[0]), row[1], row[2]) for row in rows)
             steps = [
                 {
                     "job_id": r.job.id,
@@ -139,6 +143,10 @@ class JobStore:
                 await conn.insert_many(claims.INSERT_STEPS, steps, notify=notify)
             for notification in notifications:
                 await conn.notify(*notification)
+            if deliveries:  # in the transaction that ends their jobs
+                await conn.insert_many(INSERT_DELIVERIES, deliveries)
+        if deliveries and self.signal is not None:
+            self.signal.webhooks_changed()  # this node's delivery service, at once
         return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
 
     async def record_retry(self, retry: StepRetry) -> None:

@@ -11,6 +11,7 @@ from app.clock import utcnow
 from app.db.engine import Database
 from app.db.statements.maintenance import EXHAUSTED_ORPHANS, FAIL, REQUEUE_ORPHANS
 from app.jobs.failure_step import record_failure
+from app.jobs.outbox import delivery_row, insert_deliveries
 
 log = logging.getLogger("jobnode.scheduler")
 
@@ -21,6 +22,7 @@ async def take_back(database: Database, node_id: str, max_attempts: int | None =
     used every attempt fails, as the reaper would fail it. How many were taken back."""
     now = utcnow()
     failed = 0
+    deliveries = []
     async with database.write() as conn:
         if max_attempts is not None:
             exhausted = await EXHAUSTED_ORPHANS.run(conn, {"node": node_id, "max_attempts": max_attempts})
@@ -29,7 +31,10 @@ async def take_back(database: Database, node_id: str, max_attempts: int | None =
                 await FAIL.run(conn, {"job": job_id, "now": now})
                 reason = f"gave up after {row.attempts} attempts: the node running the job stopped each time"
                 await record_failure(conn, job_id, row.containers, reason, now, node_id)
+                if row.webhook is not None:
+                    deliveries.append(delivery_row(job_id, row.webhook, now))
                 failed += 1
+        await insert_deliveries(conn, deliveries)
         return failed + (await REQUEUE_ORPHANS.run(conn, {"node": node_id})).rowcount
 
 

@@ -12,6 +12,7 @@ from app.db.engine import Database
 from app.db.signal import JobSignal
 from app.db.statements.maintenance import EXPIRED, FAIL, REQUEUE_EXPIRED
 from app.jobs.failure_step import record_failure
+from app.jobs.outbox import delivery_row, insert_deliveries, notify_webhooks
 
 log = logging.getLogger("jobnode.scheduler")
 
@@ -21,6 +22,7 @@ async def reap(database: Database, node_id: str, max_attempts: int, batch: int =
     reaping node, recorded on the error step of a job it fails."""
     now = utcnow()
     requeued = failed = 0
+    deliveries = []
     async with database.write() as conn:
         for row in (await EXPIRED.run(conn, {"now": now, "batch": batch})).all():
             job_id = str(row.id)
@@ -33,10 +35,15 @@ async def reap(database: Database, node_id: str, max_attempts: int, batch: int =
                 )
                 await FAIL.run(conn, {"job": job_id, "now": now})
                 await record_failure(conn, job_id, row.containers, reason, now, node_id)
+                if row.webhook is not None:
+                    deliveries.append(delivery_row(job_id, row.webhook, now))
                 failed += 1
             else:
                 await REQUEUE_EXPIRED.run(conn, {"job": job_id})
                 requeued += 1
+        await insert_deliveries(conn, deliveries)
+        if deliveries:
+            await notify_webhooks(conn)
     return requeued, failed
 
 
@@ -62,3 +69,5 @@ class Reaper:
                 self.max_attempts,
             )
             self.signal.notify()
+        if failed:
+            self.signal.webhooks_changed()  # their deliveries, if they have webhooks

@@ -10,6 +10,8 @@
 * ``inspection``: what the operator reads (``app.jobs.inspection``, ``app.jobs.queue_numbers``);
 * ``subscriptions``: the ticker's and the subscription endpoints' statements;
 * ``idempotency``: submits' ``Idempotency-Key`` rows (claim, read, prune of expired ones).
+* ``webhooks``: the webhook outbox (``app.maintenance.webhooks``) and what the operator
+  reads of it.
 
 A statement is a module-level ``app.db.direct.Statement`` (a Core statement with named
 ``bindparam``\\ s), UPPER_CASE. Hot paths run it on ``database.direct_read()`` /

@@ -75,12 +75,13 @@ EXTEND_OWNED = Statement(
     .values(lease_expires_at=bindparam("lease_until"))
     .returning(Job.id, Job.attempts, Job.run_after)
 )
-#: A step commit that ends its jobs as ``outcome``; returns the claims still held.
+#: A step commit that ends its jobs as ``outcome``; returns the claims still held, and
+#: each job's webhook (only a job that has one costs its delivery's INSERT).
 FINISH_OWNED = Statement(
     update(Job)
     .where(*owned_claims())
     .values(status=bindparam("outcome"), finished_at=_NOW, lease_owner=None, lease_expires_at=None)
-    .returning(Job.id, Job.attempts, Job.run_after)
+    .returning(Job.id, Job.attempts, Job.run_after, Job.webhook)
 )
 #: The steps of a step commit, written only for the claims still held.
 INSERT_STEPS = RowsInsert(

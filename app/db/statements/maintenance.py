@@ -49,7 +49,7 @@ FAILURE_STEP = Statement(
 #: Running jobs whose lease expired, oldest lease first, locked (others skipped: another
 #: reaper has them). Parameters: ``now``, ``batch``.
 EXPIRED = Statement(
-    select(Job.id, Job.attempts, Job.containers, Job.stream)
+    select(Job.id, Job.attempts, Job.containers, Job.stream, Job.webhook)
     .where(status_is(JobStatus.RUNNING), Job.lease_expires_at < _NOW)
     .order_by(Job.lease_expires_at)
     .limit(bindparam("batch", type_=Integer))
@@ -63,7 +63,9 @@ REQUEUE_EXPIRED = Statement(update(Job).where(Job.id == _JOB).values(status=JobS
 _ORPHANS = (status_is(JobStatus.RUNNING), Job.lease_owner == bindparam("node"), Job.stream.is_(False))
 #: Orphans that used every attempt. Parameters: ``node``, ``max_attempts``.
 EXHAUSTED_ORPHANS = Statement(
-    select(Job.id, Job.attempts, Job.containers).where(*_ORPHANS, Job.attempts >= bindparam("max_attempts"))
+    select(Job.id, Job.attempts, Job.containers, Job.webhook).where(
+        *_ORPHANS, Job.attempts >= bindparam("max_attempts")
+    )
 )
 #: Every orphan back to pending. Parameter: ``node``.
 REQUEUE_ORPHANS = Statement(update(Job).where(*_ORPHANS).values(status=JobStatus.PENDING, **_UNLEASED))
@@ -98,12 +100,13 @@ PRUNABLE_COUNT = Statement(select(func.count()).where(*_PRUNABLE))
 
 # -- the operator's actions -------------------------------------------------------------
 
-#: End an unfinished job as cancelled; answers its containers. Parameters: ``job``, ``now``.
+#: End an unfinished job as cancelled; answers its containers and its webhook.
+#: Parameters: ``job``, ``now``.
 CANCEL = Statement(
     update(Job)
     .where(Job.id == _JOB, status_in(JobStatus.UNFINISHED))
     .values(status=JobStatus.CANCELLED, finished_at=_NOW, **_UNLEASED)
-    .returning(Job.containers)
+    .returning(Job.containers, Job.webhook)
 )
 #: A failed or cancelled job back to pending, its attempts and step retries reset. Parameters: ``job``, ``now``.
 REQUEUE = Statement(

@@ -25,5 +25,6 @@ INSERT_JOBS = RowsInsert(
         "run_after",
         "created_at",
         "started_at",
+        "webhook",
     ),
 )

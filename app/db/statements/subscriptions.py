@@ -91,6 +91,7 @@ _INTERVAL_JOB = {
     "run_after": _NOW,
     "created_at": _NOW,
     "started_at": null(),
+    "webhook": Subscription.webhook,
     "subscription_id": Subscription.id,
     "interval": bindparam("interval", type_=BigInteger),
 }

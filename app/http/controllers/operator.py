@@ -13,7 +13,14 @@ from litestar import Controller, MediaType, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import PathParameter
 
-from app.errors import INVALID_JOB_ID, JOB_ALREADY_FINISHED, JOB_NOT_FAILED, JOB_NOT_FOUND
+from app.errors import (
+    INVALID_JOB_ID,
+    JOB_ALREADY_FINISHED,
+    JOB_HAS_NO_WEBHOOK,
+    JOB_NOT_ENDED,
+    JOB_NOT_FAILED,
+    JOB_NOT_FOUND,
+)
 from app.http import params
 from app.http.openapi import DATABASE, OPERATOR, OPERATOR_SECURITY, RATE_LIMITED, errors
 from app.http.operator_auth import operator_guard
@@ -28,6 +35,7 @@ JobIdPath = Annotated[str, PathParameter(format="uuid", description="The job's i
 _READ = errors(INVALID_JOB_ID, JOB_NOT_FOUND, OPERATOR, RATE_LIMITED, DATABASE)
 _CANCEL = errors(INVALID_JOB_ID, JOB_NOT_FOUND, JOB_ALREADY_FINISHED, OPERATOR, RATE_LIMITED, DATABASE)
 _RETRY = errors(INVALID_JOB_ID, JOB_NOT_FOUND, JOB_NOT_FAILED, OPERATOR, RATE_LIMITED, DATABASE)
+_RESEND = errors(INVALID_JOB_ID, JOB_NOT_FOUND, JOB_HAS_NO_WEBHOOK, JOB_NOT_ENDED, OPERATOR, RATE_LIMITED, DATABASE)
 
 
 async def _detail(action: object) -> JobDetail:
@@ -78,6 +86,18 @@ class OperatorJobsController(Controller):
     )
     async def retry(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
         return await _detail(actions.retry(params.job_id(job_id)))
+
+    @post(
+        "/webhook",
+        media_type=MediaType.JSON,
+        status_code=200,
+        summary="Send an ended job's result to its webhook again",
+        description="A new delivery (a new `Jobnode-Delivery` id), retried like any other; the job in full, "
+        "the new delivery last among `webhook.deliveries`.",
+        responses=_RESEND,
+    )
+    async def resend_webhook(self, job_id: JobIdPath, actions: NamedDependency[JobActions]) -> JobDetail:
+        return await _detail(actions.resend_webhook(params.job_id(job_id)))
 
 
 class ContainersController(Controller):

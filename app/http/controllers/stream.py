@@ -11,7 +11,7 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 
 from app.containers.resources import ResourceService
-from app.errors import STREAM_NO_SUBSCRIPTIONS, STREAM_ONE_CONTAINER
+from app.errors import STREAM_NO_SUBSCRIPTIONS, STREAM_NO_WEBHOOKS, STREAM_ONE_CONTAINER
 from app.http.identity import ClientIdentity
 from app.http.openapi import BAD_REQUEST, CROSS_SITE, DATABASE, JOB_REQUEST, JOB_REQUEST_BODY, RATE_LIMITED, errors
 from app.jobs.requests import decode_job_request
@@ -28,7 +28,13 @@ class StreamController(Controller):
         media_type=MediaType.TEXT,
         operation_class=JOB_REQUEST_BODY,
         responses=errors(
-            JOB_REQUEST, STREAM_NO_SUBSCRIPTIONS, STREAM_ONE_CONTAINER, CROSS_SITE, RATE_LIMITED, DATABASE
+            JOB_REQUEST,
+            STREAM_NO_SUBSCRIPTIONS,
+            STREAM_NO_WEBHOOKS,
+            STREAM_ONE_CONTAINER,
+            CROSS_SITE,
+            RATE_LIMITED,
+            DATABASE,
         ),
     )
     async def stream(

@@ -19,6 +19,7 @@ from tests.support import (
     drop_pg_database,
     migrated,
     node_settings,
+    own_pg_database,
     serve_node,
     unavailable,
 )
@@ -55,6 +56,22 @@ def database_url(request: pytest.FixtureRequest) -> str:
 
 _addresses = itertools.count(1)
 _run_octet = random.randrange(1, 250)
+
+
+@pytest.fixture(params=BACKENDS)
+def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database of this test's own, for node processes: a node claims any pending
+    job, so nothing may be shared with other tests."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"
+        return
+    yield from own_pg_database()
+
+
+@pytest.fixture
+def pg_fresh_url() -> Iterator[str]:
+    """``fresh_url`` for several node processes: they share PostgreSQL only."""
+    yield from own_pg_database()
 
 
 @pytest.fixture

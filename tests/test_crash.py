@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,24 +18,9 @@ from sqlalchemy import func, select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Job, JobStep
-from tests.support import NodeProcess, own_pg_database, unavailable, wait_finished
+from tests.support import NodeProcess, unavailable, wait_finished
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A database of this test's own: nodes claim any pending job, so nothing is shared."""
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'crash.db'}"
-    else:
-        yield from own_pg_database()
-
-
-@pytest.fixture
-def pg_fresh_url() -> Iterator[str]:
-    """Several nodes share PostgreSQL only (SQLite serves one node)."""
-    yield from own_pg_database()
 
 
 async def _open(url: str) -> AsyncIterator[Database]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -17,7 +16,7 @@ from sqlalchemy import select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Job, JobStep, StepAttempt
-from tests.support import HostService, NodeProcess, own_pg_database, wait_finished
+from tests.support import HostService, NodeProcess, wait_finished
 
 pytestmark = pytest.mark.slow
 
@@ -26,19 +25,6 @@ KEY = "retried"
 RETRY = {"attempts": 1, "backoff": 4.0, "max_backoff": 4.0}
 #: How late after its due time the retry may start (a claim loop wakes at the due time).
 LATE = 0.6
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'retries.db'}"
-        return
-    yield from own_pg_database()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    yield from own_pg_database()
 
 
 async def _database(url: str) -> Database:
@@ -114,10 +100,10 @@ async def test_a_node_killed_while_a_retry_waits_runs_it_on_time_when_restarted(
     assert -0.05 <= _second_call_lateness(service, attempt) < LATE
 
 
-async def test_another_node_runs_the_retry_of_a_killed_node_on_time(pg_url, tmp_path, host_service):
+async def test_another_node_runs_the_retry_of_a_killed_node_on_time(pg_fresh_url, tmp_path, host_service):
     service = host_service("flaky", FAILS=1)
-    nodes = {name: NodeProcess(tmp_path, _config(pg_url, service, name), name) for name in ("n1", "n2")}
-    database = await _database(pg_url)
+    nodes = {name: NodeProcess(tmp_path, _config(pg_fresh_url, service, name), name) for name in ("n1", "n2")}
+    database = await _database(pg_fresh_url)
     try:
         for node in nodes.values():
             node.spawn()

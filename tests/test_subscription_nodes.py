@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,17 +15,9 @@ from sqlalchemy import func, select
 from app.db import migrate
 from app.db.engine import Database
 from app.db.models import Job, Subscription
-from tests.support import NodeProcess, create_pg_database, drop_pg_database, own_pg_database, unavailable
+from tests.support import NodeProcess, create_pg_database, drop_pg_database, unavailable
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'ticks.db'}"
-        return
-    yield from own_pg_database()
 
 
 @pytest.fixture

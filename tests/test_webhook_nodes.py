@@ -7,24 +7,14 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support import NodeProcess, own_pg_database, wait_finished
+from tests.support import NodeProcess, wait_finished
 from tests.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def fresh_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'hooks.db'}"
-        return
-    yield from own_pg_database()
 
 
 def _config(url: str, service: Any, node_id: str, **webhooks: Any) -> dict[str, Any]:
@@ -68,13 +58,8 @@ async def test_sigkill_between_the_end_and_the_delivery(tmp_path, host_service, 
     assert all(r.json["status"] == "success" for r in receiver.received)
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    yield from own_pg_database()
-
-
-async def test_two_nodes_make_each_attempt_once(tmp_path, host_service, pg_url):
-    url = pg_url
+async def test_two_nodes_make_each_attempt_once(tmp_path, host_service, pg_fresh_url):
+    url = pg_fresh_url
     service = host_service("echo")
     async with Receiver() as receiver:
         receiver.answers["hook"] = [500] * 150 + [200]  # the first 150 POSTs fail: retried

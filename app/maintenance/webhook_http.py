@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -171,8 +172,9 @@ class WebhookClient:
             return Answer(None, f"refused: {exc}", refused=True)
         except TimeoutError:
             return Answer(None, f"timed out after {self.settings.timeout:g} s")
-        except http11.ConnectFailed as exc:
-            return Answer(None, f"cannot connect: {exc.os_error.strerror or exc.os_error}")
+        except http11.ConnectFailed as exc:  # asyncio's strerror names the address: the errno's is aiohttp's
+            error = exc.os_error
+            return Answer(None, f"cannot connect: {os.strerror(error.errno) if error.errno else error}")
         except aiohttp.ClientConnectorError as exc:
             refused = _refusal(exc)
             if refused is not None:

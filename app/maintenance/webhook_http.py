@@ -36,8 +36,8 @@ from app.jobs.webhook_policy import AllowList, WebhookInvalid
 
 EVENT = "job.finished"
 USER_AGENT = "jobnode-webhooks"
-#: Rendered endpoints of ``http://`` URLs kept at most (they are cheap to render again).
-MAX_ENDPOINTS = 4096
+#: URLs whose check and rendered endpoint are kept, at most (they are cheap to redo).
+MAX_ROUTES = 4096
 
 
 class AddressRefused(Exception):
@@ -108,7 +108,7 @@ class WebhookClient:
         self._session: aiohttp.ClientSession | None = None
         self._lean = http11.Http11Pool()
         self._resolve = resolve_checked(self.allow)
-        self._endpoints: dict[str, http11.Endpoint | None] = {}
+        self._routes: dict[str, tuple[Answer | None, http11.Endpoint | None]] = {}
         self._fixed = {"Content-Type": "application/json", "Jobnode-Event": EVENT}
 
     def _open(self) -> aiohttp.ClientSession:
@@ -141,26 +141,34 @@ class WebhookClient:
             headers["Jobnode-Signature"] = signature(self.settings.secret, int(utcnow().timestamp()), body)
         return headers
 
-    def _endpoint(self, url: str) -> http11.Endpoint | None:
-        """The lean client's endpoint for the URL, None for what aiohttp takes."""
+    def _route(self, url: str) -> tuple[Answer | None, http11.Endpoint | None]:
+        """The URL's refusal (None: the allow-list allows its host) and, for the lean
+        client, its endpoint (None: aiohttp's). Both depend only on the URL and the
+        allow-list, which does not change while the node runs: each URL's are kept."""
         try:
-            return self._endpoints[url]
+            return self._routes[url]
         except KeyError:
             pass
-        if len(self._endpoints) >= MAX_ENDPOINTS:
-            self._endpoints.clear()
-        found = self._endpoints[url] = http11.endpoint(url, {"User-Agent": USER_AGENT} | self._fixed)
-        return found
+        if len(self._routes) >= MAX_ROUTES:
+            self._routes.clear()
+        try:
+            allowed = self.allow.allows_url(url)
+        except WebhookInvalid as exc:
+            route: tuple[Answer | None, http11.Endpoint | None] = (Answer(None, f"refused: the URL {exc}", True), None)
+        else:
+            refusal = (
+                None if allowed else Answer(None, "refused: webhooks.allowed_hosts does not allow this host", True)
+            )
+            route = (refusal, http11.endpoint(url, {"User-Agent": USER_AGENT} | self._fixed))
+        self._routes[url] = route
+        return route
 
     async def post(self, url: str, delivery_id: str, attempt: int, body: bytes) -> Answer:
         """One attempt; never raises for what the endpoint or the network does."""
+        refusal, endpoint = self._route(url)
+        if refusal is not None:
+            return refusal
         try:
-            if not self.allow.allows_url(url):
-                return Answer(None, "refused: webhooks.allowed_hosts does not allow this host", refused=True)
-        except WebhookInvalid as exc:
-            return Answer(None, f"refused: the URL {exc}", refused=True)
-        try:
-            endpoint = self._endpoint(url)
             if endpoint is not None:
                 return await self._post_lean(endpoint, delivery_id, attempt, body)
             async with self._open().post(

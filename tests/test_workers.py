@@ -22,9 +22,7 @@ from tests.test_crash import (  # noqa: F401  (fixtures)
     _wait_all,
     _wait_progress,
     database,
-    fresh_url,
     pg_database,
-    pg_fresh_url,
 )
 
 pytestmark = pytest.mark.slow

@@ -159,7 +159,11 @@ class WebhookClient:
             refusal = (
                 None if allowed else Answer(None, "refused: webhooks.allowed_hosts does not allow this host", True)
             )
-            route = (refusal, http11.endpoint(url, {"User-Agent": USER_AGENT} | self._fixed))
+            try:
+                endpoint = http11.endpoint(url, {"User-Agent": USER_AGENT} | self._fixed)
+            except ValueError:  # a head it refuses to render: aiohttp's then, which refuses it too
+                endpoint = None
+            route = (refusal, endpoint)
         self._routes[url] = route
         return route
 

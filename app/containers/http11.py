@@ -12,6 +12,11 @@ It raises ``TimeoutError``, ``ConnectFailed``, ``ClosedBeforeAnswer``, ``Invalid
 ``IncompleteResponse`` or the ``OSError`` that broke the connection; what those mean for a
 job step is decided by ``app.containers.client``, not here.
 
+Webhook POSTs (``app.maintenance.webhook_http``) use it too, for the same reason: they
+add headers of their own to each request (``extra``), and connect only to the address
+their ``resolve`` hook approved (the SSRF check: the address checked is the address
+connected to, never resolved again); the ``Host`` header stays the URL's host.
+
 A request is never re-sent, not even one that met a keep-alive connection the peer was
 closing: a POST is not idempotent (RFC 9112 §9.3.1.1), and nothing tells "closed before
 it read the request" apart from "read it, ran it, then died". aiohttp does not retry a POST
@@ -25,7 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from urllib.parse import quote, urlsplit
 
 import httptools
@@ -76,14 +81,20 @@ class Endpoint:
         if any("\r" in line or "\n" in line for line in lines):
             # A CR or LF inside a value would let it inject headers (aiohttp refuses them too).
             raise ValueError(f"newline or carriage return in the request head of {target}")
-        head = "\r\n".join(lines) + "\r\nContent-Length: "
+        head = "\r\n".join(lines) + "\r\n"
         self.key = (host, port)
         self.host = host
         self.port = port
         self.head = head.encode("latin-1")
 
-    def request(self, body: bytes) -> bytes:
-        return self.head + str(len(body)).encode() + b"\r\n\r\n" + body
+    def request(self, body: bytes, extra: bytes = b"") -> bytes:
+        """``extra``: header lines of this request alone, each ending in CRLF, which the
+        caller renders from values that cannot hold a CR or LF."""
+        return b"".join((self.head, extra, b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body))
+
+
+#: Addresses to connect to for (host, port), in order, instead of the system resolver's.
+Resolve = Callable[[str, int], Awaitable[list[str]]]
 
 
 def endpoint(url: str, headers: Mapping[str, str]) -> Endpoint | None:
@@ -261,15 +272,20 @@ class Http11Pool:
     def open_connections(self) -> int:
         return len(self._open)
 
-    async def post(self, endpoint: Endpoint, body: bytes, timeout: float) -> tuple[int, bytes, bytes | None]:
+    async def post(
+        self, endpoint: Endpoint, body: bytes, timeout: float, extra: bytes = b"", resolve: Resolve | None = None
+    ) -> tuple[int, bytes, bytes | None]:
         """Status, body and ``Retry-After`` value (None without one) of one POST; ``timeout``
         bounds connect, request and response together (0 or less: no bound, as aiohttp's
-        ``ClientTimeout(total=0)``)."""
+        ``ClientTimeout(total=0)``). ``extra``: see ``Endpoint.request``; ``resolve``, for
+        a host name (an IP address is connected to as it is): the addresses a new
+        connection may use, whatever it raises is raised. A pool is used with one
+        ``resolve`` or none: a kept connection is reused without resolving again."""
         loop = asyncio.get_running_loop()
         now = loop.time()
         deadline = now + timeout if timeout > 0 else None
-        connection = self._idle_connection(endpoint.key, now) or await self._connect(loop, endpoint, deadline)
-        waiter = connection.send(endpoint.request(body))
+        connection = self._idle_connection(endpoint.key, now) or await self._connect(loop, endpoint, deadline, resolve)
+        waiter = connection.send(endpoint.request(body, extra))
         timer = loop.call_at(deadline, _expire, waiter) if deadline is not None else None
         try:
             status, raw, keep_alive = await waiter
@@ -336,7 +352,7 @@ class Http11Pool:
                     idle.remove(connection)
 
     async def _connect(
-        self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, deadline: float | None
+        self, loop: asyncio.AbstractEventLoop, endpoint: Endpoint, deadline: float | None, resolve: Resolve | None
     ) -> _Connection:
         """A new connection; the last address's error when none of the host's addresses
         accepts (as aiohttp reports it), ``TimeoutError`` when the deadline passes first."""
@@ -344,6 +360,8 @@ class Http11Pool:
             async with asyncio.timeout_at(deadline):
                 if _is_ip(endpoint.host):
                     addresses = [endpoint.host]
+                elif resolve is not None:
+                    addresses = await resolve(endpoint.host, endpoint.port)
                 else:
                     infos = await loop.getaddrinfo(endpoint.host, endpoint.port, type=socket.SOCK_STREAM)
                     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))

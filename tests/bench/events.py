@@ -37,6 +37,7 @@ from tests.bench.procs import (
     peak_rss_mb,
     sqlite_url,
 )
+from tests.bench.stats import ms, percentile
 from tests.support import HostService, migrated
 
 
@@ -50,11 +51,6 @@ def _rss_mb(pid: int) -> float | None:
 
 def say(message: str) -> None:
     print(f"[events {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 1) if ordered else float("nan")
 
 
 async def _one_stream(http: aiohttp.ClientSession, job_id: str, stop_after: int | None = None) -> dict[str, Any]:
@@ -105,14 +101,17 @@ async def live_phase(node: NodeProcess, streams: int) -> dict[str, Any]:
         "events_delivered": sum(r["events"] for r in results),
         "events_expected": 3 * streams,
         "headers_ms": {
-            "p50": percentile([r["headers"] for r in ok], 0.5),
-            "p99": percentile([r["headers"] for r in ok], 0.99),
+            "p50": ms(percentile([r["headers"] for r in ok], 50)),
+            "p99": ms(percentile([r["headers"] for r in ok], 99)),
         },
         "first_event_ms": {
-            "p50": percentile([r["first"] for r in ok if r["first"] is not None], 0.5),
-            "p99": percentile([r["first"] for r in ok if r["first"] is not None], 0.99),
+            "p50": ms(percentile([r["first"] for r in ok if r["first"] is not None], 50)),
+            "p99": ms(percentile([r["first"] for r in ok if r["first"] is not None], 99)),
         },
-        "stream_end_ms": {"p50": percentile([r["end"] for r in ok], 0.5), "max": percentile([r["end"] for r in ok], 1)},
+        "stream_end_ms": {
+            "p50": ms(percentile([r["end"] for r in ok], 50)),
+            "max": ms(percentile([r["end"] for r in ok], 100)),
+        },
         "wall_s": round(wall, 2),
         "node_cpu_s": round(cpu, 2),
         "client_cpu_s": round(own, 2),

@@ -48,16 +48,12 @@ from tests.bench.procs import (
     sqlite_url,
     tree_cpu,
 )
+from tests.bench.stats import ms, percentile
 from tests.support import migrated
 
 
 def say(message: str) -> None:
     print(f"[hooks {time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 # -- the receiver ----------------------------------------------------------------------
@@ -213,8 +209,8 @@ async def paced(database: Database, node: str, rate: int, seconds: float, webhoo
         "jobs_per_s": round(count / span),
         "deliveries": len(rows),
         "attempts_over_1": sum(1 for *_, attempts in rows if attempts > 1),
-        "delay_p50_ms": round(percentile(delays, 0.5) * 1000, 1),
-        "delay_p99_ms": round(percentile(delays, 0.99) * 1000, 1),
+        "delay_p50_ms": ms(percentile(delays, 50)),
+        "delay_p99_ms": ms(percentile(delays, 99)),
         "delay_max_ms": round(max(delays, default=float("nan")) * 1000, 1),
     }
 

@@ -23,12 +23,8 @@ import aiohttp
 import click
 
 from tests.bench.procs import EchoService, NodeProcess, create_pg_database, drop_pg_database, node_config, sqlite_url
+from tests.bench.stats import ms, percentile
 from tests.support import migrated
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
 
 
 async def _phase(node: NodeProcess, count: int, clients: int, key: str | None) -> dict[str, Any]:
@@ -55,8 +51,8 @@ async def _phase(node: NodeProcess, count: int, clients: int, key: str | None) -
         wall, cpu = time.perf_counter() - wall0, node.cpu() - cpu0
     return {
         "per_s": round(count / wall),
-        "p50_ms": round(_percentile(latencies, 0.5) * 1000, 2),
-        "p99_ms": round(_percentile(latencies, 0.99) * 1000, 2),
+        "p50_ms": ms(percentile(latencies, 50)),
+        "p99_ms": ms(percentile(latencies, 99)),
         "node_cpu_ms": round(cpu / count * 1000, 3),
     }
 

@@ -26,21 +26,10 @@ import msgspec
 
 from tests.bench.http import Connection
 from tests.bench.procs import EchoService, NodeProcess, PgBackends, system_busy_cpu, tree_cpu
+from tests.bench.stats import ms, percentile
 
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
-
-
-def percentile(values: list[float], p: float) -> float | None:
-    """Nearest-rank percentile; None for no values."""
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
-
-
-def ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 3)
 
 
 @dataclass(slots=True)

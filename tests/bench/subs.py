@@ -49,6 +49,7 @@ from tests.bench.procs import (
     sqlite_url,
     system_busy_cpu,
 )
+from tests.bench.stats import ms, percentile
 from tests.support import migrated
 
 
@@ -56,18 +57,11 @@ def say(message: str) -> None:
     print(f"[subs {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
 def _lags(values: list[float]) -> dict[str, float]:
     """p50/p99/max in milliseconds."""
     return {
-        "p50_ms": round(percentile(values, 0.5) * 1000, 1),
-        "p99_ms": round(percentile(values, 0.99) * 1000, 1),
+        "p50_ms": ms(percentile(values, 50)),
+        "p99_ms": ms(percentile(values, 99)),
         "max_ms": round(max(values, default=float("nan")) * 1000, 1),
     }
 
@@ -282,8 +276,8 @@ async def index_check(rows: int, samples: int = 30) -> dict[str, Any]:
                 "analyzed": analyzed,
                 "index": "ix_subscriptions_due" in plan,
                 "seq_scan": "Seq Scan" in plan,
-                "p50_ms": round(percentile(times, 0.5) * 1000, 3),
-                "p99_ms": round(percentile(times, 0.99) * 1000, 3),
+                "p50_ms": ms(percentile(times, 50)),
+                "p99_ms": ms(percentile(times, 99)),
             }
     finally:
         await conn.close()
@@ -334,7 +328,7 @@ async def tick_cost(due: int, batch: int = 100) -> dict[str, Any]:
         "started": started,
         "batch": batch,
         "transactions": len(times),
-        "batch_p50_ms": round(percentile(times, 0.5) * 1000, 1),
+        "batch_p50_ms": ms(percentile(times, 50)),
         "batch_max_ms": round(max(times) * 1000, 1),
         "ms_per_interval_job": round(sum(times) / max(started, 1) * 1000, 3),
     }

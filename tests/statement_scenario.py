@@ -122,6 +122,16 @@ def _client_job_ids(pending: bool | None, after: bool, limit: bool) -> Example:
     return Example(f"reads.client_job_ids{(pending, after, limit)!r}", params, _listed(pending, after, limit), True)
 
 
+def per_dialect(name: str, params: Any, rows: list[tuple[Any, ...]]) -> list[Example]:
+    """The same example for both forms of a ``PerDialect`` statement."""
+    return [Example(f"{name}.{dialect}", params, rows, dialect=dialect) for dialect in ("postgresql", "sqlite")]
+
+
+def owned_params(held: list[tuple[Any, ...]], node: str, **params: Any) -> dict[str, Any]:
+    """A step commit's parameters: its claims and their ids (``claims.owned_claims``)."""
+    return {"claims": held, "ids": [claim[0] for claim in held], "node": node, **params}
+
+
 ENDED = (ENDED_CHANNEL, f'["{NODE}",["{J2}"]]')
 #: The running node's statements: submits, a claim, step commits, renewal, release, reads.
 LIFECYCLE = [
@@ -147,7 +157,7 @@ LIFECYCLE = [
             ),
         ],
     ),
-    Example(
+    *per_dialect(
         "claims.CLAIM",
         {"now": NOW, "limit": 2, "node": NODE, "lease_until": LEASE},
         [
@@ -157,23 +167,19 @@ LIFECYCLE = [
     ),
     Example("claims.INSERT_STEPS", [step_row(J1, 0, STEP_OUTPUT), step_row(J2, 0, None, "bad ✗")], notify=ENDED),
     Example("claims.INSERT_STEPS", [step_row(J5, 0, [1, None])]),
-    Example(
+    *per_dialect(
         "claims.EXTEND_OWNED",
-        {
-            "claims": [(J1, 1, at(10)), (J5, 1, at(6)), (J4, 0, at(7)), (J1, 0, at(10))],
-            "node": NODE,
-            "lease_until": LEASE,
-        },
+        owned_params([(J1, 1, at(10)), (J5, 1, at(6)), (J4, 0, at(7)), (J1, 0, at(10))], NODE, lease_until=LEASE),
         [(J1, 1, at(10)), (J5, 1, at(6))],
     ),
-    Example(
+    *per_dialect(
         "claims.FINISH_OWNED",
-        {"claims": [(J2, 1, at(9))], "node": NODE, "outcome": JobStatus.FAILED, "now": NOW},
+        owned_params([(J2, 1, at(9))], NODE, outcome=JobStatus.FAILED, now=NOW),
         [(J2, 1, at(9), HOOK)],
     ),
-    Example(
+    *per_dialect(
         "claims.FINISH_OWNED",  # another node's claim of J1: nothing written
-        {"claims": [(J1, 1, at(10))], "node": OTHER_NODE, "outcome": JobStatus.SUCCESS, "now": NOW},
+        owned_params([(J1, 1, at(10))], OTHER_NODE, outcome=JobStatus.SUCCESS, now=NOW),
         [],
     ),
     Example(

@@ -21,7 +21,7 @@ from app.db.direct import DirectConnection, RowsInsert
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, ENDED_CHANNEL
-from tests.statement_scenario import ENDED, J5, LEASE, NODE, SCENARIO, A, Example, at, job_row, registry
+from tests.statement_scenario import ENDED, J5, LEASE, NODE, SCENARIO, A, Example, at, job_row, owned_params, registry
 from tests.support import create_pg_database, drop_pg_database, migrated, unavailable
 
 
@@ -142,10 +142,10 @@ async def test_expanding_lists_answer_each_item_once(driver: Driver, count: int)
     ]
     await _run(driver, Example("submits.INSERT_JOBS", rows))
     held = sorted((job_id, 1, at(1)) for job_id in ids)
-    renew = "claims.RENEW.postgresql" if driver.dialect == "postgresql" else "claims.RENEW.sqlite"
+    renew, extend = (f"claims.{name}.{driver.dialect}" for name in ("RENEW", "EXTEND_OWNED"))
     for example in (
         Example("reads.RESULTS", {"ids": ids}, sorted((i, A, JobStatus.RUNNING, None, None, None) for i in ids)),
-        Example("claims.EXTEND_OWNED", {"claims": held, "node": NODE, "lease_until": LEASE}, held),
+        Example(extend, owned_params(held, NODE, lease_until=LEASE), held),
         Example(renew, {"ids": ids, "node": NODE, "lease_until": LEASE}, sorted((i,) for i in ids)),
         Example("claims.COMMITTED_STEPS", {"ids": ids}, []),
     ):

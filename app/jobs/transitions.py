@@ -70,7 +70,7 @@ class JobStore:
         those (resumed jobs) cost a second read, so that they continue where they stopped.
         """
         async with self.database.direct_write(one_statement=True) as conn:
-            rows = await conn.fetch(claims.CLAIM, self.claim_params(limit, utcnow()))
+            rows = await conn.fetch(claims.CLAIM.pick(self.database), self.claim_params(limit, utcnow()))
         resumed = [row[0] for row in rows if row[-1]]
         retried = [row[0] for row in rows if row[-2]]
         steps: dict[str, list[CommittedStep]] = {}
@@ -111,14 +111,16 @@ class JobStore:
         deliveries: list[dict[str, Any]] = []
         async with self.database.direct_write() as conn:
             for outcome in {result.ends_job_as for result in results}:
-                params = {
-                    "claims": [result.claim for result in results if result.ends_job_as == outcome],
-                    "node": self.node_id,
-                }
+                owned = [result.claim for result in results if result.ends_job_as == outcome]
+                params = {"claims": owned, "ids": [claim[0] for claim in owned], "node": self.node_id}
                 if outcome is None:
-                    rows = await conn.fetch(claims.EXTEND_OWNED, {**params, "lease_until": now + self.lease})
+                    rows = await conn.fetch(
+                        claims.EXTEND_OWNED.pick(self.database), {**params, "lease_until": now + self.lease}
+                    )
                 else:
-                    rows = await conn.fetch(claims.FINISH_OWNED, {**params, "outcome": outcome, "now": now})
+                    rows = await conn.fetch(
+                        claims.FINISH_OWNED.pick(self.database), {**params, "outcome": outcome, "now": now}
+                    )
                     deliveries += [delivery_row(str(row[0]), row[3], now) for row in rows if row[3] is not None]
                 held.update((str(row[0]), row[1], row[2]) for row in rows)
             steps = [

@@ -400,7 +400,7 @@ async def explain_claim(url: str) -> dict[str, Any]:
     that is rolled back on PostgreSQL, EXPLAIN QUERY PLAN on SQLite."""
     database = Database(url)
     try:
-        statement = CLAIM.statement
+        statement = CLAIM.pick(database).statement
         params = JobStore(database, "bench", 30.0).claim_params(256, utcnow())
         compiled_sql = str(statement.compile(dialect=database.writer.dialect))
         prefix = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " if database.is_postgresql else "EXPLAIN QUERY PLAN "

@@ -78,7 +78,7 @@ CLAIM = PerDialect(
     #: SQLite (3.40) plans ``job_steps.job_id = jobs.id`` in a RETURNING clause's
     #: subquery as a read of all of ``job_steps``' index per claimed job, so that every
     #: claim cost more than the last as steps were committed (a 40,000-job backlog drained
-    #: at a third of its first rate). The one-item ``IN`` is looked up in the index.
+    #: at a sixth of its first rate). The one-item ``IN`` is looked up in the index.
     sqlite=_claim(select(JobStep.job_id).where(JobStep.job_id.in_([Job.id])).exists()),
 )
 #: The steps resumed jobs committed before. Parameter: ``ids``.

@@ -310,10 +310,11 @@ async def _reset(connection: asyncpg.Connection) -> None:
 #: run_after, seq LIMIT``) was planned, with 10 M jobs stored and 10,000 pending, as a read
 #: of every pending job through ``ix_jobs_unfinished_source`` and a sort of them all (5–8 ms),
 #: not as the ordered read of ``ix_jobs_claim`` that stops at the LIMIT (0.2 ms): the
-#: planner costs each of those index reads as a random page, the other as sequential
-#: (``tests/bench/claimplan.py``). It keeps that plan whatever the backlog. No JIT: with a
-#: million jobs pending the claim's generic plan is costed above ``jit_above_cost``, and
-#: compiling it took 9–10 ms of every claim of 256 jobs (whose work takes 7–8 ms).
+#: planner costs each row of the ordered read as a random page, the other read as
+#: sequential (``tests/bench/claimplan.py``); without sorts, the ordered read is the only
+#: plan left, whatever the backlog and the statistics. No JIT: with a million jobs pending
+#: the claim's generic plan is costed above ``jit_above_cost``, and compiling it took
+#: 9–10 ms of every claim of 256 jobs (whose own work takes 7–12 ms).
 _SESSION = {"enable_seqscan": "off", "enable_sort": "off", "jit": "off"}
 
 

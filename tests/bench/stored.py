@@ -168,11 +168,23 @@ async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[s
     dsn = asyncpg_dsn(url)
     conn = await asyncpg.connect(dsn)
     try:
+        # Before the foreign keys are dropped: the tables that lead to jobs and job_steps.
+        referencing = await conn.fetch(
+            "WITH RECURSIVE r(tbl, depth) AS (SELECT conrelid, 1 FROM pg_constraint WHERE contype = 'f' "
+            "AND confrelid IN ('jobs'::regclass, 'job_steps'::regclass) "
+            "AND conrelid NOT IN ('jobs'::regclass, 'job_steps'::regclass) "
+            "UNION ALL SELECT c.conrelid, r.depth + 1 FROM pg_constraint c JOIN r ON c.confrelid = r.tbl "
+            "WHERE c.contype = 'f') "
+            "SELECT tbl::regclass::text AS tbl FROM r GROUP BY tbl ORDER BY max(depth) DESC"
+        )
         started = time.monotonic()
         constraints = await conn.fetch(
             "SELECT conrelid::regclass::text AS tbl, conname, contype, pg_get_constraintdef(oid) AS def "
-            "FROM pg_constraint WHERE conrelid IN ('jobs'::regclass, 'job_steps'::regclass) "
-            "AND contype IN ('u', 'f', 'c', 'x') ORDER BY contype = 'f' DESC"
+            "FROM pg_constraint WHERE (conrelid IN ('jobs'::regclass, 'job_steps'::regclass) "
+            "AND contype IN ('u', 'f', 'c', 'x')) "
+            # Other tables' foreign keys to them (step attempts, webhooks) hold their unique indexes.
+            "OR (confrelid IN ('jobs'::regclass, 'job_steps'::regclass) AND contype = 'f') "
+            "ORDER BY contype = 'f' DESC"
         )
         for row in constraints:
             await conn.execute(f'ALTER TABLE {row["tbl"]} DROP CONSTRAINT "{row["conname"]}"')
@@ -183,7 +195,11 @@ async def build_postgresql(url: str, layout: Layout, log: Any = print) -> dict[s
         for row in indexes:
             await conn.execute(f'DROP INDEX "{row["name"]}"')
         # No WAL for the bulk rows (a benchmark database, dropped at the end; reads do not
-        # touch the WAL, so they run as on a logged table).
+        # touch the WAL, so they run as on a logged table). The (empty) tables whose foreign
+        # keys lead to them are unlogged first, those that reference others first: a logged
+        # table cannot reference an unlogged one.
+        for row in referencing:
+            await conn.execute(f"ALTER TABLE {row['tbl']} SET UNLOGGED")
         await conn.execute("ALTER TABLE job_steps SET UNLOGGED")
         await conn.execute("ALTER TABLE jobs SET UNLOGGED")
         timings["drop_indexes_s"] = time.monotonic() - started

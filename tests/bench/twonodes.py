@@ -2,7 +2,8 @@
 and two separate ``jobnode serve`` nodes on one PostgreSQL database.
 
     python -m tests.bench.twonodes [--modes one,workers,nodes] [--rounds 2] [--duration 5]
-                                   [--mode-mode polling|waiting|both] [--profile DIR] [--tree PATH]
+                                   [--wait-mode polling|waiting|both] [--profile DIR] [--tree PATH]
+                                   [--against OLD_TREE]
 
 Each mode runs on a fresh PostgreSQL database of its own, all against one echo service
 (1 container, 32 clients, closed loop: POST, then poll every 1 ms or wait with ``&wait=``).
@@ -17,7 +18,10 @@ jobs claimed by the claim loop (stored ``pending``, then claimed by an UPDATE) r
 than in the INSERT that stored them (``app.jobs.handoff``): a job's updates beyond its
 end, renewals included (``pg_stat_user_tables``); and the steps each process ran. ``--profile DIR``
 records each node process with py-spy during the last round's windows (collapsed stacks).
-``--tree`` runs the node of another checkout (``PYTHONPATH``), as ``ab.py`` does.
+``--tree`` runs the node of another checkout (``PYTHONPATH``), as ``ab.py`` does;
+``--against OLD`` runs every mode of that checkout too (``old-…``, each on its own
+database), alternately with this one's (``new-…``): a change measured against the commit
+before it.
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ WAITS = {"polling": 0.001, "waiting": None}
 class Deployment:
     """The node processes of one mode, on their database; CPU summed over all of them."""
 
-    def __init__(self, mode: str, url: str, service: EchoService, work: Path, tree: Path | None) -> None:
+    def __init__(
+        self, mode: str, url: str, service: EchoService, work: Path, tree: Path | None, label: str = ""
+    ) -> None:
         self.mode, self.url = mode, url
         count = 2 if mode == "nodes" else 1
         workers = 2 if mode == "workers" else 1
@@ -64,7 +70,7 @@ class Deployment:
         for index in range(count):
             config = node_config(url, service.url, containers=1, workers=workers)
             config["scheduler"]["node_id"] = f"bench-{mode}-{index}"
-            node = NodeProcess(work, config, name=f"{mode}-{index}")
+            node = NodeProcess(work, config, name=f"{label}{mode}-{index}")
             if tree is not None:
                 node.env = {"PYTHONPATH": str(tree)}
             self.nodes.append(node)
@@ -147,6 +153,9 @@ async def _window(
         "node_ms": summary["node_cpu_ms_per_job"],
         "db_ms": summary["db_cpu_ms_per_job"],
         "loadgen_ms": summary["loadgen_cpu_ms_per_job"],
+        "service_ms": summary["service_cpu_ms_per_job"],
+        #: The whole machine's busy cores in the window (2: nothing left for a second process).
+        "busy_cores": summary["cpu_cores"]["system"],
         "errors": summary["errors"],
         "error_samples": summary["error_samples"],
         "p50_ms": summary["latency_p50_ms"],
@@ -164,25 +173,29 @@ async def _run(
     clients: int,
     duration: float,
     profile: Path | None,
-    tree: Path | None,
+    trees: dict[str, Path | None],
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="jobnode-twonodes-"))
     service = EchoService(work).start()
     deployments: dict[str, Deployment] = {}
     figures: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    names = [f"{label}{mode}" for mode in modes for label in trees]
     try:
         for mode in modes:
-            deployments[mode] = Deployment(mode, await create_pg_database(), service, work, tree).start()
+            for label, tree in trees.items():
+                url = await create_pg_database()
+                deployments[f"{label}{mode}"] = Deployment(mode, url, service, work, tree, label).start()
         for round_ in range(rounds):
-            order = list(modes) if round_ % 2 == 0 else list(reversed(modes))
-            for mode in order:
-                deployment = deployments[mode]
+            order = names if round_ % 2 == 0 else list(reversed(names))
+            for name in order:
+                deployment = deployments[name]
+                mode = deployment.mode
                 for wait_name in waits:
                     recorders: list[Recorder] = []
                     if profile is not None and round_ == rounds - 1:
                         profile.mkdir(parents=True, exist_ok=True)
                         for n, pid in enumerate(deployment.serving_pids()):
-                            recorder = Recorder(pid, profile / f"{mode}-{wait_name}-{n}.txt", duration + 2)
+                            recorder = Recorder(pid, profile / f"{name}-{wait_name}-{n}.txt", duration + 2)
                             if recorder.start():
                                 recorders.append(recorder)
                     row = await _window(
@@ -192,15 +205,16 @@ async def _run(
                         if recorder.wait(60):
                             top = summarize(recorder.output, top=12)
                             click.echo(f"  profile {recorder.output.name}: {top['samples']} samples")
-                    figures.setdefault((mode, wait_name), []).append(row)
+                    figures.setdefault((name, wait_name), []).append(row)
                     click.echo(
-                        f"round {round_} {mode:>7} {wait_name}: {row['rate']:,.0f} jobs/s, node {row['node_ms']:.3f}"
-                        f" ms/job, db {row['db_ms']:.3f}, loadgen {row['loadgen_ms']:.3f}, commits/job"
+                        f"round {round_} {name:>11} {wait_name}: {row['rate']:,.0f} jobs/s, node {row['node_ms']:.3f}"
+                        f" ms/job, db {row['db_ms']:.3f}, loadgen {row['loadgen_ms']:.3f},"
+                        f" service {row['service_ms']:.3f}, busy cores {row['busy_cores']}, commits/job"
                         f" {row['commits_per_job']}, claimed by loop {row['claimed_by_loop']}, owners"
                         f" {row['owners']}, errors {row['errors']} {row['error_samples'] or ''}"
                     )
         click.echo("mean (min-max) over the rounds:")
-        for (mode, wait_name), rows in figures.items():
+        for (name, wait_name), rows in figures.items():
 
             def spread(key: str, rows: list[dict[str, Any]] = rows) -> str:
                 values = [r[key] for r in rows if r[key] is not None]
@@ -209,8 +223,9 @@ async def _run(
                 return f"{statistics.mean(values):,.3g} ({min(values):,.3g}-{max(values):,.3g})"
 
             click.echo(
-                f"{mode:>7} {wait_name}: jobs/s {spread('rate')}, node ms/job {spread('node_ms')}, "
-                f"db ms/job {spread('db_ms')}, commits/job {spread('commits_per_job')}, "
+                f"{name:>11} {wait_name}: jobs/s {spread('rate')}, node ms/job {spread('node_ms')}, "
+                f"db ms/job {spread('db_ms')}, busy cores {spread('busy_cores')}, "
+                f"commits/job {spread('commits_per_job')}, "
                 f"claimed by loop {spread('claimed_by_loop')}"
             )
         tracebacks = {mode: d.log().count("Traceback") for mode, d in deployments.items()}
@@ -231,15 +246,30 @@ async def _run(
 @click.option("--duration", type=float, default=5.0, show_default=True)
 @click.option("--profile", type=click.Path(file_okay=False, path_type=Path), default=None)
 @click.option("--tree", type=click.Path(file_okay=False, exists=True, path_type=Path), default=None)
+@click.option(
+    "--against",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="another checkout (e.g. the previous commit, `git worktree add`): each mode of both, alternately",
+)
 def main(
-    modes: str, wait_mode: str, rounds: int, clients: int, duration: float, profile: Path | None, tree: Path | None
+    modes: str,
+    wait_mode: str,
+    rounds: int,
+    clients: int,
+    duration: float,
+    profile: Path | None,
+    tree: Path | None,
+    against: Path | None,
 ) -> None:
     """One node process against two (workers, or two nodes on one database), alternately."""
     chosen = [m for m in modes.split(",") if m]
     if unknown := set(chosen) - set(MODES):
         raise click.BadParameter(f"unknown modes {sorted(unknown)}", param_hint="--modes")
     waits = list(WAITS) if wait_mode == "both" else [wait_mode]
-    asyncio.run(_run(chosen, waits, rounds, clients, duration, profile, tree.resolve() if tree else None))
+    new = tree.resolve() if tree else None
+    trees: dict[str, Path | None] = {"old-": against.resolve(), "new-": new} if against else {"": new}
+    asyncio.run(_run(chosen, waits, rounds, clients, duration, profile, trees))
 
 
 if __name__ == "__main__":

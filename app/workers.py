@@ -6,9 +6,15 @@ section). Each worker is a whole node — API and scheduler — with an identity
 ``<node_id>/<n>``: claims are as safe across processes as across nodes, and a worker
 restarted under its identity takes its own orphaned jobs back at once.
 
-The parent (``jobnode serve``, which has migrated the database) binds the socket once and shares it (the kernel
-spreads the connections over the workers), restarts a worker that dies, and on SIGTERM
-or SIGINT stops every worker gracefully (each hands its unfinished jobs back).
+The parent (``jobnode serve``, which has migrated the database) binds the port, restarts
+a worker that dies, and on SIGTERM or SIGINT stops every worker gracefully (each hands
+its unfinished jobs back). Each worker listens on a socket of its own bound to that port
+(``SO_REUSEPORT``): the kernel spreads new connections over them evenly. On one shared
+listening socket the worker that woke first took every connection waiting (uvloop
+accepts until none is left): a burst of 32 connections split 23/9 or worse, one worker
+ran at its limit while the other had little to batch, and the pair spent more CPU per
+job than an even split. The parent's socket never listens: it holds the port, and is
+shared as it is where ``SO_REUSEPORT`` is missing.
 """
 
 from __future__ import annotations
@@ -46,8 +52,21 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.set_inheritable(True)
+    return sock
+
+
+def own_socket(shared: socket.socket) -> socket.socket:
+    """A worker's listening socket: its own, on the parent's address (``SO_REUSEPORT``),
+    or the parent's where the platform has no such option."""
+    if not hasattr(socket, "SO_REUSEPORT"):
+        return shared
+    address = shared.getsockname()
+    sock = bind(address[0], address[1])
+    shared.close()
     return sock
 
 
@@ -115,7 +134,7 @@ def _worker_main(
     # stops each worker once (a second signal would make uvicorn skip the graceful part).
     os.setsid()
     _stop_with_parent(parent)
-    run_worker(settings, sock)
+    run_worker(settings, own_socket(sock))
 
 
 def _stop_with_parent(parent: int) -> None:

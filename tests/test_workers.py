@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -49,6 +51,12 @@ def _children(pid: int) -> list[int]:
     return found
 
 
+def _listening(port: int) -> int:
+    """Listening TCP sockets on ``port`` (``/proc/net/tcp``: state 0A)."""
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1].endswith(f":{port:04X}") and line.split()[3] == "0A")
+
+
 def _port_is_closed(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) != 0
@@ -80,6 +88,40 @@ async def test_two_workers_share_the_work_once_and_stop_together(fresh_url, data
     assert _port_is_closed(node.port)
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived the node"
     assert "database is locked" not in node.log()
+
+
+async def test_connections_opened_at_once_are_spread_over_the_workers(
+    pg_fresh_url, pg_database, tmp_path, host_service
+):
+    """32 connections opened together (a load generator's clients) go to both workers,
+    about half each: each worker listens on a socket of its own (``SO_REUSEPORT``). On one
+    shared socket the worker that woke first accepted all it found waiting (23/9 and
+    worse in the benchmark). A job runs where it was submitted (claimed by its INSERT), so
+    its step's node says which worker took the connection."""
+    node = NodeProcess(tmp_path, _workers(pg_fresh_url, [host_service("count")], max_concurrent_jobs=64))
+    clients = [httpx.AsyncClient(base_url=node.url, limits=httpx.Limits(max_connections=1)) for _ in range(32)]
+    try:
+        node.start()
+        deadline = time.monotonic() + 30
+        while _listening(node.port) < 2:  # the second worker may still be starting
+            assert time.monotonic() < deadline, "the workers do not listen on sockets of their own"
+            await asyncio.sleep(0.1)
+        await asyncio.gather(*(http.get("/health") for http in clients))  # every connection open
+        answers = await asyncio.gather(
+            *(
+                http.post("/api/jobs", json={"containers": ["s0"], "data": {"job": str(i)}})
+                for i, http in enumerate(clients)
+            )
+        )
+        ids = [answer.json()["id"] for answer in answers]
+        results = await _wait_all(node, ids)
+    finally:
+        await asyncio.gather(*(http.aclose() for http in clients))
+        node.kill()
+    assert {r["status"] for r in results.values()} == {"success"}
+    async with pg_database.read() as conn:
+        by_node = dict((await conn.execute(select(JobStep.node, func.count()).group_by(JobStep.node))).all())
+    assert set(by_node) == {"w/0", "w/1"} and min(by_node.values()) >= 6, f"connections not spread: {by_node}"
 
 
 async def test_a_killed_worker_is_replaced_and_no_committed_step_runs_again(

@@ -41,6 +41,7 @@ log = logging.getLogger("jobnode")
 #: node exits instead.
 MIN_UPTIME_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1
+_REUSE_PORT = hasattr(socket, "SO_REUSEPORT")
 
 
 def worker_settings(settings: Settings, index: int) -> Settings:
@@ -48,24 +49,40 @@ def worker_settings(settings: Settings, index: int) -> Settings:
     return msgspec.structs.replace(settings, scheduler=scheduler)
 
 
-def bind(host: str, port: int) -> socket.socket:
+def _bound(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if hasattr(socket, "SO_REUSEPORT"):
+    if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     sock.set_inheritable(True)
     return sock
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The parent's socket. Bound once without ``SO_REUSEPORT`` first, and closed: a port
+    that anything holds fails here, as it did before the workers had sockets of their
+    own (two nodes started on one port by mistake must not share it without a word)."""
+    if not _REUSE_PORT:
+        return _bound(host, port, reuse_port=False)
+    probe = _bound(host, port, reuse_port=False)
+    port = probe.getsockname()[1]  # port 0: the one the system chose
+    probe.close()
+    return _bound(host, port, reuse_port=True)
 
 
 def own_socket(shared: socket.socket) -> socket.socket:
     """A worker's listening socket: its own, on the parent's address (``SO_REUSEPORT``),
     or the parent's where the platform has no such option."""
-    if not hasattr(socket, "SO_REUSEPORT"):
+    if not _REUSE_PORT:
         return shared
     address = shared.getsockname()
-    sock = bind(address[0], address[1])
+    sock = _bound(address[0], address[1], reuse_port=True)
     shared.close()
     return sock
 

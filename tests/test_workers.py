@@ -168,3 +168,25 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "Z"
+
+
+def test_a_port_in_use_is_refused_though_workers_share_theirs():
+    """The workers share the parent's port (``SO_REUSEPORT``), but the parent binds it alone
+    first: a port another process listens on, or another node's parent holds, fails."""
+    from app.workers import bind, own_socket
+
+    parent = bind("127.0.0.1", 0)
+    port = parent.getsockname()[1]
+    worker = own_socket(parent.dup())
+    worker.listen()
+    try:
+        with pytest.raises(OSError):
+            bind("127.0.0.1", port)  # a second node on the same port
+    finally:
+        worker.close()
+        parent.close()
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        with pytest.raises(OSError):
+            bind("127.0.0.1", other.getsockname()[1])

@@ -11,10 +11,10 @@ a worker that dies, and on SIGTERM or SIGINT stops every worker gracefully (each
 its unfinished jobs back). Each worker listens on a socket of its own bound to that port
 (``SO_REUSEPORT``): the kernel spreads new connections over them evenly. On one shared
 listening socket the worker that woke first took every connection waiting (uvloop
-accepts until none is left): a burst of 32 connections split 23/9 or worse, one worker
-ran at its limit while the other had little to batch, and the pair spent more CPU per
-job than an even split. The parent's socket never listens: it holds the port, and is
-shared as it is where ``SO_REUSEPORT`` is missing.
+accepts until none is left): 32 connections opened together split 25/7 in a third of
+the benchmark's windows, one worker loaded and the other with little to batch. The
+parent's socket never listens: it holds the port, and is shared as it is where
+``SO_REUSEPORT`` is missing.
 """
 
 from __future__ import annotations

@@ -145,9 +145,7 @@ async def run_burst(
             connection.close()
 
     start = await meter.read()
-    await asyncio.wait_for(
-        asyncio.gather(*(one(client, i) for i, client in enumerate(clients))), s.time_limit + 10
-    )
+    await asyncio.wait_for(asyncio.gather(*(one(client, i) for i, client in enumerate(clients))), s.time_limit + 10)
     end = await meter.read()
     cpu = load.Meter.delta(start, end)
     errors: Counter[str] = Counter()
@@ -203,6 +201,7 @@ async def _standalone(
     trees: list[Path], db: str, rounds: int, settings: BurstSettings, profile_to: Path | None
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="jobnode-burst-"))
+    click.echo(f"workdir {work}")
     service = EchoService(work).start()
     nodes: list[NodeProcess] = []
     urls: list[str] = []

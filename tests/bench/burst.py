@@ -201,7 +201,9 @@ async def _standalone(
     trees: list[Path], db: str, rounds: int, settings: BurstSettings, profile_to: Path | None
 ) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="jobnode-burst-"))
-    click.echo(f"workdir {work}")
+    click.echo(f"work directory (node logs) {work}")
+    if profile_to is not None:
+        profile_to.parent.mkdir(parents=True, exist_ok=True)
     service = EchoService(work).start()
     nodes: list[NodeProcess] = []
     urls: list[str] = []
@@ -226,7 +228,9 @@ async def _standalone(
                         recorder = None
                         if profile_to is not None and round_ == rounds - 1 and i == len(trees) - 1:
                             recorder = profile.Recorder(node.pid, profile_to.with_suffix(f".{key}.txt"), 3.0)
-                            recorder.start()
+                            if not recorder.start():
+                                click.echo(f"no profile: {recorder.error}")
+                                recorder = None
                         interval = settings.poll_ms / 1000 if mode == "poll" else None
                         summary = await run_burst(node.port, meter, settings, interval, raw["rate"])
                         if recorder is not None:

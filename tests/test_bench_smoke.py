@@ -49,6 +49,11 @@ def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
         for clients in ("1", "4"):
             assert result["end_to_end"][chain][clients]["jobs"] > 0, (chain, clients)
     assert result["idle_time_to_result"]["count"] > 0
+    for key in ("burst", "burst_wait"):
+        burst = result[key]
+        assert burst["checked"] == burst["jobs"] == 200 and burst["errors"] == 0, burst
+        assert burst["rate"] > 0 and burst["node_cpu_ms_per_job"] is not None
+    assert "## Burst" in text
     reference = result["reference"]
     assert reference["work_us"] == 250 and reference["raw"]["ops"] > 0
     assert reference["end_to_end"]["jobs"] > 0 and reference["end_to_end_wait"]["jobs"] > 0

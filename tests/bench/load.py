@@ -236,14 +236,14 @@ async def closed_loop(
 # -- operations ------------------------------------------------------------------------
 
 
-def _check_status(status: int, body: bytes, what: str) -> None:
+def check_status(status: int, body: bytes, what: str) -> None:
     if status != 200:
         raise OpFailed(f"{what} {status}: {body[:160].decode(errors='replace')}")
 
 
 async def submit_job(connection: Connection, containers: list[str], data: dict[str, Any]) -> str:
     status, body = await connection.request("POST", "/api/jobs", _encode({"containers": containers, "data": data}))
-    _check_status(status, body, "POST /api/jobs")
+    check_status(status, body, "POST /api/jobs")
     return _decode(body)["id"]
 
 
@@ -269,7 +269,7 @@ async def wait_result(connection: Connection, job_id: str, poll_interval: float 
     while True:
         status, body = await connection.request("GET", target)
         polls += 1
-        _check_status(status, body, "GET /api/jobs")
+        check_status(status, body, "GET /api/jobs")
         results = _decode(body)
         if not results:
             raise OpFailed(f"job {job_id} not found")
@@ -309,7 +309,7 @@ def raw_op() -> Op:
         body = _encode({"source": 1, "destination": 1, "data": data, "requires_proof": False})
         started = time.monotonic()
         status, answer = await connection.request("POST", "/service_output", body)
-        _check_status(status, answer, "POST /service_output")
+        check_status(status, answer, "POST /service_output")
         if _decode(answer) != data:
             raise OpFailed("service answered with the wrong body")
         end = time.monotonic()
@@ -335,7 +335,7 @@ def batch_op(containers: list[str], size: int) -> Op:
         items = [{"containers": containers, "data": {"job": sequence, "item": i}} for i in range(size)]
         started = time.monotonic()
         status, body = await connection.request("POST", "/api/jobs/batch", _encode(items))
-        _check_status(status, body, "POST /api/jobs/batch")
+        check_status(status, body, "POST /api/jobs/batch")
         answers = _decode(body)
         bad = [a for a in answers if "id" not in a]
         if len(answers) != size or bad:
@@ -432,7 +432,7 @@ async def get_latency(
         started = time.monotonic()
         status, body = await connection.request("GET", targets(i))
         elapsed = time.monotonic() - started
-        _check_status(status, body, f"GET {targets(i)[:60]}")
+        check_status(status, body, f"GET {targets(i)[:60]}")
         if check is not None:
             check(_decode(body))
         sizes.append(len(body))

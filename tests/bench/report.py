@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tests.bench.burst import INFERNET_BURST_JOBS_S
+from tests.bench.burst import VARIANTS as BURST_VARIANTS
 from tests.bench.load import VARIANTS
 
 #: The targets of issue 5 (PostgreSQL, 2 cores). SQLite reports the same figures.
@@ -20,6 +22,12 @@ E2E_TARGETS = {
     "e2e_ratio_32": ("end-to-end ÷ raw, 1 container, 32 clients, service of the reference's speed", ">=", 0.5),
     "e2e_rate_32": ("end-to-end jobs/s, 1 container, 32 clients (when raw ≥ 3,200 req/s)", ">=", 1600),
     "cpu_per_job": ("node CPU ms per one-step job (32 clients)", "<=", 0.5),
+}
+#: The burst phase's targets (issue 19; PostgreSQL, 2 cores), for each of its variants.
+BURST_TARGETS = {
+    "burst_rate": ("burst: end-to-end jobs/s, 4,000 jobs from 32 clients", ">=", 2500),
+    "burst_infernet": ("burst: × the Infernet node on the same workload", ">=", 7.5),
+    "burst_cpu": ("burst: node CPU ms per job, reads included", "<=", 0.4),
 }
 TARGETS = {
     "batch_ingest": ("batch ingest jobs/s (scheduler running)", ">=", 20_000),
@@ -61,6 +69,15 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         targets = {k: v for k, v in E2E_TARGETS.items() if values[k] is not None or k != "e2e_ratio_32"}
         label = variant_label(variant, result["config"]["poll_ms"])
         rows += _rows(targets, values, f" — {label}")
+    for key in BURST_VARIANTS:
+        burst = result.get(key)
+        if burst:
+            values = {
+                "burst_rate": burst.get("rate"),
+                "burst_infernet": burst.get("ratio_to_infernet"),
+                "burst_cpu": burst.get("node_cpu_ms_per_job"),
+            }
+            rows += _rows(BURST_TARGETS, values, f" — {_burst_label(key)}")
     values = {
         "batch_ingest": _get(result, "submit", "batch", "rate"),
         "idle_p50": _get(result, "idle_time_to_result", "p50_ms"),
@@ -71,6 +88,10 @@ def evaluate_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         "stored_info_p99": _get(result, "stored", "reads", "info", "p99_ms"),
     }
     return rows + _rows(TARGETS, values)
+
+
+def _burst_label(key: str) -> str:
+    return "clients poll" if BURST_VARIANTS[key] == "poll" else "clients wait (`&wait=`)"
 
 
 def _rows(targets: dict[str, tuple[str, str, float]], values: dict[str, Any], suffix: str = "") -> list[dict[str, Any]]:
@@ -141,6 +162,7 @@ def markdown(result: dict[str, Any]) -> str:
         ),
         "",
     ]
+    lines += _burst_section(result)
     lines += _reference_section(result)
     lines += _latency_table(result)
     lines += _stored_section(result)
@@ -170,6 +192,34 @@ def _end_to_end_table(result: dict[str, Any], variant: str) -> list[str]:
                 f"{_fmt(s.get('db_cpu_ms_per_job'), 3)} | {core_text} | {s.get('errors')} |"
             )
     return lines
+
+
+def _burst_section(result: dict[str, Any]) -> list[str]:
+    if not any(result.get(key) for key in BURST_VARIANTS):
+        return []
+    low, high = INFERNET_BURST_JOBS_S
+    lines = [
+        "## Burst (issue 19)",
+        "",
+        "Clients submit all the jobs at once, one `POST /api/jobs` each, then read their own back "
+        "(`GET /api/jobs?id=…`, 100 ids a request) until every one has ended; node `max_concurrent_jobs` "
+        f"64, 1 container. Jobs/s from the first submit to the last result; × Infernet: ÷ {high} "
+        f"(the Infernet node did {low}–{high} jobs/s on this workload, issue 19).",
+        "",
+        "| clients read by | jobs | clients | e2e jobs/s | × raw | × Infernet | POST p50 / p99 ms | GETs "
+        "| node CPU ms/job | db CPU ms/job | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for key in BURST_VARIANTS:
+        s = result.get(key)
+        if s:
+            lines.append(
+                f"| {_burst_label(key)} | {_fmt(s.get('checked'))} | {s.get('clients')} | {_fmt(s.get('rate'))} | "
+                f"{_fmt(s.get('ratio_to_raw'), 3)} | {_fmt(s.get('ratio_to_infernet'), 2)} | {_p(s, 'submit')} | "
+                f"{_fmt(s.get('gets'))} | {_fmt(s.get('node_cpu_ms_per_job'), 3)} | "
+                f"{_fmt(s.get('db_cpu_ms_per_job'), 3)} | {s.get('errors')} |"
+            )
+    return [*lines, ""]
 
 
 def _reference_section(result: dict[str, Any]) -> list[str]:
@@ -363,6 +413,9 @@ def comparison(results: dict[str, dict[str, Any]]) -> str:
                     _get(lite, "reference", variant, "ratio_to_raw"),
                 )
             )
+    for key in BURST_VARIANTS:
+        for figure, field in (("jobs/s", "rate"), ("node CPU ms/job", "node_cpu_ms_per_job")):
+            rows.append((f"burst, {_burst_label(key)}: {figure}", _get(pg, key, field), _get(lite, key, field)))
     rows += [
         (
             "batch ingest jobs/s (scheduler running)",

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from app.db.engine import Database
-from tests.bench import load, profile, report, stored
+from tests.bench import burst, load, profile, report, stored
 from tests.bench.http import Connection
 from tests.bench.procs import (
     ROOT,
@@ -67,6 +67,9 @@ class Options:
     reference_clients: int = 32
     profile_duration: float = 8.0
     idle_jobs: int = 300
+    #: The burst phase (``tests/bench/burst.py``): jobs, from this many clients.
+    burst_jobs: int = 4000
+    burst_clients: int = 32
     single_posts: int = 1000
     submit_clients: int = 32
     batch_clients: int = 4
@@ -98,6 +101,7 @@ class Options:
             options.raw_warmup, options.raw_duration = 0.1, 0.3
             options.profile_duration = 1.0
             options.idle_jobs, options.single_posts = 20, 50
+            options.burst_jobs, options.burst_clients = 200, 4
             options.submit_clients, options.batch_clients, options.batch_size = 4, 2, 100
             options.ingest_duration = 2.0
             options.read_samples, options.read_time_limit = 20, 5.0
@@ -183,6 +187,11 @@ class DatabaseRun:
                 "stored_jobs": o.stored_jobs,
                 "max_concurrent_jobs": 256,
                 "container_concurrency": 256,
+                "burst": {
+                    "jobs": o.burst_jobs,
+                    "clients": o.burst_clients,
+                    "max_concurrent_jobs": burst.MAX_CONCURRENT_JOBS,
+                },
             },
         )
         service = EchoService(self.workdir).start()
@@ -250,6 +259,7 @@ class DatabaseRun:
             finally:
                 control.close()
                 node.stop()
+            await self._burst(url, service)
             # Before the submit phases: they leave a backlog of pending jobs behind.
             workers = self._node(url, service, "workers", scheduler=True, workers=2).start()
             control = Connection("127.0.0.1", workers.port)
@@ -276,6 +286,28 @@ class DatabaseRun:
             self.result["memory"] = {**memory, "api_only_node_peak_rss_mb": api.peak_rss_mb}
         finally:
             await _drop(self.db, url)
+
+    async def _burst(self, url: str, service: EchoService) -> None:
+        """The burst phase and its waiting variant, on a node of its own (``max_concurrent_jobs``
+        64, issue 19's workload) on the same database."""
+        o = self.o
+        node = NodeProcess(self.workdir, burst.config(url, service.url), name=f"burst-{self.db}")
+        self.nodes.append(node)
+        node.start()
+        control = Connection("127.0.0.1", node.port)
+        settings = burst.BurstSettings(clients=o.burst_clients, jobs=o.burst_jobs, poll_ms=o.poll_ms)
+        raw = self.result["raw"].get(str(o.burst_clients), {}).get("rate")
+        try:
+            meter = self._meter(node, service, url)
+            for key, mode in burst.VARIANTS.items():
+                await load.wait_idle(control, 60)
+                interval = o.poll_ms / 1000 if mode == "poll" else None
+                summary = self.result[key] = await burst.run_burst(node.port, meter, settings, interval, raw)
+                self._count_errors(summary)
+                say(f"{self.db}: {burst.describe(key, summary)}")
+        finally:
+            control.close()
+            node.stop()
 
     # -- 3b. a service of the reference's speed -------------------------------------------
     async def _reference(self) -> None:

@@ -393,15 +393,16 @@ async def time_to_result(
     time_limit: float,
     pause: float,
 ) -> dict[str, Any]:
-    """Submit → result on an idle node, one job at a time."""
+    """Submit → result on an idle node, one job at a time, ``pause`` seconds apart: from
+    before the POST to the answer that shows the job ended."""
 
     async def one(i: int) -> float:
         data = {"idle": i}
-        started = time.monotonic()
+        started = time.perf_counter()
         job_id = await submit_job(connection, containers, data)
         result, _ = await wait_result(connection, job_id, poll_interval)
         check_echo(result, data)
-        return time.monotonic() - started
+        return time.perf_counter() - started
 
     return await sequential(connection, one, count=count, time_limit=time_limit, pause=pause)
 

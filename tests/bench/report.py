@@ -263,7 +263,8 @@ def _latency_table(result: dict[str, Any]) -> list[str]:
     ):
         idle = result.get(key) or {}
         lines.append(
-            f"| idle node, submit → result (1 container, {how}), {idle.get('count')} jobs | "
+            f"| idle node, submit → result (1 container, {how}), {idle.get('count')} jobs "
+            f"{_fmt(idle.get('pause_ms'), 0)} ms apart | "
             f"p50 {_fmt(idle.get('p50_ms'), 2)} ms, p99 {_fmt(idle.get('p99_ms'), 2)} ms |"
         )
     for key, label in (

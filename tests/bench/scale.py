@@ -11,9 +11,8 @@ service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
 padded to the payload's size, which the echo returns) and waiting for it
 (``GET /api/jobs?id=…&wait=``), every output checked; after a warm-up, jobs/s and the CPU
 per job of the node and of the PostgreSQL backends of its database (``/proc``), per chain
-length and payload. ``backlog``: the newest N jobs of the database marked pending
-(``claimplan.set_backlog``: ``VACUUM ANALYZE`` after), then a node drains them with no
-client for ``--seconds``, after a warm-up: jobs/s from the node's
+length and payload. ``backlog``: N new jobs stored pending in the database (``VACUUM
+ANALYZE`` after), then a node drains them with no client for ``--seconds``, after a warm-up: jobs/s from the node's
 ``jobnode_jobs_finished_total``, CPU per job, and the claim loop's claims from its
 ``jobnode_claim_seconds`` histogram (a claim takes up to the free capacity): count, mean,
 the share within 5 ms, and the bucket that holds the p99. A backlog larger than
@@ -34,7 +33,6 @@ from typing import Any
 import asyncpg
 import click
 
-from tests.bench.claimplan import set_backlog
 from tests.bench.http import Connection
 from tests.bench.load import Meter, OpFailed, Sample, check_echo, closed_loop, submit_job, wait_result
 from tests.bench.procs import (
@@ -53,6 +51,7 @@ from tests.support import migrated
 CLIENTS = 32
 MAX_CONCURRENT_JOBS = 64
 CLAIM_TARGET_S = 0.005
+PAYLOAD_COLUMNS = (("jobs", "input"), ("job_steps", "output"))
 
 
 async def build(total: int) -> str:
@@ -201,12 +200,32 @@ def _claims(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any]
     }
 
 
+async def set_backlog(conn: asyncpg.Connection, pending: int) -> int:
+    """Exactly ``pending`` new jobs waiting (one ``echo1`` step, none done: stored jobs made
+    pending again would keep their committed steps and end without calling the service),
+    the jobs left pending by an earlier run cancelled; ``VACUUM ANALYZE`` after, as
+    autovacuum would. Returns the jobs stored."""
+    await conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE status IN ('pending', 'running')"
+    )
+    await conn.execute(
+        "INSERT INTO jobs (id, client, source, containers, input, requires_proof, status, attempts, stream, "
+        "run_after, created_at) SELECT gen_random_uuid(), '2001:db8::' || to_hex(i % 10000), 'offchain', "
+        "'[\"echo1\"]'::jsonb, jsonb_build_object('n', i), false, 'pending', 0, false, "
+        "now() - interval '1 minute' + i * interval '1 microsecond', now() - interval '1 minute' "
+        "FROM generate_series(1, $1::bigint) AS i",
+        pending,
+    )
+    await conn.execute("VACUUM (ANALYZE) jobs")
+    return int(await conn.fetchval("SELECT max(seq) FROM jobs"))
+
+
 async def backlog(url: str, pending: int, seconds: float) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        total = await conn.fetchval("SELECT max(seq) FROM jobs")
         started = time.monotonic()
-        await set_backlog(conn, total, pending)
+        total = await set_backlog(conn, pending)
         click.echo(f"{pending:,} of {total:,} pending in {time.monotonic() - started:.1f} s", err=True)
     finally:
         await conn.close()
@@ -236,18 +255,28 @@ async def backlog(url: str, pending: int, seconds: float) -> dict[str, Any]:
         "jobs_per_s": round(finished / cpu["wall"], 1),
         "node_cpu_ms_per_job": _per_job(cpu, finished, "node"),
         "db_cpu_ms_per_job": _per_job(cpu, finished, "db"),
+        "service_cpu_ms_per_job": _per_job(cpu, finished, "service"),
         "other_cores": round(cpu["other"] / cpu["wall"], 2),
         **_claims(scrape, scrape_end),
         **health,
     }
 
 
-async def _fresh_or(url: str | None) -> tuple[str, bool]:
-    if url is not None:
-        return url, False
-    url = await create_pg_database("jobnode_scale")
-    await migrated(url)
-    return url, True
+async def _fresh_or(url: str | None, compression: str | None) -> tuple[str, bool]:
+    """``url``, or a fresh migrated database; ``compression``: the payload columns' TOAST
+    compression set back (``pglz``: as before migration 0008)."""
+    fresh = url is None
+    if url is None:
+        url = await create_pg_database("jobnode_scale")
+        await migrated(url)
+    if compression is not None:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            for table, column in PAYLOAD_COLUMNS:
+                await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {compression}")
+        finally:
+            await conn.close()
+    return url, fresh
 
 
 def _emit(value: Any, output: Path | None) -> None:
@@ -279,12 +308,21 @@ def build_command(total: int) -> None:
 @click.option("--chains", default="1", show_default=True)
 @click.option("--payloads", default="40", show_default=True, help="Bytes of each job's data.")
 @click.option("--duration", default=6.0, show_default=True, help="Seconds per window.")
+@click.option(
+    "--compression", type=click.Choice(["pglz", "lz4"]), default=None, help="The payload columns' TOAST compression."
+)
 @click.option("--output", type=click.Path(path_type=Path), default=None)
 def steady_command(
-    url: str | None, label: str, chains: str, payloads: str, duration: float, output: Path | None
+    url: str | None,
+    label: str,
+    chains: str,
+    payloads: str,
+    duration: float,
+    compression: str | None,
+    output: Path | None,
 ) -> None:
     async def run() -> list[dict[str, Any]]:
-        target, fresh = await _fresh_or(url)
+        target, fresh = await _fresh_or(url, compression)
         try:
             return await steady(target, _ints(chains), _ints(payloads), duration)
         finally:
@@ -292,7 +330,7 @@ def steady_command(
                 await drop_pg_database(target)
 
     rows = asyncio.run(run())
-    _emit({"phase": "steady", "label": label, "rows": rows}, output)
+    _emit({"phase": "steady", "label": label, "compression": compression, "rows": rows}, output)
 
 
 @main.command("backlog")

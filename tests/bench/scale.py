@@ -4,15 +4,16 @@ service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
     python -m tests.bench.scale build --total 10000000     # a kept database of 10 M finished jobs; prints its URL
     python -m tests.bench.scale steady --url URL           # jobs/s and CPU per job with URL's jobs stored
     python -m tests.bench.scale steady --payloads 1000,100000,1000000 --chains 1,3,10   # a fresh database
-    python -m tests.bench.scale backlog --url URL --pending 0,100000,1000000
+    python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``
     python -m tests.bench.scale drop --url URL
 
 ``steady``: 32 closed-loop clients, each submitting one job (``POST /api/jobs``, its ``data``
 padded to the payload's size, which the echo returns) and waiting for it
 (``GET /api/jobs?id=…&wait=``), every output checked; after a warm-up, jobs/s and the CPU
 per job of the node and of the PostgreSQL backends of its database (``/proc``), per chain
-length and payload. ``backlog``: N new jobs stored pending in the database (``VACUUM
-ANALYZE`` after), then a node drains them with no client for ``--seconds``, after a warm-up: jobs/s from the node's
+length and payload. ``backlog``: N new jobs stored pending in the database (the jobs an
+earlier run left pending cancelled; ``VACUUM ANALYZE`` after), then a node drains them with
+no client for ``--seconds``, after a warm-up: jobs/s from the node's
 ``jobnode_jobs_finished_total``, CPU per job, and the claim loop's claims from its
 ``jobnode_claim_seconds`` histogram (a claim takes up to the free capacity): count, mean,
 the share within 5 ms, and the bucket that holds the p99. A backlog larger than

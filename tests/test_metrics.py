@@ -70,6 +70,10 @@ async def test_job_and_step_metrics(make_node, host_service, client_address):
     assert delta("jobnode_jobs_finished_total", status="success") >= 3
     assert delta("jobnode_jobs_finished_total", status="failed") >= 1
     assert delta("jobnode_job_duration_seconds_count", status="success") >= 3
+    # The claim loop claims once when the scheduler starts (jobs submitted to an idle node
+    # are claimed by their INSERT instead), so its histogram has that claim at least.
+    assert metric(after, "jobnode_claim_seconds_count") >= 1
+    assert metric(after, "jobnode_claim_seconds_bucket", le="+Inf") == metric(after, "jobnode_claim_seconds_count")
     # This node's containers, and Litestar's HTTP metrics grouped by route template.
     assert metric(after, "jobnode_container_ready", container=ok) == 1
     assert metric(after, "jobnode_container_in_flight", container=ok) == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -107,10 +108,12 @@ class Scheduler:
             return True, 0
         self._reserved += free
         queued = self._queued
+        began = time.perf_counter()
         try:
             claimed = await self.store.claim(free)
         finally:
             self._reserved -= free
+        metrics.CLAIM_DURATION.observe(time.perf_counter() - began)
         self._backlog = len(claimed) == free or self._queued != queued
         for job in claimed:
             self._spawn(job)

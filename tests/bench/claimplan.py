@@ -40,11 +40,13 @@ from tests.support import migrated
 #: The hot statements' session settings before issue 19 (the claim sorted every pending job).
 BEFORE = {"enable_seqscan": "off"}
 LIMIT = 256
+#: The claim's LIMIT of this run (``--limit``): a node claims up to its free capacity.
+_limit = [LIMIT]
 
 
 def _params() -> dict[str, Any]:
     now = utcnow()
-    return {"now": now, "limit": LIMIT, "node": "bench", "lease_until": now + timedelta(seconds=30)}
+    return {"now": now, "limit": _limit[0], "node": "bench", "lease_until": now + timedelta(seconds=30)}
 
 
 def variants() -> dict[str, dict[str, str]]:
@@ -113,7 +115,7 @@ async def latencies(connections: dict[str, asyncpg.Connection], claims: int) -> 
             began = time.perf_counter()
             rows = await statements[name].fetch(*args)
             elapsed = time.perf_counter() - began
-            assert len(rows) == LIMIT, (name, len(rows))
+            assert len(rows) == _limit[0], (name, len(rows))
             await connections[name].execute(
                 "UPDATE jobs SET status = 'pending', attempts = 0, lease_owner = NULL, lease_expires_at = NULL, "
                 "started_at = NULL, run_after = $2::timestamptz - interval '1 second' WHERE id = ANY($1::uuid[])",
@@ -135,7 +137,7 @@ async def run(url: str | None, total: int, backlogs: list[int], claims: int, kee
         await migrated(url)
         click.echo(f"building {total:,} jobs in {url}", err=True)
         await build_postgresql(url, Layout(total=total, big_jobs=100_000, pending=min(backlogs)), log=click.echo)
-    result: dict[str, Any] = {"total": total, "limit": LIMIT, "backlogs": {}}
+    result: dict[str, Any] = {"total": total, "limit": _limit[0], "backlogs": {}}
     connections = {
         name: await asyncpg.connect(
             asyncpg_dsn(url), server_settings={**settings, "plan_cache_mode": "force_generic_plan"}
@@ -165,9 +167,11 @@ async def run(url: str | None, total: int, backlogs: list[int], claims: int, kee
 @click.option("--total", default=10_000_000, show_default=True)
 @click.option("--backlogs", default="10000,100000,1000000", show_default=True)
 @click.option("--claims", default=200, show_default=True, help="Claims per variant and backlog.")
+@click.option("--limit", default=LIMIT, show_default=True, help="Jobs per claim (a node's free capacity).")
 @click.option("--keep", is_flag=True, help="Keep the database (its URL is printed).")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
-def main(url: str | None, total: int, backlogs: str, claims: int, keep: bool, output: Path | None) -> None:
+def main(url: str | None, total: int, backlogs: str, claims: int, limit: int, keep: bool, output: Path | None) -> None:
+    _limit[0] = limit
     result = asyncio.run(run(url, total, [int(b) for b in backlogs.split(",")], claims, keep))
     text = json.dumps(result, indent=1)
     if output is not None:

@@ -1,0 +1,354 @@
+"""Cost flat as work grows (issue 19, item 4): PostgreSQL, one node process, the fast echo
+service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
+
+    python -m tests.bench.scale build --total 10000000     # a kept database of 10 M finished jobs; prints its URL
+    python -m tests.bench.scale steady --url URL           # jobs/s and CPU per job with URL's jobs stored
+    python -m tests.bench.scale steady --payloads 1000,100000,1000000 --chains 1,3,10   # a fresh database
+    python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``
+    python -m tests.bench.scale drop --url URL
+
+``steady``: 32 closed-loop clients, each submitting one job (``POST /api/jobs``, its ``data``
+padded to the payload's size, which the echo returns) and waiting for it
+(``GET /api/jobs?id=…&wait=``), every output checked; after a warm-up, jobs/s and the CPU
+per job of the node and of the PostgreSQL backends of its database (``/proc``), per chain
+length and payload. ``backlog``: N new jobs stored pending in the database (the jobs an
+earlier run left pending cancelled; ``VACUUM ANALYZE`` after), then a node drains them with
+no client for ``--seconds``, after a warm-up: jobs/s from the node's
+``jobnode_jobs_finished_total``, CPU per job, and the claim loop's claims from its
+``jobnode_claim_seconds`` histogram (a claim takes up to the free capacity): count, mean,
+the share within 5 ms, and the bucket that holds the p99. A backlog larger than
+``--seconds`` of work is measured while it is still nearly whole.
+
+Each command prints JSON and, with ``--output``, appends it as one line to that file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import click
+
+from tests.bench.http import Connection
+from tests.bench.load import Meter, OpFailed, Sample, check_echo, closed_loop, submit_job, wait_result
+from tests.bench.procs import (
+    EchoService,
+    NodeProcess,
+    PgBackends,
+    asyncpg_dsn,
+    create_pg_database,
+    drop_pg_database,
+    node_config,
+)
+from tests.bench.stored import Layout, build_postgresql
+from tests.operator_support import metric, parse_metrics
+from tests.support import migrated
+
+CLIENTS = 32
+MAX_CONCURRENT_JOBS = 64
+CLAIM_TARGET_S = 0.005
+PAYLOAD_COLUMNS = (("jobs", "input"), ("job_steps", "output"))
+
+
+async def build(total: int) -> str:
+    """A migrated database holding ``total`` finished jobs (``stored.py``'s layout, none
+    pending), its tables made logged again: the node writes them as it writes any."""
+    url = await create_pg_database("jobnode_scale")
+    await migrated(url)
+    if total:
+        layout = Layout(total=total, big_jobs=min(100_000, max(1, total // 10)), pending=0)
+        await build_postgresql(url, layout, log=lambda line: click.echo(line, err=True))
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            started = time.monotonic()
+            unlogged = await conn.fetch(
+                "SELECT oid::regclass::text AS tbl FROM pg_class WHERE relpersistence = 'u' AND relkind = 'r'"
+            )
+            pending = [row["tbl"] for row in unlogged]
+            # A table may become logged once every table it references is.
+            while pending:
+                for table in list(pending):
+                    try:
+                        await conn.execute(f"ALTER TABLE {table} SET LOGGED")
+                        pending.remove(table)
+                    except asyncpg.PostgresError:
+                        continue
+            await conn.execute("CHECKPOINT")
+            click.echo(f"    tables logged in {time.monotonic() - started:.1f} s", err=True)
+        finally:
+            await conn.close()
+    return url
+
+
+def payload_op(containers: list[str], size: int) -> Any:
+    """Submit a job whose ``data`` is about ``size`` bytes, wait for it, check the echo."""
+    pad = "x" * max(0, size - 40)
+
+    async def op(connection: Connection, client: int, sequence: int) -> Sample:
+        data = {"job": sequence, "client": client, "pad": pad}
+        started = time.monotonic()
+        job_id = await submit_job(connection, containers, data)
+        submitted = time.monotonic()
+        result, polls = await wait_result(connection, job_id, None)
+        check_echo(result, data)
+        end = time.monotonic()
+        return Sample(end, end - started, submitted - started, polls)
+
+    return op
+
+
+class Services:
+    """The echo service and one node on ``url`` (scheduler on), in a scratch directory."""
+
+    def __init__(self, url: str, containers: int = 10) -> None:
+        self.url = url
+        self.workdir = Path(tempfile.mkdtemp(prefix="jobnode-scale-"))
+        self.service = EchoService(self.workdir).start()
+        config = node_config(url, self.service.url, containers=containers, max_concurrent_jobs=MAX_CONCURRENT_JOBS)
+        try:
+            self.node = NodeProcess(self.workdir, config).start()
+        except BaseException:
+            self.service.stop()
+            raise
+        self.meter = Meter(self.node, self.service, PgBackends(url))
+
+    def stop(self) -> dict[str, int]:
+        self.node.stop()
+        self.service.stop()
+        log = self.node.log()
+        return {"tracebacks": log.count("Traceback"), "abandoned": log.count("abandon")}
+
+
+async def metrics_of(node: NodeProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    connection = Connection("127.0.0.1", node.port)
+    try:
+        status, body = await connection.request("GET", "/metrics")
+    finally:
+        connection.close()
+    if status != 200:
+        raise OpFailed(f"GET /metrics {status}")
+    return parse_metrics(body.decode())
+
+
+def _per_job(cpu: dict[str, float], jobs: int, key: str) -> float | None:
+    return round(cpu[key] / jobs * 1000, 4) if jobs else None
+
+
+async def steady(url: str, chains: list[int], payloads: list[int], duration: float) -> list[dict[str, Any]]:
+    services = Services(url, containers=max(chains))
+    rows: list[dict[str, Any]] = []
+    try:
+        for chain in chains:
+            for size in payloads:
+                window = await closed_loop(
+                    lambda _i: Connection("127.0.0.1", services.node.port),
+                    CLIENTS,
+                    payload_op([f"echo{i}" for i in range(1, chain + 1)], size),
+                    warmup=2.0,
+                    duration=duration,
+                    max_ops=10_000_000,
+                    meter=services.meter,
+                )
+                summary = window.summary()
+                row = {
+                    "chain": chain,
+                    "payload_bytes": size,
+                    "jobs_per_s": summary["rate"],
+                    "node_cpu_ms_per_job": summary["node_cpu_ms_per_job"],
+                    "db_cpu_ms_per_job": summary["db_cpu_ms_per_job"],
+                    "node_cpu_ms_per_step": round(summary["node_cpu_ms_per_job"] / chain, 4)
+                    if summary["node_cpu_ms_per_job"]
+                    else None,
+                    "db_cpu_ms_per_step": round(summary["db_cpu_ms_per_job"] / chain, 4)
+                    if summary["db_cpu_ms_per_job"]
+                    else None,
+                    "input_mb_per_s": round(summary["rate"] * size / 1e6, 1),
+                    "latency_p50_ms": summary["latency_p50_ms"],
+                    "errors": summary["errors"],
+                    "error_samples": summary["error_samples"],
+                    "other_cores": summary["cpu_cores"].get("other"),
+                }
+                click.echo(json.dumps(row), err=True)
+                rows.append(row)
+    finally:
+        health = services.stop()
+    for row in rows:
+        row.update(health)
+    return rows
+
+
+def _claims(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any]:
+    """The claim loop's claims between two scrapes of its histogram."""
+    count = metric(after, "jobnode_claim_seconds_count") - metric(before, "jobnode_claim_seconds_count")
+    total = metric(after, "jobnode_claim_seconds_sum") - metric(before, "jobnode_claim_seconds_sum")
+    buckets = sorted(
+        (float(dict(labels)["le"]), value - before.get((name, labels), 0.0))
+        for (name, labels), value in after.items()
+        if name == "jobnode_claim_seconds_bucket"
+    )
+    within = next((n for le, n in buckets if le == CLAIM_TARGET_S), 0.0)
+    p99 = next((le for le, n in buckets if count and n >= 0.99 * count), None)
+    return {
+        "claims": int(count),
+        "claim_mean_ms": round(total / count * 1000, 3) if count else None,
+        "claims_within_5ms": round(within / count, 4) if count else None,
+        "claim_p99_at_most_ms": p99 * 1000 if p99 is not None and p99 != float("inf") else p99,
+    }
+
+
+async def set_backlog(conn: asyncpg.Connection, pending: int) -> int:
+    """Exactly ``pending`` new jobs waiting (one ``echo1`` step, none done: stored jobs made
+    pending again would keep their committed steps and end without calling the service),
+    the jobs left pending by an earlier run cancelled; ``VACUUM ANALYZE`` after, as
+    autovacuum would. Returns the jobs stored."""
+    await conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE status IN ('pending', 'running')"
+    )
+    await conn.execute(
+        "INSERT INTO jobs (id, client, source, containers, input, requires_proof, status, attempts, stream, "
+        "run_after, created_at) SELECT gen_random_uuid(), '2001:db8::' || to_hex(i % 10000), 'offchain', "
+        "'[\"echo1\"]'::jsonb, jsonb_build_object('n', i), false, 'pending', 0, false, "
+        "now() - interval '1 minute' + i * interval '1 microsecond', now() - interval '1 minute' "
+        "FROM generate_series(1, $1::bigint) AS i",
+        pending,
+    )
+    await conn.execute("VACUUM (ANALYZE) jobs")
+    return int(await conn.fetchval("SELECT max(seq) FROM jobs"))
+
+
+async def backlog(url: str, pending: int, seconds: float) -> dict[str, Any]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        started = time.monotonic()
+        total = await set_backlog(conn, pending)
+        click.echo(f"{pending:,} of {total:,} pending in {time.monotonic() - started:.1f} s", err=True)
+    finally:
+        await conn.close()
+    services = Services(url, containers=1)
+    try:
+        await asyncio.sleep(2.0)  # warm-up: the first claims, the connections
+        scrape, start = await metrics_of(services.node), await services.meter.read()
+        await asyncio.sleep(seconds)
+        end, scrape_end = await services.meter.read(), await metrics_of(services.node)
+    finally:
+        health = services.stop()
+    cpu = Meter.delta(start, end)
+    finished = int(
+        sum(
+            value - scrape.get((name, labels), 0.0)
+            for (name, labels), value in scrape_end.items()
+            if name == "jobnode_jobs_finished_total"
+        )
+    )
+    failed = int(metric(scrape_end, "jobnode_jobs_finished_total", status="failed"))
+    return {
+        "pending": pending,
+        "stored": total,
+        "window_s": round(cpu["wall"], 2),
+        "jobs": finished,
+        "failed": failed,
+        "jobs_per_s": round(finished / cpu["wall"], 1),
+        "node_cpu_ms_per_job": _per_job(cpu, finished, "node"),
+        "db_cpu_ms_per_job": _per_job(cpu, finished, "db"),
+        "service_cpu_ms_per_job": _per_job(cpu, finished, "service"),
+        "other_cores": round(cpu["other"] / cpu["wall"], 2),
+        **_claims(scrape, scrape_end),
+        **health,
+    }
+
+
+async def _fresh_or(url: str | None, compression: str | None) -> tuple[str, bool]:
+    """``url``, or a fresh migrated database; ``compression``: the payload columns' TOAST
+    compression set back (``pglz``: as before migration 0008)."""
+    fresh = url is None
+    if url is None:
+        url = await create_pg_database("jobnode_scale")
+        await migrated(url)
+    if compression is not None:
+        conn = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            for table, column in PAYLOAD_COLUMNS:
+                await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {compression}")
+        finally:
+            await conn.close()
+    return url, fresh
+
+
+def _emit(value: Any, output: Path | None) -> None:
+    text = json.dumps(value)
+    if output is not None:
+        with output.open("a") as file:
+            file.write(text + "\n")
+    click.echo(text)
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+@click.group()
+def main() -> None:
+    pass
+
+
+@main.command("build")
+@click.option("--total", default=10_000_000, show_default=True)
+def build_command(total: int) -> None:
+    click.echo(asyncio.run(build(total)))
+
+
+@main.command("steady")
+@click.option("--url", default=None, help="A database built by ``build`` (else a fresh one, dropped after).")
+@click.option("--label", default="", help="What the row is (stored jobs, …).")
+@click.option("--chains", default="1", show_default=True)
+@click.option("--payloads", default="40", show_default=True, help="Bytes of each job's data.")
+@click.option("--duration", default=6.0, show_default=True, help="Seconds per window.")
+@click.option(
+    "--compression", type=click.Choice(["pglz", "lz4"]), default=None, help="The payload columns' TOAST compression."
+)
+@click.option("--output", type=click.Path(path_type=Path), default=None)
+def steady_command(
+    url: str | None,
+    label: str,
+    chains: str,
+    payloads: str,
+    duration: float,
+    compression: str | None,
+    output: Path | None,
+) -> None:
+    async def run() -> list[dict[str, Any]]:
+        target, fresh = await _fresh_or(url, compression)
+        try:
+            return await steady(target, _ints(chains), _ints(payloads), duration)
+        finally:
+            if fresh:
+                await drop_pg_database(target)
+
+    rows = asyncio.run(run())
+    _emit({"phase": "steady", "label": label, "compression": compression, "rows": rows}, output)
+
+
+@main.command("backlog")
+@click.option("--url", required=True, help="A database built by ``build``.")
+@click.option("--pending", default="100000,1000000", show_default=True)
+@click.option("--seconds", default=15.0, show_default=True)
+@click.option("--output", type=click.Path(path_type=Path), default=None)
+def backlog_command(url: str, pending: str, seconds: float, output: Path | None) -> None:
+    for count in _ints(pending):
+        _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds))}, output)
+
+
+@main.command("drop")
+@click.option("--url", required=True)
+def drop_command(url: str) -> None:
+    asyncio.run(drop_pg_database(url))
+
+
+if __name__ == "__main__":
+    main()

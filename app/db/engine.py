@@ -37,7 +37,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.db.direct import AsyncpgPool, DirectConnection, json_dumps, wrap
+from app.db.direct import AsyncpgPool, DirectConnection, SqliteConnection, json_dumps
 
 #: SQLAlchemy's connections on PostgreSQL: operator reads, maintenance, migrations.
 PG_COLD_POOL_SIZE = 4
@@ -162,8 +162,8 @@ class Database:
             async with self.direct_pool.autocommit() as direct:
                 yield direct
         else:
-            async with self.read() as conn:
-                yield wrap(conn)
+            async with self._sqlite_direct(self.reader, begin=None) as direct:
+                yield direct
 
     @asynccontextmanager
     async def direct_write(self, *, one_statement: bool = False) -> AsyncIterator[DirectConnection]:
@@ -177,8 +177,24 @@ class Database:
             async with self.direct_pool.transaction() as direct:
                 yield direct
         else:
-            async with self.write() as conn:
-                yield wrap(conn)
+            async with self._sqlite_direct(self.writer, begin=None if one_statement else "BEGIN IMMEDIATE") as direct:
+                yield direct
+
+    @asynccontextmanager
+    async def _sqlite_direct(self, engine: AsyncEngine, begin: str | None) -> AsyncIterator[DirectConnection]:
+        """A pooled SQLite connection for the hot statements (``app.db.direct.SqliteConnection``):
+        ``begin`` starts a transaction with the first statement, committed on exit (``None``:
+        each statement commits by itself). Whatever is left open when it goes back (a
+        failed COMMIT, a cancelled task) the pool rolls back."""
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            direct = SqliteConnection(raw.driver_connection, engine.dialect, begin)  # type: ignore[arg-type]
+            try:
+                yield direct
+            except BaseException:
+                await direct.end(commit=False)
+                raise
+            await direct.end(commit=True)
 
     async def dispose(self) -> None:
         """Close every connection; on a database that hangs, drop them after a deadline

@@ -161,12 +161,12 @@ class _SqliteShapes:
         shape = self.shapes.get(key)
         if shape is None:
             state = self.compiled.construct_expanded_state({k: _slots(k, v) for k, v in params.items()})
-            processors = {**self.compiled._bind_processors, **state.processors}
+            processors: dict[str, Any] = {**self.compiled._bind_processors, **state.processors}
             assert state.positiontup is not None
             slots = [(state.parameters[name], processors.get(name)) for name in state.positiontup]
             shape = self.shapes[key] = (state.statement, slots)
         sql, slots = shape
-        args = []
+        args: list[Any] = []
         for slot, process in slots:
             value = slot.pick(params) if isinstance(slot, _Slot) else slot
             args.append(value if process is None or value is None else process(value))
@@ -229,8 +229,8 @@ class RowsInsert:
             statement = insert(self.table).values({name: bindparam(name) for name in self.columns})
             compiled = statement.compile(dialect=dialect)
             assert isinstance(compiled, SQLCompiler) and compiled.positiontup == list(self.columns)
-            processors = compiled._bind_processors
-            self._sqlite = (compiled.string, [processors.get(name) for name in self.columns])
+            binds: dict[str, Any] = dict(compiled._bind_processors)
+            self._sqlite = (compiled.string, [binds.get(name) for name in self.columns])
         sql, processors = self._sqlite
         return sql, [
             [
@@ -356,28 +356,36 @@ class SqliteConnection:
 
     Through SQLAlchemy a statement costs four calls to that thread (cursor, execute,
     fetch, close) and a transaction two more (``BEGIN``, ``COMMIT``); each call is a hand-over
-    between the event loop and the thread, and each hand-over waits for the GIL, up to
-    ``sys.getswitchinterval()`` when the loop is busy. The single writer's transactions
-    are the bound of everything a SQLite node does, so here a statement is one call, the
-    ``BEGIN`` rides with the first one and, for a transaction of one statement
-    (``autocommit``), there is no ``BEGIN``/``COMMIT`` at all. The statements are the same
-    Core statements, compiled by SQLAlchemy with the engine's dialect and bound with its
-    processors (``Statement.sqlite_args``); the driver's errors come out as SQLAlchemy's."""
+    between the event loop and the thread, which waits for the GIL while the loop is busy.
+    The single writer's transactions bound everything a SQLite node writes, so here a
+    statement is one call, and the ``BEGIN`` rides with the first one; a transaction of one
+    statement (``autocommit``) is ``BEGIN``, the statement and ``COMMIT`` in one call (an
+    ``executemany`` is one transaction, all or nothing, as on PostgreSQL). The statements
+    are the same Core statements, compiled by SQLAlchemy with the engine's dialect and
+    bound with its processors (``Statement.sqlite_args``); the driver's errors come out as
+    SQLAlchemy's, as through SQLAlchemy."""
 
     postgresql = False
 
-    def __init__(self, connection: aiosqlite.Connection, dialect: Dialect, begin: str | None) -> None:
+    def __init__(self, connection: aiosqlite.Connection, dialect: Dialect, begin: str | None, autocommit: bool) -> None:
         self.connection = connection
         self.dialect = dialect
+        self.begin_sql = begin
+        self.autocommit = autocommit
         #: Sent with the next statement: a transaction begins with its first statement.
-        self.begin = begin
+        self.begin = None if autocommit else begin
         self.began = False
 
-    async def _call(self, function: Callable[..., T], sql: str, *args: Any) -> T:
-        begin, self.begin = self.begin, None
-        self.began = self.began or begin is not None
+    async def _call(self, function: Callable[..., T], sql: str, args: Any) -> T:
+        if self.autocommit:
+            begin = self.begin_sql
+        else:
+            begin, self.begin = self.begin, None
+            self.began = self.began or begin is not None
         try:
-            result: T = await self.connection._execute(function, self.connection._conn, begin, sql, *args)
+            result: T = await self.connection._execute(  # type: ignore[no-untyped-call]
+                _in_thread, self.connection._conn, begin, self.autocommit, function, sql, args
+            )
         except sqlite3.Error as exc:
             raise sqlalchemy.exc.DBAPIError.instance(
                 sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self.dialect
@@ -386,11 +394,14 @@ class SqliteConnection:
 
     async def fetch(self, statement: Statement, params: dict[str, Any]) -> list[Row]:
         sql, args, processors = statement.sqlite_args(self.dialect, params)
-        rows = await self._call(_sqlite_fetch, sql, args)
+        rows = await self._call(_fetch, sql, args)
         if not any(processors):
             return rows
         return [
-            tuple(value if process is None or value is None else process(value) for value, process in zip(row, processors))
+            tuple(
+                value if process is None or value is None else process(value)
+                for value, process in zip(row, processors, strict=True)
+            )
             for row in rows
         ]
 
@@ -401,7 +412,7 @@ class SqliteConnection:
         self, into: RowsInsert, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
     ) -> None:
         sql, values = into.sqlite_rows(self.dialect, rows)
-        await self._call(_sqlite_executemany, sql, values)
+        await self._call(_executemany, sql, values)
 
     async def notify(self, channel: str, payload: str) -> None:
         pass
@@ -410,14 +421,35 @@ class SqliteConnection:
         """``COMMIT`` (or ``ROLLBACK``) the transaction, if a statement began one."""
         if self.began:
             self.began = False
-            await self._call(_sqlite_end, "COMMIT" if commit else "ROLLBACK")
+            end = "COMMIT" if commit else "ROLLBACK"
+            await self.connection._execute(_end, self.connection._conn, end)  # type: ignore[no-untyped-call]
 
 
-def _sqlite_fetch(connection: sqlite3.Connection, begin: str | None, sql: str, args: list[Any]) -> list[Row]:
-    """In aiosqlite's thread: the transaction's ``BEGIN`` if it is the first statement,
-    the statement and all its rows (a RETURNING clause's rows are read before a commit)."""
+def _in_thread(
+    connection: sqlite3.Connection,
+    begin: str | None,
+    commit: bool,
+    function: Callable[[sqlite3.Connection, str, Any], T],
+    sql: str,
+    args: Any,
+) -> T:
+    """In aiosqlite's thread: the transaction's ``BEGIN`` if this is its first statement,
+    the statement (a RETURNING clause's rows all read), and with ``commit`` the ``COMMIT``,
+    or the ``ROLLBACK`` when the statement failed."""
     if begin is not None:
         connection.execute(begin)
+    if not commit:
+        return function(connection, sql, args)
+    try:
+        result = function(connection, sql, args)
+    except BaseException:
+        _end(connection, "ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return result
+
+
+def _fetch(connection: sqlite3.Connection, sql: str, args: list[Any]) -> list[Row]:
     cursor = connection.execute(sql, args)
     try:
         return cursor.fetchall()
@@ -425,15 +457,13 @@ def _sqlite_fetch(connection: sqlite3.Connection, begin: str | None, sql: str, a
         cursor.close()
 
 
-def _sqlite_end(connection: sqlite3.Connection, begin: str | None, sql: str) -> None:
+def _executemany(connection: sqlite3.Connection, sql: str, rows: list[list[Any]]) -> None:
+    connection.executemany(sql, rows).close()
+
+
+def _end(connection: sqlite3.Connection, sql: str) -> None:
     if connection.in_transaction:  # not when its BEGIN failed
         connection.execute(sql).close()
-
-
-def _sqlite_executemany(connection: sqlite3.Connection, begin: str | None, sql: str, rows: list[list[Any]]) -> None:
-    if begin is not None:
-        connection.execute(begin)
-    connection.executemany(sql, rows).close()
 
 
 def json_dumps(value: Any) -> str:

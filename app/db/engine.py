@@ -162,7 +162,7 @@ class Database:
             async with self.direct_pool.autocommit() as direct:
                 yield direct
         else:
-            async with self._sqlite_direct(self.reader, begin=None) as direct:
+            async with self._sqlite_direct(self.reader, begin=None, autocommit=False) as direct:
                 yield direct
 
     @asynccontextmanager
@@ -177,18 +177,21 @@ class Database:
             async with self.direct_pool.transaction() as direct:
                 yield direct
         else:
-            async with self._sqlite_direct(self.writer, begin=None if one_statement else "BEGIN IMMEDIATE") as direct:
+            async with self._sqlite_direct(self.writer, begin="BEGIN IMMEDIATE", autocommit=one_statement) as direct:
                 yield direct
 
     @asynccontextmanager
-    async def _sqlite_direct(self, engine: AsyncEngine, begin: str | None) -> AsyncIterator[DirectConnection]:
+    async def _sqlite_direct(
+        self, engine: AsyncEngine, begin: str | None, autocommit: bool
+    ) -> AsyncIterator[DirectConnection]:
         """A pooled SQLite connection for the hot statements (``app.db.direct.SqliteConnection``):
-        ``begin`` starts a transaction with the first statement, committed on exit (``None``:
-        each statement commits by itself). Whatever is left open when it goes back (a
-        failed COMMIT, a cancelled task) the pool rolls back."""
+        ``begin`` starts a transaction with the first statement, committed on exit; with
+        ``autocommit`` each statement is a transaction of its own; without either, reads.
+        Whatever is left open when it goes back (a failed COMMIT, a cancelled task) the
+        pool rolls back."""
         async with engine.connect() as conn:
             raw = await conn.get_raw_connection()
-            direct = SqliteConnection(raw.driver_connection, engine.dialect, begin)  # type: ignore[arg-type]
+            direct = SqliteConnection(raw.driver_connection, engine.dialect, begin, autocommit)  # type: ignore[arg-type]
             try:
                 yield direct
             except BaseException:

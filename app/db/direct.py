@@ -5,9 +5,10 @@ read) several times a second per client. Run through SQLAlchemy's execution laye
 costs several times the CPU of the same statement on a raw asyncpg connection (cache key,
 parameter processing, greenlet hop, pool events). So on PostgreSQL these statements are
 still written in Core, compiled once per shape by SQLAlchemy, and run by asyncpg from a
-pool of its own (asyncpg prepares and caches them per connection). On SQLite the same
-Core statements run through SQLAlchemy as usual: there the database's single writer,
-not the Python layer, is the limit.
+pool of its own (asyncpg prepares and caches them per connection). On SQLite they are
+compiled the same way for SQLite and run one call each in aiosqlite's thread
+(``SqliteConnection``): through SQLAlchemy each was several hand-overs to that thread,
+and the single writer's transactions, which every write queues for, lasted that long.
 
 Lists bound to ``expanding`` parameters (``IN``) are padded to a power of two with their
 last element, so a statement has a few shapes (and prepared statements), not one per

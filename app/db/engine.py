@@ -13,7 +13,8 @@ a 503, and the next ones reconnect.
 
 The hot statements (``direct_read``/``direct_write``) run on PostgreSQL through an
 asyncpg pool of ``pool_size`` connections (``app.db.direct``); SQLAlchemy's pool, for
-everything else, is kept small.
+everything else, is kept small. On SQLite they run on the same pooled connections as
+SQLAlchemy's statements, one call to aiosqlite's thread each (``SqliteConnection``).
 
 Every call has a deadline (``statement_timeout``), so that a database that hangs (a
 frozen proxy or network: connections open, no answer) gives 503 within seconds instead

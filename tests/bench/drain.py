@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from app.db.models import Job
 from tests.bench.http import Connection
 from tests.bench.procs import EchoService, NodeProcess, json_dump, node_config, sqlite_url
-from tests.bench.stats import percentile
+from tests.bench.stats import ms, percentile
 from tests.support import migrated
 
 BATCH = 1000
@@ -149,15 +149,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "pollers": args.pollers,
         "poll_ms": args.poll_ms,
         "reads": len(latencies),
-        "read_p50_ms": _ms(percentile(latencies, 50)),
-        "read_p99_ms": _ms(percentile(latencies, 99)),
+        "read_p50_ms": ms(percentile(latencies, 50)),
+        "read_p99_ms": ms(percentile(latencies, 99)),
         **summary(windows, len(ids)),
         "windows": windows,
     }
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def main() -> None:

@@ -287,9 +287,13 @@ def check_echo(result: dict[str, Any], data: dict[str, Any]) -> None:
         raise OpFailed(f"wrong output: {str(output)[:160]}")
 
 
-def end_to_end_op(containers: list[str], poll_interval: float | None) -> Op:
+def end_to_end_op(containers: list[str], poll_interval: float | None, size: int = 0) -> Op:
+    """Submit a job, read its result (polling every ``poll_interval``, or waiting when None),
+    check the echo. ``size``: pad the job's ``data`` to about that many bytes."""
+    pad = {"pad": "x" * (size - 40)} if size > 40 else {}
+
     async def op(connection: Connection, client: int, sequence: int) -> Sample:
-        data = {"job": sequence, "client": client}
+        data = {"job": sequence, "client": client, **pad}
         started = time.monotonic()
         job_id = await submit_job(connection, containers, data)
         submitted = time.monotonic()

@@ -35,7 +35,7 @@ import asyncpg
 import click
 
 from tests.bench.http import Connection
-from tests.bench.load import Meter, OpFailed, Sample, check_echo, closed_loop, submit_job, wait_result
+from tests.bench.load import Meter, OpFailed, closed_loop, end_to_end_op
 from tests.bench.procs import (
     EchoService,
     NodeProcess,
@@ -85,23 +85,6 @@ async def build(total: int) -> str:
     return url
 
 
-def payload_op(containers: list[str], size: int) -> Any:
-    """Submit a job whose ``data`` is about ``size`` bytes, wait for it, check the echo."""
-    pad = "x" * max(0, size - 40)
-
-    async def op(connection: Connection, client: int, sequence: int) -> Sample:
-        data = {"job": sequence, "client": client, "pad": pad}
-        started = time.monotonic()
-        job_id = await submit_job(connection, containers, data)
-        submitted = time.monotonic()
-        result, polls = await wait_result(connection, job_id, None)
-        check_echo(result, data)
-        end = time.monotonic()
-        return Sample(end, end - started, submitted - started, polls)
-
-    return op
-
-
 class Services:
     """The echo service and one node on ``url`` (scheduler on), in a scratch directory."""
 
@@ -148,7 +131,7 @@ async def steady(url: str, chains: list[int], payloads: list[int], duration: flo
                 window = await closed_loop(
                     lambda _i: Connection("127.0.0.1", services.node.port),
                     CLIENTS,
-                    payload_op([f"echo{i}" for i in range(1, chain + 1)], size),
+                    end_to_end_op([f"echo{i}" for i in range(1, chain + 1)], None, size),
                     warmup=2.0,
                     duration=duration,
                     max_ops=10_000_000,

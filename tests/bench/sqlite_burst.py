@@ -23,70 +23,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
 from tests.bench import load
+from tests.bench.burst import BurstSettings, run_burst
 from tests.bench.http import Connection, json_body
 from tests.bench.procs import EchoService, NodeProcess, json_dump, node_config, sqlite_url
-from tests.bench.stats import ms, percentile
-
-CHUNK = 100
-
-
-async def _client(
-    port: int, count: int, client: int, poll: float, posts: list[float], errors: list[str]
-) -> tuple[float, int]:
-    """Submit ``count`` jobs, then read them back until all ended: (when done, reads)."""
-    connection = Connection("127.0.0.1", port)
-    wanted: dict[str, dict[str, Any]] = {}
-    reads = 0
-    try:
-        for n in range(count):
-            data = {"client": client, "n": n}
-            started = time.perf_counter()
-            job_id = await load.submit_job(connection, ["echo1"], data)
-            posts.append(time.perf_counter() - started)
-            wanted[job_id] = data
-        while wanted:
-            ids = list(wanted)
-            for start in range(0, len(ids), CHUNK):
-                chunk = ids[start : start + CHUNK]
-                status, body = await connection.request("GET", "/api/jobs?" + "&".join(f"id={i}" for i in chunk))
-                reads += 1
-                if status != 200:
-                    raise load.OpFailed(f"GET /api/jobs {status}")
-                for result in msgspec.json.decode(body):
-                    if result["status"] != "running":
-                        try:
-                            load.check_echo(result, wanted.pop(result["id"]))
-                        except load.OpFailed as exc:
-                            errors.append(str(exc))
-            if wanted:
-                await asyncio.sleep(poll)
-        return time.perf_counter(), reads
-    finally:
-        connection.close()
 
 
 async def burst(node: NodeProcess, jobs: int, clients: int, poll: float) -> dict[str, Any]:
-    posts: list[float] = []
-    errors: list[str] = []
-    cpu, started = node.cpu(), time.perf_counter()
-    shares = [jobs // clients + (1 if i < jobs % clients else 0) for i in range(clients)]
-    outcomes = await asyncio.gather(*(_client(node.port, shares[i], i, poll, posts, errors) for i in range(clients)))
-    ended = max(done for done, _ in outcomes)
-    elapsed = ended - started
-    return {
-        "jobs": jobs,
-        "jobs_per_s": round(jobs / elapsed, 1),
-        "seconds": round(elapsed, 3),
-        "submit_p50_ms": ms(percentile(posts, 50)),
-        "submit_p99_ms": ms(percentile(posts, 99)),
-        "reads": sum(reads for _, reads in outcomes),
-        "node_cpu_ms_per_job": round((node.cpu() - cpu) / jobs * 1000, 3),
-        "errors": len(errors),
-        "error_samples": errors[:3],
-    }
+    """The burst phase's workload (``tests.bench.burst``), polling every ``poll`` seconds."""
+    settings = BurstSettings(clients=clients, jobs=jobs, poll_ms=poll * 1000)
+    return await run_burst(node.port, load.Meter(node), settings, poll, None)
 
 
 async def ingest(node: NodeProcess, seconds: float) -> dict[str, Any]:

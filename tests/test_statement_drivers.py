@@ -154,3 +154,32 @@ async def test_expanding_lists_answer_each_item_once(driver: Driver, count: int)
         Example("claims.COMMITTED_STEPS", {"ids": ids}, []),
     ):
         assert await _run(driver, example) == example.rows, example.name
+
+
+_SYNCHRONOUS_COMMIT = direct.Statement(select(func.current_setting("synchronous_commit")))
+
+
+@pytest.mark.postgres
+async def test_only_a_write_said_not_durable_commits_without_waiting_for_the_disk():
+    """A claim commits without waiting for the WAL flush (``durable=False``); every other
+    hot write keeps waiting, also on the same pooled connection afterwards."""
+    try:
+        url = await create_pg_database()
+    except Exception as exc:
+        unavailable("PostgreSQL", f"{type(exc).__name__}: {exc}")
+    database = Database(url, pool_size=1)  # one connection: a setting left behind would show
+    try:
+        await migrated(url)
+
+        async def setting(**how: bool) -> str:
+            async with database.direct_write(**how) as conn:
+                ((value,),) = await conn.fetch(_SYNCHRONOUS_COMMIT, {})
+            return str(value)
+
+        assert await setting(one_statement=True, durable=False) == "off"
+        assert await setting(one_statement=True) == "on"
+        assert await setting(durable=False) == "off"
+        assert await setting() == "on"
+    finally:
+        await database.dispose()
+        await drop_pg_database(url)

@@ -502,6 +502,11 @@ async def _reset(connection: asyncpg.Connection) -> None:
 _SESSION = {"enable_seqscan": "off", "enable_sort": "off", "jit": "off"}
 
 
+#: A transaction whose COMMIT returns before its WAL is flushed: a crash of the server may
+#: lose it, nothing else (it is written in order: any later flushed commit makes it durable).
+_BEGIN_UNFLUSHED = "BEGIN; SET LOCAL synchronous_commit TO off"
+
+
 class AsyncpgPool:
     """asyncpg's own pool for the hot statements, opened at first use.
 
@@ -545,11 +550,14 @@ class AsyncpgPool:
                 raise
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[DirectConnection]:
+    async def transaction(self, *, flush: bool = True) -> AsyncIterator[DirectConnection]:
+        """``flush=False``: the COMMIT does not wait for the WAL to reach the disk
+        (``synchronous_commit`` off for this transaction alone; ``BEGIN`` and the setting go
+        in one round trip)."""
         pool = await self._open()
         async with pool.acquire(timeout=self.acquire_timeout) as connection:
             try:
-                await connection.execute("BEGIN")
+                await connection.execute("BEGIN" if flush else _BEGIN_UNFLUSHED)
                 try:
                     yield _AsyncpgConnection(connection)
                 except TimeoutError:

@@ -167,15 +167,19 @@ class Database:
                 yield direct
 
     @asynccontextmanager
-    async def direct_write(self, *, one_statement: bool = False) -> AsyncIterator[DirectConnection]:
+    async def direct_write(
+        self, *, one_statement: bool = False, durable: bool = True
+    ) -> AsyncIterator[DirectConnection]:
         """One write transaction for the hot writes. ``one_statement``: the caller runs a
         single statement, which PostgreSQL runs as a transaction of its own (no BEGIN and
-        COMMIT round trips)."""
-        if self.direct_pool is not None and one_statement:
+        COMMIT round trips). ``durable=False``: a write whose loss in a crash of the server
+        harms nothing, which PostgreSQL commits without waiting for the disk (SQLite as
+        any other: its ``synchronous`` is the connection's)."""
+        if self.direct_pool is not None and one_statement and durable:
             async with self.direct_pool.autocommit() as direct:
                 yield direct
         elif self.direct_pool is not None:
-            async with self.direct_pool.transaction() as direct:
+            async with self.direct_pool.transaction(flush=durable) as direct:
                 yield direct
         else:
             async with self._sqlite_direct(self.writer, begin="BEGIN IMMEDIATE", autocommit=one_statement) as direct:

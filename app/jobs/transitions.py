@@ -68,8 +68,14 @@ class JobStore:
         serialises claims instead. The claim is one statement (one round trip on
         PostgreSQL); it also tells which jobs have committed steps or retried ones, and only
         those (resumed jobs) cost a second read, so that they continue where they stopped.
+
+        Its commit does not wait for the disk (``durable=False``): a claim lost in a crash of
+        the database leaves its jobs pending, to be claimed again, as a node's crash does
+        (and the step commit that follows, flushed, makes the claim durable with it). The
+        claim's WAL flush was most of its time at p99 (a one-row commit here: 0.4 ms p50,
+        5.8 ms p99).
         """
-        async with self.database.direct_write(one_statement=True) as conn:
+        async with self.database.direct_write(one_statement=True, durable=False) as conn:
             rows = await conn.fetch(claims.CLAIM.pick(self.database), self.claim_params(limit, utcnow()))
         resumed = [row[0] for row in rows if row[-1]]
         retried = [row[0] for row in rows if row[-2]]

@@ -1,7 +1,6 @@
-"""The statements' scenario (``tests/statement_scenario.py``) through the four ways the node
-runs a statement (``app.db.direct``): asyncpg's pool, SQLAlchemy on PostgreSQL, SQLAlchemy
-on SQLite and the hot statements' own path on SQLite (``SqliteConnection``). Each must give
-the same answers."""
+"""The statements' scenario (``tests/statement_scenario.py``) through the three ways the node
+runs a statement (``app.db.direct``): asyncpg's pool, SQLAlchemy on PostgreSQL and
+SQLAlchemy on SQLite. Each must give the same answers."""
 
 from __future__ import annotations
 
@@ -39,12 +38,11 @@ class Driver:
         pytest.param("asyncpg", marks=pytest.mark.postgres),
         pytest.param("sqlalchemy-postgresql", marks=pytest.mark.postgres),
         "sqlalchemy-sqlite",
-        "direct-sqlite",
     ]
 )
 async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Driver]:
     """A fresh migrated database, seen through one of the three drivers."""
-    postgresql = not request.param.endswith("-sqlite")
+    postgresql = request.param != "sqlalchemy-sqlite"
     if postgresql:
         try:
             url = await create_pg_database()
@@ -58,8 +56,6 @@ async def driver(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         if request.param == "asyncpg":
             assert database.direct_pool is not None
             connect = database.direct_pool.transaction
-        elif request.param == "direct-sqlite":
-            connect = database.direct_write
         else:
 
             @asynccontextmanager

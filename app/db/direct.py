@@ -5,10 +5,9 @@ read) several times a second per client. Run through SQLAlchemy's execution laye
 costs several times the CPU of the same statement on a raw asyncpg connection (cache key,
 parameter processing, greenlet hop, pool events). So on PostgreSQL these statements are
 still written in Core, compiled once per shape by SQLAlchemy, and run by asyncpg from a
-pool of its own (asyncpg prepares and caches them per connection). On SQLite they are
-compiled the same way for SQLite and run one call each in aiosqlite's thread
-(``SqliteConnection``): through SQLAlchemy each was several hand-overs to that thread,
-and the single writer's transactions, which every write queues for, lasted that long.
+pool of its own (asyncpg prepares and caches them per connection). On SQLite the same
+Core statements run through SQLAlchemy as usual: there the database's single writer,
+not the Python layer, is the limit.
 
 Lists bound to ``expanding`` parameters (``IN``) are padded to a power of two with their
 last element, so a statement has a few shapes (and prepared statements), not one per
@@ -22,21 +21,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
-import aiosqlite
 import asyncpg
 import msgspec
-import sqlalchemy.exc
 from sqlalchemy import JSON, Table, bindparam, func, insert, literal_column, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import asyncpg as pg_asyncpg
-from sqlalchemy.engine import URL, CursorResult, Dialect
+from sqlalchemy.engine import URL, CursorResult
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement, Executable
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -98,7 +94,6 @@ class Statement:
         self.statement = statement
         self._compiled: SQLCompiler | None = None
         self._shapes: dict[tuple[Any, ...], tuple[str, list[Any]]] = {}
-        self._sqlite: _SqliteShapes | None = None
 
     def sqlalchemy_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return {k: _padded(v) if isinstance(v, list) else v for k, v in params.items()}
@@ -111,7 +106,11 @@ class Statement:
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
         """The SQL text of this call's shape and its positional arguments."""
         params = self.sqlalchemy_params(params)
-        key = _shape_key(params)
+        key = tuple(
+            (name, len(v), len(v[0]) if v and isinstance(v[0], tuple) else 0)
+            for name, v in params.items()
+            if isinstance(v, list)
+        )
         shape = self._shapes.get(key)
         if shape is None:
             if self._compiled is None:
@@ -122,56 +121,6 @@ class Statement:
             shape = self._shapes[key] = (state.statement, list(state.positional_parameters))
         sql, slots = shape
         return sql, [slot.pick(params) if isinstance(slot, _Slot) else slot for slot in slots]
-
-    def sqlite_args(self, dialect: Dialect, params: dict[str, Any]) -> tuple[str, list[Any], _Processors]:
-        """The SQLite text of this call's shape, its positional arguments as the driver
-        takes them (SQLAlchemy's bind processors applied) and the result processors."""
-        if self._sqlite is None:
-            self._sqlite = _SqliteShapes(_clause(self.statement), dialect)
-        return self._sqlite.args(self.sqlalchemy_params(params))
-
-
-def _shape_key(params: dict[str, Any]) -> tuple[Any, ...]:
-    return tuple(
-        (name, len(v), len(v[0]) if v and isinstance(v[0], tuple) else 0)
-        for name, v in params.items()
-        if isinstance(v, list)
-    )
-
-
-#: A result column's processor (``None``: the driver's value as it is).
-_Processors = list[Callable[[Any], Any] | None]
-
-
-class _SqliteShapes:
-    """A statement compiled for SQLite once, and its shapes (as ``Statement.asyncpg_args``
-    for asyncpg): what SQLAlchemy's execution layer would send, without that layer."""
-
-    def __init__(self, statement: ClauseElement, dialect: Dialect) -> None:
-        compiled = statement.compile(dialect=dialect)
-        assert isinstance(compiled, SQLCompiler)
-        self.compiled = compiled
-        self.dialect = dialect
-        self.results: _Processors = [
-            column.type._cached_result_processor(dialect, None) for column in compiled._result_columns
-        ]
-        self.shapes: dict[tuple[Any, ...], tuple[str, list[tuple[Any, Callable[[Any], Any] | None]]]] = {}
-
-    def args(self, params: dict[str, Any]) -> tuple[str, list[Any], _Processors]:
-        key = _shape_key(params)
-        shape = self.shapes.get(key)
-        if shape is None:
-            state = self.compiled.construct_expanded_state({k: _slots(k, v) for k, v in params.items()})
-            processors: dict[str, Any] = {**self.compiled._bind_processors, **state.processors}
-            assert state.positiontup is not None
-            slots = [(state.parameters[name], processors.get(name)) for name in state.positiontup]
-            shape = self.shapes[key] = (state.statement, slots)
-        sql, slots = shape
-        args: list[Any] = []
-        for slot, process in slots:
-            value = slot.pick(params) if isinstance(slot, _Slot) else slot
-            args.append(value if process is None or value is None else process(value))
-        return sql, args, self.results
 
 
 def _clause(statement: Executable) -> ClauseElement:
@@ -222,24 +171,6 @@ class RowsInsert:
         self.table = table
         self.columns = tuple(columns)
         self._statements = {notify: _UnnestInsert(table, self.columns, notify) for notify in (False, True)}
-        self._sqlite: tuple[str, list[Callable[[Any], Any] | None]] | None = None
-
-    def sqlite_rows(self, dialect: Dialect, rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
-        """One ``INSERT … VALUES (?, …)`` and each row's values as the driver takes them."""
-        if self._sqlite is None:
-            statement = insert(self.table).values({name: bindparam(name) for name in self.columns})
-            compiled = statement.compile(dialect=dialect)
-            assert isinstance(compiled, SQLCompiler) and compiled.positiontup == list(self.columns)
-            binds: dict[str, Any] = dict(compiled._bind_processors)
-            self._sqlite = (compiled.string, [binds.get(name) for name in self.columns])
-        sql, processors = self._sqlite
-        return sql, [
-            [
-                value if process is None or value is None else process(value)
-                for value, process in zip((row[name] for name in self.columns), processors, strict=True)
-            ]
-            for row in rows
-        ]
 
     def unnest(self, notify: bool) -> _UnnestInsert:
         return self._statements[notify]
@@ -350,121 +281,6 @@ class _SqlAlchemyConnection:
     async def notify(self, channel: str, payload: str) -> None:
         if self.postgresql:
             await self.execute(_NOTIFY, {"channel": channel, "payload": payload})
-
-
-class SqliteConnection:
-    """The hot statements on SQLite, each in one call to aiosqlite's thread.
-
-    Through SQLAlchemy a statement costs four calls to that thread (cursor, execute,
-    fetch, close) and a transaction two more (``BEGIN``, ``COMMIT``); each call is a hand-over
-    between the event loop and the thread, which waits for the GIL while the loop is busy.
-    The single writer's transactions bound everything a SQLite node writes, so here a
-    statement is one call, and the ``BEGIN`` rides with the first one; a transaction of one
-    statement (``autocommit``) is ``BEGIN``, the statement and ``COMMIT`` in one call (an
-    ``executemany`` is one transaction, all or nothing, as on PostgreSQL). The statements
-    are the same Core statements, compiled by SQLAlchemy with the engine's dialect and
-    bound with its processors (``Statement.sqlite_args``); the driver's errors come out as
-    SQLAlchemy's, as through SQLAlchemy."""
-
-    postgresql = False
-
-    def __init__(self, connection: aiosqlite.Connection, dialect: Dialect, begin: str | None, autocommit: bool) -> None:
-        self.connection = connection
-        self.dialect = dialect
-        self.begin_sql = begin
-        self.autocommit = autocommit
-        #: Sent with the next statement: a transaction begins with its first statement.
-        self.begin = None if autocommit else begin
-        self.began = False
-
-    async def _call(self, function: Callable[..., T], sql: str, args: Any) -> T:
-        if self.autocommit:
-            begin = self.begin_sql
-        else:
-            begin, self.begin = self.begin, None
-            self.began = self.began or begin is not None
-        try:
-            result: T = await self.connection._execute(  # type: ignore[no-untyped-call]
-                _in_thread, self.connection._conn, begin, self.autocommit, function, sql, args
-            )
-        except sqlite3.Error as exc:
-            raise sqlalchemy.exc.DBAPIError.instance(
-                sql, None, exc, sqlite3.Error, hide_parameters=True, dialect=self.dialect
-            ) from exc
-        return result
-
-    async def fetch(self, statement: Statement, params: dict[str, Any]) -> list[Row]:
-        sql, args, processors = statement.sqlite_args(self.dialect, params)
-        rows = await self._call(_fetch, sql, args)
-        if not any(processors):
-            return rows
-        return [
-            tuple(
-                value if process is None or value is None else process(value)
-                for value, process in zip(row, processors, strict=True)
-            )
-            for row in rows
-        ]
-
-    async def execute(self, statement: Statement, params: dict[str, Any]) -> None:
-        await self.fetch(statement, params)
-
-    async def insert_many(
-        self, into: RowsInsert, rows: list[dict[str, Any]], notify: tuple[str, str] | None = None
-    ) -> None:
-        sql, values = into.sqlite_rows(self.dialect, rows)
-        await self._call(_executemany, sql, values)
-
-    async def notify(self, channel: str, payload: str) -> None:
-        pass
-
-    async def end(self, commit: bool) -> None:
-        """``COMMIT`` (or ``ROLLBACK``) the transaction, if a statement began one."""
-        if self.began:
-            self.began = False
-            end = "COMMIT" if commit else "ROLLBACK"
-            await self.connection._execute(_end, self.connection._conn, end)  # type: ignore[no-untyped-call]
-
-
-def _in_thread(
-    connection: sqlite3.Connection,
-    begin: str | None,
-    commit: bool,
-    function: Callable[[sqlite3.Connection, str, Any], T],
-    sql: str,
-    args: Any,
-) -> T:
-    """In aiosqlite's thread: the transaction's ``BEGIN`` if this is its first statement,
-    the statement (a RETURNING clause's rows all read), and with ``commit`` the ``COMMIT``,
-    or the ``ROLLBACK`` when the statement failed."""
-    if begin is not None:
-        connection.execute(begin)
-    if not commit:
-        return function(connection, sql, args)
-    try:
-        result = function(connection, sql, args)
-    except BaseException:
-        _end(connection, "ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-    return result
-
-
-def _fetch(connection: sqlite3.Connection, sql: str, args: list[Any]) -> list[Row]:
-    cursor = connection.execute(sql, args)
-    try:
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-def _executemany(connection: sqlite3.Connection, sql: str, rows: list[list[Any]]) -> None:
-    connection.executemany(sql, rows).close()
-
-
-def _end(connection: sqlite3.Connection, sql: str) -> None:
-    if connection.in_transaction:  # not when its BEGIN failed
-        connection.execute(sql).close()
 
 
 def json_dumps(value: Any) -> str:

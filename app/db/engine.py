@@ -13,8 +13,7 @@ a 503, and the next ones reconnect.
 
 The hot statements (``direct_read``/``direct_write``) run on PostgreSQL through an
 asyncpg pool of ``pool_size`` connections (``app.db.direct``); SQLAlchemy's pool, for
-everything else, is kept small. On SQLite they run on the same pooled connections as
-SQLAlchemy's statements, one call to aiosqlite's thread each (``SqliteConnection``).
+everything else, is kept small.
 
 Every call has a deadline (``statement_timeout``), so that a database that hangs (a
 frozen proxy or network: connections open, no answer) gives 503 within seconds instead
@@ -38,7 +37,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.db.direct import AsyncpgPool, DirectConnection, SqliteConnection, json_dumps
+from app.db.direct import AsyncpgPool, DirectConnection, json_dumps, wrap
 
 #: SQLAlchemy's connections on PostgreSQL: operator reads, maintenance, migrations.
 PG_COLD_POOL_SIZE = 4
@@ -163,8 +162,8 @@ class Database:
             async with self.direct_pool.autocommit() as direct:
                 yield direct
         else:
-            async with self._sqlite_direct(self.reader, begin=None, autocommit=False) as direct:
-                yield direct
+            async with self.read() as conn:
+                yield wrap(conn)
 
     @asynccontextmanager
     async def direct_write(
@@ -182,27 +181,8 @@ class Database:
             async with self.direct_pool.transaction(flush=durable) as direct:
                 yield direct
         else:
-            async with self._sqlite_direct(self.writer, begin="BEGIN IMMEDIATE", autocommit=one_statement) as direct:
-                yield direct
-
-    @asynccontextmanager
-    async def _sqlite_direct(
-        self, engine: AsyncEngine, begin: str | None, autocommit: bool
-    ) -> AsyncIterator[DirectConnection]:
-        """A pooled SQLite connection for the hot statements (``app.db.direct.SqliteConnection``):
-        ``begin`` starts a transaction with the first statement, committed on exit; with
-        ``autocommit`` each statement is a transaction of its own; without either, reads.
-        Whatever is left open when it goes back (a failed COMMIT, a cancelled task) the
-        pool rolls back."""
-        async with engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            direct = SqliteConnection(raw.driver_connection, engine.dialect, begin, autocommit)  # type: ignore[arg-type]
-            try:
-                yield direct
-            except BaseException:
-                await direct.end(commit=False)
-                raise
-            await direct.end(commit=True)
+            async with self.write() as conn:
+                yield wrap(conn)
 
     async def dispose(self) -> None:
         """Close every connection; on a database that hangs, drop them after a deadline

@@ -27,6 +27,7 @@ import msgspec
 from app.clock import utcnow
 from app.config.settings import ContainerSettings
 from app.containers import http11
+from app.containers.lazy_session import LazySession
 from app.storable import DEFAULT_MAX_DEPTH, check_raw, nested_too_deep
 
 BODY_EXCERPT = 200
@@ -124,23 +125,18 @@ class ContainerClient:
         self._limit = limit
         #: ``server.max_json_depth``: deeper outputs are refused (``_output``).
         self._max_depth = max_json_depth
-        self._session: aiohttp.ClientSession | None = None
+        self._session = LazySession(self._open_session)
         self._lean = http11.Http11Pool()
         #: (base_url, bearer) -> where ``call`` posts; None: not plain http, aiohttp's.
         self._endpoints: dict[tuple[str, str | None], http11.Endpoint | None] = {}
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30, enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
-        return self._session
+    def _open_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(limit=self._limit, keepalive_timeout=30, enable_cleanup_closed=True)
+        return aiohttp.ClientSession(connector=connector, skip_auto_headers=("User-Agent",))
 
     async def close(self) -> None:
         await self._lean.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
     @staticmethod
     def _headers(container: ContainerSettings) -> dict[str, str]:
@@ -159,7 +155,7 @@ class ContainerClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         timeout = aiohttp.ClientTimeout(total=container.timeout)
         try:
-            async with self.session.post(
+            async with self._session.get().post(
                 f"{base_url}/service_output", data=body, headers=self._headers(container), timeout=timeout
             ) as response:
                 yield response
@@ -254,6 +250,6 @@ class ContainerClient:
                 raise StepFailed(f"stream broken: {type(exc).__name__}", delivered=True) from None
 
     async def get_json(self, url: str, timeout: float = 5.0) -> Any:
-        async with self.session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
+        async with self._session.get().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             response.raise_for_status()
             return msgspec.json.decode(await response.read())

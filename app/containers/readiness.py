@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from app.config.settings import ContainerSettings, Settings
+from app.containers.lazy_session import LazySession
 
 PROBE_TIMEOUT = 2.0
 
@@ -79,7 +80,8 @@ class Prober:
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._session: aiohttp.ClientSession | None = None
+        # No pooled keep-alive: a probe must see a restarted server, not a stale socket.
+        self._session = LazySession(lambda: aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)))
 
     def target(self, container: ContainerSettings) -> str:
         """What is probed, for messages: ``GET http://…/health`` or ``127.0.0.1:3000``."""
@@ -105,24 +107,16 @@ class Prober:
         path = container.health_path or "/"
         return self._settings.base_url(container) + (path if path.startswith("/") else "/" + path)
 
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            # No pooled keep-alive: a probe must see a restarted server, not a stale socket.
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
-        return self._session
-
     async def probe(self, container: ContainerSettings, *, published: bool = False) -> str | None:
         """``published``: the port is published by Docker (bridge networking). Docker's
         userland proxy accepts connections on it before anything listens in the container,
         so a TCP connect proves nothing there; any HTTP answer (even a 404) is asked for."""
         if container.health_path:
             headers = {"Authorization": f"Bearer {container.bearer}"} if container.bearer else None
-            return await probe_http(self._http(), self._url(container), headers=headers)
+            return await probe_http(self._session.get(), self._url(container), headers=headers)
         if published:
-            return await probe_http_any(self._http(), self._settings.base_url(container) + "/")
+            return await probe_http_any(self._session.get(), self._settings.base_url(container) + "/")
         return await probe_tcp(*self._address(container))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()

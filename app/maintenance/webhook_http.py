@@ -32,6 +32,7 @@ from aiohttp.resolver import DefaultResolver
 from app.clock import utcnow
 from app.config.settings import WebhookSettings
 from app.containers import http11
+from app.containers.lazy_session import LazySession
 from app.jobs.webhook_policy import AllowList, WebhookInvalid
 
 EVENT = "job.finished"
@@ -105,31 +106,27 @@ class WebhookClient:
     def __init__(self, settings: WebhookSettings) -> None:
         self.settings = settings
         self.allow = AllowList.parse(settings.allowed_hosts)
-        self._session: aiohttp.ClientSession | None = None
+        self._session = LazySession(self._open_session)
         self._lean = http11.Http11Pool()
         self._resolve = resolve_checked(self.allow)
         self._routes: dict[str, tuple[Answer | None, http11.Endpoint | None]] = {}
         self._fixed = {"Content-Type": "application/json", "Jobnode-Event": EVENT}
 
-    def _open(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(
-                resolver=CheckedResolver(self.allow), use_dns_cache=False, limit=self.settings.concurrency
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
-                auto_decompress=False,
-                skip_auto_headers=("User-Agent",),
-                headers={"User-Agent": USER_AGENT},
-            )
-        return self._session
+    def _open_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            resolver=CheckedResolver(self.allow), use_dns_cache=False, limit=self.settings.concurrency
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": USER_AGENT},
+        )
 
     async def close(self) -> None:
         await self._lean.close()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self._session.close()
 
     def headers(self, delivery_id: str, attempt: int, body: bytes) -> dict[str, str]:
         """The headers of one attempt (``Content-Type`` and ``Jobnode-Event`` included)."""
@@ -175,7 +172,7 @@ class WebhookClient:
         try:
             if endpoint is not None:
                 return await self._post_lean(endpoint, delivery_id, attempt, body)
-            async with self._open().post(
+            async with self._session.get().post(
                 url, data=body, headers=self.headers(delivery_id, attempt, body), allow_redirects=False
             ) as response:
                 await response.read()

@@ -13,7 +13,7 @@ import httpx
 import msgspec
 
 from tests.helpers import assert_error, job, other_address, submit
-from tests.operator_support import container, scheduled, wait_for
+from tests.operator_support import container, metric, parse_metrics, scheduled, wait_for
 from tests.support import NodeProcess, RunningNode, node_settings, serve_node, wait_finished
 
 
@@ -207,6 +207,12 @@ async def test_a_client_that_goes_away_releases_its_listeners(make_node, host_se
         await wait_for(_feed_is_idle(node))
 
 
+async def _open_streams(http: httpx.AsyncClient) -> float:
+    r = await http.get("/metrics")
+    assert r.status_code == 200, r.text
+    return metric(parse_metrics(r.text), "jobnode_event_streams_open")
+
+
 async def test_streams_beyond_the_limit_are_refused(make_node, host_service, client_address):
     config = chain_config(host_service, delay=30, max_event_streams=1)
     async with make_node(config) as node, node.client(client_address) as http:
@@ -216,7 +222,9 @@ async def test_streams_beyond_the_limit_are_refused(make_node, host_service, cli
             r = await http.get("/api/jobs/events", params={"id": job_id})
             assert_error(r, 503, "Too many event streams", {"limit": 1})
             assert r.headers["retry-after"] == "1"
+            assert await _open_streams(http) == 1  # the refused one is not counted
         await wait_for(_feed_is_idle(node))
+        assert await _open_streams(http) == 0
         assert (await stream(http, [job_id], stop_after=1)).status == 200
 
 

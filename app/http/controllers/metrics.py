@@ -13,6 +13,8 @@ read at scrape time:
 - ``jobnode_database_up``: 0 when the database did not answer (the SQL gauges are then
   left out, the rest is still served).
 - ``jobnode_container_ready|in_flight|restarts_total{container}``: this node's view.
+- ``jobnode_event_streams_open``: this process's open ``GET /api/jobs/events`` streams,
+  against its ``server.max_event_streams`` (past it a stream is refused with a 503).
 """
 
 from __future__ import annotations
@@ -32,15 +34,17 @@ from app.db.models import SubscriptionStatus
 from app.http.openapi import OPERATOR, OPERATOR_SECURITY, errors
 from app.http.operator_auth import operator_guard
 from app.jobs.container_report import ContainerReport
+from app.jobs.events import EventFeed
 from app.jobs.queue_numbers import UNFINISHED_STATES, QueueNumbers, QueueSnapshot
 
 SOURCES = ("offchain", "onchain")
 
 
 class _ScrapeTime(Collector):
-    def __init__(self, snapshot: QueueSnapshot | None, containers: list[dict[str, Any]]) -> None:
+    def __init__(self, snapshot: QueueSnapshot | None, containers: list[dict[str, Any]], streams: int) -> None:
         self.snapshot = snapshot
         self.containers = containers
+        self.streams = streams
 
     def collect(self) -> Iterator[Any]:
         up = GaugeMetricFamily("jobnode_database_up", "1 when the database answered this scrape's queries")
@@ -82,6 +86,9 @@ class _ScrapeTime(Collector):
             in_flight.add_metric([container["id"]], container["in_flight"])
             restarts.add_metric([container["id"]], container["restarts"])
         yield from (ready, in_flight, restarts)
+        streams = GaugeMetricFamily("jobnode_event_streams_open", "Open event streams of this node process")
+        streams.add_metric([], self.streams)
+        yield streams
 
 
 class MetricsController(PrometheusController):
@@ -99,7 +106,10 @@ class MetricsController(PrometheusController):
         media_type="text/plain",
     )
     async def get(
-        self, numbers: NamedDependency[QueueNumbers], container_report: NamedDependency[ContainerReport]
+        self,
+        numbers: NamedDependency[QueueNumbers],
+        container_report: NamedDependency[ContainerReport],
+        events: NamedDependency[EventFeed],
     ) -> Response[bytes]:
         registry = REGISTRY
         if "prometheus_multiproc_dir" in os.environ or "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -107,6 +117,6 @@ class MetricsController(PrometheusController):
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         snapshot = await numbers.queue_if_available()
         scrape_time = CollectorRegistry(auto_describe=False)
-        scrape_time.register(_ScrapeTime(snapshot, container_report.states()))
+        scrape_time.register(_ScrapeTime(snapshot, container_report.states(), events.streams))
         body = generate_latest(registry) + generate_latest(scrape_time)
         return Response(body, status_code=200, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -279,6 +279,8 @@ async def test_resume_skips_committed_steps(make_node, host_service, client_addr
                     stream=False,
                     run_after=now,
                     created_at=now,
+                    # Set by its first claim: only a job claimed before is looked up for steps.
+                    started_at=now,
                 )
             )
             await conn.execute(

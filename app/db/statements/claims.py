@@ -8,7 +8,7 @@ node that lost its lease can no longer write anything for that job.
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, bindparam, func, select, tuple_, update
+from sqlalchemy import Integer, bindparam, case, false, func, select, tuple_, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.direct import PerDialect, RowsInsert, Statement
@@ -35,8 +35,9 @@ def owned_claims(by_id: bool = False) -> tuple[ColumnElement[bool], ...]:
 
 
 _NOW = bindparam("now", type_=UtcDateTime())
+#: ``started_at`` is the row's before the claim: a job never claimed has no steps.
 _CLAIMABLE = (
-    select(Job.seq)
+    select(Job.seq, Job.started_at)
     .where(status_is(JobStatus.PENDING), Job.run_after <= _NOW)
     .order_by(Job.run_after, Job.seq)
     .limit(bindparam("limit", type_=Integer))
@@ -74,11 +75,23 @@ def _claim(has_steps: ColumnElement[bool]) -> Statement:
 #: the last columns tell how often its steps were retried (``retries``) and whether it has
 #: committed steps (a resumed job).
 CLAIM = PerDialect(
-    postgresql=_claim(select(JobStep.job_id).where(JobStep.job_id == Job.id).exists()),
+    #: Only a job claimed before (``started_at`` set by its first claim, kept by a release,
+    #: a reaper's re-queue and an operator's) can have committed steps: a fresh job costs no
+    #: lookup in ``job_steps``' index (``CASE`` evaluates the ``EXISTS`` only when needed).
+    #: A job cancelled while pending has an error step, but it is dropped with its re-queue.
+    #: Measured alternately (``claimplan``'s claim, 64 jobs, 1 M stored, 100 k pending): mean
+    #: 5.2 -> 4.2 ms, 192 of ~2,200 buffer hits gone.
+    postgresql=_claim(
+        case(
+            (_CLAIMABLE.c.started_at.is_(None), false()),
+            else_=select(JobStep.job_id).where(JobStep.job_id == Job.id).exists(),
+        )
+    ),
     #: SQLite (3.40) plans ``job_steps.job_id = jobs.id`` in a RETURNING clause's
     #: subquery as a read of all of ``job_steps``' index per claimed job, so that every
     #: claim cost more than the last as steps were committed (a 40,000-job backlog drained
     #: at a sixth of its first rate). The one-item ``IN`` is looked up in the index.
+    #: (SQLite's RETURNING cannot read the CTE's ``started_at``: the lookup stays.)
     sqlite=_claim(select(JobStep.job_id).where(JobStep.job_id.in_([Job.id])).exists()),
 )
 #: The steps resumed jobs committed before. Parameter: ``ids``.

@@ -81,6 +81,12 @@ def step_row(job_id: str, position: int, output: Any, error: str | None = None) 
     return row
 
 
+def step_arrays(rows: list[dict[str, Any]], run_after: list[datetime]) -> dict[str, Any]:
+    """``claims.EXTEND_STEPS``/``FINISH_STEPS``' arrays: the steps' columns, their claims' ``run_after``."""
+    names = [name for name in claims.INSERT_STEPS.columns if name != "node"]
+    return {**{f"step_{name}": [row[name] for row in rows] for name in names}, "step_run_after": run_after}
+
+
 def at(minutes_ago: int) -> datetime:
     return NOW - timedelta(minutes=minutes_ago)
 
@@ -181,6 +187,28 @@ LIFECYCLE = [
         "claims.FINISH_OWNED",  # another node's claim of J1: nothing written
         owned_params([(J1, 1, at(10))], OTHER_NODE, outcome=JobStatus.SUCCESS, now=NOW),
         [],
+    ),
+    # The one-statement step commits of another node's claims: nothing written, nothing sent
+    # (``test_leases`` runs them on the claims held).
+    Example(
+        "claims.EXTEND_STEPS",
+        {**step_arrays([step_row(J1, 1, STEP_OUTPUT)], [at(10)]), "node": OTHER_NODE, "lease_until": LEASE},
+        [],
+        dialect="postgresql",
+    ),
+    Example(
+        "claims.FINISH_STEPS",
+        {
+            **step_arrays([step_row(J1, 1, None, "bad ✗")], [at(10)]),
+            "node": OTHER_NODE,
+            "outcome": JobStatus.FAILED,
+            "now": NOW,
+            "step_delivery_id": [J7],
+            "channel": ENDED_CHANNEL,
+            "sender": NODE,
+        },
+        [],
+        dialect="postgresql",
     ),
     Example(
         "claims.COMMITTED_STEPS",

@@ -201,7 +201,9 @@ class Scenario:
 
     def __init__(self, database: Database) -> None:
         self.database = database
-        self.stores = {node: JobStore(database, node, LEASE_SECONDS) for node in NODES}
+        # With a signal, as a node has one: its step commits take the one-statement path on
+        # PostgreSQL (one outcome per batch), the general one otherwise.
+        self.stores = {node: JobStore(database, node, LEASE_SECONDS, JobSignal(node)) for node in NODES}
         catalog = ContainerCatalog(
             node_settings(
                 "sqlite+aiosqlite://",

@@ -123,6 +123,34 @@ class Statement:
         return sql, [slot.pick(params) if isinstance(slot, _Slot) else slot for slot in slots]
 
 
+class ArrayStatement(Statement):
+    """A PostgreSQL statement whose list parameters are arrays bound whole (``unnest``), not
+    the lists of an ``IN``: one shape and one plan for any number of rows. The parameters
+    named in ``json`` are lists of JSON values, sent as text (cast to JSONB in the SQL)."""
+
+    def __init__(self, statement: Executable, json: Iterable[str] = ()) -> None:
+        super().__init__(statement)
+        self._json = frozenset(json)
+        self._sql: tuple[str, tuple[str, ...]] | None = None
+
+    def sqlalchemy_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: [None if v is None else json_dumps(v) for v in value] if k in self._json else value
+            for k, value in params.items()
+        }
+
+    def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        if self._sql is None:
+            compiled = _clause(self.statement).compile(dialect=_PG_DIALECT)
+            assert isinstance(compiled, SQLCompiler)
+            state = compiled.construct_expanded_state(dict.fromkeys(params))
+            assert state.positiontup is not None
+            self._sql = state.statement, tuple(state.positiontup)
+        sql, names = self._sql
+        values = self.sqlalchemy_params(params)
+        return sql, [values[name] for name in names]
+
+
 def _clause(statement: Executable) -> ClauseElement:
     """Every Core statement is a ``ClauseElement`` too (``Executable`` does not say so)."""
     assert isinstance(statement, ClauseElement)

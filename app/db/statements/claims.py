@@ -8,11 +8,30 @@ node that lost its lease can no longer write anything for that job.
 
 from __future__ import annotations
 
-from sqlalchemy import Integer, bindparam, case, false, func, select, tuple_, update
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Integer,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    cast,
+    false,
+    func,
+    insert,
+    null,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 
-from app.db.direct import PerDialect, RowsInsert, Statement
-from app.db.models import Job, JobStatus, JobStep, UtcDateTime
+from app.db.direct import ArrayStatement, PerDialect, RowsInsert, Statement
+from app.db.models import DeliveryStatus, Job, JobIdType, JobStatus, JobStep, UtcDateTime, WebhookDelivery
 from app.db.statements.status import status_is
 
 
@@ -131,6 +150,110 @@ INSERT_STEPS = RowsInsert(
     JobStep.__table__,  # type: ignore[arg-type]
     ("job_id", "position", "container", "output", "error", "attempt", "node", "started_at", "finished_at"),
 )
+
+
+def _array(name: str, item: Any) -> ColumnElement[Any]:
+    """``unnest`` of the array ``step_<name>`` (not named as a column: SQLAlchemy would
+    take a parameter named as a column of the UPDATE for a value to set)."""
+    return func.unnest(bindparam(f"step_{name}", type_=ARRAY(item)))
+
+
+def _step_commit(ends: bool) -> ArrayStatement:
+    """The whole step commit in one statement (PostgreSQL): the guarded UPDATE of the jobs
+    whose claims are still held, the INSERT of the steps of those claims alone, and when it
+    ends them, their webhook deliveries and the ``pg_notify`` that wakes reads waiting for
+    them. Run alone, it is its own transaction: one round trip instead of a BEGIN, two or
+    three statements and a COMMIT. The claims are the steps' own (``job_id``, ``attempt``,
+    ``run_after``: ``owned_claims`` as a join)."""
+    timestamp = DateTime(timezone=True)
+    columns = [
+        _array("job_id", JobIdType).label("job_id"),
+        _array("position", Integer).label("position"),
+        _array("container", String).label("container"),
+        cast(_array("output", Text), JSONB).label("output"),
+        _array("error", Text).label("error"),
+        _array("attempt", Integer).label("attempt"),
+        _array("started_at", timestamp).label("started_at"),
+        _array("finished_at", timestamp).label("finished_at"),
+        _array("run_after", timestamp).label("run_after"),
+    ]
+    if ends:
+        columns.append(_array("delivery_id", JobIdType).label("delivery_id"))
+    steps = select(*columns).cte("steps")
+    guarded = update(Job).where(
+        Job.id == steps.c.job_id,
+        Job.attempts == steps.c.attempt,
+        Job.run_after == steps.c.run_after,
+        status_is(JobStatus.RUNNING),
+        Job.lease_owner == bindparam("node"),
+    )
+    if ends:
+        written = guarded.values(
+            status=bindparam("outcome", type_=String), finished_at=_NOW, lease_owner=null(), lease_expires_at=null()
+        ).returning(Job.id, Job.attempts, Job.run_after, Job.webhook, steps.c.delivery_id)
+    else:
+        written = guarded.values(lease_expires_at=bindparam("lease_until", type_=UtcDateTime())).returning(
+            Job.id, Job.attempts, Job.run_after
+        )
+    held = written.cte("held")
+    inserted = insert(JobStep).from_select(
+        [*INSERT_STEPS.columns],
+        select(
+            steps.c.job_id,
+            steps.c.position,
+            steps.c.container,
+            steps.c.output,
+            steps.c.error,
+            steps.c.attempt,
+            bindparam("node"),
+            steps.c.started_at,
+            steps.c.finished_at,
+        ).select_from(
+            steps.join(
+                held,
+                and_(
+                    held.c.id == steps.c.job_id,
+                    held.c.attempts == steps.c.attempt,
+                    held.c.run_after == steps.c.run_after,
+                ),
+            )
+        ),
+    )
+    answer = [held.c.id, held.c.attempts, held.c.run_after]
+    ctes = [inserted.cte("inserted")]
+    if ends:
+        delivered = insert(WebhookDelivery).from_select(
+            ["id", "job_id", "url", "status", "attempts", "next_attempt_at", "created_at"],
+            select(
+                held.c.delivery_id,
+                held.c.id,
+                held.c.webhook,
+                bindparam(None, DeliveryStatus.PENDING, literal_execute=True),
+                bindparam(None, 0, literal_execute=True),
+                _NOW,
+                _NOW,
+            ).where(held.c.webhook.is_not(None)),
+        )
+        ctes.append(delivered.cte("delivered"))
+        # Evaluated once (uncorrelated), and only when some job ended: with no row to
+        # answer, nothing reads it. The payload is ``JobSignal.ended_notifications``'.
+        ended = select(
+            func.pg_notify(
+                bindparam("channel", type_=Text),
+                cast(func.json_build_array(bindparam("sender", type_=Text), func.json_agg(held.c.id)), Text),
+            )
+        ).scalar_subquery()
+        answer += [held.c.webhook, ended.correlate(None).label("notified")]
+    return ArrayStatement(select(*answer).add_cte(*ctes), json=("step_output",))
+
+
+#: A step commit in one statement on PostgreSQL (``_step_commit``): the steps' columns as
+#: arrays ``step_<column>`` (``INSERT_STEPS``' but ``node``, and each claim's ``run_after``),
+#: ``node``, and ``lease_until`` (jobs that go on) or ``outcome``, ``now``, a
+#: ``step_delivery_id`` per step,
+#: ``channel`` and ``sender`` (jobs it ends). Returns the claims still held (and webhooks).
+EXTEND_STEPS = _step_commit(ends=False)
+FINISH_STEPS = _step_commit(ends=True)
 
 _HELD = (
     Job.id.in_(bindparam("ids", expanding=True)),

@@ -51,6 +51,7 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
     """One node process serving until SIGTERM/SIGINT; on ``sock`` when a supervisor bound it."""
     import uvicorn
 
+    from app import heap
     from app.http.wire import server_options
     from app.node import Node
 
@@ -77,6 +78,7 @@ def run_node(settings: Settings, sock: socket.socket | None = None) -> None:
         **server_options(),  # the JSON error shape for requests uvicorn refuses itself
     )
     server = uvicorn.Server(config)
+    heap.settle()  # the imports and the app are built: never walked by the collector again
     stop = server.handle_exit
 
     def handle_exit(sig: int, frame: Any) -> None:

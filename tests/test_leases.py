@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import asyncpg
 from sqlalchemy import insert, select
@@ -21,6 +22,35 @@ from app.db.models import Job, JobStatus, JobStep, WebhookDelivery
 from app.db.signal import ENDED_CHANNEL, JobSignal
 from app.jobs.transitions import JobStore
 from app.jobs.values import ClaimedJob, LeaseLost, StepResult
+
+
+def _running(
+    job_id: str,
+    client: str,
+    owner: str,
+    lease: datetime,
+    now: datetime,
+    attempts: int = 1,
+    containers: tuple[str, ...] | list[str] = ("c",),
+    webhook: str | None = None,
+) -> dict[str, Any]:
+    """A job row running under ``owner``'s lease, claimed ``attempts`` times."""
+    return {
+        "id": job_id,
+        "client": client,
+        "source": "offchain",
+        "containers": list(containers),
+        "input": {},
+        "requires_proof": False,
+        "status": JobStatus.RUNNING,
+        "attempts": attempts,
+        "stream": False,
+        "lease_owner": owner,
+        "lease_expires_at": lease,
+        "run_after": now,
+        "created_at": now,
+        "webhook": webhook,
+    }
 
 
 async def test_renewal_leaves_rows_locked_by_a_commit_to_it(postgresql_url, client_address):
@@ -34,21 +64,7 @@ async def test_renewal_leaves_rows_locked_by_a_commit_to_it(postgresql_url, clie
             await conn.execute(
                 insert(Job),
                 [
-                    {
-                        "id": job_id,
-                        "client": client_address,
-                        "source": "offchain",
-                        "containers": ["c"],
-                        "input": {},
-                        "requires_proof": False,
-                        "status": JobStatus.RUNNING,
-                        "attempts": 1,
-                        "stream": False,
-                        "lease_owner": owner,
-                        "lease_expires_at": old_lease,
-                        "run_after": now,
-                        "created_at": now,
-                    }
+                    _running(job_id, client_address, owner, old_lease, now)
                     for job_id, owner in ((locked, node), (free, node), (lost, "another-node"))
                 ],
             )
@@ -97,22 +113,7 @@ async def test_a_one_statement_step_commit_writes_only_for_the_claims_held(postg
             await conn.execute(
                 insert(Job),
                 [
-                    {
-                        "id": job_id,
-                        "client": client_address,
-                        "source": "offchain",
-                        "containers": containers,
-                        "input": {},
-                        "requires_proof": False,
-                        "status": JobStatus.RUNNING,
-                        "attempts": attempts,
-                        "stream": False,
-                        "lease_owner": owner,
-                        "lease_expires_at": lease,
-                        "run_after": now,
-                        "created_at": now,
-                        "webhook": webhook,
-                    }
+                    _running(job_id, client_address, owner, lease, now, attempts, containers, webhook=webhook)
                     for job_id, (owner, attempts, webhook, containers) in rows.items()
                 ],
             )

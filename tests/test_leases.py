@@ -1,5 +1,6 @@
 """Lease renewal on PostgreSQL next to a step commit of the same node, and the step commit
-in one statement writing only for the claims still held.
+in one statement writing only for the claims still held, a step the database refuses
+failing alone in its group.
 
 A renewal that waited for rows a step commit holds locked could deadlock with it (the
 two lock the same rows in different orders; PostgreSQL then aborts one of them). The
@@ -17,6 +18,7 @@ import asyncpg
 from sqlalchemy import insert, select
 
 from app.clock import utcnow
+from app.db.batching import GroupCommit
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep, WebhookDelivery
 from app.db.signal import ENDED_CHANNEL, JobSignal
@@ -164,4 +166,52 @@ async def test_a_one_statement_step_commit_writes_only_for_the_claims_held(postg
         assert signal.ended_ids(received[0]) == []  # its own: ignored by the node that sent it
     finally:
         await listener.close()
+        await database.dispose()
+
+
+async def test_a_step_the_database_refuses_fails_alone_in_its_group(postgresql_url, client_address):
+    """Four jobs' steps share one step commit (the scheduler's ``GroupCommit`` over
+    ``record_steps``); the database refuses one output (a NUL, which JSONB cannot hold, let
+    through below the checks that normally turn it away). Only that step fails: the group is
+    flushed again item by item, and the three others end their jobs with their outputs."""
+    node = f"poison-{client_address}"
+    database = Database(postgresql_url)
+    now = utcnow()
+    lease = now + timedelta(seconds=30)
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    poisoned = ids[2]
+    try:
+        async with database.write() as conn:
+            await conn.execute(insert(Job), [_running(job_id, client_address, node, lease, now) for job_id in ids])
+        store = JobStore(database, node, lease_seconds=60, signal=JobSignal(node))
+        flushes: list[int] = []
+
+        async def record(results: list[StepResult]) -> list[LeaseLost | None]:
+            flushes.append(len(results))
+            return await store.record_steps(results)
+
+        group: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(record)
+        outputs = {job_id: {"a": "\x00"} if job_id == poisoned else {"job": job_id} for job_id in ids}
+        answers = await asyncio.gather(
+            *(
+                group(StepResult(ClaimedJob(job_id, ["c"], {}, False, 1, now), 0, now, output=outputs[job_id]))
+                for job_id in ids
+            ),
+            return_exceptions=True,
+        )
+        assert flushes == [4, 1, 1, 1, 1]
+        assert [isinstance(a, Exception) for a in answers] == [job_id == poisoned for job_id in ids]
+        assert [a for a in answers if not isinstance(a, Exception)] == [None, None, None]
+        async with database.read() as conn:
+            jobs = dict((await conn.execute(select(Job.id, Job.status).where(Job.id.in_(ids)))).all())
+            steps = dict(
+                (await conn.execute(select(JobStep.job_id, JobStep.output).where(JobStep.job_id.in_(ids)))).all()
+            )
+        assert {str(k): v for k, v in jobs.items()} == {
+            job_id: JobStatus.RUNNING if job_id == poisoned else JobStatus.SUCCESS for job_id in ids
+        }
+        assert {str(k): v for k, v in steps.items()} == {
+            job_id: outputs[job_id] for job_id in ids if job_id != poisoned
+        }
+    finally:
         await database.dispose()

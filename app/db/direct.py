@@ -103,6 +103,13 @@ class Statement:
         the execution layer's cost does not matter and its ORM conveniences do."""
         return await connection.execute(self.statement, self.sqlalchemy_params(params or {}))
 
+    def _pg_compiled(self) -> SQLCompiler:
+        if self._compiled is None:
+            compiled = _clause(self.statement).compile(dialect=_PG_DIALECT)
+            assert isinstance(compiled, SQLCompiler)
+            self._compiled = compiled
+        return self._compiled
+
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
         """The SQL text of this call's shape and its positional arguments."""
         params = self.sqlalchemy_params(params)
@@ -113,11 +120,7 @@ class Statement:
         )
         shape = self._shapes.get(key)
         if shape is None:
-            if self._compiled is None:
-                compiled = _clause(self.statement).compile(dialect=_PG_DIALECT)
-                assert isinstance(compiled, SQLCompiler)
-                self._compiled = compiled
-            state = self._compiled.construct_expanded_state({k: _slots(k, v) for k, v in params.items()})
+            state = self._pg_compiled().construct_expanded_state({k: _slots(k, v) for k, v in params.items()})
             shape = self._shapes[key] = (state.statement, list(state.positional_parameters))
         sql, slots = shape
         return sql, [slot.pick(params) if isinstance(slot, _Slot) else slot for slot in slots]
@@ -141,9 +144,7 @@ class ArrayStatement(Statement):
 
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
         if self._sql is None:
-            compiled = _clause(self.statement).compile(dialect=_PG_DIALECT)
-            assert isinstance(compiled, SQLCompiler)
-            state = compiled.construct_expanded_state(dict.fromkeys(params))
+            state = self._pg_compiled().construct_expanded_state(dict.fromkeys(params))
             assert state.positiontup is not None
             self._sql = state.statement, tuple(state.positiontup)
         sql, names = self._sql

@@ -135,21 +135,7 @@ class JobStore:
                     )
                     deliveries += [delivery_row(str(row[0]), row[3], now) for row in rows if row[3] is not None]
                 held.update((str(row[0]), row[1], row[2]) for row in rows)
-            steps = [
-                {
-                    "job_id": r.job.id,
-                    "position": r.position,
-                    "container": r.job.containers[r.position],
-                    "output": r.output,
-                    "error": r.error,
-                    "attempt": r.job.attempts,
-                    "node": self.node_id,
-                    "started_at": r.started_at,
-                    "finished_at": r.finished_at,
-                }
-                for r in results
-                if r.claim in held
-            ]
+            steps = [self._step_row(r) for r in results if r.claim in held]
             ended = [r.job.id for r in results if r.ends_job_as is not None and r.claim in held]
             notifications = self.signal.ended_notifications(ended) if self.signal else []
             if steps:  # the first notification rides in the INSERT statement
@@ -161,7 +147,21 @@ class JobStore:
                 await conn.insert_many(INSERT_DELIVERIES, deliveries)
         if deliveries and self.signal is not None:
             self.signal.webhooks_changed()  # this node's delivery service, at once
-        return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
+        return _answers(results, held)
+
+    def _step_row(self, result: StepResult) -> dict[str, Any]:
+        """The ``job_steps`` row of a step (``claims.INSERT_STEPS``' columns)."""
+        return {
+            "job_id": result.job.id,
+            "position": result.position,
+            "container": result.job.containers[result.position],
+            "output": result.output,
+            "error": result.error,
+            "attempt": result.job.attempts,
+            "node": self.node_id,
+            "started_at": result.started_at,
+            "finished_at": result.finished_at,
+        }
 
     async def _record_steps_at_once(
         self, results: list[StepResult], outcome: str | None, now: datetime
@@ -171,15 +171,13 @@ class JobStore:
         trip, its own transaction (a node with no ``signal`` announces nothing: the general
         path). Each ended job has a delivery id ready, used only if the
         job has a webhook."""
+        rows = [self._step_row(r) for r in results]
         params: dict[str, Any] = {
-            "step_job_id": [r.job.id for r in results],
-            "step_position": [r.position for r in results],
-            "step_container": [r.job.containers[r.position] for r in results],
-            "step_output": [r.output for r in results],
-            "step_error": [r.error for r in results],
-            "step_attempt": [r.job.attempts for r in results],
-            "step_started_at": [r.started_at for r in results],
-            "step_finished_at": [r.finished_at for r in results],
+            **{
+                f"step_{column}": [row[column] for row in rows]
+                for column in claims.INSERT_STEPS.columns
+                if column != "node"
+            },
             "step_run_after": [r.job.queued_at for r in results],
             "node": self.node_id,
         }
@@ -197,11 +195,11 @@ class JobStore:
                 sender=self.signal.sender,
             )
         async with self.database.direct_write(one_statement=True) as conn:
-            rows = await conn.fetch(statement, params)
-        held = {(str(row[0]), row[1], row[2]) for row in rows}
-        if outcome is not None and self.signal is not None and any(row[3] is not None for row in rows):
+            written = await conn.fetch(statement, params)
+        held = {(str(row[0]), row[1], row[2]) for row in written}
+        if outcome is not None and self.signal is not None and any(row[3] is not None for row in written):
             self.signal.webhooks_changed()  # this node's delivery service, at once
-        return [None if r.claim in held else LeaseLost(r.job.id) for r in results]
+        return _answers(results, held)
 
     async def record_retry(self, retry: StepRetry) -> None:
         """Hand the job back to ``pending`` until ``retry.retry_at``, keeping the failed
@@ -254,3 +252,8 @@ class JobStore:
             return 0
         async with self.database.write() as conn:
             return (await claims.RELEASE.run(conn, {"ids": job_ids, "node": self.node_id})).rowcount
+
+
+def _answers(results: list[StepResult], held: set[tuple[str, int, datetime]]) -> list[LeaseLost | None]:
+    """A step commit's answer per step: ``LeaseLost`` for a claim it found no longer held."""
+    return [None if r.claim in held else LeaseLost(r.job.id) for r in results]

@@ -233,7 +233,7 @@ async def test_new_jobs_queue_behind_waiting_ones(make_fresh_node, host_service,
         async with node.node.database.read() as conn:
             stored = dict((await conn.execute(select(Job.id, Job.status).where(Job.id.in_(batch)))).all())
         assert [stored[job_id] for job_id in batch] == ["running"] * 2 + ["pending"] * 3
-        await asyncio.sleep(0.4)  # the first two ended, two waiting ones took their slots
+        await wait_finished(http, batch[:2])  # two slots free: the waiting ones take them
         late = await submit(http, job("slow", data={"i": 5}))
         ids = [*batch, late]
         await wait_finished(http, ids)

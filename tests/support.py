@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -92,6 +93,20 @@ async def migrated(url: str) -> None:
         await migrate.upgrade(database)
     finally:
         await database.dispose()
+
+
+@asynccontextmanager
+async def sqlite_threads_joined() -> AsyncIterator[None]:
+    """Joins the aiosqlite threads started inside it. aiosqlite stops a connection that
+    failed to open without awaiting the stop, so that thread's last answer could reach the
+    test's event loop after it closed (a warning pinned on the next test)."""
+    before = set(threading.enumerate())
+    try:
+        yield
+    finally:
+        for thread in set(threading.enumerate()) - before:
+            if thread.name.endswith("(_connection_worker_thread)"):
+                await asyncio.to_thread(thread.join, 5)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -16,7 +16,7 @@ from tests.helpers import (
     submit,
     submit_batch,
 )
-from tests.support import RunningNode
+from tests.support import RunningNode, sqlite_threads_joined
 
 LIMIT = 300
 
@@ -167,7 +167,7 @@ async def make_unreachable(node: RunningNode, tmp_path: Path) -> None:
 
 
 async def test_database_unavailable_is_503(node, database_url, client_address, tmp_path):
-    async with node.client(client_address) as http:
+    async with sqlite_threads_joined(), node.client(client_address) as http:
         job_id = await submit(http)
         await make_unreachable(node, tmp_path)
         unavailable = {"error": "Database unavailable"}

@@ -29,7 +29,7 @@ from app.jobs.values import ClaimedJob
 from tests.conftest import BACKENDS
 from tests.helpers import assert_error, assert_invalid_request, assert_uuid4, job
 from tests.operator_support import add_job, container, fresh_database, scheduled
-from tests.support import RunningNode, free_port, node_settings, serve_node, wait_finished
+from tests.support import RunningNode, free_port, node_settings, serve_node, sqlite_threads_joined, wait_finished
 
 NUL_INPUT = b'{"containers": ["echo"], "data": {"a": "\\u0000"}}'
 NUL_KEY_INPUT = b'{"containers": ["echo"], "data": {"x": {"k\\u0000": 1}}}'
@@ -379,18 +379,19 @@ async def test_group_commit_does_not_retry_item_by_item_without_a_database(backe
             await conn.insert_many(INSERT_JOBS, [row for rows in batches for row in rows])
         return [None] * len(batches)
 
-    try:
-        from app.db.errors import is_database_unavailable
-        from app.jobs.rows import new_job_id
+    async with sqlite_threads_joined():
+        try:
+            from app.db.errors import is_database_unavailable
+            from app.jobs.rows import new_job_id
 
-        group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(insert)
-        outcomes = await asyncio.gather(
-            *(group([_row(new_job_id(), {"n": n})]) for n in range(6)), return_exceptions=True
-        )
-        assert all(isinstance(o, Exception) and is_database_unavailable(o) for o in outcomes), outcomes
-        assert flushes == [6], "the group was not flushed again item by item"
-    finally:
-        await database.dispose()
+            group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(insert)
+            outcomes = await asyncio.gather(
+                *(group([_row(new_job_id(), {"n": n})]) for n in range(6)), return_exceptions=True
+            )
+            assert all(isinstance(o, Exception) and is_database_unavailable(o) for o in outcomes), outcomes
+            assert flushes == [6], "the group was not flushed again item by item"
+        finally:
+            await database.dispose()
 
 
 async def test_a_submit_group_that_fails_keeps_its_claims_right(make_fresh_node, host_service, backend):

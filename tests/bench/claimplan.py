@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import statistics
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -34,7 +36,7 @@ from app.db import direct
 from app.db.statements.claims import CLAIM
 from tests.bench.procs import asyncpg_dsn, create_pg_database, drop_pg_database
 from tests.bench.stats import ms, percentile
-from tests.bench.stored import Layout, build_postgresql
+from tests.bench.stored import ID_LAYOUTS, Layout, build_postgresql
 from tests.support import migrated
 
 #: The hot statements' session settings before issue 19 (the claim sorted every pending job).
@@ -50,8 +52,10 @@ def _params() -> dict[str, Any]:
 
 
 def variants() -> dict[str, dict[str, str]]:
-    """Each variant's session settings (the claim's SQL is the same)."""
-    return {"before": BEFORE, "after": direct._SESSION}
+    """Each variant's session settings (the claim's SQL is the same). Each claim commits on
+    its own; ``after`` without waiting for the WAL flush, as the node's claim now does
+    (``JobStore.claim``, ``durable=False``)."""
+    return {"before": BEFORE, "after": {**direct._SESSION, "synchronous_commit": "off"}}
 
 
 def claim_args() -> tuple[str, list[Any]]:
@@ -125,19 +129,93 @@ async def latencies(connections: dict[str, asyncpg.Connection], claims: int) -> 
             if round_ >= 2:  # the first rounds warm the cache
                 times[name].append(elapsed)
     return {
-        name: {"claims": len(values), "p50_ms": ms(percentile(values, 50)), "p99_ms": ms(percentile(values, 99))}
+        name: {
+            "claims": len(values),
+            "p50_ms": ms(percentile(values, 50)),
+            "p99_ms": ms(percentile(values, 99)),
+            "mean_ms": ms(sum(values) / len(values)) if values else None,
+        }
         for name, values in times.items()
     }
 
 
-async def run(url: str | None, total: int, backlogs: list[int], claims: int, keep: bool) -> dict[str, Any]:
+_COUNTERS = {
+    "hit": r"Buffers: shared (?:[^\n]*?)hit=(\d+)",
+    "read": r"Buffers: shared (?:[^\n]*?)read=(\d+)",
+    "dirtied": r"Buffers: shared (?:[^\n]*?)dirtied=(\d+)",
+    "written": r"Buffers: shared (?:[^\n]*?)written=(\d+)",
+    "wal_records": r"WAL: (?:[^\n]*?)records=(\d+)",
+    "wal_fpi": r"WAL: (?:[^\n]*?)fpi=(\d+)",
+    "wal_bytes": r"WAL: (?:[^\n]*?)bytes=(\d+)",
+    "execution_ms": r"Execution Time: ([\d.]+) ms",
+}
+
+
+async def profile(conn: asyncpg.Connection, claims: int) -> dict[str, Any]:
+    """What the slow claims spend: each claim (``after``'s session) run as ``EXPLAIN
+    (ANALYZE, BUFFERS, WAL, TIMING OFF)`` of the prepared statement (generic plan) and
+    committed, then queued again as in ``latencies``; the medians of its buffers and WAL
+    (the top node's counts: the whole statement) for the claims over 5 ms against the others."""
+    sql, args = claim_args()
+    now = args[4]
+    await conn.execute(f"PREPARE claim AS {sql}")
+    arguments = ", ".join(_literal(arg) for arg in args)
+    rows: list[dict[str, float]] = []
+    try:
+        for round_ in range(claims + 2):
+            began = time.perf_counter()
+            plan = "\n".join(
+                r[0]
+                for r in await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS, WAL, TIMING OFF) EXECUTE claim({arguments})")
+            )
+            wall = time.perf_counter() - began
+            await conn.execute(
+                "UPDATE jobs SET status = 'pending', attempts = 0, lease_owner = NULL, lease_expires_at = NULL, "
+                "started_at = NULL, run_after = $1::timestamptz - interval '1 second' "
+                # EXPLAIN returns no ids: the claimed jobs are the running ones (ix_jobs_lease).
+                "WHERE status = 'running' AND lease_owner = 'bench'",
+                now,
+            )
+            if round_ >= 2:
+                row = {"wall_ms": wall * 1000}
+                for key, pattern in _COUNTERS.items():
+                    found = re.search(pattern, plan)
+                    row[key] = float(found[1]) if found else 0.0
+                rows.append(row)
+    finally:
+        await conn.execute("DEALLOCATE claim")
+    slow = [r for r in rows if r["wall_ms"] > 5.0]
+    fast = [r for r in rows if r["wall_ms"] <= 5.0]
+
+    def medians(group: list[dict[str, float]]) -> dict[str, float | None]:
+        return {key: (statistics.median(r[key] for r in group) if group else None) for key in rows[0]}
+
+    walls = [r["wall_ms"] / 1000 for r in rows]
+    if not rows:
+        return {"claims": 0}
+    return {
+        "claims": len(rows),
+        "p50_ms": ms(percentile(walls, 50)),
+        "p99_ms": ms(percentile(walls, 99)),
+        "mean_ms": ms(sum(walls) / len(walls)),
+        "slow": {"count": len(slow), **medians(slow)},
+        "fast": {"count": len(fast), **medians(fast)},
+        "slowest": sorted(rows, key=lambda r: -r["wall_ms"])[:5],
+    }
+
+
+async def run(
+    url: str | None, total: int, backlogs: list[int], claims: int, keep: bool, ids: str, profiled: bool = False
+) -> dict[str, Any]:
     built = url is None
     if url is None:
         url = await create_pg_database("jobnode_claimplan")
         await migrated(url)
         click.echo(f"building {total:,} jobs in {url}", err=True)
-        await build_postgresql(url, Layout(total=total, big_jobs=100_000, pending=min(backlogs)), log=click.echo)
-    result: dict[str, Any] = {"total": total, "limit": _limit[0], "backlogs": {}}
+        await build_postgresql(
+            url, Layout(total=total, big_jobs=100_000, pending=min(backlogs), ids=ids), log=click.echo
+        )
+    result: dict[str, Any] = {"total": total, "limit": _limit[0], "ids": ids if built else None, "backlogs": {}}
     connections = {
         name: await asyncpg.connect(
             asyncpg_dsn(url), server_settings={**settings, "plan_cache_mode": "force_generic_plan"}
@@ -148,6 +226,9 @@ async def run(url: str | None, total: int, backlogs: list[int], claims: int, kee
         for backlog in sorted(backlogs):
             await set_backlog(connections["after"], total, backlog)
             entry: dict[str, Any] = {"latency": await latencies(connections, claims), "plans": {}}
+            if profiled:
+                entry["profile"] = await profile(connections["after"], claims)
+                click.echo(f"{backlog:,} pending, profile: {json.dumps(entry['profile'])}", err=True)
             for name, conn in connections.items():
                 entry["plans"][name] = await explain(conn, *claim_args())
             click.echo(f"{backlog:,} pending: {json.dumps(entry['latency'])}", err=True)
@@ -168,11 +249,29 @@ async def run(url: str | None, total: int, backlogs: list[int], claims: int, kee
 @click.option("--backlogs", default="10000,100000,1000000", show_default=True)
 @click.option("--claims", default=200, show_default=True, help="Claims per variant and backlog.")
 @click.option("--limit", default=LIMIT, show_default=True, help="Jobs per claim (a node's free capacity).")
+@click.option(
+    "--ids",
+    type=click.Choice(ID_LAYOUTS),
+    default="v4",
+    show_default=True,
+    help="The built jobs' ids: random as the node makes them, or time-ordered (UUIDv7, to repeat that experiment).",
+)
 @click.option("--keep", is_flag=True, help="Keep the database (its URL is printed).")
+@click.option("--profile", "profiled", is_flag=True, help="Then each claim under EXPLAIN (ANALYZE, BUFFERS, WAL).")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
-def main(url: str | None, total: int, backlogs: str, claims: int, limit: int, keep: bool, output: Path | None) -> None:
+def main(
+    url: str | None,
+    total: int,
+    backlogs: str,
+    claims: int,
+    limit: int,
+    ids: str,
+    keep: bool,
+    profiled: bool,
+    output: Path | None,
+) -> None:
     _limit[0] = limit
-    result = asyncio.run(run(url, total, [int(b) for b in backlogs.split(",")], claims, keep))
+    result = asyncio.run(run(url, total, [int(b) for b in backlogs.split(",")], claims, keep, ids, profiled))
     text = json.dumps(result, indent=1)
     if output is not None:
         output.write_text(text + "\n")

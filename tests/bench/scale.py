@@ -45,7 +45,7 @@ from tests.bench.procs import (
     drop_pg_database,
     node_config,
 )
-from tests.bench.stored import Layout, build_postgresql
+from tests.bench.stored import ID_LAYOUTS, Layout, build_postgresql, pg_job_id
 from tests.operator_support import metric, parse_metrics
 from tests.support import migrated
 
@@ -55,13 +55,14 @@ CLAIM_TARGET_S = 0.005
 PAYLOAD_COLUMNS = (("jobs", "input"), ("job_steps", "output"))
 
 
-async def build(total: int) -> str:
+async def build(total: int, ids: str) -> str:
     """A migrated database holding ``total`` finished jobs (``stored.py``'s layout, none
-    pending), its tables made logged again: the node writes them as it writes any."""
+    pending, ids of the layout ``ids``), its tables made logged again: the node writes them
+    as it writes any."""
     url = await create_pg_database("jobnode_scale")
     await migrated(url)
     if total:
-        layout = Layout(total=total, big_jobs=min(100_000, max(1, total // 10)), pending=0)
+        layout = Layout(total=total, big_jobs=min(100_000, max(1, total // 10)), pending=0, ids=ids)
         await build_postgresql(url, layout, log=lambda line: click.echo(line, err=True))
         conn = await asyncpg.connect(asyncpg_dsn(url))
         try:
@@ -86,15 +87,19 @@ async def build(total: int) -> str:
 
 
 class Services:
-    """The echo service and one node on ``url`` (scheduler on), in a scratch directory."""
+    """The echo service and one node on ``url`` (scheduler on), in a scratch directory; the
+    node runs the code of ``tree`` (a checkout) when given, else of this one."""
 
-    def __init__(self, url: str, containers: int = 10) -> None:
+    def __init__(self, url: str, containers: int = 10, tree: Path | None = None) -> None:
         self.url = url
         self.workdir = Path(tempfile.mkdtemp(prefix="jobnode-scale-"))
         self.service = EchoService(self.workdir).start()
         config = node_config(url, self.service.url, containers=containers, max_concurrent_jobs=MAX_CONCURRENT_JOBS)
         try:
-            self.node = NodeProcess(self.workdir, config).start()
+            node = NodeProcess(self.workdir, config)
+            if tree is not None:
+                node.tree = tree
+            self.node = node.start()
         except BaseException:
             self.service.stop()
             raise
@@ -176,44 +181,55 @@ def _claims(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any]
     )
     within = next((n for le, n in buckets if le == CLAIM_TARGET_S), 0.0)
     p99 = next((le for le, n in buckets if count and n >= 0.99 * count), None)
+    # p50 within its bucket, the claims spread evenly over it (the histogram keeps no more).
+    p50, lower, below = None, 0.0, 0.0
+    for le, n in buckets:
+        if count and n >= 0.5 * count and le != float("inf"):
+            p50 = lower + (le - lower) * (0.5 * count - below) / (n - below)
+            break
+        lower, below = le, n
     return {
         "claims": int(count),
         "claim_mean_ms": round(total / count * 1000, 3) if count else None,
+        "claim_p50_ms_interpolated": round(p50 * 1000, 2) if p50 is not None else None,
         "claims_within_5ms": round(within / count, 4) if count else None,
         "claim_p99_at_most_ms": p99 * 1000 if p99 is not None and p99 != float("inf") else p99,
     }
 
 
-async def set_backlog(conn: asyncpg.Connection, pending: int) -> int:
+async def set_backlog(conn: asyncpg.Connection, pending: int, ids: str) -> int:
     """Exactly ``pending`` new jobs waiting (one ``echo1`` step, none done: stored jobs made
     pending again would keep their committed steps and end without calling the service),
     the jobs left pending by an earlier run cancelled; ``VACUUM ANALYZE`` after, as
-    autovacuum would. Returns the jobs stored."""
+    autovacuum would. Their ids of the layout ``ids`` (``stored.ID_LAYOUTS``), each of the
+    time the job was queued (``run_after``, 1 µs apart), as if a node had stored them then.
+    Returns the jobs stored."""
     await conn.execute(
         "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL "
         "WHERE status IN ('pending', 'running')"
     )
     await conn.execute(
         "INSERT INTO jobs (id, client, source, containers, input, requires_proof, status, attempts, stream, "
-        "run_after, created_at) SELECT gen_random_uuid(), '2001:db8::' || to_hex(i % 10000), 'offchain', "
+        f"run_after, created_at) SELECT {pg_job_id(ids, 'queued')}, '2001:db8::' || to_hex(i % 10000), 'offchain', "
         "'[\"echo1\"]'::jsonb, jsonb_build_object('n', i), false, 'pending', 0, false, "
-        "now() - interval '1 minute' + i * interval '1 microsecond', now() - interval '1 minute' "
-        "FROM generate_series(1, $1::bigint) AS i",
+        "queued, now() - interval '1 minute' "
+        "FROM (SELECT i, now() - interval '1 minute' + i * interval '1 microsecond' AS queued "
+        "FROM generate_series(1, $1::bigint) AS i) AS g",
         pending,
     )
     await conn.execute("VACUUM (ANALYZE) jobs")
     return int(await conn.fetchval("SELECT max(seq) FROM jobs"))
 
 
-async def backlog(url: str, pending: int, seconds: float) -> dict[str, Any]:
+async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path | None) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         started = time.monotonic()
-        total = await set_backlog(conn, pending)
+        total = await set_backlog(conn, pending, ids)
         click.echo(f"{pending:,} of {total:,} pending in {time.monotonic() - started:.1f} s", err=True)
     finally:
         await conn.close()
-    services = Services(url, containers=1)
+    services = Services(url, containers=1, tree=tree)
     try:
         await asyncio.sleep(2.0)  # warm-up: the first claims, the connections
         scrape, start = await metrics_of(services.node), await services.meter.read()
@@ -233,6 +249,8 @@ async def backlog(url: str, pending: int, seconds: float) -> dict[str, Any]:
     return {
         "pending": pending,
         "stored": total,
+        "ids": ids,
+        "tree": str(tree or ""),
         "window_s": round(cpu["wall"], 2),
         "jobs": finished,
         "failed": failed,
@@ -280,10 +298,20 @@ def main() -> None:
     pass
 
 
+_IDS = click.option(
+    "--ids",
+    type=click.Choice(ID_LAYOUTS),
+    default="v4",
+    show_default=True,
+    help="The generated jobs' ids: random as the node makes them, or time-ordered (UUIDv7, to repeat that experiment).",
+)
+
+
 @main.command("build")
 @click.option("--total", default=10_000_000, show_default=True)
-def build_command(total: int) -> None:
-    click.echo(asyncio.run(build(total)))
+@_IDS
+def build_command(total: int, ids: str) -> None:
+    click.echo(asyncio.run(build(total, ids)))
 
 
 @main.command("steady")
@@ -321,10 +349,12 @@ def steady_command(
 @click.option("--url", required=True, help="A database built by ``build``.")
 @click.option("--pending", default="100000,1000000", show_default=True)
 @click.option("--seconds", default=15.0, show_default=True)
+@_IDS
+@click.option("--tree", type=click.Path(path_type=Path), default=None, help="Run the node of this checkout.")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
-def backlog_command(url: str, pending: str, seconds: float, output: Path | None) -> None:
+def backlog_command(url: str, pending: str, seconds: float, ids: str, tree: Path | None, output: Path | None) -> None:
     for count in _ints(pending):
-        _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds))}, output)
+        _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds, ids, tree))}, output)
 
 
 @main.command("drop")

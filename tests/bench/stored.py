@@ -48,11 +48,19 @@ OTHER_CLIENTS = 10_000
 HISTORY = timedelta(days=7)
 
 
+#: How the stored jobs' ids are made on PostgreSQL: ``v4`` random, as the node makes them
+#: (``app.jobs.rows.new_job_id``); ``v7`` time-ordered (RFC 9562: the job's creation time in
+#: ms, then random bits), which the node does not make: kept to repeat the measurement of
+#: "Job ids in time order, tried and left out" (README). SQLite ignores it (see ``_SQLITE_UUID``).
+ID_LAYOUTS = ("v4", "v7")
+
+
 @dataclass(frozen=True)
 class Layout:
     total: int
     big_jobs: int
     pending: int
+    ids: str = "v4"
 
     @classmethod
     def for_total(cls, total: int) -> Layout:
@@ -86,7 +94,7 @@ def _job_columns(dialect: str, layout: Layout) -> dict[str, str]:
     started_at = "t + interval '5 milliseconds'" if pg else "ts"
     return {
         "seq": "i",
-        "id": "gen_random_uuid()" if pg else _SQLITE_UUID,
+        "id": (pg_job_id(layout.ids, "t") if pg else _SQLITE_UUID),
         "client": f"CASE WHEN i % {layout.stride} = 0 AND i / {layout.stride} <= {layout.big_jobs} "
         f"THEN '{BIG_CLIENT}' ELSE {other_client} END",
         "source": "'offchain'",
@@ -124,10 +132,27 @@ def _step_columns(dialect: str) -> dict[str, str]:
     }
 
 
+def pg_job_id(ids: str, created: str) -> str:
+    """PostgreSQL: a job id of the layout ``ids`` (``ID_LAYOUTS``) for a job created at
+    ``created`` (a timestamptz expression): ``v4`` random, as ``new_job_id`` makes them;
+    ``v7`` a random UUID with the creation time's unix ms in its first 6 bytes and version 7,
+    built in SQL so that the experiment needs no node making such ids."""
+    if ids == "v4":
+        return "gen_random_uuid()"
+    if ids != "v7":
+        raise ValueError(f"unknown id layout {ids!r} (one of {ID_LAYOUTS})")
+    return (
+        "encode(overlay(set_byte(uuid_send(gen_random_uuid()), 6, 112 + (random() * 16)::int % 16) "
+        f"placing substring(int8send(floor(extract(epoch FROM {created}) * 1000)::bigint) FROM 3) FROM 1 FOR 6), "
+        "'hex')::uuid"
+    )
+
+
 # SQLite: a time-ordered UUID (the layout of UUIDv7: the job's number in the high 48 bits,
 # random below) in canonical text form, from the row's ``i`` and ``h`` (18 random hex
 # digits). SQLite cannot drop the unique index on ``jobs.id`` during the load, and
-# random ids would cost ~10 µs a row in B-tree inserts; ordered ids append instead.
+# random ids would cost ~10 µs a row in B-tree inserts; ordered ids append instead
+# (whatever ``Layout.ids`` says: it applies to PostgreSQL).
 _SQLITE_UUID = (
     "printf('%08x-%04x-7', i / 65536, i % 65536) || substr(h, 1, 3) || '-' || "
     "substr('89ab', 1 + (abs(random()) % 4), 1) || substr(h, 4, 3) || '-' || substr(h, 7, 12)"

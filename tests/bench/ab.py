@@ -3,7 +3,7 @@ runs of the same code differ by a third (see README.md, Performance).
 
     python -m tests.bench.ab OLD_TREE NEW_TREE [--db postgresql|sqlite] [--rounds 4]
 
-Each tree's node (``python -m app.cli serve`` with that tree first on ``PYTHONPATH``) runs
+Each tree's node (``python -m app.cli serve`` run in that tree, ``NodeProcess.tree``) runs
 on a fresh database of its own against one echo service; each round measures 32 clients
 polling every 1 ms and 32 clients waiting (``&wait=``), 1 container, one node process, a
 5-second window after the warm-up, alternating which tree goes first. Prints a line per
@@ -44,7 +44,7 @@ async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -
         for name, tree in trees.items():
             urls[name] = await create_pg_database() if db == "postgresql" else sqlite_url(work / f"{name}.db")
             node = NodeProcess(work, node_config(urls[name], service.url, containers=1), name=name)
-            node.env = {"PYTHONPATH": str(tree)}
+            node.tree = tree
             nodes[name] = node.start()
         for round_ in range(rounds):
             for name in list(trees) if round_ % 2 == 0 else list(reversed(trees)):

@@ -214,7 +214,7 @@ async def _standalone(
         for i, tree in enumerate(trees):
             urls.append(await create_pg_database() if db == "postgresql" else sqlite_url(work / f"burst{i}.db"))
             node = NodeProcess(work, config(urls[i], service.url), name=f"burst{i}")
-            node.env = {"PYTHONPATH": str(tree)}
+            node.tree = tree
             nodes.append(node.start())
         for round_ in range(rounds):
             order = range(len(trees)) if round_ % 2 == 0 else reversed(range(len(trees)))

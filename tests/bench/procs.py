@@ -185,19 +185,23 @@ class NodeProcess:
         self.process: subprocess.Popen[bytes] | None = None
         self.peak_rss_mb: float | None = None
         self.env: dict[str, str] = {}
+        #: The checkout whose node runs (another one for a before/after comparison).
+        self.tree = ROOT
 
     def start(self, timeout: float = 120.0) -> NodeProcess:
-        env = {**os.environ, **self.env}
+        env = {**os.environ, "PYTHONPATH": str(self.tree), **self.env}
         env.pop("JOBNODE_DATABASE_URL", None)
         env.pop("JOBNODE_PORT", None)
         with self.log_path.open("ab") as log:
-            # ``python -m app.cli`` from the tree this benchmark lives in: the code measured is
-            # that tree's, whichever checkout the venv's ``jobnode`` script points at.
+            # ``python -m app.cli`` from the tree measured (``self.tree``): the code measured is
+            # that tree's, whichever checkout the venv's ``jobnode`` script points at. ``-m``
+            # puts the working directory first on ``sys.path``, ahead of ``PYTHONPATH``: a node
+            # started in another tree would run that tree's ``app``.
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", "serve", "--config", str(self.config_path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=ROOT,
+                cwd=self.tree,
                 env=env,
             )
         deadline = time.monotonic() + timeout

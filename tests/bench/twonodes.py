@@ -18,7 +18,7 @@ jobs claimed by the claim loop (stored ``pending``, then claimed by an UPDATE) r
 than in the INSERT that stored them (``app.jobs.handoff``): a job's updates beyond its
 end, renewals included (``pg_stat_user_tables``); and the steps each process ran. ``--profile DIR``
 records each node process with py-spy during the last round's windows (collapsed stacks).
-``--tree`` runs the node of another checkout (``PYTHONPATH``), as ``ab.py`` does;
+``--tree`` runs the node of another checkout (run in that tree), as ``ab.py`` does;
 ``--against OLD`` runs every mode of that checkout too (``old-…``, each on its own
 database), alternately with this one's (``new-…``): a change measured against the commit
 before it.
@@ -72,7 +72,7 @@ class Deployment:
             config["scheduler"]["node_id"] = f"bench-{mode}-{index}"
             node = NodeProcess(work, config, name=f"{label}{mode}-{index}")
             if tree is not None:
-                node.env = {"PYTHONPATH": str(tree)}
+                node.tree = tree
             self.nodes.append(node)
 
     def start(self) -> Deployment:

@@ -75,9 +75,11 @@ class SqliteWriter:
         #: told failed. One that started runs to its end (SQLite's busy timeout bounds it).
         self.queue_timeout = queue_timeout
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jobnode-sqlite-writer")
+        self._used = False
 
     async def run(self, body: Callable[[DirectConnection], Awaitable[T]], durable: bool) -> T:
         asked = time.monotonic()
+        self._used = True
         return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, body, durable, asked)
 
     def _transaction(self, body: Callable[[DirectConnection], Awaitable[T]], durable: bool, asked: float) -> T:
@@ -97,8 +99,10 @@ class SqliteWriter:
                     driver.execute(_FLUSHED)
 
     async def close(self) -> None:
-        """Close the connection in its own thread, then the thread."""
-        await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
+        """Close the connection in its own thread (none was opened, and no thread started,
+        on a node that wrote nothing: the CLI's reads), then the thread."""
+        if self._used:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self.engine.dispose)
         self._thread.shutdown(wait=False)
 
 

@@ -3,7 +3,9 @@
 PostgreSQL gets one pooled engine. SQLite gets two: many readers (WAL lets them run
 beside a writer) and a single writer connection whose transactions start with
 ``BEGIN IMMEDIATE``, so that writes queue in the pool instead of failing with
-"database is locked" halfway through a read-then-write transaction.
+"database is locked" halfway through a read-then-write transaction. The hot writes
+(``write_transaction``) have a writer connection of their own, each transaction one call to
+its thread (``app.db.sqlite_writer``); the two writers take turns through SQLite's lock.
 
 Reads run in autocommit: every API read is one statement (a consistent snapshot by
 itself), so a BEGIN/ROLLBACK pair would only add two round trips to each of them.

@@ -3,7 +3,9 @@
 PostgreSQL gets one pooled engine. SQLite gets two: many readers (WAL lets them run
 beside a writer) and a single writer connection whose transactions start with
 ``BEGIN IMMEDIATE``, so that writes queue in the pool instead of failing with
-"database is locked" halfway through a read-then-write transaction.
+"database is locked" halfway through a read-then-write transaction. The hot writes
+(``write_transaction``) have a writer connection of their own, each transaction one call to
+its thread (``app.db.sqlite_writer``); the two writers take turns through SQLite's lock.
 
 Reads run in autocommit: every API read is one statement (a consistent snapshot by
 itself), so a BEGIN/ROLLBACK pair would only add two round trips to each of them.
@@ -28,16 +30,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from app.db.direct import AsyncpgPool, DirectConnection, json_dumps, wrap
+from app.db.sqlite_writer import SqliteWriter, sqlite_writer
+
+T = TypeVar("T")
 
 #: SQLAlchemy's connections on PostgreSQL: operator reads, maintenance, migrations.
 PG_COLD_POOL_SIZE = 4
@@ -62,18 +67,18 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     cursor.close()
 
 
-def _take_over_begin(engine: AsyncEngine, begin_sql: str | None, busy_timeout_ms: int) -> None:
+def _take_over_begin(engine: Engine, begin_sql: str | None, busy_timeout_ms: int) -> None:
     """SQLAlchemy's documented recipe: let us emit BEGIN instead of the driver
     (``None``: emit nothing, every statement commits by itself)."""
 
-    @event.listens_for(engine.sync_engine, "connect")
+    @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         _sqlite_pragmas(dbapi_connection, busy_timeout_ms)
 
     if begin_sql is not None:
 
-        @event.listens_for(engine.sync_engine, "begin")
+        @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
             conn.exec_driver_sql(begin_sql)
 
@@ -112,14 +117,17 @@ class Database:
             "hide_parameters": True,
         }
         self.direct_pool: AsyncpgPool | None = None
+        self.sqlite_writer: SqliteWriter | None = None
         if self.dialect == "sqlite":
             busy_ms = int(wait * 1000)
             self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=wait, **common)
-            _take_over_begin(self.writer, "BEGIN IMMEDIATE", busy_ms)
+            _take_over_begin(self.writer.sync_engine, "BEGIN IMMEDIATE", busy_ms)
             self.reader = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=0, pool_timeout=wait, **common
             )
-            _take_over_begin(self.reader, None, busy_ms)
+            _take_over_begin(self.reader.sync_engine, None, busy_ms)
+            self.sqlite_writer = sqlite_writer(self.url, statement_timeout, **common)
+            _take_over_begin(self.sqlite_writer.engine, "BEGIN IMMEDIATE", busy_ms)
         else:
             connect_args: dict[str, Any] = {}
             if self.url.get_driver_name() == "asyncpg":
@@ -184,11 +192,29 @@ class Database:
             async with self.write() as conn:
                 yield wrap(conn)
 
+    async def write_transaction(
+        self,
+        body: Callable[[DirectConnection], Awaitable[T]],
+        *,
+        one_statement: bool = False,
+        durable: bool = True,
+    ) -> T:
+        """``body`` in one hot write transaction (``direct_write``'s, with its options), its
+        answer returned once committed. On SQLite the whole transaction is one call to the
+        hot writer's thread (``app.db.sqlite_writer``): ``body`` must await nothing but
+        the connection's statements."""
+        if self.sqlite_writer is not None:
+            return await self.sqlite_writer.run(body, durable)
+        async with self.direct_write(one_statement=one_statement, durable=durable) as conn:
+            return await body(conn)
+
     async def dispose(self) -> None:
         """Close every connection; on a database that hangs, drop them after a deadline
         (closing politely would wait for answers that never come)."""
         if self.direct_pool is not None:
             await self.direct_pool.close()
+        if self.sqlite_writer is not None:
+            await self.sqlite_writer.close()
         engines = [self.writer]
         if self.reader.sync_engine.pool is not self.writer.sync_engine.pool:
             engines.append(self.reader)

@@ -202,8 +202,10 @@ class JobService:
                 row.update(columns)
         left = claimed < len(rows)
         try:
-            async with self.database.direct_write(one_statement=True) as conn:
-                await conn.insert_many(INSERT_JOBS, rows, notify=self.signal.notification if left else None)
+            notify = self.signal.notification if left else None
+            await self.database.write_transaction(
+                lambda conn: conn.insert_many(INSERT_JOBS, rows, notify=notify), one_statement=True
+            )
         except BaseException:
             self.claims.unreserve(claimed)
             # The rows go back as they came: ``GroupCommit`` may flush them again, each on

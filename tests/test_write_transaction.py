@@ -1,0 +1,127 @@
+"""``Database.write_transaction``: a hot write transaction as one body, on SQLite one call to
+the writer's thread (``app.db.sqlite_writer``). What a caller sees: the body's answer once
+committed; a body that fails writes nothing and the next one goes through; on SQLite a
+transaction its caller was told failed (queued past its deadline) is never written."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, text
+
+from app.db.direct import DirectConnection, Statement
+from app.db.engine import Database
+from app.db.models import Job
+from app.db.statements.submits import INSERT_JOBS
+from tests.statement_scenario import job_row
+from tests.support import migrated
+
+
+@pytest.fixture
+async def database(fresh_url: str) -> AsyncIterator[Database]:
+    await migrated(fresh_url)
+    database = Database(fresh_url, statement_timeout=1.0)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def _stored(database: Database) -> int:
+    async with database.read() as conn:
+        return int((await conn.execute(select(func.count()).select_from(Job))).scalar_one())
+
+
+def _row() -> dict[str, object]:
+    return job_row(str(uuid.uuid4()), "client-a", 1)
+
+
+async def test_commits_and_answers(database: Database) -> None:
+    rows = [_row(), _row()]
+
+    async def insert(conn: DirectConnection) -> int:
+        await conn.insert_many(INSERT_JOBS, rows)
+        return len(rows)
+
+    assert await database.write_transaction(insert) == 2
+    assert await _stored(database) == 2
+
+
+async def test_a_failing_body_writes_nothing_and_the_next_goes_through(database: Database) -> None:
+    async def insert_then_fail(conn: DirectConnection) -> None:
+        await conn.insert_many(INSERT_JOBS, [_row()])
+        raise ValueError("the body's own error")
+
+    with pytest.raises(ValueError, match="the body's own error"):
+        await database.write_transaction(insert_then_fail)
+    assert await _stored(database) == 0
+    duplicate = _row()
+    with pytest.raises(Exception, match=r"UNIQUE|unique|duplicate"):  # the database refuses the second row
+        await database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [duplicate, duplicate]))
+    assert await _stored(database) == 0
+    await database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+    assert await _stored(database) == 1
+
+
+async def test_concurrent_transactions_all_commit(database: Database) -> None:
+    """Many callers at once (the writer's queue on SQLite, the pool on PostgreSQL), a claim's
+    unflushed commit among them: every row is stored."""
+    rows = [_row() for _ in range(40)]
+    await asyncio.gather(
+        *(
+            database.write_transaction(lambda conn, row=row: conn.insert_many(INSERT_JOBS, [row]), durable=i % 2 == 0)
+            for i, row in enumerate(rows)
+        )
+    )
+    assert await _stored(database) == 40
+
+
+@pytest.fixture
+async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}"
+    await migrated(url)
+    database = Database(url, statement_timeout=0.2)
+    try:
+        yield database
+    finally:
+        await database.dispose()
+
+
+async def test_sqlite_unflushed_commit_restores_full_sync(sqlite_database: Database) -> None:
+    """A claim's commit is not flushed; the writer's next commits are, as before."""
+    await sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]), durable=False)
+
+    async def synchronous(conn: DirectConnection) -> int:
+        return int((await conn.fetch(Statement(text("PRAGMA synchronous")), {}))[0][0])
+
+    assert await sqlite_database.write_transaction(synchronous) == 2  # FULL
+    assert await _stored(sqlite_database) == 1
+
+
+async def test_sqlite_a_transaction_queued_past_its_deadline_is_not_written(sqlite_database: Database) -> None:
+    async def slow(conn: DirectConnection) -> None:
+        await conn.insert_many(INSERT_JOBS, [_row()])
+        time.sleep(0.5)  # the writer's thread busy past the 0.2 s deadline
+
+    late = _row()
+    first = asyncio.ensure_future(sqlite_database.write_transaction(slow))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError):
+        await sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [late]))
+    await first
+    assert await _stored(sqlite_database) == 1
+
+
+async def test_sqlite_a_body_that_waits_for_the_loop_is_refused(sqlite_database: Database) -> None:
+    async def waits(conn: DirectConnection) -> None:
+        await conn.insert_many(INSERT_JOBS, [_row()])
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="waited for the event loop"):
+        await sqlite_database.write_transaction(waits)
+    assert await _stored(sqlite_database) == 0

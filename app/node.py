@@ -37,7 +37,6 @@ from app.jobs.service import JobService
 from app.jobs.stream import StreamService
 from app.jobs.subscriptions import SubscriptionService
 from app.jobs.transitions import JobStore
-from app.jobs.writes import HotWrites
 from app.maintenance.leader import Leadership
 from app.maintenance.orphans import OrphanTakeBack
 from app.maintenance.pruner import KeyPruner, Pruner
@@ -74,10 +73,7 @@ class Node:
             if self.database.is_postgresql
             else None
         )
-        #: Submits and step commits, group-committed together on PostgreSQL.
-        writes = HotWrites(self.database, self.signal, store)
-        runner = ChainRunner(store, self.containers, self.client, live, writes.step)
-        self.scheduler = Scheduler(settings, store, runner, self.signal)
+        self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client, live), self.signal)
         self.webhooks = WebhookDeliveries(self.database, self.signal, settings.webhooks)
         self.orphans = OrphanTakeBack(self.database, settings.node_id, settings.scheduler.max_attempts)
         self.maintenance = self._maintenance(settings)
@@ -92,7 +88,6 @@ class Node:
             claims,
             self.subscriptions,
             timedelta(hours=settings.retention.idempotency_hours),
-            writes,
         )
         self.events = EventFeed(self.database, live)
         streamer = StreamRunner(self.containers, self.client)

@@ -139,8 +139,6 @@ def owned_params(held: list[tuple[Any, ...]], node: str, **params: Any) -> dict[
 
 
 ENDED = (ENDED_CHANNEL, f'["{NODE}",["{J2}"]]')
-#: ``claims.*_STEPS_WITH_JOBS``' new jobs, none.
-NO_NEW_JOBS: dict[str, list[Any]] = {f"job_{name}": [] for name in submits.INSERT_JOBS.columns}
 #: The running node's statements: submits, a claim, step commits, renewal, release, reads.
 LIFECYCLE = [
     Example(
@@ -202,33 +200,6 @@ LIFECYCLE = [
         "claims.FINISH_STEPS",
         {
             **step_arrays([step_row(J1, 1, None, "bad ✗")], [at(10)]),
-            "node": OTHER_NODE,
-            "outcome": JobStatus.FAILED,
-            "now": NOW,
-            "step_delivery_id": [J7],
-            "channel": ENDED_CHANNEL,
-            "sender": NODE,
-        },
-        [],
-        dialect="postgresql",
-    ),
-    # The same with new jobs (none here: ``test_leases`` stores some beside the steps).
-    Example(
-        "claims.EXTEND_STEPS_WITH_JOBS",
-        {
-            **step_arrays([step_row(J1, 1, STEP_OUTPUT)], [at(10)]),
-            **NO_NEW_JOBS,
-            "node": OTHER_NODE,
-            "lease_until": LEASE,
-        },
-        [],
-        dialect="postgresql",
-    ),
-    Example(
-        "claims.FINISH_STEPS_WITH_JOBS",
-        {
-            **step_arrays([step_row(J1, 1, None, "bad ✗")], [at(10)]),
-            **NO_NEW_JOBS,
             "node": OTHER_NODE,
             "outcome": JobStatus.FAILED,
             "now": NOW,

@@ -90,15 +90,7 @@ EXPECTED_INDEX = {
     "claims.COMMITTED_STEPS": "uq_job_steps_job_position",
     "claims.EXTEND_OWNED.postgresql": "uq_jobs_id",
     "claims.FINISH_OWNED.postgresql": "uq_jobs_id",
-    **dict.fromkeys(
-        (
-            "claims.EXTEND_STEPS",
-            "claims.FINISH_STEPS",
-            "claims.EXTEND_STEPS_WITH_JOBS",
-            "claims.FINISH_STEPS_WITH_JOBS",
-        ),
-        "uq_jobs_id",
-    ),
+    **dict.fromkeys(("claims.EXTEND_STEPS", "claims.FINISH_STEPS"), "uq_jobs_id"),
     "claims.RENEW.postgresql": "uq_jobs_id",
     "claims.RELEASE": "uq_jobs_id",
     "retries.RETRY_OWNED": "uq_jobs_id",

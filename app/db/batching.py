@@ -54,11 +54,14 @@ class GroupCommit(Generic[T, R]):
                 del self._waiting[: self._max_batch]
                 items = [item for item, _ in batch]
                 try:
-                    results: Sequence[R | BaseException] = await flush_shared(self._flush, items)
-                except Exception as exc:  # the database is unavailable
-                    batch += self._waiting  # they would meet the same outage, a deadline later
-                    del self._waiting[:]
-                    results = [exc] * len(batch)
+                    results: Sequence[R | BaseException] = await self._flush(items)
+                except Exception as exc:  # the whole transaction failed
+                    if is_database_unavailable(exc):
+                        batch += self._waiting  # they would meet the same outage, a deadline later
+                        del self._waiting[:]
+                        results = [exc] * len(batch)
+                    else:
+                        results = await self._alone(items) if len(items) > 1 else [exc]
                 for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
@@ -69,30 +72,17 @@ class GroupCommit(Generic[T, R]):
         finally:
             self._drainer = None
 
-
-async def flush_shared(flush: Flush[T, R], items: list[T]) -> Sequence[R | BaseException]:
-    """``flush`` of the items together, each answered on its own: when the flush fails as a
-    whole, each item again alone, so that only the item the database refused fails. Raises
-    only when the database is unavailable (then every item would fail the same way)."""
-    try:
-        return await flush(items)
-    except Exception as exc:  # the whole transaction failed
-        if is_database_unavailable(exc):
-            raise
-        return await _alone(flush, items) if len(items) > 1 else [exc]
-
-
-async def _alone(flush: Flush[T, R], items: list[T]) -> list[R | BaseException]:
-    """Each item in a flush of its own (one after the other: this is the rare path, and
-    the database is not asked for the group's worth of connections at once). Should the
-    database become unavailable meanwhile, the items left get that error at once."""
-    results: list[R | BaseException] = []
-    for item in items:
-        try:
-            (result,) = await flush([item])
-        except Exception as exc:
-            result = exc
-            if is_database_unavailable(exc):
-                return results + [exc] * (len(items) - len(results))
-        results.append(result)
-    return results
+    async def _alone(self, items: list[T]) -> list[R | BaseException]:
+        """Each item in a flush of its own (one after the other: this is the rare path, and
+        the database is not asked for the group's worth of connections at once). Should the
+        database become unavailable meanwhile, the items left get that error at once."""
+        results: list[R | BaseException] = []
+        for item in items:
+            try:
+                (result,) = await self._flush([item])
+            except Exception as exc:
+                result = exc
+                if is_database_unavailable(exc):
+                    return results + [exc] * (len(items) - len(results))
+            results.append(result)
+        return results

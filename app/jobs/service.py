@@ -29,7 +29,7 @@ from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
 from app.jobs.rows import pending_row, refused_answer
 from app.jobs.subscriptions import SubscriptionService, checked_schedule, new_subscription_row
-from app.jobs.writes import HotWrites
+from app.jobs.values import ClaimedJob
 
 log = logging.getLogger("jobnode.jobs")
 
@@ -63,7 +63,6 @@ class JobService:
         claims: SubmitClaims | None = None,
         subscriptions: SubscriptionService | None = None,
         idempotency_ttl: timedelta = timedelta(hours=24),
-        writes: HotWrites | None = None,
     ) -> None:
         self.database = database
         self.catalog = catalog
@@ -74,9 +73,7 @@ class JobService:
         self.subscriptions = subscriptions or SubscriptionService(database, signal, max_active=1000)
         #: How long a submit's ``Idempotency-Key`` is kept (``retention.idempotency_hours``).
         self.idempotency_ttl = idempotency_ttl
-        #: Submits are group-committed, with the step commits on PostgreSQL (``app.jobs.writes``).
-        self.writes = writes or HotWrites(database, signal)
-        self.writes.claims = self.claims
+        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
@@ -102,7 +99,7 @@ class JobService:
             answers.append({"id": row["id"]})
         if rows:
             try:
-                await self.writes.insert(rows)
+                await self._insert(rows)
             except Exception as exc:
                 await self._insert_alone(rows, answers, exc)
         return answers
@@ -184,10 +181,42 @@ class JobService:
                 raise exc
             outcomes: list[BaseException | None] = [exc]
         else:
-            outcomes = await asyncio.gather(*(self.writes.insert([row]) for row in rows), return_exceptions=True)
+            outcomes = await asyncio.gather(*(self._insert([row]) for row in rows), return_exceptions=True)
         for i, outcome in zip(accepted, outcomes, strict=True):
             if outcome is not None:
                 answers[i] = refused_answer(answers[i]["id"], outcome)
+
+    async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
+        """Concurrent submits commit together: one INSERT, one commit. The first jobs are
+        claimed in it when this node's scheduler can run them now (``app.jobs.handoff``);
+        the others are left ``pending`` and announced (NOTIFY in the same statement).
+
+        The claimed ones start here, in the flush's own task, whichever submits went away."""
+        rows = [row for rows in batches for row in rows]
+        claimed = self.claims.reserve(len(rows))
+        unclaimed: dict[str, Any] = {}
+        if claimed:
+            columns = self.claims.claimed_columns(utcnow())
+            unclaimed = {key: rows[0][key] for key in columns}  # the same in every new row
+            for row in rows[:claimed]:
+                row.update(columns)
+        left = claimed < len(rows)
+        try:
+            async with self.database.direct_write(one_statement=True) as conn:
+                await conn.insert_many(INSERT_JOBS, rows, notify=self.signal.notification if left else None)
+        except BaseException:
+            self.claims.unreserve(claimed)
+            # The rows go back as they came: ``GroupCommit`` may flush them again, each on
+            # its own, and a row must not be stored claimed without a reservation (its job
+            # would sit ``running`` here, run by nobody, until its lease expired).
+            for row in rows[:claimed]:
+                row.update(unclaimed)
+            raise
+        if claimed:
+            self.claims.start_claimed([ClaimedJob.inserted(row) for row in rows[:claimed]], claimed)
+        if left:
+            self.signal.notify()
+        return [None] * len(batches)
 
     async def results(
         self, client: str, job_ids: Sequence[str], intermediate: bool, wait: float | None = 0.0, hold: float = 0.0

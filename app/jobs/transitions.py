@@ -113,8 +113,10 @@ class JobStore:
         statement (``_record_steps_at_once``): an idle job's commit in one round trip.
         """
         now = utcnow()
-        if self.at_once(results):
-            return await self._record_steps_at_once(results, results[0].ends_job_as, now)
+        if self.database.is_postgresql and self.signal is not None:
+            outcomes = {result.ends_job_as for result in results}
+            if len(outcomes) == 1 and len(results) <= ENDED_PER_NOTIFY:
+                return await self._record_steps_at_once(results, outcomes.pop(), now)
         #: The claims written for, not only the jobs: a node holding a stale and a current
         #: claim of one job (it lost the job and claimed it again) writes for the current one.
         held: set[tuple[str, int, datetime]] = set()
@@ -147,24 +149,6 @@ class JobStore:
             self.signal.webhooks_changed()  # this node's delivery service, at once
         return _answers(results, held)
 
-    def at_once(self, results: list[StepResult]) -> bool:
-        """Whether these steps commit in one statement (``_record_steps_at_once``)."""
-        return (
-            self.database.is_postgresql
-            and self.signal is not None
-            and 0 < len(results) <= ENDED_PER_NOTIFY
-            and len({result.ends_job_as for result in results}) == 1
-        )
-
-    async def record_steps_with_jobs(
-        self, results: list[StepResult], jobs: list[dict[str, Any]]
-    ) -> list[LeaseLost | None]:
-        """``record_steps`` of steps that commit in one statement (``at_once``), storing new
-        jobs in it too (``INSERT_JOBS``' rows, each claimed by its INSERT: no NOTIFY for
-        them): a node's submits and step commits of one flush in one round trip and one
-        commit (``app.jobs.writes``)."""
-        return await self._record_steps_at_once(results, results[0].ends_job_as, utcnow(), jobs)
-
     def _step_row(self, result: StepResult) -> dict[str, Any]:
         """The ``job_steps`` row of a step (``claims.INSERT_STEPS``' columns)."""
         return {
@@ -180,7 +164,7 @@ class JobStore:
         }
 
     async def _record_steps_at_once(
-        self, results: list[StepResult], outcome: str | None, now: datetime, jobs: list[dict[str, Any]] | None = None
+        self, results: list[StepResult], outcome: str | None, now: datetime
     ) -> list[LeaseLost | None]:
         """``record_steps`` in one statement (``claims.FINISH_STEPS``/``EXTEND_STEPS``), for
         steps that all end their jobs as ``outcome`` or all go on (PostgreSQL): one round
@@ -197,13 +181,11 @@ class JobStore:
             "step_run_after": [r.job.queued_at for r in results],
             "node": self.node_id,
         }
-        if jobs:
-            params.update({f"job_{column}": [row[column] for row in jobs] for column in INSERT_JOBS.columns})
         if outcome is None:
-            statement = claims.EXTEND_STEPS_WITH_JOBS if jobs else claims.EXTEND_STEPS
+            statement = claims.EXTEND_STEPS
             params["lease_until"] = now + self.lease
         else:
-            statement = claims.FINISH_STEPS_WITH_JOBS if jobs else claims.FINISH_STEPS
+            statement = claims.FINISH_STEPS
             assert self.signal is not None
             params.update(
                 outcome=outcome,

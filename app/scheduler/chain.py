@@ -31,21 +31,15 @@ T = TypeVar("T")
 
 class ChainRunner:
     def __init__(
-        self,
-        store: JobStore,
-        states: ContainerStates,
-        client: ContainerClient,
-        live: LiveJobs | None = None,
-        commit: Callable[[StepResult], Awaitable[LeaseLost | None]] | None = None,
+        self, store: JobStore, states: ContainerStates, client: ContainerClient, live: LiveJobs | None = None
     ) -> None:
         self.store = store
         self.states = states
         self.client = client
         #: Polls of a running job are answered from here (``app.jobs.live``).
         self.live = live or LiveJobs()
-        #: Steps finishing together (many jobs at once) share one transaction, on PostgreSQL
-        #: with the node's submits (``app.jobs.writes.HotWrites.step``).
-        self._commit = commit or GroupCommit(store.record_steps)
+        #: Steps finishing together (many jobs at once) share one transaction.
+        self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
         #: Jobs whose step is being committed (see ``committing``).
         self._committing: set[str] = set()
         #: Told when a job waits for a step retry (the claim loop's next due time).

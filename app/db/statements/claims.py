@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
-    JSON,
     DateTime,
     Integer,
     String,
@@ -33,7 +32,6 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from app.db.direct import ArrayStatement, PerDialect, RowsInsert, Statement
 from app.db.models import DeliveryStatus, Job, JobIdType, JobStatus, JobStep, UtcDateTime, WebhookDelivery
-from app.db.statements import submits
 from app.db.statements.status import status_is
 
 
@@ -160,28 +158,13 @@ def _array(name: str, item: Any) -> ColumnElement[Any]:
     return func.unnest(bindparam(f"step_{name}", type_=ARRAY(item)))
 
 
-def _new_jobs() -> Any:
-    """``INSERT_JOBS`` as arrays bound whole, ``job_<column>`` (JSON columns as text arrays),
-    for a statement that stores new jobs beside other work."""
-    columns: list[ColumnElement[Any]] = []
-    for name in submits.INSERT_JOBS.columns:
-        kind = Job.__table__.c[name].type
-        if isinstance(kind, JSON):
-            columns.append(cast(func.unnest(bindparam(f"job_{name}", type_=ARRAY(Text))), JSONB))
-        else:
-            item = DateTime(timezone=True) if isinstance(kind, UtcDateTime) else kind
-            columns.append(func.unnest(bindparam(f"job_{name}", type_=ARRAY(item))))
-    return insert(Job).from_select(list(submits.INSERT_JOBS.columns), select(*columns)).cte("new_jobs")
-
-
-def _step_commit(ends: bool, with_jobs: bool = False) -> ArrayStatement:
+def _step_commit(ends: bool) -> ArrayStatement:
     """The whole step commit in one statement (PostgreSQL): the guarded UPDATE of the jobs
     whose claims are still held, the INSERT of the steps of those claims alone, and when it
     ends them, their webhook deliveries and the ``pg_notify`` that wakes reads waiting for
     them. Run alone, it is its own transaction: one round trip instead of a BEGIN, two or
     three statements and a COMMIT. The claims are the steps' own (``job_id``, ``attempt``,
-    ``run_after``: ``owned_claims`` as a join). ``with_jobs``: it stores new jobs too, all
-    claimed by their INSERT (``_new_jobs``; ``app.jobs.writes``)."""
+    ``run_after``: ``owned_claims`` as a join)."""
     timestamp = DateTime(timezone=True)
     columns = [
         _array("job_id", JobIdType).label("job_id"),
@@ -238,8 +221,6 @@ def _step_commit(ends: bool, with_jobs: bool = False) -> ArrayStatement:
     )
     answer = [held.c.id, held.c.attempts, held.c.run_after]
     ctes = [inserted.cte("inserted")]
-    if with_jobs:
-        ctes.append(_new_jobs())
     if ends:
         delivered = insert(WebhookDelivery).from_select(
             ["id", "job_id", "url", "status", "attempts", "next_attempt_at", "created_at"],
@@ -263,11 +244,7 @@ def _step_commit(ends: bool, with_jobs: bool = False) -> ArrayStatement:
             )
         ).scalar_subquery()
         answer += [held.c.webhook, ended.correlate(None).label("notified")]
-    json = ["step_output"] + [f"job_{name}" for name in _JSON_JOB_COLUMNS] * with_jobs
-    return ArrayStatement(select(*answer).add_cte(*ctes), json=json)
-
-
-_JSON_JOB_COLUMNS = tuple(name for name in submits.INSERT_JOBS.columns if isinstance(Job.__table__.c[name].type, JSON))
+    return ArrayStatement(select(*answer).add_cte(*ctes), json=("step_output",))
 
 
 #: A step commit in one statement on PostgreSQL (``_step_commit``): the steps' columns as
@@ -277,11 +254,6 @@ _JSON_JOB_COLUMNS = tuple(name for name in submits.INSERT_JOBS.columns if isinst
 #: ``channel`` and ``sender`` (jobs it ends). Returns the claims still held (and webhooks).
 EXTEND_STEPS = _step_commit(ends=False)
 FINISH_STEPS = _step_commit(ends=True)
-#: The same, storing new jobs claimed by their INSERT in the same statement (a node's
-#: submits and step commits of one flush: ``app.jobs.writes``); ``job_<column>`` arrays of
-#: ``INSERT_JOBS``' columns besides the step commit's parameters.
-EXTEND_STEPS_WITH_JOBS = _step_commit(ends=False, with_jobs=True)
-FINISH_STEPS_WITH_JOBS = _step_commit(ends=True, with_jobs=True)
 
 _HELD = (
     Job.id.in_(bindparam("ids", expanding=True)),

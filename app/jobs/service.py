@@ -73,7 +73,9 @@ class JobService:
         self.subscriptions = subscriptions or SubscriptionService(database, signal, max_active=1000)
         #: How long a submit's ``Idempotency-Key`` is kept (``retention.idempotency_hours``).
         self.idempotency_ttl = idempotency_ttl
-        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
+        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(
+            self._insert_batches, linger=self.live.linger()
+        )
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:

@@ -39,7 +39,9 @@ class ChainRunner:
         #: Polls of a running job are answered from here (``app.jobs.live``).
         self.live = live or LiveJobs()
         #: Steps finishing together (many jobs at once) share one transaction.
-        self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
+        self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(
+            store.record_steps, linger=self.live.linger()
+        )
         #: Jobs whose step is being committed (see ``committing``).
         self._committing: set[str] = set()
         #: Told when a job waits for a step retry (the claim loop's next due time).

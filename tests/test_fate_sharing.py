@@ -8,7 +8,6 @@ services (host processes) and many clients at once."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -378,7 +377,7 @@ async def test_a_lingering_group_commit_still_fails_only_the_refused_item(fresh_
         return [None] * len(batches)
 
     try:
-        group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(insert, linger=Linger(0.2, lambda: True))
+        group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(insert, linger=Linger(0.2, together=1))
         taken = new_job_id()
         await group([_row(taken, {"first": True})])  # flushed at once: none before it
         ids = [new_job_id() for _ in range(6)]
@@ -398,9 +397,9 @@ async def test_a_lingering_group_commit_still_fails_only_the_refused_item(fresh_
         await database.dispose()
 
 
-async def test_a_group_commit_lingers_only_while_busy():
-    """Busy: flushes start at least the linger apart, and what arrives meanwhile goes in one.
-    Not busy (a lone client waiting for each write before the next): no flush waits."""
+async def test_a_group_commit_lingers_only_after_writers_came_together():
+    """After a flush of several writes, the next starts the linger after it, with what came
+    meanwhile. A writer alone (waiting for each write before the next) never waits."""
     starts: list[tuple[float, int]] = []
     loop = asyncio.get_running_loop()
 
@@ -409,28 +408,28 @@ async def test_a_group_commit_lingers_only_while_busy():
         await asyncio.sleep(0.001)
         return [None] * len(items)
 
-    busy = False
-    group: GroupCommit[int, None] = GroupCommit(flush, linger=Linger(0.1, lambda: busy))
+    group: GroupCommit[int, None] = GroupCommit(flush, linger=Linger(0.1))
     began = loop.time()
     for n in range(5):
         await group(n)
     assert loop.time() - began < 0.1, "a writer alone never waits for the linger"
     assert [size for _, size in starts] == [1] * 5
 
-    busy = True
     starts.clear()
-    for n in range(3):
-        await group(n)
-    assert [size for _, size in starts] == [1] * 3
-    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(starts)]
-    assert all(gap >= 0.099 for gap in gaps), gaps
-    starts.clear()
-    await asyncio.sleep(0.1)
-    first = asyncio.ensure_future(group(0))
+    await asyncio.gather(group(0), group(1))  # together: flushed at once, as two
+    later = [asyncio.ensure_future(group(n)) for n in range(2, 5)]
     await asyncio.sleep(0.02)
-    rest = [asyncio.ensure_future(group(n)) for n in range(1, 5)]
-    await asyncio.gather(first, *rest)
-    assert [size for _, size in starts] == [1, 4], "the writes that came during the linger went together"
+    later.append(asyncio.ensure_future(group(5)))
+    await asyncio.gather(*later)
+    assert [size for _, size in starts] == [2, 4], "what came during the linger went together"
+    assert starts[1][0] - starts[0][0] >= 0.099
+    await group(6)  # after a flush of four: lingered again
+    assert starts[2][0] - starts[1][0] >= 0.099
+    await asyncio.sleep(0.1)
+    await group(7)  # a flush of one before it: no wait
+    began = loop.time()
+    await group(8)
+    assert loop.time() - began < 0.05
 
 
 async def test_group_commit_does_not_retry_item_by_item_without_a_database(backend, tmp_path):

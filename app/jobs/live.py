@@ -28,18 +28,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.db.batching import Linger
 from app.db.models import JobStatus
 from app.jobs.results import step_result
 
 JOB_RUNNING = JobStatus.RUNNING
-#: The hot writes (submits, step commits) of a process running at least this many jobs
-#: wait up to ``WRITE_LINGER_SECONDS`` after the flush before (``app.db.batching.Linger``).
-#: A few clients, each waiting for its job before it submits the next, never make it.
-BUSY_JOBS = 8
-#: Measured alternately (``tests.bench.twonodes``, README "Two processes, two nodes"): 2 ms
-#: changed nothing (flushes were that far apart already), 5 ms halved a worker's commits.
-WRITE_LINGER_SECONDS = 0.005
 
 
 @dataclass(slots=True)
@@ -75,10 +67,6 @@ class LiveJobs:
 
     def unlisten(self, job_id: str) -> None:
         self._listeners.pop(job_id, None)
-
-    def linger(self) -> Linger:
-        """How this process's hot writes wait for each other (``BUSY_JOBS``)."""
-        return Linger(WRITE_LINGER_SECONDS, lambda: len(self._jobs) >= BUSY_JOBS)
 
     def peek(self, job_id: str) -> LiveJob | None:
         """The job while this node runs it, whoever's it is."""

@@ -53,8 +53,8 @@ class Linger:
 
 
 #: The hot writes' (submits, step commits). Measured alternately (``tests.bench.twonodes``,
-#: README "Two processes, two nodes"): 2 ms changed nothing (a worker's flushes were that
-#: far apart already); 5 ms cut a worker's commits per job from 0.72 to 0.53-0.58.
+#: README "Two processes, two nodes"): 5 ms cut a worker's commits per job from 0.72 to
+#: 0.52-0.56 when its flushes were 2-3 ms apart; flushes already 5 ms apart are unchanged.
 WRITE_LINGER = Linger(0.005)
 
 

@@ -6,11 +6,11 @@ writes that arrive while a flush is in progress wait for the next one and go in
 together. The flush runs in a task of its own, so a caller that is cancelled (a client
 that went away) cannot strand the others of its batch.
 
-A busy process waits a little before a flush (``Linger``): a flush has a fixed cost besides
-its items (the driver's round trip and wake-ups, the commit), so the fewer items each carries
-the more each job pays. A process that serves half the load (two workers, two nodes)
-carried half as many per flush and spent 0.1 ms more of its CPU per job, and PostgreSQL
-0.03–0.05 ms more. Only after a flush of several items, and only between flushes closer
+A busy process waits a little before a flush (``Linger``; the hot writes on PostgreSQL): a
+flush has a fixed cost besides its items (the driver's round trip and wake-ups, the commit),
+so the fewer items each carries the more each job pays. A process that serves half the load
+(two workers, two nodes) carried half as many per flush and spent 0.1 ms more of its CPU
+per job, and PostgreSQL 0.03–0.05 ms more. Only after a flush of several items, and only between flushes closer
 together than the interval: a lone client's writes, or an idle node's, never wait.
 
 Sharing a statement must not mean sharing its fate (SPEC §10): when a flush of several
@@ -31,9 +31,12 @@ import asyncio
 import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from app.db.errors import is_database_unavailable
+
+if TYPE_CHECKING:
+    from app.db.engine import Database
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -56,6 +59,13 @@ class Linger:
 #: README "Two processes, two nodes"): 5 ms cut a worker's commits per job from 0.72 to
 #: 0.52-0.56 when its flushes were 2-3 ms apart; flushes already 5 ms apart are unchanged.
 WRITE_LINGER = Linger(0.005)
+
+
+def write_linger(database: Database) -> Linger | None:
+    """The hot writes' linger: on PostgreSQL, where it was measured. SQLite's one writer
+    queues every flush behind the others already (and its burst and drain were not
+    measured with it)."""
+    return WRITE_LINGER if database.is_postgresql else None
 
 
 class GroupCommit(Generic[T, R]):

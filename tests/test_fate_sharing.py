@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from app.clock import utcnow
-from app.db.batching import GroupCommit, Linger
+from app.db.batching import GroupCommit
 from app.db.engine import Database
 from app.db.models import Job, JobStatus
 from app.db.statements.submits import INSERT_JOBS
@@ -361,75 +361,6 @@ async def test_group_commit_flushes_each_item_alone_when_the_group_fails(fresh_u
         assert stored == 8
     finally:
         await database.dispose()
-
-
-async def test_a_lingering_group_commit_still_fails_only_the_refused_item(fresh_url):
-    """A busy process's group commit waits for more writes before its next flush
-    (``Linger``): what arrives meanwhile is one statement, and when the database refuses one
-    item of it (a duplicate id), the others are stored, each alone, and only it fails."""
-    database = Database(fresh_url)
-    flushes: list[int] = []
-
-    async def insert(batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
-        flushes.append(sum(len(rows) for rows in batches))
-        async with database.direct_write(one_statement=True) as conn:
-            await conn.insert_many(INSERT_JOBS, [row for rows in batches for row in rows])
-        return [None] * len(batches)
-
-    try:
-        group: GroupCommit[list[dict[str, Any]], None] = GroupCommit(insert, linger=Linger(0.2, together=1))
-        taken = new_job_id()
-        await group([_row(taken, {"first": True})])  # flushed at once: none before it
-        ids = [new_job_id() for _ in range(6)]
-        items = [[_row(i, {"n": n})] for n, i in enumerate(ids)]
-        items.insert(3, [_row(taken, {"duplicate": True})])
-        waiting = []
-        for item in items:  # one after the other, inside the linger
-            waiting.append(asyncio.ensure_future(group(item)))
-            await asyncio.sleep(0.01)
-        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
-        assert flushes == [1, 7] + [1] * 7, "one at once, the rest together after the linger, then one each"
-        assert [outcome is None for outcome in outcomes] == [True] * 3 + [False] + [True] * 3
-        async with database.read() as conn:
-            stored = (await conn.execute(select(func.count()).select_from(Job).where(Job.id.in_(ids)))).scalar_one()
-        assert stored == 6
-    finally:
-        await database.dispose()
-
-
-async def test_a_group_commit_lingers_only_after_writers_came_together():
-    """After a flush of several writes, the next starts the linger after it, with what came
-    meanwhile. A writer alone (waiting for each write before the next) never waits."""
-    starts: list[tuple[float, int]] = []
-    loop = asyncio.get_running_loop()
-
-    async def flush(items: list[int]) -> list[BaseException | None]:
-        starts.append((loop.time(), len(items)))
-        await asyncio.sleep(0.001)
-        return [None] * len(items)
-
-    group: GroupCommit[int, None] = GroupCommit(flush, linger=Linger(0.1))
-    began = loop.time()
-    for n in range(5):
-        await group(n)
-    assert loop.time() - began < 0.1, "a writer alone never waits for the linger"
-    assert [size for _, size in starts] == [1] * 5
-
-    starts.clear()
-    await asyncio.gather(group(0), group(1))  # together: flushed at once, as two
-    later = [asyncio.ensure_future(group(n)) for n in range(2, 5)]
-    await asyncio.sleep(0.02)
-    later.append(asyncio.ensure_future(group(5)))
-    await asyncio.gather(*later)
-    assert [size for _, size in starts] == [2, 4], "what came during the linger went together"
-    assert starts[1][0] - starts[0][0] >= 0.099
-    await group(6)  # after a flush of four: lingered again
-    assert starts[2][0] - starts[1][0] >= 0.099
-    await asyncio.sleep(0.1)
-    await group(7)  # a flush of one before it: no wait
-    began = loop.time()
-    await group(8)
-    assert loop.time() - began < 0.05
 
 
 async def test_group_commit_does_not_retry_item_by_item_without_a_database(backend, tmp_path):

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.clock import utcnow
-from app.db.batching import GroupCommit, write_linger
+from app.db.batching import GroupCommit
 from app.db.direct import DirectConnection, Row
 from app.db.engine import Database
 from app.db.errors import is_database_unavailable, refused_value
@@ -73,9 +73,7 @@ class JobService:
         self.subscriptions = subscriptions or SubscriptionService(database, signal, max_active=1000)
         #: How long a submit's ``Idempotency-Key`` is kept (``retention.idempotency_hours``).
         self.idempotency_ttl = idempotency_ttl
-        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(
-            self._insert_batches, linger=write_linger(database)
-        )
+        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:

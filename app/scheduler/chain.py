@@ -13,7 +13,7 @@ from app import metrics
 from app.clock import utcnow
 from app.containers.client import CONNECTION, ContainerClient, StepFailed
 from app.containers.state import ContainerState, ContainerStates
-from app.db.batching import GroupCommit, write_linger
+from app.db.batching import GroupCommit
 from app.db.errors import is_database_unavailable, refused_value, short_message
 from app.db.models import JobStatus
 from app.errors import could_not_be_stored
@@ -39,9 +39,7 @@ class ChainRunner:
         #: Polls of a running job are answered from here (``app.jobs.live``).
         self.live = live or LiveJobs()
         #: Steps finishing together (many jobs at once) share one transaction.
-        self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(
-            store.record_steps, linger=write_linger(store.database)
-        )
+        self._commit: GroupCommit[StepResult, LeaseLost | None] = GroupCommit(store.record_steps)
         #: Jobs whose step is being committed (see ``committing``).
         self._committing: set[str] = set()
         #: Told when a job waits for a step retry (the claim loop's next due time).

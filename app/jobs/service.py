@@ -53,6 +53,11 @@ class Accepted:
     subscriptions: list[dict[str, Any]]
 
 
+class _NothingStored(Exception):
+    """Rolls back a group commit of replays alone: nothing to store, and the key rows its
+    claim locked are let go without a commit (which would wait for the disk)."""
+
+
 @dataclass(slots=True)
 class NewJobs:
     """One submit's rows in the submits' group commit, and its ``Idempotency-Key``."""
@@ -220,6 +225,8 @@ class JobService:
                     now = utcnow()
                     held = iter(await claim_keys(conn, self.database, keyed, now, now + self.idempotency_ttl))
                     outcomes = [None if batch.key is None else next(held) for batch in batches]
+                    if None not in outcomes:
+                        raise _NothingStored
                 rows = [
                     row
                     for batch, held_by in zip(batches, outcomes, strict=True)
@@ -235,6 +242,8 @@ class JobService:
                 left = claimed < len(rows)
                 if rows:
                     await conn.insert_many(INSERT_JOBS, rows, notify=self.signal.notification if left else None)
+        except _NothingStored:
+            return outcomes
         except BaseException:
             self.claims.unreserve(claimed)
             # The rows go back as they came: ``GroupCommit`` may flush them again, each on

@@ -92,12 +92,36 @@ def _claim_many(insert: Any, fields: dict[str, Any]) -> Statement:
     )
 
 
-def _read_many(fields: dict[str, Any]) -> Statement:
-    entries = select(fields["owner"].label("owner"), fields["idem_key"].label("idem_key")).subquery("wanted")
+def _wanted(fields: dict[str, Any]) -> Any:
+    return select(fields["owner"].label("owner"), fields["idem_key"].label("idem_key")).subquery("wanted")
+
+
+def _pg_read_many() -> Statement:
+    """Each key looked up in the primary key by itself (a LATERAL with a LIMIT is never
+    made a join): planned as a join, the ~100 rows PostgreSQL guesses for any
+    ``jsonb_to_recordset`` made a hash join over every key stored the cheaper plan while
+    the table held a few thousand keys (0.7 ms a replay, against 0.07 for ``READ_KEY``)."""
+    wanted = _wanted(_pg_keys())
+    held = (
+        select(IdempotencyKey.client, IdempotencyKey.key, IdempotencyKey.request_hash, IdempotencyKey.answer)
+        .where(
+            IdempotencyKey.client == wanted.c.owner,
+            IdempotencyKey.key == wanted.c.idem_key,
+            IdempotencyKey.expires_at > _NOW,
+        )
+        .limit(literal_column("1"))
+        .lateral("held")
+    )
+    return Statement(select(*held.c).select_from(wanted).join(held, true()))
+
+
+def _sqlite_read_many() -> Statement:
+    """SQLite (no LATERAL) plans the join as a lookup in the primary key per key."""
+    wanted = _wanted(_sqlite_keys())
     return Statement(
         select(IdempotencyKey.client, IdempotencyKey.key, IdempotencyKey.request_hash, IdempotencyKey.answer)
-        .select_from(entries)
-        .join(IdempotencyKey, and_(IdempotencyKey.client == entries.c.owner, IdempotencyKey.key == entries.c.idem_key))
+        .select_from(wanted)
+        .join(IdempotencyKey, and_(IdempotencyKey.client == wanted.c.owner, IdempotencyKey.key == wanted.c.idem_key))
         .where(IdempotencyKey.expires_at > _NOW)
     )
 
@@ -110,7 +134,7 @@ CLAIM_KEYS = PerDialect(
 )
 #: ``READ_KEY`` for many keys: ``(client, key, fingerprint, answer)`` of each unexpired
 #: one. Parameters: ``keys`` (only ``owner`` and ``idem_key`` are read), ``now``.
-READ_KEYS = PerDialect(postgresql=_read_many(_pg_keys()), sqlite=_read_many(_sqlite_keys()))
+READ_KEYS = PerDialect(postgresql=_pg_read_many(), sqlite=_sqlite_read_many())
 _EXPIRED = IdempotencyKey.expires_at <= _NOW
 _BATCH = bindparam("batch", type_=Integer)
 #: Delete one batch of expired keys, oldest first, found through

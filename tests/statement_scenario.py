@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import itertools
+import json
 import pkgutil
 import uuid
 from dataclasses import dataclass
@@ -582,6 +583,11 @@ def _read(client: str, key: str, rows: list[tuple[Any, ...]]) -> Example:
     return Example("idempotency.READ_KEY", {"owner": client, "idem_key": key, "now": NOW}, rows)
 
 
+def _keys(*keys: tuple[str, str, str, Any]) -> str:
+    """``CLAIM_KEYS``' and ``READ_KEYS``' parameter: the keys as a JSON array."""
+    return json.dumps([dict(zip(("owner", "idem_key", "fingerprint", "stored"), key, strict=True)) for key in keys])
+
+
 #: Idempotency keys (SPEC §8): a claim, a duplicate's (held: nothing), another client's
 #: same key, the read of the held one, an expired one taken over, the prune of expired ones.
 IDEMPOTENCY = [
@@ -599,6 +605,22 @@ IDEMPOTENCY = [
     ),
     _read(A, KEY, []),
     _read(B, KEY, [("b" * 64, STORED)]),
+    # A group commit's keys: A's new one is taken, B's is held (read back), C's is unknown.
+    *per_dialect(
+        "idempotency.CLAIM_KEYS",
+        {
+            "keys": _keys((A, "group-1", "e" * 64, {"id": J2}), (B, KEY, "f" * 64, STORED)),
+            "now": NOW + timedelta(hours=2),
+            "until": NOW + timedelta(hours=26),
+        },
+        [(A, "group-1")],
+    ),
+    *per_dialect(
+        "idempotency.READ_KEYS",
+        {"keys": _keys((B, KEY, "f" * 64, None), ("10.0.0.3", KEY, "f" * 64, None)), "now": NOW + timedelta(hours=2)},
+        [(B, KEY, "b" * 64, STORED)],
+    ),
+    _read(A, "group-1", [("e" * 64, {"id": J2})]),
 ]
 
 # -- step retries: J10, running here, waits for its step's second attempt -------------------------

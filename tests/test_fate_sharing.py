@@ -23,6 +23,8 @@ from app.db.batching import GroupCommit
 from app.db.engine import Database
 from app.db.models import Job, JobStatus
 from app.db.statements.submits import INSERT_JOBS
+from app.errors import ClientError
+from app.jobs.idempotency import IdempotencyKey
 from app.jobs.requests import JobRequest
 from app.jobs.rows import new_job_id, pending_row
 from app.jobs.values import ClaimedJob
@@ -420,6 +422,97 @@ async def test_a_submit_group_that_fails_keeps_its_claims_right(make_fresh_node,
         results = await wait_finished(http, ids, timeout=20, intermediate=False)
         assert [results[i]["status"] for i in ids] == ["success"] * 6
         assert service.calls() == {f"g{i}": 1 for i in range(6)}
+
+
+def _recording_flushes(jobs: Any) -> list[int]:
+    """The sizes of the submits' group commits from now on (each a list of submits)."""
+    sizes: list[int] = []
+    flush = jobs._insert._flush
+
+    async def recording(batches: list[Any]) -> Any:
+        sizes.append(len(batches))
+        return await flush(batches)
+
+    jobs._insert._flush = recording
+    return sizes
+
+
+async def test_keyed_submits_share_a_group_commit_and_a_poison_fails_alone(make_fresh_node, host_service):
+    """Keyed submits (``Idempotency-Key``) go in the submits' group commit: one transaction
+    takes their keys and stores their jobs. Two under one key in a group make one job (the
+    second is its replay; another body under it a 409). One the database refuses among them
+    (past the request checks: called below the HTTP layer) fails alone, as a 400, keeping no
+    key; a keyed batch with such an item keeps its key with that item refused; the others
+    are stored once and run once, also those the failed group had claimed for this node."""
+    service = host_service("count")
+    config = scheduled(container("echo", service.url), lease_seconds=30, max_concurrent_jobs=2)
+    client = "127.86.0.1"
+    async with make_fresh_node(config) as node, node.client(client) as http:
+        jobs, database = node.node.jobs, node.node.database
+        flushes = _recording_flushes(jobs)
+
+        def request(name: str) -> JobRequest:
+            return JobRequest(containers=["echo"], data={"job": name})
+
+        def keyed(name: str, requests: list[JobRequest], fingerprint: str = "a", single: bool = True) -> Any:
+            return jobs.submit_keyed(client, requests, IdempotencyKey(name, fingerprint * 64), single)
+
+        # Without a poison: one group, one transaction, duplicates resolved in it.
+        first = await asyncio.gather(
+            *(keyed(f"g{i}", [request(f"g{i}")]) for i in range(4)),
+            keyed("g0", [request("g0")]),
+            keyed("g0", [request("other")], fingerprint="b"),
+            jobs.submit(client, [request("unkeyed")]),
+            return_exceptions=True,
+        )
+        assert flushes == [7], flushes
+        assert [answer.replayed for answer in first[:5]] == [False] * 4 + [True]  # type: ignore[union-attr]
+        assert first[4].answers == first[0].answers  # type: ignore[union-attr]
+        assert isinstance(first[5], ClientError) and first[5].spec.status == 409, first[5]
+        ids = [answer.answers[0]["id"] for answer in first[:4]] + [first[6][0]["id"]]  # type: ignore[index,union-attr]
+
+        # With a poison (too deep for the encoder on either database, a NUL too).
+        poison = JobRequest(containers=["echo"], data={"a": deep_value(5000), "b": "\x00"})
+        flushes.clear()
+        second = await asyncio.gather(
+            keyed("p0", [request("p0")]),
+            keyed("poison", [poison]),
+            keyed("p1", [request("p1")]),
+            keyed("p1", [request("p1")]),
+            keyed("batch", [request("b0"), poison, request("b2")], single=False),
+            keyed("p2", [request("p2")]),
+        )
+        assert flushes == [6, 1, 1, 1, 1, 1, 1], "one transaction for all, which failed, then one each"
+        refused = second[1].answers[0]
+        assert refused["error"] == "Invalid job request" and not second[1].replayed, refused
+        assert refused["params"]["reason"].startswith("data could not be stored: "), refused
+        assert not second[2].replayed and second[3].replayed and second[3].answers == second[2].answers
+        batch = second[4].answers
+        assert [set(answer) for answer in batch] == [{"id"}, {"error", "params"}, {"id"}], batch
+        assert batch[1]["params"]["reason"].startswith("data could not be stored: "), batch
+        ids += [second[k].answers[0]["id"] for k in (0, 2, 5)] + [batch[0]["id"], batch[2]["id"]]
+
+        # Every key but the poison's is kept: the same again is a replay; the poison's key
+        # is free for the fixed request.
+        replays = [
+            (keyed("p0", [request("p0")]), second[0]),
+            (keyed("p1", [request("p1")]), second[2]),
+            (keyed("batch", [request("b0"), poison, request("b2")], single=False), second[4]),
+        ]
+        for replay, answered in replays:
+            again = await replay
+            assert again.replayed and again.answers == answered.answers
+        fixed = await keyed("poison", [request("fixed")])
+        assert not fixed.replayed
+        ids.append(fixed.answers[0]["id"])
+
+        results = await wait_finished(http, ids, timeout=20, intermediate=False)
+        assert [results[i]["status"] for i in ids] == ["success"] * len(ids)
+        names = ["g0", "g1", "g2", "g3", "unkeyed", "p0", "p1", "p2", "b0", "b2", "fixed"]
+        assert service.calls() == dict.fromkeys(names, 1)
+        async with database.read() as conn:
+            count = select(func.count()).select_from(Job).where(Job.client == client)
+            assert (await conn.execute(count)).scalar_one() == len(names)
 
 
 async def test_a_batch_item_the_database_refuses_fails_alone(make_fresh_node):

@@ -128,7 +128,15 @@ EXPECTED_INDEX = {
     "subscriptions.JOB_COUNTS": "uq_jobs_subscription_interval",
     "subscriptions.subscription_jobs(True,)": "uq_jobs_subscription_interval",
     "subscriptions.subscription_jobs(False,)": "uq_jobs_subscription_interval",
-    **dict.fromkeys(("idempotency.CLAIM_KEY.postgresql", "idempotency.READ_KEY"), "idempotency_keys_pkey"),
+    **dict.fromkeys(
+        (
+            "idempotency.CLAIM_KEY.postgresql",
+            "idempotency.READ_KEY",
+            "idempotency.CLAIM_KEYS.postgresql",
+            "idempotency.READ_KEYS.postgresql",
+        ),
+        "idempotency_keys_pkey",
+    ),
     "idempotency.PRUNE_KEYS.postgresql": "ix_idempotency_keys_expires_at",
     "inspection.FINISHED_SINCE": "ix_jobs_finished_at",
     "webhooks.CLAIM_DUE": "ix_webhook_deliveries_due",

@@ -23,12 +23,12 @@ from app.db.statements import reads
 from app.db.statements.submits import INSERT_JOBS
 from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
 from app.jobs.handoff import NoClaims, SubmitClaims
-from app.jobs.idempotency import IdempotencyKey, Submitted, submit_keyed
+from app.jobs.idempotency import Held, IdempotencyKey, KeyClaim, Submitted, claim_keys, submit_keyed
 from app.jobs.live import EndedJob, LiveJobs
 from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
 from app.jobs.results import job_result, step_result
 from app.jobs.rows import pending_row, refused_answer
-from app.jobs.subscriptions import SubscriptionService, checked_schedule, new_subscription_row
+from app.jobs.subscriptions import Quota, SubscriptionService, checked_schedule, new_subscription_row
 from app.jobs.values import ClaimedJob
 
 log = logging.getLogger("jobnode.jobs")
@@ -53,6 +53,19 @@ class Accepted:
     subscriptions: list[dict[str, Any]]
 
 
+class _NothingStored(Exception):
+    """Rolls back a group commit of replays alone: nothing to store, and the key rows its
+    claim locked are let go without a commit (which would wait for the disk)."""
+
+
+@dataclass(slots=True)
+class NewJobs:
+    """One submit's rows in the submits' group commit, and its ``Idempotency-Key``."""
+
+    rows: list[dict[str, Any]]
+    key: KeyClaim | None = None
+
+
 class JobService:
     def __init__(
         self,
@@ -73,7 +86,7 @@ class JobService:
         self.subscriptions = subscriptions or SubscriptionService(database, signal, max_active=1000)
         #: How long a submit's ``Idempotency-Key`` is kept (``retention.idempotency_hours``).
         self.idempotency_ttl = idempotency_ttl
-        self._insert: GroupCommit[list[dict[str, Any]], None] = GroupCommit(self._insert_batches)
+        self._insert: GroupCommit[NewJobs, Held | None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
@@ -84,22 +97,11 @@ class JobService:
         now = utcnow()
         if any(isinstance(request, JobRequest) and request.subscription is not None for request in requests):
             return await self._submit_with_subscriptions(client, requests, now)
-        answers: list[dict[str, Any]] = []
-        rows: list[dict[str, Any]] = []
-        for request in requests:
-            try:
-                if isinstance(request, JobRejected):
-                    raise request
-                self.catalog.check(request, client)
-            except JobRejected as rejected:
-                answers.append(rejected.body())
-                continue
-            row = pending_row(request, client, now)
-            rows.append(row)
-            answers.append({"id": row["id"]})
+        accepted = self.checked(client, requests, now)
+        answers, rows = accepted.answers, accepted.jobs
         if rows:
             try:
-                await self._insert(rows)
+                await self._insert(NewJobs(rows))
             except Exception as exc:
                 await self._insert_alone(rows, answers, exc)
         return answers
@@ -109,6 +111,11 @@ class JobService:
     ) -> Submitted:
         """``submit`` under an ``Idempotency-Key`` (SPEC §8): ``app.jobs.idempotency``."""
         return await submit_keyed(self, client, requests, key, single, self.idempotency_ttl)
+
+    async def insert_keyed(self, rows: list[dict[str, Any]], key: KeyClaim) -> Held | None:
+        """Store ``rows`` under ``key`` in the submits' group commit: None once committed,
+        else who holds the key (nothing stored)."""
+        return await self._insert(NewJobs(rows, key))
 
     async def _submit_with_subscriptions(
         self, client: str, requests: Sequence[JobRequest | JobRejected], now: datetime
@@ -130,9 +137,19 @@ class JobService:
         """Check each request in the transaction ``conn`` that will store them: the rows
         of the accepted ones and every answer, in order. With subscriptions, the client's
         quota is counted (and, on PostgreSQL, locked until the transaction ends)."""
-        accepted = Accepted([], [], [])
         with_subscriptions = any(isinstance(r, JobRequest) and r.subscription is not None for r in requests)
         quota = await self.subscriptions.quota(conn, client) if with_subscriptions else None
+        return self.checked(client, requests, now, quota)
+
+    def checked(
+        self,
+        client: str,
+        requests: Sequence[JobRequest | JobRejected],
+        now: datetime,
+        quota: Quota | None = None,
+    ) -> Accepted:
+        """``accept`` without a transaction: requests without subscriptions need none."""
+        accepted = Accepted([], [], [])
         for request in requests:
             try:
                 if isinstance(request, JobRejected):
@@ -179,33 +196,59 @@ class JobService:
         if len(rows) == 1:
             if refused_value(exc) is None:
                 raise exc
-            outcomes: list[BaseException | None] = [exc]
+            outcomes: list[Held | BaseException | None] = [exc]
         else:
-            outcomes = await asyncio.gather(*(self._insert([row]) for row in rows), return_exceptions=True)
+            outcomes = await asyncio.gather(*(self._insert(NewJobs([row])) for row in rows), return_exceptions=True)
         for i, outcome in zip(accepted, outcomes, strict=True):
-            if outcome is not None:
+            if isinstance(outcome, BaseException):
                 answers[i] = refused_answer(answers[i]["id"], outcome)
 
-    async def _insert_batches(self, batches: list[list[dict[str, Any]]]) -> list[BaseException | None]:
+    async def _insert_batches(self, batches: list[NewJobs]) -> list[Held | None]:
         """Concurrent submits commit together: one INSERT, one commit. The first jobs are
         claimed in it when this node's scheduler can run them now (``app.jobs.handoff``);
         the others are left ``pending`` and announced (NOTIFY in the same statement).
 
+        Keyed submits' keys are claimed first, in the same transaction (``claim_keys``):
+        only the jobs of the keys it takes are stored (and may be claimed like any others:
+        the key, the jobs and their claim commit or roll back together); a submit whose
+        key is another's is answered its holder. Without keys it is one statement (on
+        SQLite, one call to the hot writer's thread: ``Database.write_transaction``); with
+        keys it runs on the event loop, since the slots it reserves depend on the keys taken.
+
         The claimed ones start here, in the flush's own task, whichever submits went away."""
-        rows = [row for rows in batches for row in rows]
-        claimed = self.claims.reserve(len(rows))
+        keyed = [batch.key for batch in batches if batch.key is not None]
+        outcomes: list[Held | None] = [None] * len(batches)
+        rows: list[dict[str, Any]] = []
+        claimed = 0
         unclaimed: dict[str, Any] = {}
-        if claimed:
-            columns = self.claims.claimed_columns(utcnow())
-            unclaimed = {key: rows[0][key] for key in columns}  # the same in every new row
-            for row in rows[:claimed]:
-                row.update(columns)
-        left = claimed < len(rows)
         try:
-            notify = self.signal.notification if left else None
-            await self.database.write_transaction(
-                lambda conn: conn.insert_many(INSERT_JOBS, rows, notify=notify), one_statement=True
-            )
+            if keyed:
+                async with self.database.direct_write() as conn:
+                    now = utcnow()
+                    held = iter(await claim_keys(conn, self.database, keyed, now, now + self.idempotency_ttl))
+                    outcomes = [None if batch.key is None else next(held) for batch in batches]
+                    if None not in outcomes:
+                        raise _NothingStored
+                    rows = [
+                        row
+                        for batch, held_by in zip(batches, outcomes, strict=True)
+                        if held_by is None
+                        for row in batch.rows
+                    ]
+                    claimed, unclaimed = self._claim_first(rows)
+                    left = claimed < len(rows)
+                    if rows:
+                        await conn.insert_many(INSERT_JOBS, rows, notify=self.signal.notification if left else None)
+            else:
+                rows = [row for batch in batches for row in batch.rows]
+                claimed, unclaimed = self._claim_first(rows)
+                left = claimed < len(rows)
+                notify = self.signal.notification if left else None
+                await self.database.write_transaction(
+                    lambda conn: conn.insert_many(INSERT_JOBS, rows, notify=notify), one_statement=True
+                )
+        except _NothingStored:
+            return outcomes
         except BaseException:
             self.claims.unreserve(claimed)
             # The rows go back as they came: ``GroupCommit`` may flush them again, each on
@@ -218,7 +261,19 @@ class JobService:
             self.claims.start_claimed([ClaimedJob.inserted(row) for row in rows[:claimed]], claimed)
         if left:
             self.signal.notify()
-        return [None] * len(batches)
+        return outcomes
+
+    def _claim_first(self, rows: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
+        """Reserve this node's free slots for the first ``rows`` and mark them claimed:
+        how many, and the columns that mark them back ``pending`` if the INSERT fails."""
+        claimed = self.claims.reserve(len(rows)) if rows else 0
+        if not claimed:
+            return 0, {}
+        columns = self.claims.claimed_columns(utcnow())
+        unclaimed = {key: rows[0][key] for key in columns}  # the same in every new row
+        for row in rows[:claimed]:
+            row.update(columns)
+        return claimed, unclaimed
 
     async def results(
         self, client: str, job_ids: Sequence[str], intermediate: bool, wait: float | None = 0.0, hold: float = 0.0

@@ -4,8 +4,9 @@
 
 Starts one node (its scheduler off: submits only, nothing runs) on a fresh database and
 sends ``POST /api/jobs`` from one client in sequence and from ``--clients`` concurrent
-clients: without a key, with a new key each (a keyed submit is a transaction of its own:
-no group commit), and the same keyed requests again (replays: a read, no job). Each
+clients: without a key, with a new key each (keyed submits share the group commit of
+submits: their keys claimed in its transaction), and the same keyed requests again
+(replays: the claim finds the key held and reads it, no job). Each
 phase: requests/s, latency p50/p99 and the node's CPU per request (from ``/proc``).
 Unkeyed runs before and after the keyed ones, to show the drift of the machine.
 """

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Integer, any_, bindparam, delete, func, literal_column, select
+from sqlalchemy import Integer, Text, and_, any_, bindparam, cast, column, delete, func, literal_column, select, true
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -53,6 +54,87 @@ CLAIM_KEY = PerDialect(postgresql=_claim(pg_insert), sqlite=_claim(sqlite_insert
 READ_KEY = Statement(
     select(IdempotencyKey.request_hash, IdempotencyKey.answer).where(*_KEY, IdempotencyKey.expires_at > _NOW)
 )
+
+#: The keys of a group commit (``app.jobs.idempotency.claim_keys``): one parameter, a JSON
+#: array of ``{"owner", "idem_key", "fingerprint", "stored"}``, read as rows by each
+#: database's own function (any number of keys: one statement, one plan).
+_KEYS = bindparam("keys", type_=Text)
+_FIELDS = ("owner", "idem_key", "fingerprint", "stored")
+
+
+def _pg_keys() -> dict[str, Any]:
+    entries = (
+        func.jsonb_to_recordset(cast(_KEYS, JSONB))
+        .table_valued(*(column(name, JSONB if name == "stored" else Text) for name in _FIELDS))
+        .render_derived(name="entry", with_types=True)
+    )
+    return {name: entries.c[name] for name in _FIELDS}
+
+
+def _sqlite_keys() -> dict[str, Any]:
+    entries = func.json_each(_KEYS).table_valued("value").alias("entry")
+    return {name: func.json_extract(entries.c.value, f"$.{name}") for name in _FIELDS}
+
+
+def _claim_many(insert: Any, fields: dict[str, Any]) -> Statement:
+    # SQLite parses ``ON CONFLICT`` after a SELECT's FROM as a join's unless a WHERE comes first.
+    rows = select(*fields.values(), _NOW, bindparam("until", type_=UtcDateTime())).where(true())
+    statement = insert(IdempotencyKey).from_select(
+        ["client", "key", "request_hash", "answer", "created_at", "expires_at"], rows
+    )
+    excluded = statement.excluded
+    return Statement(
+        statement.on_conflict_do_update(
+            index_elements=[IdempotencyKey.client, IdempotencyKey.key],
+            set_={name: excluded[name] for name in ("request_hash", "answer", "created_at", "expires_at")},
+            where=IdempotencyKey.expires_at <= _NOW,
+        ).returning(IdempotencyKey.client, IdempotencyKey.key)
+    )
+
+
+def _wanted(fields: dict[str, Any]) -> Any:
+    return select(fields["owner"].label("owner"), fields["idem_key"].label("idem_key")).subquery("wanted")
+
+
+def _pg_read_many() -> Statement:
+    """Each key looked up in the primary key by itself (a LATERAL with a LIMIT is never
+    made a join): planned as a join, the ~100 rows PostgreSQL guesses for any
+    ``jsonb_to_recordset`` made a hash join over every key stored the cheaper plan while
+    the table held a few thousand keys (0.7 ms a replay, against 0.07 for ``READ_KEY``)."""
+    wanted = _wanted(_pg_keys())
+    held = (
+        select(IdempotencyKey.client, IdempotencyKey.key, IdempotencyKey.request_hash, IdempotencyKey.answer)
+        .where(
+            IdempotencyKey.client == wanted.c.owner,
+            IdempotencyKey.key == wanted.c.idem_key,
+            IdempotencyKey.expires_at > _NOW,
+        )
+        .limit(literal_column("1"))
+        .lateral("held")
+    )
+    return Statement(select(*held.c).select_from(wanted).join(held, true()))
+
+
+def _sqlite_read_many() -> Statement:
+    """SQLite (no LATERAL) plans the join as a lookup in the primary key per key."""
+    wanted = _wanted(_sqlite_keys())
+    return Statement(
+        select(IdempotencyKey.client, IdempotencyKey.key, IdempotencyKey.request_hash, IdempotencyKey.answer)
+        .select_from(wanted)
+        .join(IdempotencyKey, and_(IdempotencyKey.client == wanted.c.owner, IdempotencyKey.key == wanted.c.idem_key))
+        .where(IdempotencyKey.expires_at > _NOW)
+    )
+
+
+#: ``CLAIM_KEY`` for many distinct keys in one statement, in the order given (concurrent
+#: group commits that lock keys in one order cannot deadlock): answers the ``(client,
+#: key)`` of each key stored. Parameters: ``keys`` (JSON text, above), ``now``, ``until``.
+CLAIM_KEYS = PerDialect(
+    postgresql=_claim_many(pg_insert, _pg_keys()), sqlite=_claim_many(sqlite_insert, _sqlite_keys())
+)
+#: ``READ_KEY`` for many keys: ``(client, key, fingerprint, answer)`` of each unexpired
+#: one. Parameters: ``keys`` (only ``owner`` and ``idem_key`` are read), ``now``.
+READ_KEYS = PerDialect(postgresql=_pg_read_many(), sqlite=_sqlite_read_many())
 _EXPIRED = IdempotencyKey.expires_at <= _NOW
 _BATCH = bindparam("batch", type_=Integer)
 #: Delete one batch of expired keys, oldest first, found through

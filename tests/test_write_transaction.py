@@ -22,14 +22,19 @@ from tests.statement_scenario import job_row
 from tests.support import migrated
 
 
-@pytest.fixture
-async def database(fresh_url: str) -> AsyncIterator[Database]:
-    await migrated(fresh_url)
-    database = Database(fresh_url, statement_timeout=1.0)
+async def _opened(url: str, statement_timeout: float) -> AsyncIterator[Database]:
+    await migrated(url)
+    database = Database(url, statement_timeout=statement_timeout)
     try:
         yield database
     finally:
         await database.dispose()
+
+
+@pytest.fixture
+async def database(fresh_url: str) -> AsyncIterator[Database]:
+    async for database in _opened(fresh_url, 1.0):
+        yield database
 
 
 async def _stored(database: Database) -> int:
@@ -83,13 +88,8 @@ async def test_concurrent_transactions_all_commit(database: Database) -> None:
 
 @pytest.fixture
 async def sqlite_database(tmp_path: Path) -> AsyncIterator[Database]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}"
-    await migrated(url)
-    database = Database(url, statement_timeout=0.2)
-    try:
+    async for database in _opened(f"sqlite+aiosqlite:///{tmp_path / 'writer.db'}", 0.2):
         yield database
-    finally:
-        await database.dispose()
 
 
 async def test_sqlite_unflushed_commit_restores_full_sync(sqlite_database: Database) -> None:

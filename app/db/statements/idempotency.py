@@ -32,16 +32,21 @@ _ROW = {
 }
 
 
-def _claim(insert: Any) -> Statement:
-    statement = insert(IdempotencyKey).values(**_ROW)
+def _unless_held(statement: Any, *returning: Any) -> Statement:
+    """An INSERT of keys that takes a key over only when it has expired; answers ``returning``
+    of the keys it stored."""
     excluded = statement.excluded
     return Statement(
         statement.on_conflict_do_update(
             index_elements=[IdempotencyKey.client, IdempotencyKey.key],
             set_={name: excluded[name] for name in ("request_hash", "answer", "created_at", "expires_at")},
             where=IdempotencyKey.expires_at <= _NOW,
-        ).returning(IdempotencyKey.key)
+        ).returning(*returning)
     )
+
+
+def _claim(insert: Any) -> Statement:
+    return _unless_held(insert(IdempotencyKey).values(**_ROW), IdempotencyKey.key)
 
 
 #: Store the key with its request's fingerprint and answer, unless it is held and not
@@ -82,14 +87,7 @@ def _claim_many(insert: Any, fields: dict[str, Any]) -> Statement:
     statement = insert(IdempotencyKey).from_select(
         ["client", "key", "request_hash", "answer", "created_at", "expires_at"], rows
     )
-    excluded = statement.excluded
-    return Statement(
-        statement.on_conflict_do_update(
-            index_elements=[IdempotencyKey.client, IdempotencyKey.key],
-            set_={name: excluded[name] for name in ("request_hash", "answer", "created_at", "expires_at")},
-            where=IdempotencyKey.expires_at <= _NOW,
-        ).returning(IdempotencyKey.client, IdempotencyKey.key)
-    )
+    return _unless_held(statement, IdempotencyKey.client, IdempotencyKey.key)
 
 
 def _wanted(fields: dict[str, Any]) -> Any:

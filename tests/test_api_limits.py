@@ -163,7 +163,7 @@ async def make_unreachable(node: RunningNode, tmp_path: Path) -> None:
     )
     unreachable = Database(url, connect_timeout=2)
     database.writer, database.reader = unreachable.writer, unreachable.reader
-    database.direct_pool = unreachable.direct_pool
+    database.direct_pool, database.sqlite_writer = unreachable.direct_pool, unreachable.sqlite_writer
 
 
 async def test_database_unavailable_is_503(node, database_url, client_address, tmp_path):

@@ -124,21 +124,18 @@ class Statement:
         return sql, [slot.pick(params) if isinstance(slot, _Slot) else slot for slot in slots]
 
 
-class ArrayStatement(Statement):
-    """A PostgreSQL statement whose list parameters are arrays bound whole (``unnest``), not
-    the lists of an ``IN``: one shape and one plan for any number of rows. The parameters
-    named in ``json`` are lists of JSON values, sent as text (cast to JSONB in the SQL)."""
+class RowsStatement(Statement):
+    """A PostgreSQL statement whose parameters are bound whole, never expanded: a list of
+    rows (dicts) goes as one JSON document (the pool's ``json`` codec, msgspec) for
+    ``json_to_recordset`` to read, so there is one shape and one plan for any number of
+    rows, and no array per column (``_RecordsetInsert`` says why)."""
 
-    def __init__(self, statement: Executable, json: Iterable[str] = ()) -> None:
+    def __init__(self, statement: Executable) -> None:
         super().__init__(statement)
-        self._json = frozenset(json)
         self._sql: tuple[str, tuple[str, ...]] | None = None
 
     def sqlalchemy_params(self, params: dict[str, Any]) -> dict[str, Any]:
-        return {
-            k: [None if v is None else json_dumps(v) for v in value] if k in self._json else value
-            for k, value in params.items()
-        }
+        return params
 
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
         if self._sql is None:
@@ -146,8 +143,7 @@ class ArrayStatement(Statement):
             assert state.positiontup is not None
             self._sql = state.statement, tuple(state.positiontup)
         sql, names = self._sql
-        values = self.sqlalchemy_params(params)
-        return sql, [values[name] for name in names]
+        return sql, [params[name] for name in names]
 
 
 def _clause(statement: Executable) -> ClauseElement:

@@ -83,7 +83,8 @@ def step_row(job_id: str, position: int, output: Any, error: str | None = None) 
 
 def step_docs(rows: list[dict[str, Any]], run_after: list[datetime]) -> dict[str, Any]:
     """``claims.EXTEND_STEPS``/``FINISH_STEPS``' ``steps``: the steps' rows, their claims' ``run_after``."""
-    return {"steps": [{**row, "run_after": at} for row, at in zip(rows, run_after, strict=True)]}
+    steps = [{**row, "run_after": at} for row, at in zip(rows, run_after, strict=True)]
+    return {"steps": steps, "ids": [row["job_id"] for row in rows]}
 
 
 def at(minutes_ago: int) -> datetime:
@@ -199,6 +200,7 @@ LIFECYCLE = [
         "claims.FINISH_STEPS",
         {
             "steps": [{**step_row(J1, 1, None, "bad ✗"), "run_after": at(10), "delivery_id": J7}],
+            "ids": [J1],
             "node": OTHER_NODE,
             "outcome": JobStatus.FAILED,
             "now": NOW,

@@ -186,7 +186,7 @@ class JobStore:
         if outcome is not None:
             for step in steps:
                 step["delivery_id"] = new_job_id()
-        params: dict[str, Any] = {"steps": steps, "node": self.node_id}
+        params: dict[str, Any] = {"steps": steps, "ids": [r.job.id for r in results], "node": self.node_id}
         if outcome is None:
             statement = claims.EXTEND_STEPS
             params["lease_until"] = now + self.lease

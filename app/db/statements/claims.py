@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     cast,
@@ -29,7 +30,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
 from app.db.direct import PerDialect, RowsInsert, RowsStatement, Statement
@@ -183,7 +184,11 @@ def _step_commit(ends: bool) -> RowsStatement:
         .render_derived(name="step_rows", with_types=True)
     )
     steps = select(*rows.c).cte("steps")
+    # ``ids`` (an array: the steps' job ids) leads the plan to ``uq_jobs_id``: the planner
+    # expects 100 rows of any ``json_to_recordset`` (10 of an ``unnest``) and would rather
+    # read every running job of this node through ``ix_jobs_lease`` and hash-join them.
     guarded = update(Job).where(
+        Job.id == any_(bindparam("ids", type_=ARRAY(JobIdType))),
         Job.id == steps.c.job_id,
         Job.attempts == steps.c.attempt,
         Job.run_after == steps.c.run_after,
@@ -252,7 +257,7 @@ def _step_commit(ends: bool) -> RowsStatement:
 
 #: A step commit in one statement on PostgreSQL (``_step_commit``): ``steps``, one dict per
 #: step of ``INSERT_STEPS``' columns but ``node``, with its claim's ``run_after`` (and a
-#: ``delivery_id`` when it ends its job), ``node``, and ``lease_until`` (jobs that go on) or
+#: ``delivery_id`` when it ends its job), ``ids`` (their job ids), ``node``, and ``lease_until`` (jobs that go on) or
 #: ``outcome``, ``now``, ``channel`` and ``sender`` (jobs it ends). Returns the claims still held (and webhooks).
 EXTEND_STEPS = _step_commit(ends=False)
 FINISH_STEPS = _step_commit(ends=True)

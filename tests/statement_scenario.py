@@ -82,10 +82,10 @@ def step_row(job_id: str, position: int, output: Any, error: str | None = None) 
     return row
 
 
-def step_arrays(rows: list[dict[str, Any]], run_after: list[datetime]) -> dict[str, Any]:
-    """``claims.EXTEND_STEPS``/``FINISH_STEPS``' arrays: the steps' columns, their claims' ``run_after``."""
-    names = [name for name in claims.INSERT_STEPS.columns if name != "node"]
-    return {**{f"step_{name}": [row[name] for row in rows] for name in names}, "step_run_after": run_after}
+def step_docs(rows: list[dict[str, Any]], run_after: list[datetime]) -> dict[str, Any]:
+    """``claims.EXTEND_STEPS``/``FINISH_STEPS``' ``steps``: the steps' rows, their claims' ``run_after``."""
+    steps = [{**row, "run_after": at} for row, at in zip(rows, run_after, strict=True)]
+    return {"steps": steps, "ids": [row["job_id"] for row in rows]}
 
 
 def at(minutes_ago: int) -> datetime:
@@ -193,18 +193,18 @@ LIFECYCLE = [
     # (``test_leases`` runs them on the claims held).
     Example(
         "claims.EXTEND_STEPS",
-        {**step_arrays([step_row(J1, 1, STEP_OUTPUT)], [at(10)]), "node": OTHER_NODE, "lease_until": LEASE},
+        {**step_docs([step_row(J1, 1, STEP_OUTPUT)], [at(10)]), "node": OTHER_NODE, "lease_until": LEASE},
         [],
         dialect="postgresql",
     ),
     Example(
         "claims.FINISH_STEPS",
         {
-            **step_arrays([step_row(J1, 1, None, "bad ✗")], [at(10)]),
+            "steps": [{**step_row(J1, 1, None, "bad ✗"), "run_after": at(10), "delivery_id": J7}],
+            "ids": [J1],
             "node": OTHER_NODE,
             "outcome": JobStatus.FAILED,
             "now": NOW,
-            "step_delivery_id": [J7],
             "channel": ENDED_CHANNEL,
             "sender": NODE,
         },

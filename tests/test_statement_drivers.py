@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,20 @@ from app.db.direct import DirectConnection, RowsInsert
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, ENDED_CHANNEL
-from tests.statement_scenario import ENDED, J5, LEASE, NODE, SCENARIO, A, Example, at, job_row, owned_params, registry
+from tests.statement_scenario import (
+    ENDED,
+    J5,
+    LEASE,
+    NODE,
+    SCENARIO,
+    A,
+    Example,
+    at,
+    job_row,
+    owned_params,
+    registry,
+    step_row,
+)
 from tests.support import create_pg_database, drop_pg_database, migrated, unavailable
 
 
@@ -150,6 +164,48 @@ async def test_expanding_lists_answer_each_item_once(driver: Driver, count: int)
         Example("claims.COMMITTED_STEPS", {"ids": ids}, []),
     ):
         assert await _run(driver, example) == example.rows, example.name
+
+
+#: Step outputs whose shape a JSON document could lose on its way to a JSONB column
+#: (asyncpg's pool sends a ``RowsInsert``'s rows as one document): strings that look like
+#: JSON or need escaping, bare scalars, nested nulls, and None (SQL NULL, not JSON null).
+AWKWARD_OUTPUTS: list[Any] = [
+    'say "hi"\\n\n\t✓ \u00e9',
+    "null",
+    "",
+    0,
+    -1.5,
+    2**53 + 1,
+    True,
+    [None, [], {}],
+    {"k": None, '"q"': ["\\", "✗"]},
+    None,
+]
+
+
+async def test_json_values_keep_their_shape_through_each_driver(driver: Driver):
+    """What a step stored is what is read back, exactly: outputs of every JSON shape, the
+    job's input, and timestamps to the microsecond."""
+    ids = [str(uuid.UUID(int=200 + n, version=4)) for n in range(len(AWKWARD_OUTPUTS))]
+    fine = datetime(2026, 12, 5, 8, 1, 2, 345678, tzinfo=UTC)
+    jobs = [
+        job_row(job_id, A, 1, input={"v": output}, created_at=fine)
+        for job_id, output in zip(ids, AWKWARD_OUTPUTS, strict=True)
+    ]
+    await _run(driver, Example("submits.INSERT_JOBS", jobs))
+    steps = [
+        {**step_row(job_id, 0, output), "started_at": fine, "finished_at": fine}
+        for job_id, output in zip(ids, AWKWARD_OUTPUTS, strict=True)
+    ]
+    await _run(driver, Example("claims.INSERT_STEPS", steps))
+    expected = sorted(((i, 0, o, None) for i, o in zip(ids, AWKWARD_OUTPUTS, strict=True)), key=repr)
+    assert await _run(driver, Example("claims.COMMITTED_STEPS", {"ids": ids}, expected)) == expected
+    async with driver.database.read() as conn:
+        read = select(Job.id, Job.input, Job.created_at, JobStep.started_at, JobStep.output.is_(None)).join(
+            JobStep, JobStep.job_id == Job.id
+        )
+        rows = {str(row[0]): tuple(row[1:]) for row in await conn.execute(read)}
+    assert rows == {i: ({"v": o}, fine, fine, o is None) for i, o in zip(ids, AWKWARD_OUTPUTS, strict=True)}
 
 
 _SYNCHRONOUS_COMMIT = direct.Statement(select(func.current_setting("synchronous_commit")))

@@ -196,9 +196,9 @@ def _explained() -> dict[str, str]:
         if example.dialect == "sqlite":
             continue
         if isinstance(statement, RowsInsert):
-            columns = {name: [row[name] for row in example.params] for name in statement.columns}
+            rows = {"rows": example.params}
             for notify in (False, True):
-                explained[f"{example.name}(notify={notify})"] = statement.unnest(notify).asyncpg_args(columns)[0]
+                explained[f"{example.name}(notify={notify})"] = statement.recordset(notify).asyncpg_args(rows)[0]
         else:
             explained.setdefault(example.name, statement.asyncpg_args(example.params)[0])
     return explained

@@ -182,16 +182,11 @@ class JobStore:
         trip, its own transaction (a node with no ``signal`` announces nothing: the general
         path). Each ended job has a delivery id ready, used only if the
         job has a webhook."""
-        rows = [self._step_row(r) for r in results]
-        params: dict[str, Any] = {
-            **{
-                f"step_{column}": [row[column] for row in rows]
-                for column in claims.INSERT_STEPS.columns
-                if column != "node"
-            },
-            "step_run_after": [r.job.queued_at for r in results],
-            "node": self.node_id,
-        }
+        steps = [{**self._step_row(r), "run_after": r.job.queued_at} for r in results]
+        if outcome is not None:
+            for step in steps:
+                step["delivery_id"] = new_job_id()
+        params: dict[str, Any] = {"steps": steps, "ids": [r.job.id for r in results], "node": self.node_id}
         if outcome is None:
             statement = claims.EXTEND_STEPS
             params["lease_until"] = now + self.lease
@@ -201,7 +196,6 @@ class JobStore:
             params.update(
                 outcome=outcome,
                 now=now,
-                step_delivery_id=[new_job_id() for _ in results],
                 channel=ENDED_CHANNEL,
                 sender=self.signal.sender,
             )

@@ -25,7 +25,7 @@ SQLAlchemy connection (``await STATEMENT.run(conn, params)``). Besides:
   forms side by side here, and the domain runs ``STATEMENT.pick(database)``, never asking
   which database it is;
 * rows inserted together (``conn.insert_many``): a ``RowsInsert`` of the table and its
-  columns (one ``INSERT … SELECT unnest(…)`` on PostgreSQL, a NOTIFY optionally in it).
+  columns (one ``INSERT … SELECT … FROM json_populate_recordset(…)`` on PostgreSQL, a NOTIFY optionally in it).
 
 ``tests/test_statements.py`` finds every one of these in this package and fails for one
 without an example in ``tests/statement_scenario.py`` (examples live in the tests, never in

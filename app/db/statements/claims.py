@@ -11,14 +11,17 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     DateTime,
     Integer,
     String,
     Text,
     and_,
+    any_,
     bindparam,
     case,
     cast,
+    column,
     false,
     func,
     insert,
@@ -28,9 +31,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.sql.elements import ColumnClause, ColumnElement
 
-from app.db.direct import ArrayStatement, PerDialect, RowsInsert, Statement
+from app.db.direct import PerDialect, RowsInsert, RowsStatement, Statement
 from app.db.models import DeliveryStatus, Job, JobIdType, JobStatus, JobStep, UtcDateTime, WebhookDelivery
 from app.db.statements.status import status_is
 
@@ -152,35 +155,40 @@ INSERT_STEPS = RowsInsert(
 )
 
 
-def _array(name: str, item: Any) -> ColumnElement[Any]:
-    """``unnest`` of the array ``step_<name>`` (not named as a column: SQLAlchemy would
-    take a parameter named as a column of the UPDATE for a value to set)."""
-    return func.unnest(bindparam(f"step_{name}", type_=ARRAY(item)))
-
-
-def _step_commit(ends: bool) -> ArrayStatement:
+def _step_commit(ends: bool) -> RowsStatement:
     """The whole step commit in one statement (PostgreSQL): the guarded UPDATE of the jobs
     whose claims are still held, the INSERT of the steps of those claims alone, and when it
     ends them, their webhook deliveries and the ``pg_notify`` that wakes reads waiting for
     them. Run alone, it is its own transaction: one round trip instead of a BEGIN, two or
     three statements and a COMMIT. The claims are the steps' own (``job_id``, ``attempt``,
-    ``run_after``: ``owned_claims`` as a join)."""
+    ``run_after``: ``owned_claims`` as a join). The steps travel as one JSON document
+    (``json_to_recordset``, each column typed as its table's), not an array per column:
+    asyncpg's array encoder costs the node more CPU than the document (``RowsInsert``)."""
     timestamp = DateTime(timezone=True)
-    columns = [
-        _array("job_id", JobIdType).label("job_id"),
-        _array("position", Integer).label("position"),
-        _array("container", String).label("container"),
-        cast(_array("output", Text), JSONB).label("output"),
-        _array("error", Text).label("error"),
-        _array("attempt", Integer).label("attempt"),
-        _array("started_at", timestamp).label("started_at"),
-        _array("finished_at", timestamp).label("finished_at"),
-        _array("run_after", timestamp).label("run_after"),
+    typed: list[ColumnClause[Any]] = [
+        column("job_id", JobIdType),
+        column("position", Integer),
+        column("container", String),
+        column("output", JSONB),
+        column("error", Text),
+        column("attempt", Integer),
+        column("started_at", timestamp),
+        column("finished_at", timestamp),
+        column("run_after", timestamp),
     ]
     if ends:
-        columns.append(_array("delivery_id", JobIdType).label("delivery_id"))
-    steps = select(*columns).cte("steps")
+        typed.append(column("delivery_id", JobIdType))
+    rows = (
+        func.json_to_recordset(bindparam("steps", type_=JSON))
+        .table_valued(*typed)
+        .render_derived(name="step_rows", with_types=True)
+    )
+    steps = select(*rows.c).cte("steps")
+    # ``ids`` (an array: the steps' job ids) leads the plan to ``uq_jobs_id``: the planner
+    # expects 100 rows of any ``json_to_recordset`` (10 of an ``unnest``) and would rather
+    # read every running job of this node through ``ix_jobs_lease`` and hash-join them.
     guarded = update(Job).where(
+        Job.id == any_(bindparam("ids", type_=ARRAY(JobIdType))),
         Job.id == steps.c.job_id,
         Job.attempts == steps.c.attempt,
         Job.run_after == steps.c.run_after,
@@ -244,14 +252,13 @@ def _step_commit(ends: bool) -> ArrayStatement:
             )
         ).scalar_subquery()
         answer += [held.c.webhook, ended.correlate(None).label("notified")]
-    return ArrayStatement(select(*answer).add_cte(*ctes), json=("step_output",))
+    return RowsStatement(select(*answer).add_cte(*ctes))
 
 
-#: A step commit in one statement on PostgreSQL (``_step_commit``): the steps' columns as
-#: arrays ``step_<column>`` (``INSERT_STEPS``' but ``node``, and each claim's ``run_after``),
-#: ``node``, and ``lease_until`` (jobs that go on) or ``outcome``, ``now``, a
-#: ``step_delivery_id`` per step,
-#: ``channel`` and ``sender`` (jobs it ends). Returns the claims still held (and webhooks).
+#: A step commit in one statement on PostgreSQL (``_step_commit``): ``steps``, one dict per
+#: step of ``INSERT_STEPS``' columns but ``node``, with its claim's ``run_after`` (and a
+#: ``delivery_id`` when it ends its job), ``ids`` (their job ids), ``node``, and ``lease_until`` (jobs that go on) or
+#: ``outcome``, ``now``, ``channel`` and ``sender`` (jobs it ends). Returns the claims still held (and webhooks).
 EXTEND_STEPS = _step_commit(ends=False)
 FINISH_STEPS = _step_commit(ends=True)
 

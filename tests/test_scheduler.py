@@ -224,7 +224,9 @@ async def test_new_jobs_queue_behind_waiting_ones(make_fresh_node, host_service,
     """A node at capacity stores new jobs pending, and a job submitted after them does not
     jump the queue even once a slot is free: jobs start in the order they were submitted."""
     slow = host_service("slow", DELAY=0.3)
-    config = _config(_container("slow", slow.url, concurrency=16), max_concurrent_jobs=2)
+    # No poll: a claim under way holds every free slot, and the batch would wait for it.
+    # Finishing jobs wake the claim loop of a full node.
+    config = _config(_container("slow", slow.url, concurrency=16), max_concurrent_jobs=2, poll_interval=60)
     async with make_fresh_node(config) as node, node.client(client_address) as http:
         batch = [
             a["id"]

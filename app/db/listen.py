@@ -52,9 +52,21 @@ class NodeConnection:
         #: One query at a time on the connection: the keep-alive and the leader check
         #: would otherwise meet ("another operation is in progress").
         self._querying = asyncio.Lock()
+        #: Set once LISTEN is in place; until ``start`` returns, a new connection wakes no
+        #: claim loop, since the scheduler's first claim comes after it.
+        self._listening = asyncio.Event()
+        self._started = False
 
     async def start(self) -> None:
+        """Waits for the first LISTEN, up to the connect deadline: a wake-up sent on
+        connecting would start a second claim just after the scheduler's first one, and
+        the first submits would find every free slot held by it (their jobs then wait
+        for that claim to end instead of being claimed by their INSERT)."""
         self._task = asyncio.create_task(self._keep_connected(), name="jobnode-listen")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.timeouts["timeout"]):
+                await self._listening.wait()
+        self._started = True
 
     async def stop(self) -> None:
         if self._task:
@@ -97,7 +109,9 @@ class NodeConnection:
                     await self._conn.add_listener(ENDED_CHANNEL, self._on_notify)
                 log.info("listening for new jobs on %s", CHANNEL)
                 lost = False
-                self.signal.notify()  # jobs may have arrived while we were not listening
+                self._listening.set()
+                if self._started:  # jobs may have arrived while we were not listening
+                    self.signal.notify()
                 self.signal.subscriptions_changed()  # and subscriptions
                 self.signal.webhooks_changed()  # and webhook deliveries
                 while not self._conn.is_closed():

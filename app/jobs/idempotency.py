@@ -47,7 +47,7 @@ from app.db.statements.idempotency import CLAIM_KEY, CLAIM_KEYS, READ_KEY, READ_
 from app.db.statements.submits import INSERT_JOBS
 from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
 from app.errors import IDEMPOTENCY_KEY_REUSED
-from app.jobs.requests import JobRejected, JobRequest
+from app.jobs.requests import JobRejected, JobRequest, with_subscriptions
 from app.jobs.rows import refused_answer
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ async def submit_keyed(
 
     Jobs alone go in the submits' group commit; subscriptions (their quota is counted in
     the transaction) and what the group commit hands back go in a transaction of their own."""
-    if not any(isinstance(request, JobRequest) and request.subscription is not None for request in requests):
+    if not with_subscriptions(requests):
         submitted = await _submit_grouped(service, client, requests, key, single)
         if submitted is not None:
             return submitted

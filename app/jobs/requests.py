@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -63,6 +64,12 @@ class JobRequest(msgspec.Struct, kw_only=True):
 class JobRejected(ClientError):
     """A request the node will not accept: a catalogue entry (``app.errors``) and its
     params, which go to the client as they are (a batch answers it in the item's place)."""
+
+
+def with_subscriptions(requests: Sequence[JobRequest | JobRejected]) -> bool:
+    """Whether any request asks for a subscription: such submits count the client's quota
+    in their transaction, so they do not join the group commit of plain jobs."""
+    return any(isinstance(request, JobRequest) and request.subscription is not None for request in requests)
 
 
 def _invalid_data(reason: str) -> JobRejected:

@@ -25,7 +25,7 @@ from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
 from app.jobs.handoff import NoClaims, SubmitClaims
 from app.jobs.idempotency import Held, IdempotencyKey, KeyClaim, Submitted, claim_keys, submit_keyed
 from app.jobs.live import EndedJob, LiveJobs
-from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest
+from app.jobs.requests import ContainerCatalog, JobRejected, JobRequest, with_subscriptions
 from app.jobs.results import job_result, step_result
 from app.jobs.rows import pending_row, refused_answer
 from app.jobs.subscriptions import Quota, SubscriptionService, checked_schedule, new_subscription_row
@@ -95,7 +95,7 @@ class JobService:
         Ids are returned only after the commit: an id a client holds is a stored job.
         """
         now = utcnow()
-        if any(isinstance(request, JobRequest) and request.subscription is not None for request in requests):
+        if with_subscriptions(requests):
             return await self._submit_with_subscriptions(client, requests, now)
         accepted = self.checked(client, requests, now)
         answers, rows = accepted.answers, accepted.jobs
@@ -137,8 +137,7 @@ class JobService:
         """Check each request in the transaction ``conn`` that will store them: the rows
         of the accepted ones and every answer, in order. With subscriptions, the client's
         quota is counted (and, on PostgreSQL, locked until the transaction ends)."""
-        with_subscriptions = any(isinstance(r, JobRequest) and r.subscription is not None for r in requests)
-        quota = await self.subscriptions.quota(conn, client) if with_subscriptions else None
+        quota = await self.subscriptions.quota(conn, client) if with_subscriptions(requests) else None
         return self.checked(client, requests, now, quota)
 
     def checked(

@@ -16,12 +16,14 @@ from typing import Any
 import asyncpg
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql
 
 from app.db import direct
 from app.db.direct import DirectConnection, RowsInsert
 from app.db.engine import Database
 from app.db.models import Job, JobStatus, JobStep
 from app.db.signal import CHANNEL, ENDED_CHANNEL
+from app.db.statements import claims
 from tests.statement_scenario import (
     ENDED,
     J5,
@@ -209,6 +211,9 @@ async def test_json_values_keep_their_shape_through_each_driver(driver: Driver):
 
 
 _SYNCHRONOUS_COMMIT = direct.Statement(select(func.current_setting("synchronous_commit")))
+_SETTING_IN_UNFLUSHED = direct.Statement(
+    select(func.current_setting("synchronous_commit")).where(claims.UNFLUSHED.c.setting == "off")
+)
 
 
 @pytest.mark.postgres
@@ -228,10 +233,17 @@ async def test_only_a_write_said_not_durable_commits_without_waiting_for_the_dis
                 ((value,),) = await conn.fetch(_SYNCHRONOUS_COMMIT, {})
             return str(value)
 
-        assert await setting(one_statement=True, durable=False) == "off"
         assert await setting(one_statement=True) == "on"
         assert await setting(durable=False) == "off"
         assert await setting() == "on"
+        # A single statement said not durable turns the wait off itself, for its own
+        # transaction (one round trip): the claim reads ``claims.UNFLUSHED`` for that.
+        async with database.direct_write(one_statement=True, durable=False) as conn:
+            ((value,),) = await conn.fetch(_SETTING_IN_UNFLUSHED, {})
+        assert value == "off"
+        assert await setting(one_statement=True) == "on"  # nothing left behind on the connection
+        claim = str(claims.CLAIM.postgresql.statement.compile(dialect=postgresql.dialect()))
+        assert "WITH claimable AS" in claim and "unflushed.setting = " in claim
     finally:
         await database.dispose()
         await drop_pg_database(url)

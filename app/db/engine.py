@@ -181,8 +181,9 @@ class Database:
         single statement, which PostgreSQL runs as a transaction of its own (no BEGIN and
         COMMIT round trips). ``durable=False``: a write whose loss in a crash of the server
         harms nothing, which PostgreSQL commits without waiting for the disk (SQLite as
-        any other: its ``synchronous`` is the connection's)."""
-        if self.direct_pool is not None and one_statement and durable:
+        any other: its ``synchronous`` is the connection's); a single such statement turns
+        the wait off itself (as the claim does: ``statements.claims.UNFLUSHED``)."""
+        if self.direct_pool is not None and one_statement:
             async with self.direct_pool.autocommit() as direct:
                 yield direct
         elif self.direct_pool is not None:

@@ -69,11 +69,12 @@ _CLAIMABLE = (
 )
 
 
-#: Read in a statement that PostgreSQL runs as a transaction of its own, this commits that
-#: transaction without waiting for its WAL to reach the disk (``set_config``'s local
-#: setting lasts until that transaction's commit): ``SET LOCAL synchronous_commit`` in one
-#: round trip instead of three (``BEGIN`` and the setting, the statement, ``COMMIT``).
-UNFLUSHED = select(func.set_config("synchronous_commit", "off", true()).label("setting")).cte("unflushed")
+#: A condition that, in a statement PostgreSQL runs as a transaction of its own, commits
+#: that transaction without waiting for its WAL to reach the disk (``set_config``'s local
+#: setting lasts until that transaction's commit; an uncorrelated subquery, evaluated
+#: once): ``SET LOCAL synchronous_commit`` in one round trip instead of three (``BEGIN``
+#: and the setting, the statement, ``COMMIT``).
+UNFLUSHED = select(func.set_config("synchronous_commit", "off", true())).scalar_subquery() == "off"
 
 
 def _claim(has_steps: ColumnElement[bool], *unflushed: ColumnElement[bool]) -> Statement:
@@ -116,7 +117,7 @@ CLAIM = PerDialect(
             (_CLAIMABLE.c.started_at.is_(None), false()),
             else_=select(JobStep.job_id).where(JobStep.job_id == Job.id).exists(),
         ),
-        UNFLUSHED.c.setting == "off",
+        UNFLUSHED,
     ),
     #: SQLite (3.40) plans ``job_steps.job_id = jobs.id`` in a RETURNING clause's
     #: subquery as a read of all of ``job_steps``' index per claimed job, so that every

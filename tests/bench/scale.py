@@ -17,7 +17,11 @@ no client for ``--seconds``, after a warm-up: jobs/s from the node's
 ``jobnode_jobs_finished_total``, CPU per job, and the claim loop's claims from its
 ``jobnode_claim_seconds`` histogram (a claim takes up to the free capacity): count, mean,
 the share within 5 ms, and the bucket that holds the p99. A backlog larger than
-``--seconds`` of work is measured while it is still nearly whole.
+``--seconds`` of work is measured while it is still nearly whole. Beside them, per job, the
+server's full-page images, WAL bytes and buffers its backends wrote out themselves, the
+checkpoints in the window, and, where the server loads ``pg_stat_statements``, the claim
+statement's own mean time in the server and jobs per claim (what the node's histogram adds
+to it is the node's: the round trip, the event loop, the rows' decoding).
 
 Each command prints JSON and, with ``--output``, appends it as one line to that file.
 """
@@ -221,6 +225,48 @@ async def set_backlog(conn: asyncpg.Connection, pending: int, ids: str) -> int:
     return int(await conn.fetchval("SELECT max(seq) FROM jobs"))
 
 
+#: The server's WAL and buffer counters (cluster-wide: nothing else should run): full-page
+#: images, WAL bytes, writes for want of WAL buffers, and dirty buffers a backend wrote out
+#: itself to make room.
+_SERVER_COUNTERS = (
+    "SELECT w.wal_fpi, w.wal_bytes::bigint AS wal_bytes, w.wal_buffers_full, b.buffers_backend, "
+    "b.checkpoints_timed + b.checkpoints_req AS checkpoints FROM pg_stat_wal AS w, pg_stat_bgwriter AS b"
+)
+#: The claim statement as the server ran it (``pg_stat_statements``, when the server loads
+#: it): its time without the node's share (the round trip, the event loop, the rows' decoding).
+_CLAIM_STATEMENTS = (
+    "SELECT coalesce(sum(calls), 0)::bigint AS calls, coalesce(sum(total_exec_time), 0)::float8 AS ms, "
+    "coalesce(sum(rows), 0)::bigint AS claimed FROM pg_stat_statements "
+    "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query LIKE 'WITH claimable%'"
+)
+
+
+async def server_counters(url: str) -> dict[str, float]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        counters = dict(await conn.fetchrow(_SERVER_COUNTERS))
+        try:
+            counters |= {
+                f"claim_statement_{name}": value for name, value in (await conn.fetchrow(_CLAIM_STATEMENTS)).items()
+            }
+        except asyncpg.UndefinedTableError:
+            pass  # pg_stat_statements not installed in this database
+        return counters
+    finally:
+        await conn.close()
+
+
+def _server_deltas(before: dict[str, float], after: dict[str, float], jobs: int) -> dict[str, float | None]:
+    delta = {name: after[name] - before[name] for name in before}
+    calls, ms, claimed = (delta.pop(f"claim_statement_{name}", 0) for name in ("calls", "ms", "claimed"))
+    return {
+        **{f"{name}_per_job": round(value / max(jobs, 1), 2) for name, value in delta.items() if name != "checkpoints"},
+        "checkpoints": delta["checkpoints"],
+        "claim_statement_mean_ms": round(ms / calls, 3) if calls else None,
+        "claim_statement_jobs": round(claimed / calls, 1) if calls else None,
+    }
+
+
 async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path | None) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -232,9 +278,10 @@ async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path |
     services = Services(url, containers=1, tree=tree)
     try:
         await asyncio.sleep(2.0)  # warm-up: the first claims, the connections
-        scrape, start = await metrics_of(services.node), await services.meter.read()
+        scrape, start, server = await metrics_of(services.node), await services.meter.read(), await server_counters(url)
         await asyncio.sleep(seconds)
         end, scrape_end = await services.meter.read(), await metrics_of(services.node)
+        server_end = await server_counters(url)
     finally:
         health = services.stop()
     cpu = Meter.delta(start, end)
@@ -260,6 +307,7 @@ async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path |
         "service_cpu_ms_per_job": _per_job(cpu, finished, "service"),
         "other_cores": round(cpu["other"] / cpu["wall"], 2),
         **_claims(scrape, scrape_end),
+        **_server_deltas(server, server_end, finished),
         **health,
     }
 

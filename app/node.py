@@ -19,7 +19,7 @@ from app.config.settings import Settings
 from app.containers.client import ContainerClient
 from app.containers.resources import ResourceService
 from app.containers.state import ContainerStates
-from app.db import migrate
+from app.db import migrate, upkeep
 from app.db.engine import Database
 from app.db.listen import NodeConnection
 from app.db.signal import JobSignal
@@ -135,6 +135,7 @@ class Node:
             stack.push_async_callback(self.database.dispose)
             stack.push_async_callback(self.events.stop)
             await migrate.upgrade(self.database)
+            await upkeep.warn_if_never_vacuumed(self.database)
             await self.dashboard.start()
             stack.push_async_callback(self.dashboard.stop)
             stack.push_async_callback(self.client.close)

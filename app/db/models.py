@@ -122,7 +122,9 @@ class Job(Base):
             postgresql_where=text(_UNFINISHED_SQL),
             sqlite_where=text(_UNFINISHED_SQL),
         ),
-        # The claim query: oldest runnable pending job first.
+        # The claim query: oldest runnable pending job first. A claimed job's entry stays
+        # until a VACUUM takes it out, and the claim walks past it: on PostgreSQL every
+        # VACUUM of jobs cleans the indexes (migration 0009, ``app.db.upkeep``).
         Index(
             "ix_jobs_claim",
             "run_after",

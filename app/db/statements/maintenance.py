@@ -1,7 +1,7 @@
 """The maintenance services' statements (``app.maintenance``) and the operator's job
 actions (``app.jobs.actions``): reaping expired leases, taking back a restarted node's
-orphans, pruning old finished jobs, cancelling and re-queueing, and the error step a job
-ends on when no container failed it.
+orphans, pruning old finished jobs, cancelling and re-queueing, the error step a job ends
+on when no container failed it, and whether PostgreSQL vacuums the jobs table by itself.
 
 None of them is on the hot path; they run through SQLAlchemy (``Statement.run``).
 Parameters are named after what they hold, never after a column: SQLAlchemy reserves
@@ -12,7 +12,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BindParameter, Integer, any_, bindparam, delete, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    BindParameter,
+    Integer,
+    any_,
+    bindparam,
+    column,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+    table,
+    update,
+)
 from sqlalchemy.orm import aliased
 
 from app.db.direct import PerDialect, Statement
@@ -116,3 +130,15 @@ REQUEUE = Statement(
 )
 #: A re-queued job's error step goes: it resumes at the step that failed. Parameter: ``job``.
 DROP_ERROR_STEPS = Statement(delete(JobStep).where(JobStep.job_id == _JOB, JobStep.error.is_not(None)))
+
+# -- the server's upkeep of the jobs table ---------------------------------------------------
+
+_PG_CLASS = table("pg_class", column("oid"), column("reloptions"))
+#: Whether PostgreSQL vacuums ``jobs`` by itself (``app.db.upkeep``): the server's
+#: ``autovacuum`` setting and the table's storage parameters (``autovacuum_enabled=…``
+#: among them when an operator set it). PostgreSQL only.
+AUTOVACUUM_OF_JOBS = Statement(
+    select(func.current_setting("autovacuum").label("server_setting"), _PG_CLASS.c.reloptions).where(
+        _PG_CLASS.c.oid == func.to_regclass(Job.__tablename__)
+    )
+)

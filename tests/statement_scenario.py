@@ -435,6 +435,8 @@ OPERATOR_AND_MAINTENANCE = [
     ),
     Example("maintenance.PRUNABLE_COUNT", {"older_than": NOW}, [(0,)]),
     Example("inspection.JOB", {"job": J7}, []),
+    # The server's setting is the machine's (``tests/test_upkeep.py`` checks the answer).
+    Example("maintenance.AUTOVACUUM_OF_JOBS", {}, dialect="postgresql"),
 ]
 
 # -- subscriptions: two stored, the ticker starts one's interval (once) ---------------------------

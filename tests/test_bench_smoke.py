@@ -84,3 +84,25 @@ def test_bench_runs_without_the_test_extras() -> None:
     )
     assert completed.returncode == 0, completed.stderr
     assert "--db [sqlite|postgresql|both]" in completed.stdout, completed.stdout
+
+
+@pytest.mark.slow
+def test_the_drain_benchmark_reports_each_windows_rate_and_node_cpu() -> None:
+    """``tests/bench/drain.py`` on a small SQLite backlog with clients polling: every job
+    drains, and each window tells its rate, the node's CPU per job finished in it and the
+    reads answered, so that a falling rate can be told from a growing cost."""
+    completed = subprocess.run(
+        [sys.executable, "-m", "tests.bench.drain", "--jobs", "3000", "--pollers", "4", "--window", "0.5"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    result = json.loads(completed.stdout)
+    windows = result["windows"]
+    assert windows[-1]["finished"] == result["jobs"] == 3000
+    assert 0 < sum(w["reads"] for w in windows) <= result["reads"]  # and the reads in flight at the end
+    draining = [w for w in windows if w["rate"] > 0]
+    assert draining and all(w["node_cpu_ms_per_job"] > 0 for w in draining), windows
+    assert result["burst_node_cpu_ms_per_job"] == windows[0]["node_cpu_ms_per_job"]

@@ -11,7 +11,8 @@ started on that database, and the jobs finished are counted every ``--window`` s
     python -m tests.bench.drain --jobs 40000 --pollers 32
 
 Prints one JSON document: the rate of each window, the first window's (the burst) and the
-last full window's, their ratio (the target: ≥ 0.9), and the whole drain's time. SQLite only
+last full window's, their ratio (the target: ≥ 0.9), the node's CPU per job in each window
+(and that ratio), and the whole drain's time. SQLite only
 by default (``--db-url`` takes a PostgreSQL URL too).
 """
 
@@ -84,34 +85,50 @@ async def poll(node: NodeProcess, ids: list[str], interval: float, stop: asyncio
         connection.close()
 
 
-async def drain(node: NodeProcess, url: str, total: int, window: float, limit: float) -> list[dict[str, Any]]:
-    """The jobs finished in each ``window`` until all ``total`` are (or ``limit`` s passed)."""
+async def drain(
+    node: NodeProcess, url: str, total: int, window: float, limit: float, reads: list[float]
+) -> list[dict[str, Any]]:
+    """The jobs finished in each ``window`` until all ``total`` are (or ``limit`` s passed),
+    with the node's CPU per job finished and the clients' reads answered in that window:
+    a rate that falls while the CPU per job holds is the machine's, one whose CPU per job
+    grows is the node's (the issue's "cost grows with the work done")."""
     windows: list[dict[str, Any]] = []
     started = last_time = time.perf_counter()
-    last_done = await finished_count(url)
+    last_done, last_cpu, last_reads = await finished_count(url), node.cpu(), len(reads)
     while last_done < total and last_time - started < limit:
         await asyncio.sleep(window - (time.perf_counter() - last_time) % window)
-        done, now = await finished_count(url), time.perf_counter()
+        done, now, cpu, answered = await finished_count(url), time.perf_counter(), node.cpu(), len(reads)
+        finished = done - last_done
         windows.append(
-            {"t": round(now - started, 1), "finished": done, "rate": round((done - last_done) / (now - last_time), 1)}
+            {
+                "t": round(now - started, 1),
+                "finished": done,
+                "rate": round(finished / (now - last_time), 1),
+                "node_cpu_ms_per_job": round((cpu - last_cpu) * 1000 / finished, 4) if finished else None,
+                "reads": answered - last_reads,
+            }
         )
-        last_done, last_time = done, now
+        last_done, last_time, last_cpu, last_reads = done, now, cpu, answered
     return windows
 
 
 def summary(windows: list[dict[str, Any]], total: int) -> dict[str, Any]:
     """Burst (first window), end (last full window: the one the drain ended in is partial),
-    their ratio, and the median window (a window holds a few claims of up to 256 jobs, so
-    one window's rate is coarse)."""
+    their ratio, the median window (a window holds a few claims of up to 256 jobs, so
+    one window's rate is coarse), and the same ratio of the node's CPU per job."""
     full = [w for w in windows if w["finished"] < total] or windows
-    burst, end = full[0]["rate"], full[-1]["rate"]
+    burst, end = full[0], full[-1]
+    first_cpu, end_cpu = burst["node_cpu_ms_per_job"], end["node_cpu_ms_per_job"]
     return {
-        "burst_rate": burst,
-        "end_rate": end,
-        "end_to_burst": round(end / burst, 2) if burst else None,
+        "burst_rate": burst["rate"],
+        "end_rate": end["rate"],
+        "end_to_burst": round(end["rate"] / burst["rate"], 2) if burst["rate"] else None,
         "median_rate": percentile([w["rate"] for w in full], 50),
         "drain_seconds": windows[-1]["t"] if windows and windows[-1]["finished"] >= total else None,
         "mean_rate": round(windows[-1]["finished"] / windows[-1]["t"], 1) if windows else None,
+        "burst_node_cpu_ms_per_job": first_cpu,
+        "end_node_cpu_ms_per_job": end_cpu,
+        "end_to_burst_node_cpu": round(end_cpu / first_cpu, 2) if first_cpu and end_cpu else None,
     }
 
 
@@ -135,7 +152,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             asyncio.create_task(poll(node, ids, args.poll_ms / 1000, stop, latencies)) for _ in range(args.pollers)
         ]
         try:
-            windows = await drain(node, url, len(ids), args.window, args.limit)
+            windows = await drain(node, url, len(ids), args.window, args.limit, latencies)
         finally:
             stop.set()
             await asyncio.gather(*pollers)

@@ -168,8 +168,8 @@ LIFECYCLE = [
         "claims.CLAIM",
         {"now": NOW, "limit": 2, "node": NODE, "lease_until": LEASE},
         [
-            (J1, ["first", "second"], J1_INPUT, False, 1, at(10), A, 0, False),
-            (J2, ["first", "second"], {"n": 9}, False, 1, at(9), A, 0, False),
+            (J1, ["first", "second"], J1_INPUT, False, 1, at(10), A, 1, 0, False),
+            (J2, ["first", "second"], {"n": 9}, False, 1, at(9), A, 2, 0, False),
         ],
     ),
     Example("claims.INSERT_STEPS", [step_row(J1, 0, STEP_OUTPUT), step_row(J2, 0, None, "bad ✗")], notify=ENDED),
@@ -230,6 +230,16 @@ LIFECYCLE = [
     ),
     Example("claims.RELEASE", {"ids": [J5, J4], "node": NODE}),
     Example("submits.INSERT_JOBS", [job_row(J6, A, 5), job_row(J7, A, 4, input={})]),
+    # A claim after a cursor at the newest job (J7's place in the claim index): of the five
+    # jobs pending before it, only J5 (claimed before, handed back) is taken; then handed
+    # back again.
+    Example(
+        "claims.CLAIM_AFTER",
+        {"now": NOW, "limit": 2, "node": NODE, "lease_until": LEASE, "after_run_after": at(4), "after_seq": 7},
+        [(J5, ["first", "second"], {"n": 6}, False, 1, at(6), A, 5, 0, True)],
+        dialect="postgresql",
+    ),
+    Example("claims.RELEASE", {"ids": [J5], "node": NODE}, dialect="postgresql"),
     Example(
         "reads.RESULTS",
         {"ids": [J1, J2, J3, J4, J5]},

@@ -69,6 +69,7 @@ class JobStatus:
 
 
 _UNFINISHED_SQL = "status IN ('pending', 'running')"
+_CLAIM_AGAIN_SQL = "status = 'pending' AND started_at IS NOT NULL"
 
 
 class Base(DeclarativeBase):
@@ -124,13 +125,23 @@ class Job(Base):
         ),
         # The claim query: oldest runnable pending job first. A claimed job's entry stays
         # until a VACUUM takes it out, and the claim walks past it: on PostgreSQL every
-        # VACUUM of jobs cleans the indexes (migration 0009, ``app.db.upkeep``).
+        # VACUUM of jobs cleans the indexes (migration 0009, ``app.db.upkeep``), and a
+        # draining node's claims start after the last job taken (``claims.CLAIM_AFTER``).
         Index(
             "ix_jobs_claim",
             "run_after",
             "seq",
             postgresql_where=text("status = 'pending'"),
             sqlite_where=text("status = 'pending'"),
+        ),
+        # Jobs claimed before and pending again (handed back, rescued, retried, re-queued):
+        # the only ones that can lie behind that cursor, read from here (migration 0010).
+        Index(
+            "ix_jobs_claim_again",
+            "run_after",
+            "seq",
+            postgresql_where=text(_CLAIM_AGAIN_SQL),
+            sqlite_where=text(_CLAIM_AGAIN_SQL),
         ),
         # Pending counts by source for /info.
         Index(

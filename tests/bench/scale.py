@@ -5,6 +5,7 @@ service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
     python -m tests.bench.scale steady --url URL           # jobs/s and CPU per job with URL's jobs stored
     python -m tests.bench.scale steady --payloads 1000,100000,1000000 --chains 1,3,10   # a fresh database
     python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``
+    python -m tests.bench.scale since-vacuum --url URL --pending 300000 --every 30000
     python -m tests.bench.scale drop --url URL
 
 ``steady``: 32 closed-loop clients, each submitting one job (``POST /api/jobs``, its ``data``
@@ -23,6 +24,14 @@ checkpoints in the window, and, where the server loads ``pg_stat_statements``, t
 statement's own mean time in the server and jobs per claim (what the node's histogram adds
 to it is the node's: the round trip, the event loop, the rows' decoding).
 
+``since-vacuum``: what a claim costs as the jobs claimed since the table's last VACUUM add
+up, as between two autovacuums of a large table (by default a table of 10 M rows is
+vacuumed after ~2 M changed rows): ``--pending`` new jobs (``VACUUM ANALYZE`` after, as
+``backlog``), then one ``JobStore`` of the code imported (``PYTHONPATH=CHECKOUT python
+CHECKOUT_OF_THIS_FILE/tests/bench/scale.py …`` from that checkout for another one's) claims
+29 jobs at a time (a draining node's claim) and ends each with its step, with nothing else
+running and no VACUUM; the claims' mean, p50 and p99 per ``--every`` jobs claimed.
+
 Each command prints JSON and, with ``--output``, appends it as one line to that file.
 """
 
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +48,10 @@ from typing import Any
 import asyncpg
 import click
 
+from app.clock import utcnow
+from app.db.engine import Database
+from app.jobs.transitions import JobStore
+from app.jobs.values import StepResult
 from tests.bench.http import Connection
 from tests.bench.load import Meter, OpFailed, closed_loop, end_to_end_op
 from tests.bench.procs import (
@@ -49,6 +63,7 @@ from tests.bench.procs import (
     drop_pg_database,
     node_config,
 )
+from tests.bench.stats import ms, percentile
 from tests.bench.stored import ID_LAYOUTS, Layout, build_postgresql, pg_job_id
 from tests.operator_support import metric, parse_metrics
 from tests.support import migrated
@@ -249,8 +264,8 @@ async def server_counters(url: str) -> dict[str, float]:
             counters |= {
                 f"claim_statement_{name}": value for name, value in (await conn.fetchrow(_CLAIM_STATEMENTS)).items()
             }
-        except asyncpg.UndefinedTableError:
-            pass  # pg_stat_statements not installed in this database
+        except (asyncpg.UndefinedTableError, asyncpg.ObjectNotInPrerequisiteStateError):
+            pass  # pg_stat_statements not installed in this database, or not loaded by the server
         return counters
     finally:
         await conn.close()
@@ -310,6 +325,45 @@ async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path |
         **_server_deltas(server, server_end, finished),
         **health,
     }
+
+
+#: Jobs a draining node's claim takes (its free capacity since the last claim).
+DRAIN_CLAIM = 29
+
+
+async def since_vacuum(url: str, pending: int, every: int) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        stored = await set_backlog(conn, pending, "v4")
+    finally:
+        await conn.close()
+    database = Database(url)
+    store, rows, claimed, seconds = JobStore(database, "since-vacuum", 600), [], 0, []
+    try:
+        while claimed < pending:
+            began = time.perf_counter()
+            jobs = await store.claim(DRAIN_CLAIM)
+            seconds.append(time.perf_counter() - began)
+            if not jobs:
+                break
+            await store.record_steps([StepResult(job, 0, utcnow(), output={"n": 1}) for job in jobs])
+            claimed += len(jobs)
+            if claimed // every != (claimed - len(jobs)) // every or claimed >= pending:
+                rows.append(
+                    {
+                        "stored": stored,
+                        "claimed_since_vacuum": claimed,
+                        "claims": len(seconds),
+                        "mean_ms": round(statistics.mean(seconds) * 1000, 3),
+                        "p50_ms": ms(percentile(seconds, 50)),
+                        "p99_ms": ms(percentile(seconds, 99)),
+                    }
+                )
+                click.echo(json.dumps(rows[-1]), err=True)
+                seconds = []
+    finally:
+        await database.dispose()
+    return rows
 
 
 async def _fresh_or(url: str | None, compression: str | None) -> tuple[str, bool]:
@@ -403,6 +457,16 @@ def steady_command(
 def backlog_command(url: str, pending: str, seconds: float, ids: str, tree: Path | None, output: Path | None) -> None:
     for count in _ints(pending):
         _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds, ids, tree))}, output)
+
+
+@main.command("since-vacuum")
+@click.option("--url", required=True, help="A database built by ``build``.")
+@click.option("--pending", default=300_000, show_default=True)
+@click.option("--every", default=30_000, show_default=True, help="Jobs claimed per row.")
+@click.option("--output", type=click.Path(path_type=Path), default=None)
+def since_vacuum_command(url: str, pending: int, every: int, output: Path | None) -> None:
+    rows = asyncio.run(since_vacuum(url, pending, every))
+    _emit({"phase": "since-vacuum", "tree": str(Path.cwd()), "rows": rows}, output)
 
 
 @main.command("drop")

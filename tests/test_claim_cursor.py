@@ -1,0 +1,64 @@
+"""The claim after a cursor (PostgreSQL): while a backlog drains, each claim starts after
+the last job taken, so that it does not walk past the claim index's entries of every job
+claimed since the last VACUUM; a job left behind the cursor is still taken, oldest first,
+by the next claim from the index's start."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from app.clock import utcnow
+from app.db.engine import Database
+from app.db.statements.submits import INSERT_JOBS
+from app.jobs.requests import JobRequest
+from app.jobs.rows import pending_row
+from app.jobs.transitions import JobStore
+from tests.support import migrated
+
+pytestmark = pytest.mark.postgres
+
+
+async def _store_pending(database: Database, queued: list[timedelta]) -> list[str]:
+    """A pending job queued at each of ``queued`` (before now); their ids."""
+    now = utcnow()
+    rows = [
+        pending_row(JobRequest(containers=["c"], data={"n": n}), "10.9.9.9", now - ago) for n, ago in enumerate(queued)
+    ]
+    await database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, rows), one_statement=True)
+    return [row["id"] for row in rows]
+
+
+async def test_a_draining_claim_goes_on_after_the_last_job_taken_and_comes_back_for_one_left_behind(pg_fresh_url):
+    await migrated(pg_fresh_url)
+    database = Database(pg_fresh_url)
+    try:
+        jobs = await _store_pending(database, [timedelta(seconds=60 - n) for n in range(7)])
+        store, other = (JobStore(database, node, lease_seconds=60) for node in ("cursor-node", "other-node"))
+        store.full_claim_seconds = 3600.0
+
+        async def claim(limit: int, by: JobStore = store) -> list[str]:
+            return [job.id for job in await by.claim(limit)]
+
+        assert await claim(2) == jobs[0:2]  # all it asked for: the next claim starts after jobs[1]
+        assert await store.release([jobs[0]]) == 1  # pending again, in its old place: behind the cursor
+        # Another node claims it and the next one, and hands both back: one behind the
+        # cursor, one after it.
+        assert await claim(1, other) == [jobs[0]] and await claim(1, other) == [jobs[2]]
+        assert await other.release([jobs[0], jobs[2]]) == 2
+        assert await claim(3) == [jobs[0], jobs[2], jobs[3]]  # oldest first, each once
+        assert await store.release([jobs[3]]) == 1  # the cursor's own job
+        assert await claim(2) == [jobs[3], jobs[4]]
+        # A job never claimed, queued before the cursor (stored by a node whose clock is
+        # behind): only a claim from the index's start finds it.
+        (late,) = await _store_pending(database, [timedelta(minutes=5)])
+        assert await claim(2) == jobs[5:7]
+        store.full_claim_seconds = 0.0  # the periodic claim from the index's start is due
+        assert await claim(1) == [late]
+        store.full_claim_seconds = 3600.0
+        assert await claim(2) == []  # fewer than asked: the cursor is dropped
+        (later,) = await _store_pending(database, [timedelta(minutes=10)])
+        assert await claim(2) == [later]  # and the next claim reads from the start again
+    finally:
+        await database.dispose()

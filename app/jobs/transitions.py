@@ -30,8 +30,9 @@ from app.jobs.rows import new_job_id, pending_row
 from app.jobs.values import ClaimedJob, CommittedStep, LeaseLost, StepResult, StepRetry
 
 #: How often a claim on PostgreSQL reads the claim index from its start while a backlog
-#: is drained after a cursor (``JobStore.claim``): a job placed behind the cursor (one
-#: handed back, or re-queued with its old ``run_after``) waits at most this much longer.
+#: is drained after a cursor (``JobStore.claim``): a job never claimed that lies behind the
+#: cursor (stored by a node whose clock is behind, or skipped while another node's failed
+#: claim held it locked) waits at most this much longer.
 FULL_CLAIM_SECONDS = 1.0
 
 
@@ -91,9 +92,10 @@ class JobStore:
         claim starts after the last job taken (``claims.CLAIM_AFTER``): the claim index
         keeps the entry of every job claimed since the last VACUUM, which a claim from the
         index's start walks past, so that without the cursor each claim cost more than the
-        last until the next VACUUM. A claim that took less than it asked for, and one every
-        ``full_claim_seconds``, reads from the start again: a job behind the cursor is
-        never left behind.
+        last until the next VACUUM. The jobs pending again behind the cursor (handed back,
+        rescued, retried, re-queued) are read from an index of their own, so that the
+        oldest are still taken first; a claim that took less than it asked for, and one
+        every ``full_claim_seconds``, read from the start again, for any other job behind it.
         """
         rows = await self.database.write_transaction(self._claim_rows(limit), one_statement=True, durable=False)
         self._claim_cursor = max((row[5], row[7]) for row in rows) if rows and len(rows) == limit else None

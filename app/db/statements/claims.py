@@ -151,9 +151,9 @@ CLAIM = PerDialect(
     #: (SQLite's RETURNING cannot read the CTE's ``started_at``: the lookup stays.)
     sqlite=_claim(_claimable(after=False), select(JobStep.job_id).where(JobStep.job_id.in_([Job.id])).exists()),
 )
-#: ``CLAIM`` after a cursor: only jobs after ``(after_run_after, after_seq)`` in the claim
-#: index's order (PostgreSQL, whose index keeps a claimed job's entry until a VACUUM;
-#: SQLite's drops it at once).
+#: ``CLAIM`` after a cursor ``(after_run_after, after_seq)`` in the claim index's order,
+#: with the jobs pending again behind it (``_claimable``). PostgreSQL only, whose index
+#: keeps a claimed job's entry until a VACUUM; SQLite's drops it at once.
 CLAIM_AFTER = _postgresql_claim(after=True)
 #: The steps resumed jobs committed before. Parameter: ``ids``.
 COMMITTED_STEPS = Statement(

@@ -5,8 +5,10 @@ by the next claim from the index's start."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
+import asyncpg
 import pytest
 
 from app.clock import utcnow
@@ -61,4 +63,30 @@ async def test_a_draining_claim_goes_on_after_the_last_job_taken_and_comes_back_
         (later,) = await _store_pending(database, [timedelta(minutes=10)])
         assert await claim(2) == [later]  # and the next claim reads from the start again
     finally:
+        await database.dispose()
+
+
+async def test_a_claim_after_the_cursor_takes_the_next_free_jobs_when_another_node_holds_those_after_it(
+    pg_fresh_url,
+):
+    """The claim after the cursor chooses its jobs before it locks them: when another node's
+    claim under way holds the jobs right after the cursor, it takes the next free ones
+    (from the index's start, at once) instead of nothing, which would leave the node idle
+    until its next poll while a backlog waits."""
+    await migrated(pg_fresh_url)
+    database = Database(pg_fresh_url)
+    locker = await asyncpg.connect(pg_fresh_url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        jobs = await _store_pending(database, [timedelta(seconds=60 - n) for n in range(6)])
+        store = JobStore(database, "cursor-node", lease_seconds=60)
+        store.full_claim_seconds = 3600.0
+        assert [job.id for job in await store.claim(2)] == jobs[0:2]
+        async with locker.transaction():  # another node's claim of the next two, under way
+            locked = await locker.fetch(
+                "SELECT id FROM jobs WHERE id = ANY($1::uuid[]) FOR UPDATE", [uuid.UUID(j) for j in jobs[2:4]]
+            )
+            assert len(locked) == 2
+            assert [job.id for job in await store.claim(2)] == jobs[4:6]
+    finally:
+        await locker.close()
         await database.dispose()

@@ -12,7 +12,6 @@ that lost its lease can no longer write anything for that job. The statements ar
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -94,10 +93,18 @@ class JobStore:
         index's start walks past, so that without the cursor each claim cost more than the
         last until the next VACUUM. The jobs pending again behind the cursor (handed back,
         rescued, retried, re-queued) are read from an index of their own, so that the
-        oldest are still taken first; a claim that took less than it asked for, and one
-        every ``full_claim_seconds``, read from the start again, for any other job behind it.
+        oldest are still taken first; a claim that took less than it asked for (the rest is
+        claimed from the start at once), and one every ``full_claim_seconds``, read from the
+        start again, for any other job behind it.
         """
-        rows = await self.database.write_transaction(self._claim_rows(limit), one_statement=True, durable=False)
+        after = self._cursor_due()
+        rows = await self._claim_rows(limit, after)
+        if after is not None and len(rows) < limit:
+            # Short: the jobs after the cursor may be locked by another node's claim under
+            # way (this statement's LIMIT applies before its lock), or the backlog ended.
+            # The rest from the index's start, whose LIMIT applies after the lock.
+            self._last_full_claim = time.monotonic()
+            rows += await self._claim_rows(limit - len(rows), None)
         self._claim_cursor = max((row[5], row[7]) for row in rows) if rows and len(rows) == limit else None
         resumed = [row[0] for row in rows if row[-1]]
         retried = [row[0] for row in rows if row[-2]]
@@ -126,20 +133,24 @@ class JobStore:
             for job_id, containers, data, requires_proof, attempts, run_after, client, *_ in rows
         ]
 
-    def _claim_rows(self, limit: int) -> Callable[[DirectConnection], Awaitable[list[Row]]]:
-        """The claim's transaction: from the claim index's start, or after the cursor."""
-        statement, cursor = claims.CLAIM.pick(self.database), {}
-        if self.database.is_postgresql:
-            if self._claim_cursor is not None and time.monotonic() - self._last_full_claim < self.full_claim_seconds:
-                statement = claims.CLAIM_AFTER
-                cursor = dict(zip(("after_run_after", "after_seq"), self._claim_cursor, strict=True))
-            else:
-                self._last_full_claim = time.monotonic()
+    def _cursor_due(self) -> dict[str, Any] | None:
+        """The cursor's parameters when the next claim starts after it (PostgreSQL); None
+        for a claim from the index's start, whose time is noted."""
+        if not self.database.is_postgresql:
+            return None
+        if self._claim_cursor is not None and time.monotonic() - self._last_full_claim < self.full_claim_seconds:
+            return dict(zip(("after_run_after", "after_seq"), self._claim_cursor, strict=True))
+        self._last_full_claim = time.monotonic()
+        return None
+
+    async def _claim_rows(self, limit: int, after: dict[str, Any] | None) -> list[Row]:
+        """One claim statement: from the claim index's start, or ``after`` the cursor."""
+        statement = claims.CLAIM.pick(self.database) if after is None else claims.CLAIM_AFTER
 
         async def claim(conn: DirectConnection) -> list[Row]:
-            return await conn.fetch(statement, {**self.claim_params(limit, utcnow()), **cursor})
+            return await conn.fetch(statement, {**self.claim_params(limit, utcnow()), **(after or {})})
 
-        return claim
+        return await self.database.write_transaction(claim, one_statement=True, durable=False)
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
         """Commit the steps of several jobs in one transaction (group commit).

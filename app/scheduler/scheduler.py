@@ -164,12 +164,19 @@ class Scheduler:
 
     async def _read_next_due(self) -> None:
         """After a wake-up by time (the poll or a due time), not by a signal: a busy loop
-        is woken by signals and reads nothing more than its claims."""
+        is woken by signals and reads nothing more than its claims. A due time learned
+        from a step retry of this node while the read was under way (``_retry_scheduled``)
+        is kept when it comes first: the read may have been answered before that retry
+        was committed, and the retry would then wait for the poll."""
+        self._next_due = None
         try:
-            self._next_due = await self.store.next_due()
+            read = await self.store.next_due()
         except Exception as exc:
             if not is_database_unavailable(exc):
                 log.exception("reading the next due time failed")
+            return
+        if read is not None and (self._next_due is None or read < self._next_due):
+            self._next_due = read
 
     def _retry_scheduled(self, due: datetime) -> None:
         """A job of this node waits for a step retry: wake up for it, without a read."""

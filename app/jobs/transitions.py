@@ -44,8 +44,8 @@ class JobStore:
         self.lease = timedelta(seconds=lease_seconds)
         #: Announces ended jobs to reads waiting in other processes (PostgreSQL).
         self.signal = signal
-        #: Where the last full claim stopped in the claim index (``run_after``, ``seq``):
-        #: the next claim starts after it (``claim``).
+        #: Where the last claim that took all it asked for stopped in the claim index
+        #: (``run_after``, ``seq``; PostgreSQL): the next claim starts after it (``claim``).
         self._claim_cursor: tuple[datetime, int] | None = None
         self._last_full_claim = 0.0
         self.full_claim_seconds = FULL_CLAIM_SECONDS
@@ -105,7 +105,8 @@ class JobStore:
             # The rest from the index's start, whose LIMIT applies after the lock.
             self._last_full_claim = time.monotonic()
             rows += await self._claim_rows(limit - len(rows), None)
-        self._claim_cursor = max((row[5], row[7]) for row in rows) if rows and len(rows) == limit else None
+        full = bool(rows) and len(rows) == limit and self.database.is_postgresql
+        self._claim_cursor = max((row[5], row[7]) for row in rows) if full else None
         resumed = [row[0] for row in rows if row[-1]]
         retried = [row[0] for row in rows if row[-2]]
         steps: dict[str, list[CommittedStep]] = {}

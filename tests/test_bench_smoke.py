@@ -5,12 +5,18 @@ figures of a quick run on a shared CI machine mean little); the full benchmark i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
+
+from tests.bench import scale
+from tests.bench.procs import asyncpg_dsn
+from tests.support import migrated
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -106,3 +112,23 @@ def test_the_drain_benchmark_reports_each_windows_rate_and_node_cpu() -> None:
     draining = [w for w in windows if w["rate"] > 0]
     assert draining and all(w["node_cpu_ms_per_job"] > 0 for w in draining), windows
     assert result["burst_node_cpu_ms_per_job"] == windows[0]["node_cpu_ms_per_job"]
+
+
+@pytest.mark.slow
+def test_the_backlog_benchmark_drains_with_two_nodes(pg_fresh_url: str) -> None:
+    """``scale.py backlog --nodes 2``: two node processes drain one backlog on one
+    PostgreSQL database, each taking part of it, and no job is claimed by both."""
+    asyncio.run(migrated(pg_fresh_url))
+    result = asyncio.run(scale.backlog(pg_fresh_url, 100_000, 1.0, "v4", None, nodes=2))
+    assert result["nodes"] == 2 and result["jobs"] > 0 and result["claims"] > 0, result
+    assert result["failed"] == result["claimed_again"] == result["tracebacks"] == result["abandoned"] == 0, result
+    assert result["node_cpu_ms_per_job"] > 0, result
+
+    async def runners() -> set[str]:
+        conn = await asyncpg.connect(asyncpg_dsn(pg_fresh_url))
+        try:
+            return {row["node"] for row in await conn.fetch("SELECT DISTINCT node FROM job_steps")}
+        finally:
+            await conn.close()
+
+    assert asyncio.run(runners()) == {"bench-0", "bench-1"}

@@ -4,7 +4,7 @@ service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
     python -m tests.bench.scale build --total 10000000     # a kept database of 10 M finished jobs; prints its URL
     python -m tests.bench.scale steady --url URL           # jobs/s and CPU per job with URL's jobs stored
     python -m tests.bench.scale steady --payloads 1000,100000,1000000 --chains 1,3,10   # a fresh database
-    python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``
+    python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``; [--nodes 2]
     python -m tests.bench.scale since-vacuum --url URL --pending 300000 --every 30000
     python -m tests.bench.scale drop --url URL
 
@@ -13,11 +13,13 @@ padded to the payload's size, which the echo returns) and waiting for it
 (``GET /api/jobs?id=…&wait=``), every output checked; after a warm-up, jobs/s and the CPU
 per job of the node and of the PostgreSQL backends of its database (``/proc``), per chain
 length and payload. ``backlog``: N new jobs stored pending in the database (the jobs an
-earlier run left pending cancelled; ``VACUUM ANALYZE`` after), then a node drains them with
-no client for ``--seconds``, after a warm-up: jobs/s from the node's
-``jobnode_jobs_finished_total``, CPU per job, and the claim loop's claims from its
-``jobnode_claim_seconds`` histogram (a claim takes up to the free capacity): count, mean,
-the share within 5 ms, and the bucket that holds the p99. A backlog larger than
+earlier run left pending cancelled; ``VACUUM ANALYZE`` after), then a node (``--nodes N``: N
+node processes on the one database, their figures summed) drains them with no client for
+``--seconds``, after a warm-up: jobs/s from the node's ``jobnode_jobs_finished_total``, CPU
+per job, and the claim loop's claims from its ``jobnode_claim_seconds`` histogram (a claim
+takes up to the free capacity): count, mean, the share within 5 ms, and the bucket that
+holds the p99; and the backlog's jobs claimed more than once (none, unless a claim took a
+job another held). A backlog larger than
 ``--seconds`` of work is measured while it is still nearly whole. Beside them, per job, the
 server's full-page images, WAL bytes and buffers its backends wrote out themselves, the
 checkpoints in the window, and, where the server loads ``pg_stat_statements``, the claim
@@ -106,28 +108,47 @@ async def build(total: int, ids: str) -> str:
 
 
 class Services:
-    """The echo service and one node on ``url`` (scheduler on), in a scratch directory; the
-    node runs the code of ``tree`` (a checkout) when given, else of this one."""
+    """The echo service and ``nodes`` nodes on ``url`` (scheduler on), in a scratch
+    directory; the nodes run the code of ``tree`` (a checkout) when given, else of this one."""
 
-    def __init__(self, url: str, containers: int = 10, tree: Path | None = None) -> None:
+    def __init__(self, url: str, containers: int = 10, tree: Path | None = None, nodes: int = 1) -> None:
         self.url = url
         self.workdir = Path(tempfile.mkdtemp(prefix="jobnode-scale-"))
         self.service = EchoService(self.workdir).start()
-        config = node_config(url, self.service.url, containers=containers, max_concurrent_jobs=MAX_CONCURRENT_JOBS)
+        self.nodes: list[NodeProcess] = []
         try:
-            node = NodeProcess(self.workdir, config)
-            if tree is not None:
-                node.tree = tree
-            self.node = node.start()
+            for index in range(nodes):
+                config = node_config(
+                    url, self.service.url, containers=containers, max_concurrent_jobs=MAX_CONCURRENT_JOBS
+                )
+                config["scheduler"]["node_id"] = f"bench-{index}"
+                node = NodeProcess(self.workdir, config, name=f"node-{index}")
+                if tree is not None:
+                    node.tree = tree
+                self.nodes.append(node.start())
         except BaseException:
-            self.service.stop()
+            self.stop()
             raise
-        self.meter = Meter(self.node, self.service, PgBackends(url))
+        self.node = self.nodes[0]
+        self.meter = Meter(self, self.service, PgBackends(url))  # type: ignore[arg-type]
+
+    def cpu(self) -> float:
+        """The nodes' CPU, summed (what ``Meter`` reads of a node)."""
+        return sum(node.cpu() for node in self.nodes)
+
+    async def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """The nodes' metrics, each series summed over them."""
+        summed: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for node in self.nodes:
+            for key, value in (await metrics_of(node)).items():
+                summed[key] = summed.get(key, 0.0) + value
+        return summed
 
     def stop(self) -> dict[str, int]:
-        self.node.stop()
+        for node in self.nodes:
+            node.stop()
         self.service.stop()
-        log = self.node.log()
+        log = "".join(node.log() for node in self.nodes)
         return {"tracebacks": log.count("Traceback"), "abandoned": log.count("abandon")}
 
 
@@ -282,7 +303,9 @@ def _server_deltas(before: dict[str, float], after: dict[str, float], jobs: int)
     }
 
 
-async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path | None) -> dict[str, Any]:
+async def backlog(
+    url: str, pending: int, seconds: float, ids: str, tree: Path | None, nodes: int = 1
+) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         started = time.monotonic()
@@ -290,15 +313,16 @@ async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path |
         click.echo(f"{pending:,} of {total:,} pending in {time.monotonic() - started:.1f} s", err=True)
     finally:
         await conn.close()
-    services = Services(url, containers=1, tree=tree)
+    services = Services(url, containers=1, tree=tree, nodes=nodes)
     try:
         await asyncio.sleep(2.0)  # warm-up: the first claims, the connections
-        scrape, start, server = await metrics_of(services.node), await services.meter.read(), await server_counters(url)
+        scrape, start, server = await services.metrics(), await services.meter.read(), await server_counters(url)
         await asyncio.sleep(seconds)
-        end, scrape_end = await services.meter.read(), await metrics_of(services.node)
+        end, scrape_end = await services.meter.read(), await services.metrics()
         server_end = await server_counters(url)
     finally:
         health = services.stop()
+    claimed_again = await _claimed_again(url, total - pending)
     cpu = Meter.delta(start, end)
     finished = int(
         sum(
@@ -311,6 +335,7 @@ async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path |
     return {
         "pending": pending,
         "stored": total,
+        "nodes": nodes,
         "ids": ids,
         "tree": str(tree or ""),
         "window_s": round(cpu["wall"], 2),
@@ -323,8 +348,19 @@ async def backlog(url: str, pending: int, seconds: float, ids: str, tree: Path |
         "other_cores": round(cpu["other"] / cpu["wall"], 2),
         **_claims(scrape, scrape_end),
         **_server_deltas(server, server_end, finished),
+        "claimed_again": claimed_again,
         **health,
     }
+
+
+async def _claimed_again(url: str, since_seq: int) -> int:
+    """The backlog's jobs claimed more than once (a graceful stop gives its claim back):
+    none, unless a claim took a job another one held."""
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM jobs WHERE seq > $1 AND attempts > 1", since_seq))
+    finally:
+        await conn.close()
 
 
 #: Jobs a draining node's claim takes (its free capacity since the last claim).
@@ -453,10 +489,13 @@ def steady_command(
 @click.option("--seconds", default=15.0, show_default=True)
 @_IDS
 @click.option("--tree", type=click.Path(path_type=Path), default=None, help="Run the node of this checkout.")
+@click.option("--nodes", default=1, show_default=True, help="Node processes draining the backlog together.")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
-def backlog_command(url: str, pending: str, seconds: float, ids: str, tree: Path | None, output: Path | None) -> None:
+def backlog_command(
+    url: str, pending: str, seconds: float, ids: str, tree: Path | None, nodes: int, output: Path | None
+) -> None:
     for count in _ints(pending):
-        _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds, ids, tree))}, output)
+        _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds, ids, tree, nodes))}, output)
 
 
 @main.command("since-vacuum")

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 import yaml
@@ -235,6 +236,9 @@ def test_compose_file_is_valid() -> None:
     assert "/var/run/docker.sock:/var/run/docker.sock:rw" in node_1["volumes"]
     assert node_1["group_add"] == ["998"]
     assert node_1["environment"]["JOBNODE_DATABASE_URL"].startswith("postgresql+asyncpg://jobnode:secret@")
+    # Sized for a large jobs table (README "PostgreSQL sizing"), each size overridable.
+    sizing = {"shared_buffers=1GB", "max_wal_size=8GB", "checkpoint_timeout=15min"}
+    assert sizing <= set(services["postgres"]["command"]), services["postgres"]["command"]
     config_1 = json.loads((ROOT / "deploy" / "compose-node-1.json").read_text())
     config_2 = json.loads((ROOT / "deploy" / "compose-node-2.json").read_text())
     assert config_1["containers"][0]["build"] == "examples/echo"
@@ -248,6 +252,15 @@ def test_compose_file_is_valid() -> None:
         timeout=60,
     )
     assert missing.returncode != 0 and "POSTGRES_PASSWORD" in missing.stderr
+    sized = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "compose.yaml"), "config"],
+        capture_output=True,
+        text=True,
+        env={**env, "POSTGRES_SHARED_BUFFERS": "256MB", "POSTGRES_MAX_WAL_SIZE": "2GB"},
+        timeout=60,
+    )
+    command = yaml.safe_load(sized.stdout)["services"]["postgres"]["command"]
+    assert {"shared_buffers=256MB", "max_wal_size=2GB"} <= set(command), command
 
 
 COMPOSE_PROJECT = "jobnodedeploytest"
@@ -345,6 +358,11 @@ def test_compose_deployment_runs(image: str, postgres_image: str, tmp_path: Path
                 f"echo ready on {name}",
                 logs,
             )
+        assert asyncio.run(_settings(ports["pg"], "compose-secret")) == {
+            "shared_buffers": "1GB",
+            "max_wal_size": "8GB",
+            "checkpoint_timeout": "15min",
+        }
         submitted = {}
         for name, url in urls.items():
             r = httpx.post(f"{url}/api/jobs", json=job("echo", data={"via": name}), timeout=10)
@@ -357,3 +375,17 @@ def test_compose_deployment_runs(image: str, postgres_image: str, tmp_path: Path
         compose("down", "-v", "-t", "30", env=env, files=files, check=False)
         remove_test_containers()
         shutil.rmtree(directory)
+
+
+async def _settings(port: int, password: str) -> dict[str, str]:
+    """The compose PostgreSQL's sizing, as the running server has it."""
+    conn = await asyncpg.connect(
+        host="127.0.0.1", port=port, user="jobnode", password=password, database="jobnode", timeout=10
+    )
+    try:
+        return {
+            name: await conn.fetchval(f"SHOW {name}")
+            for name in ("shared_buffers", "max_wal_size", "checkpoint_timeout")
+        }
+    finally:
+        await conn.close()

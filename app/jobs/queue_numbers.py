@@ -21,6 +21,7 @@ from app.db.statements.inspection import (
     UNFINISHED_BY_STATE,
 )
 from app.db.statements.subscriptions import ACTIVE_TOTAL, ENDED_BY_STATE, NEXT_DUE
+from app.jobs.backlog_counts import BacklogCount
 
 #: The states ``QueueSnapshot.jobs`` counts, in their documented order.
 UNFINISHED_STATES = JobStatus.UNFINISHED
@@ -46,10 +47,14 @@ class QueueSnapshot:
 class QueueNumbers:
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._queue = BacklogCount(self._read_queue, lambda snapshot: sum(snapshot.jobs.values()))
 
     async def queue(self) -> QueueSnapshot:
-        """Cheap enough for every scrape: reads unfinished jobs only, and subscriptions from
-        indexes (partial indexes)."""
+        """Reads unfinished jobs only, and subscriptions from indexes (partial indexes);
+        with a large backlog up to a second old (``app.jobs.backlog_counts``)."""
+        return await self._queue()
+
+    async def _read_queue(self) -> QueueSnapshot:
         now = utcnow()
         async with self.database.read() as conn:
             by_state: Sequence[Any] = (await UNFINISHED_BY_STATE.run(conn)).all()

@@ -22,6 +22,7 @@ from app.db.signal import JobSignal
 from app.db.statements import reads
 from app.db.statements.submits import INSERT_JOBS
 from app.db.statements.subscriptions import INSERT_SUBSCRIPTIONS
+from app.jobs.backlog_counts import BacklogCount
 from app.jobs.handoff import NoClaims, SubmitClaims
 from app.jobs.idempotency import Held, IdempotencyKey, KeyClaim, Submitted, claim_keys, submit_keyed
 from app.jobs.live import EndedJob, LiveJobs
@@ -88,6 +89,7 @@ class JobService:
         self.idempotency_ttl = idempotency_ttl
         self._insert: GroupCommit[NewJobs, Held | None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
+        self._unfinished = BacklogCount(self._count_unfinished, lambda counts: sum(counts.values()))
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
         """Check each request, store the accepted ones in one transaction, answer in order.
@@ -385,6 +387,11 @@ class JobService:
             return [str(job_id) for (job_id,) in await conn.fetch(statement, params)]
 
     async def pending_counts(self) -> dict[str, int]:
+        """Unfinished jobs by source (``/info``); with a large backlog up to a second old
+        (``app.jobs.backlog_counts``)."""
+        return await self._unfinished()
+
+    async def _count_unfinished(self) -> dict[str, int]:
         async with self.database.direct_read() as conn:
             counts: dict[str, int] = dict(await conn.fetch(reads.UNFINISHED_COUNTS, {}))  # type: ignore[arg-type]
         return {"offchain": counts.get("offchain", 0), "onchain": counts.get("onchain", 0)}

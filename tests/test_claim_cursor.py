@@ -69,10 +69,11 @@ async def test_a_draining_claim_goes_on_after_the_last_job_taken_and_comes_back_
 async def test_a_claim_after_the_cursor_takes_the_next_free_jobs_when_another_node_holds_those_after_it(
     pg_fresh_url,
 ):
-    """The claim after the cursor chooses its jobs before it locks them: when another node's
-    claim under way holds the jobs right after the cursor, it takes the next free ones
-    (from the index's start, at once) instead of nothing, which would leave the node idle
-    until its next poll while a backlog waits."""
+    """The claim after the cursor locks as it reads: when another node's claim under way
+    holds the jobs right after the cursor, it passes over them to the next free ones, as a
+    claim from the index's start does — and takes them after the cursor, not by reading the
+    index from its start (where a job never claimed lies behind the cursor, left to the
+    periodic claim from the start)."""
     await migrated(pg_fresh_url)
     database = Database(pg_fresh_url)
     locker = await asyncpg.connect(pg_fresh_url.replace("postgresql+asyncpg://", "postgresql://"))
@@ -81,12 +82,15 @@ async def test_a_claim_after_the_cursor_takes_the_next_free_jobs_when_another_no
         store = JobStore(database, "cursor-node", lease_seconds=60)
         store.full_claim_seconds = 3600.0
         assert [job.id for job in await store.claim(2)] == jobs[0:2]
+        (late,) = await _store_pending(database, [timedelta(minutes=5)])  # behind the cursor
         async with locker.transaction():  # another node's claim of the next two, under way
             locked = await locker.fetch(
                 "SELECT id FROM jobs WHERE id = ANY($1::uuid[]) FOR UPDATE", [uuid.UUID(j) for j in jobs[2:4]]
             )
             assert len(locked) == 2
             assert [job.id for job in await store.claim(2)] == jobs[4:6]
+        store.full_claim_seconds = 0.0
+        assert [job.id for job in await store.claim(2)] == [late, jobs[2]]
     finally:
         await locker.close()
         await database.dispose()

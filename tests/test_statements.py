@@ -243,12 +243,13 @@ async def test_each_statement_reads_an_index_on_postgresql(realistic_url, name, 
         assert "Scan using ix_jobs_claim on jobs" in plan, plan
         if name == "claims.CLAIM_AFTER":
             # The cursor bounds the scan (an index condition, not a filter of every entry);
-            # the jobs pending again come from their own index; the two reads are merged in
-            # order up to the LIMIT and the rows then found by their key, never by reading
-            # the claim index from its start.
+            # the jobs pending again come from their own index; each read locks as it goes
+            # (up to the LIMIT); only what the two found is sorted, and the rows are then
+            # updated by their key, never by reading the claim index from its start.
             assert "Index Cond: ((run_after <= $" in plan and "AND (ROW(run_after, seq) > ROW($" in plan, plan
-            assert "Scan using ix_jobs_claim_again on jobs" in plan and "Merge Append" in plan, plan
-            assert "Index Cond: (seq = ANY (" in plan and "-> Sort" not in " ".join(plan.split()), plan
+            assert "Scan using ix_jobs_claim_again on jobs" in plan and plan.count("LockRows") == 2, plan
+            assert plan.count("Sort Key:") == 1 and "Sort Key: onward.run_after, onward.seq" in plan, plan
+            assert "Index Cond: (seq = claimable.seq)" in plan, plan
         else:
             assert "Sort" not in plan, plan
     elif name in EXPECTED_INDEX:

@@ -100,9 +100,9 @@ class JobStore:
         after = self._cursor_due()
         rows = await self._claim_rows(limit, after)
         if after is not None and len(rows) < limit:
-            # Short: the jobs after the cursor may be locked by another node's claim under
-            # way (this statement's LIMIT applies before its lock), or the backlog ended.
-            # The rest from the index's start, whose LIMIT applies after the lock.
+            # Short: no job after the cursor is left free (the backlog ended, or other
+            # nodes' claims under way hold the rest). The rest from the index's start,
+            # where a job never claimed may lie behind the cursor.
             self._last_full_claim = time.monotonic()
             rows += await self._claim_rows(limit - len(rows), None)
         full = bool(rows) and len(rows) == limit and self.database.is_postgresql

@@ -5,7 +5,7 @@ service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
     python -m tests.bench.scale steady --url URL           # jobs/s and CPU per job with URL's jobs stored
     python -m tests.bench.scale steady --payloads 1000,100000,1000000 --chains 1,3,10   # a fresh database
     python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``; [--nodes 2]
-    python -m tests.bench.scale since-vacuum --url URL --pending 300000 --every 30000
+    python -m tests.bench.scale since-vacuum --url URL --pending 300000 --every 30000 [--nodes 2]
     python -m tests.bench.scale drop --url URL
 
 ``steady``: 32 closed-loop clients, each submitting one job (``POST /api/jobs``, its ``data``
@@ -29,10 +29,11 @@ to it is the node's: the round trip, the event loop, the rows' decoding).
 ``since-vacuum``: what a claim costs as the jobs claimed since the table's last VACUUM add
 up, as between two autovacuums of a large table (by default a table of 10 M rows is
 vacuumed after ~2 M changed rows): ``--pending`` new jobs (``VACUUM ANALYZE`` after, as
-``backlog``), then one ``JobStore`` of the code imported (``PYTHONPATH=CHECKOUT python
-CHECKOUT_OF_THIS_FILE/tests/bench/scale.py …`` from that checkout for another one's) claims
+``backlog``), then one ``JobStore`` of the code imported (another checkout's: this file
+copied into it, ``python -m tests.bench.scale …`` run in it) claims
 29 jobs at a time (a draining node's claim) and ends each with its step, with nothing else
-running and no VACUUM; the claims' mean, p50 and p99 per ``--every`` jobs claimed.
+running and no VACUUM (``--nodes N``: N of them on one connection pool each, claiming
+together); the claims' mean, p50 and p99 per ``--every`` jobs claimed.
 
 Each command prints JSON and, with ``--output``, appends it as one line to that file.
 """
@@ -367,15 +368,18 @@ async def _claimed_again(url: str, since_seq: int) -> int:
 DRAIN_CLAIM = 29
 
 
-async def since_vacuum(url: str, pending: int, every: int) -> list[dict[str, Any]]:
+async def since_vacuum(url: str, pending: int, every: int, nodes: int = 1) -> list[dict[str, Any]]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         stored = await set_backlog(conn, pending, "v4")
     finally:
         await conn.close()
-    database = Database(url)
-    store, rows, claimed, seconds = JobStore(database, "since-vacuum", 600), [], 0, []
-    try:
+    databases = [Database(url) for _ in range(nodes)]
+    rows: list[dict[str, Any]] = []
+    claimed, seconds = 0, []
+
+    async def drain(store: JobStore) -> None:
+        nonlocal claimed, seconds
         while claimed < pending:
             began = time.perf_counter()
             jobs = await store.claim(DRAIN_CLAIM)
@@ -388,6 +392,7 @@ async def since_vacuum(url: str, pending: int, every: int) -> list[dict[str, Any
                 rows.append(
                     {
                         "stored": stored,
+                        "nodes": nodes,
                         "claimed_since_vacuum": claimed,
                         "claims": len(seconds),
                         "mean_ms": round(statistics.mean(seconds) * 1000, 3),
@@ -397,8 +402,14 @@ async def since_vacuum(url: str, pending: int, every: int) -> list[dict[str, Any
                 )
                 click.echo(json.dumps(rows[-1]), err=True)
                 seconds = []
+
+    try:
+        await asyncio.gather(
+            *(drain(JobStore(database, f"since-vacuum-{i}", 600)) for i, database in enumerate(databases))
+        )
     finally:
-        await database.dispose()
+        for database in databases:
+            await database.dispose()
     return rows
 
 
@@ -502,9 +513,10 @@ def backlog_command(
 @click.option("--url", required=True, help="A database built by ``build``.")
 @click.option("--pending", default=300_000, show_default=True)
 @click.option("--every", default=30_000, show_default=True, help="Jobs claimed per row.")
+@click.option("--nodes", default=1, show_default=True, help="JobStores (nodes) claiming together.")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
-def since_vacuum_command(url: str, pending: int, every: int, output: Path | None) -> None:
-    rows = asyncio.run(since_vacuum(url, pending, every))
+def since_vacuum_command(url: str, pending: int, every: int, nodes: int, output: Path | None) -> None:
+    rows = asyncio.run(since_vacuum(url, pending, every, nodes))
     _emit({"phase": "since-vacuum", "tree": str(Path.cwd()), "rows": rows}, output)
 
 

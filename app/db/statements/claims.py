@@ -70,23 +70,30 @@ def _claimable(after: bool) -> CTE:
     in the claim index's order, an index condition, so that the scan starts there instead
     of walking, from the index's start, the entries of every job claimed since the last
     VACUUM (``JobStore.claim``); and, behind it, the jobs claimed before and pending again
-    (``ix_jobs_claim_again``), the only ones that can lie there. The two reads are merged
-    in order up to ``limit``."""
+    (``ix_jobs_claim_again``), the only ones that can lie there. Each read locks as it goes
+    and stops at ``limit`` jobs it could lock (those another claim under way holds are
+    passed over, as from the index's start); the oldest ``limit`` of the two are taken (a
+    job the other read locked and that is not taken is free again at the statement's end:
+    each claim is a transaction of its own)."""
     ordered, limit = (Job.run_after, Job.seq), bindparam("limit", type_=Integer)
     runnable = (status_is(JobStatus.PENDING), Job.run_after <= _NOW)
     if not after:
         claimable = select(Job.seq, Job.started_at).where(*runnable).order_by(*ordered).limit(limit)
         return claimable.with_for_update(skip_locked=True).cte("claimable")
     cursor = tuple_(bindparam("after_run_after", type_=UtcDateTime()), bindparam("after_seq", type_=SeqType))
-    onward = select(*ordered).where(*runnable, tuple_(*ordered) > cursor).order_by(*ordered).limit(limit)
     behind = (Job.started_at.is_not(None), tuple_(*ordered) <= cursor)  # each job in one read only
-    again = select(*ordered).where(*runnable, *behind).order_by(*ordered).limit(limit)
-    candidates = union_all(onward, again).subquery("candidates")
-    oldest = select(candidates.c.seq).order_by(candidates.c.run_after, candidates.c.seq).limit(limit)
-    # Each row by its primary key (``= ANY(ARRAY(…))``): never in the claim index's order,
-    # which would walk it from its start again.
-    picked = Job.seq == any_(func.array(oldest.scalar_subquery()))
-    return select(Job.seq, Job.started_at).where(*runnable, picked).with_for_update(skip_locked=True).cte("claimable")
+    reads = [
+        select(*ordered, Job.started_at)
+        .where(*runnable, *where)
+        .order_by(*ordered)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .cte(name)
+        for name, where in (("onward", (tuple_(*ordered) > cursor,)), ("again", behind))
+    ]
+    candidates = union_all(*(select(read.c.run_after, read.c.seq, read.c.started_at) for read in reads)).subquery()
+    oldest = select(candidates.c.seq, candidates.c.started_at).order_by(candidates.c.run_after, candidates.c.seq)
+    return oldest.limit(limit).cte("claimable")
 
 
 #: A condition that, in a statement PostgreSQL runs as a transaction of its own, commits

@@ -105,8 +105,8 @@ class JobStore:
             # where a job never claimed may lie behind the cursor.
             self._last_full_claim = time.monotonic()
             rows += await self._claim_rows(limit - len(rows), None)
-        full = bool(rows) and len(rows) == limit and self.database.is_postgresql
-        self._claim_cursor = max((row[5], row[7]) for row in rows) if full else None
+        took_all = bool(rows) and len(rows) == limit and self.database.is_postgresql
+        self._claim_cursor = max((row[5], row[7]) for row in rows) if took_all else None
         resumed = [row[0] for row in rows if row[-1]]
         retried = [row[0] for row in rows if row[-2]]
         steps: dict[str, list[CommittedStep]] = {}

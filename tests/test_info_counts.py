@@ -69,7 +69,7 @@ async def test_a_large_backlog_is_counted_once_for_the_requests_that_come_meanwh
         # Stale: the requests that come while the next count runs wait for it, and only it.
         gate = asyncio.Event()
         counts._count = _counted(node.node.jobs._count_unfinished, calls, gate)
-        counts.seconds = 0.0
+        counts.seconds, counts.share = 0.0, 1.0  # stale as soon as it answered
         waiting = [asyncio.create_task(node.node.jobs.pending_counts()) for _ in range(8)]
         for _ in range(5):
             await asyncio.sleep(0)
@@ -106,5 +106,33 @@ async def test_the_queue_numbers_of_a_large_backlog_are_shared_the_same_way(
         assert (await numbers.queue()).queue_depth == LARGE
         await submit(http)
         assert (await numbers.queue()).queue_depth == LARGE
-        numbers._queue.seconds = 0.0
+        numbers._queue.seconds, numbers._queue.share = 0.0, 1.0
         assert (await numbers.queue()).queue_depth == LARGE + 1
+
+
+async def test_a_large_count_answers_the_longer_the_more_it_cost(pg_fresh_url: str, client_address: str) -> None:
+    """A count of a backlog answers for what it took divided by ``share``, so that counting
+    takes no more than that share of the time however large the backlog (the dashboard's
+    sampler counts every 5 s in every node process: 0.28 s of the database's time a count
+    with 1 M pending)."""
+    await migrated(pg_fresh_url)
+    await _pending(pg_fresh_url, LARGE)
+    async with serve_node(node_settings(pg_fresh_url, CONFIG)) as node, node.client(client_address) as http:
+        counts = node.node.jobs._unfinished
+        calls: list[int] = []
+        count = counts._count
+
+        async def dear() -> Counts:
+            await asyncio.sleep(0.2)  # as a count of a backlog a hundred times larger
+            return await count()
+
+        counts._count = _counted(dear, calls)
+        counts.seconds = 0.0
+        assert await _info(http) == {"offchain": LARGE, "onchain": 0}
+        await submit(http)
+        # 0.2 s at a share of 1 %: the count answers for 20 s.
+        assert [await _info(http) for _ in range(3)] == [{"offchain": LARGE, "onchain": 0}] * 3
+        assert len(calls) == 1
+        counts.share = 1.0  # the same count at a share of all the time: stale already
+        assert await _info(http) == {"offchain": LARGE + 1, "onchain": 0}
+        assert len(calls) == 2

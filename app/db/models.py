@@ -70,6 +70,7 @@ class JobStatus:
 
 _UNFINISHED_SQL = "status IN ('pending', 'running')"
 _CLAIM_AGAIN_SQL = "status = 'pending' AND started_at IS NOT NULL"
+_FAILED_SQL = "status IN ('failed', 'cancelled')"
 
 
 class Base(DeclarativeBase):
@@ -156,6 +157,14 @@ class Job(Base):
             "lease_expires_at",
             postgresql_where=text("status = 'running'"),
             sqlite_where=text("status = 'running'"),
+        ),
+        # The last failed or cancelled jobs (the dashboard), without walking past the
+        # jobs that succeeded since (migration 0011).
+        Index(
+            "ix_jobs_failed",
+            "finished_at",
+            postgresql_where=text(_FAILED_SQL),
+            sqlite_where=text(_FAILED_SQL),
         ),
         # The pruner: finished jobs by age.
         Index(

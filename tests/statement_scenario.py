@@ -409,7 +409,7 @@ OPERATOR_AND_MAINTENANCE = [
     *(
         Example(
             f"inspection.FINISHED_PER_MINUTE.{dialect}",
-            {"since": at(1)},
+            {"since": at(1), "until": at(-1)},
             [(_MINUTE, JobStatus.FAILED, 1)],
             dialect=dialect,
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from app.clock import utcnow
@@ -25,6 +25,26 @@ from app.jobs.backlog_counts import BacklogCount
 
 #: The states ``QueueSnapshot.jobs`` counts, in their documented order.
 UNFINISHED_STATES = JobStatus.UNFINISHED
+#: A minute that ended this long ago gets no more finished jobs: a job's ``finished_at`` is
+#: its node's clock when the step commit that ends it is made, committed at once.
+SETTLED_SECONDS = 10.0
+
+
+def _settled_before(now: datetime) -> int:
+    """The first minute (since the epoch) that is not settled at ``now``."""
+    return int((now.timestamp() - SETTLED_SECONDS) // 60)
+
+
+def _minute_at(minute: int, tz: tzinfo | None = UTC) -> datetime:
+    return datetime.fromtimestamp(minute * 60, tz)
+
+
+def _no_jobs() -> dict[str, int]:
+    return {"success": 0, "failed": 0}
+
+
+def _jobs_in(slot: dict[str, int]) -> int:
+    return slot["success"] + slot["failed"]
 
 
 @dataclass
@@ -48,6 +68,9 @@ class QueueNumbers:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._queue = BacklogCount(self._read_queue, lambda snapshot: sum(snapshot.jobs.values()))
+        #: Jobs finished per settled minute (``throughput``).
+        self._settled: dict[int, dict[str, int]] = {}
+        self._recent = BacklogCount(self._count_recent, lambda recent: sum(map(_jobs_in, recent[1].values())))
 
     async def queue(self) -> QueueSnapshot:
         """Reads unfinished jobs only, and subscriptions from indexes (partial indexes);
@@ -84,23 +107,49 @@ class QueueNumbers:
 
     async def throughput(self, minutes: int = 10) -> list[dict[str, Any]]:
         """Jobs finished per minute over the last ``minutes`` (the current minute last),
-        ``[{"minute": iso, "success": n, "failed": n}]``; cancelled counts as failed."""
+        ``[{"minute": iso, "success": n, "failed": n}]``; cancelled counts as failed.
+
+        The dashboard asks every 2 s, and counting ten minutes of jobs read each of them
+        (1.4 s of PostgreSQL's time at 6,000 jobs/s). A minute that ended more than
+        ``SETTLED_SECONDS`` ago is counted once and kept; the rest is counted as a
+        backlog is (``app.jobs.backlog_counts``): each time while small, shared and at
+        most 1 % of the time when large."""
         now = utcnow()
         current = int(now.timestamp() // 60)
-        since = datetime.fromtimestamp((current - minutes + 1) * 60, now.tzinfo)
-        counts: dict[int, dict[str, int]] = {
-            m: {"success": 0, "failed": 0} for m in range(current - minutes + 1, current + 1)
+        first = current - minutes + 1
+        await self._settle(first, _settled_before(now))
+        recent_from, recent = await self._recent()
+        slots = {
+            m: self._settled.get(m) or (recent.get(m, _no_jobs()) if m >= recent_from else _no_jobs())
+            for m in range(first, current + 1)
         }
+        return [{"minute": _minute_at(m, now.tzinfo).isoformat(), **slot} for m, slot in slots.items()]
+
+    async def _settle(self, first: int, settled: int) -> None:
+        """Count the settled minutes from ``first`` not counted yet, and forget older ones."""
+        for minute in [m for m in self._settled if m < first]:
+            del self._settled[minute]
+        missing = [m for m in range(first, settled) if m not in self._settled]
+        if missing:
+            counted = await self._count_minutes(_minute_at(missing[0]), _minute_at(settled))
+            for minute in range(missing[0], settled):
+                self._settled[minute] = counted.get(minute, _no_jobs())
+
+    async def _count_recent(self) -> tuple[int, dict[int, dict[str, int]]]:
+        """The minutes not settled yet: the first of them, and their counts."""
+        now = utcnow()
+        settled = _settled_before(now)
+        return settled, await self._count_minutes(_minute_at(settled), now + timedelta(hours=1))
+
+    async def _count_minutes(self, since: datetime, until: datetime) -> dict[int, dict[str, int]]:
+        counts: dict[int, dict[str, int]] = {}
         statement = FINISHED_PER_MINUTE.pick(self.database)
         async with self.database.read() as conn:
-            rows: Sequence[Any] = (await statement.run(conn, {"since": since})).all()
+            rows: Sequence[Any] = (await statement.run(conn, {"since": since, "until": until})).all()
         for minute, status, count in rows:
-            slot = counts.get(int(minute))
-            if slot is not None:
-                slot["success" if status == JobStatus.SUCCESS else "failed"] += count
-        return [
-            {"minute": datetime.fromtimestamp(m * 60, now.tzinfo).isoformat(), **slot} for m, slot in counts.items()
-        ]
+            slot = counts.setdefault(int(minute), _no_jobs())
+            slot["success" if status == JobStatus.SUCCESS else "failed"] += count
+        return counts
 
     async def finished_since(self, seconds: float) -> int:
         async with self.database.read() as conn:

@@ -4,7 +4,7 @@ service (``echo.py``), ``max_concurrent_jobs`` 64 (the node's default).
     python -m tests.bench.scale build --total 10000000     # a kept database of 10 M finished jobs; prints its URL
     python -m tests.bench.scale steady --url URL           # jobs/s and CPU per job with URL's jobs stored
     python -m tests.bench.scale steady --payloads 1000,100000,1000000 --chains 1,3,10   # a fresh database
-    python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # backlog 0 is ``steady``; [--nodes 2]
+    python -m tests.bench.scale backlog --url URL --pending 100000,1000000   # [--nodes 2] [--dashboard]
     python -m tests.bench.scale since-vacuum --url URL --pending 300000 --every 30000 [--nodes 2]
     python -m tests.bench.scale drop --url URL
 
@@ -19,7 +19,8 @@ node processes on the one database, their figures summed) drains them with no cl
 per job, and the claim loop's claims from its ``jobnode_claim_seconds`` histogram (a claim
 takes up to the free capacity): count, mean, the share within 5 ms, and the bucket that
 holds the p99; and the backlog's jobs claimed more than once (none, unless a claim took a
-job another held). A backlog larger than
+job another held). ``--dashboard``: an operator has the dashboard open on the first node
+meanwhile (its data every 2 s, as the page asks): the answers in the window and their mean. A backlog larger than
 ``--seconds`` of work is measured while it is still nearly whole. Beside them, per job, the
 server's full-page images, WAL bytes and buffers its backends wrote out themselves, the
 checkpoints in the window, and, where the server loads ``pg_stat_statements``, the claim
@@ -304,8 +305,28 @@ def _server_deltas(before: dict[str, float], after: dict[str, float], jobs: int)
     }
 
 
+#: How often the dashboard's page asks for its data (``app.http.dashboard_page.REFRESH_MS``).
+DASHBOARD_EVERY_S = 2.0
+
+
+async def watch_dashboard(node: NodeProcess, answers: list[float]) -> None:
+    """An operator with the dashboard open: its data every ``DASHBOARD_EVERY_S``, each
+    answer's time noted."""
+    while True:
+        connection = Connection("127.0.0.1", node.port)
+        try:
+            began = time.perf_counter()
+            status, _ = await connection.request("GET", "/dashboard/data")
+            if status != 200:
+                raise OpFailed(f"GET /dashboard/data {status}")
+            answers.append(time.perf_counter() - began)
+        finally:
+            connection.close()
+        await asyncio.sleep(DASHBOARD_EVERY_S)
+
+
 async def backlog(
-    url: str, pending: int, seconds: float, ids: str, tree: Path | None, nodes: int = 1
+    url: str, pending: int, seconds: float, ids: str, tree: Path | None, nodes: int = 1, dashboard: bool = False
 ) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -316,11 +337,19 @@ async def backlog(
         await conn.close()
     services = Services(url, containers=1, tree=tree, nodes=nodes)
     try:
+        answers: list[float] = []
+        watching = asyncio.create_task(watch_dashboard(services.node, answers)) if dashboard else None
         await asyncio.sleep(2.0)  # warm-up: the first claims, the connections
         scrape, start, server = await services.metrics(), await services.meter.read(), await server_counters(url)
+        answered = len(answers)
         await asyncio.sleep(seconds)
         end, scrape_end = await services.meter.read(), await services.metrics()
         server_end = await server_counters(url)
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+            if watching.done() and not watching.cancelled() and watching.exception() is not None:
+                raise watching.exception()  # type: ignore[misc]
     finally:
         health = services.stop()
     claimed_again = await _claimed_again(url, total - pending)
@@ -350,6 +379,11 @@ async def backlog(
         **_claims(scrape, scrape_end),
         **_server_deltas(server, server_end, finished),
         "claimed_again": claimed_again,
+        **(
+            {"dashboard_answers": len(answers) - answered, "dashboard_mean_ms": ms(statistics.mean(answers[answered:]))}
+            if dashboard and len(answers) > answered
+            else {}
+        ),
         **health,
     }
 
@@ -501,12 +535,21 @@ def steady_command(
 @_IDS
 @click.option("--tree", type=click.Path(path_type=Path), default=None, help="Run the node of this checkout.")
 @click.option("--nodes", default=1, show_default=True, help="Node processes draining the backlog together.")
+@click.option("--dashboard", is_flag=True, help="An operator watches the dashboard meanwhile (its data every 2 s).")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
 def backlog_command(
-    url: str, pending: str, seconds: float, ids: str, tree: Path | None, nodes: int, output: Path | None
+    url: str,
+    pending: str,
+    seconds: float,
+    ids: str,
+    tree: Path | None,
+    nodes: int,
+    dashboard: bool,
+    output: Path | None,
 ) -> None:
     for count in _ints(pending):
-        _emit({"phase": "backlog", **asyncio.run(backlog(url, count, seconds, ids, tree, nodes))}, output)
+        row = asyncio.run(backlog(url, count, seconds, ids, tree, nodes, dashboard))
+        _emit({"phase": "backlog", **row}, output)
 
 
 @main.command("since-vacuum")

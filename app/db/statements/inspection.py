@@ -82,13 +82,15 @@ COUNT_BY_STATUS = Statement(select(Job.status, func.count()).group_by(Job.status
 def _finished_per_minute(minute: ColumnElement[Any]) -> Statement:
     return Statement(
         select(minute.label("minute"), Job.status, func.count())
-        .where(Job.finished_at.is_not(None), Job.finished_at >= bindparam("since"))
+        .where(
+            Job.finished_at.is_not(None), Job.finished_at >= bindparam("since"), Job.finished_at < bindparam("until")
+        )
         .group_by(literal_column("minute"), Job.status)
     )
 
 
-#: Jobs finished since a moment, by minute (minutes since the epoch) and state. Parameter:
-#: ``since``. Each database computes the minute its own way.
+#: Jobs finished from ``since`` until before ``until``, by minute (minutes since the epoch)
+#: and state. Each database computes the minute its own way.
 FINISHED_PER_MINUTE = PerDialect(
     postgresql=_finished_per_minute(cast(func.floor(func.extract("epoch", Job.finished_at) / 60), Integer)),
     sqlite=_finished_per_minute(cast(func.strftime("%s", Job.finished_at), Integer) / 60),

@@ -11,6 +11,7 @@ from typing import Any
 
 from app import __version__, metrics
 from app.clock import utcnow
+from app.jobs.backlog_counts import BacklogCount
 from app.jobs.container_report import ContainerReport
 from app.jobs.inspection import JobInspection
 from app.jobs.queue_numbers import QueueNumbers
@@ -29,6 +30,11 @@ class Dashboard:
         self.inspection = inspection
         self.containers = containers
         self.depth_samples: deque[tuple[str, int, int]] = deque(maxlen=self.SAMPLES)
+        # A day of failed deliveries, counted at each refresh: an endpoint down for a day
+        # fails every job's delivery. Shared as a backlog's count when large.
+        self._failing_webhooks = BacklogCount(
+            lambda: inspection.failing_webhooks(limit=10), lambda rows: sum(row["deliveries"] for row in rows)
+        )
         self._sampler: asyncio.Task[None] | None = None
 
     async def sample_depth(self) -> None:
@@ -78,5 +84,5 @@ class Dashboard:
             "containers": self.containers.states(),
             "recent": recent,
             "failed": await self.inspection.failed_jobs(10),
-            "webhooks": await self.inspection.failing_webhooks(limit=10),
+            "webhooks": await self._failing_webhooks(),
         }

@@ -70,7 +70,7 @@ class QueueNumbers:
         self._queue = BacklogCount(self._read_queue, lambda snapshot: sum(snapshot.jobs.values()))
         #: Jobs finished per settled minute (``throughput``).
         self._settled: dict[int, dict[str, int]] = {}
-        self._recent = BacklogCount(self._count_recent, lambda recent: sum(map(_jobs_in, recent[1].values())))
+        self._recent = BacklogCount(self._count_recent, lambda recent: sum(map(_jobs_in, recent.values())))
 
     async def queue(self) -> QueueSnapshot:
         """Reads unfinished jobs only, and subscriptions from indexes (partial indexes);
@@ -118,11 +118,8 @@ class QueueNumbers:
         current = int(now.timestamp() // 60)
         first = current - minutes + 1
         await self._settle(first, _settled_before(now))
-        recent_from, recent = await self._recent()
-        slots = {
-            m: self._settled.get(m) or (recent.get(m, _no_jobs()) if m >= recent_from else _no_jobs())
-            for m in range(first, current + 1)
-        }
+        recent = await self._recent()
+        slots = {m: self._settled.get(m) or recent.get(m) or _no_jobs() for m in range(first, current + 1)}
         return [{"minute": _minute_at(m, now.tzinfo).isoformat(), **slot} for m, slot in slots.items()]
 
     async def _settle(self, first: int, settled: int) -> None:
@@ -135,11 +132,11 @@ class QueueNumbers:
             for minute in range(missing[0], settled):
                 self._settled[minute] = counted.get(minute, _no_jobs())
 
-    async def _count_recent(self) -> tuple[int, dict[int, dict[str, int]]]:
-        """The minutes not settled yet: the first of them, and their counts."""
+    async def _count_recent(self) -> dict[int, dict[str, int]]:
+        """The minutes not settled yet, counted, up to an hour ahead (another node's clock
+        may run ahead of this one's); a minute settled since is read from ``_settled``."""
         now = utcnow()
-        settled = _settled_before(now)
-        return settled, await self._count_minutes(_minute_at(settled), now + timedelta(hours=1))
+        return await self._count_minutes(_minute_at(_settled_before(now)), now + timedelta(hours=1))
 
     async def _count_minutes(self, since: datetime, until: datetime) -> dict[int, dict[str, int]]:
         counts: dict[int, dict[str, int]] = {}

@@ -20,6 +20,7 @@ from tests.support import migrated
 
 #: 30 s into a minute: the one before it has settled, the current one has not.
 NOW = datetime.fromisoformat("2026-12-05T12:00:30+00:00")
+MINUTE = NOW.replace(second=0)
 
 
 def _by_minute(throughput: list[dict[str, Any]]) -> dict[str, tuple[int, int]]:
@@ -57,31 +58,31 @@ async def test_each_minute_counts_its_jobs_and_a_settled_one_is_read_once(
         numbers._count_minutes = counting  # type: ignore[method-assign]
         shown = await numbers.throughput(10)
         assert [slot["minute"] for slot in shown] == [
-            (NOW.replace(second=0) - timedelta(minutes=m)).isoformat() for m in range(9, -1, -1)
+            (MINUTE - timedelta(minutes=m)).isoformat() for m in range(9, -1, -1)
         ]
         expected = {slot["minute"]: (0, 0) for slot in shown}
-        expected[(NOW.replace(second=0) - timedelta(minutes=5)).isoformat()] = (1, 1)
-        expected[(NOW.replace(second=0) - timedelta(minutes=1)).isoformat()] = (0, 1)
-        expected[NOW.replace(second=0).isoformat()] = (1, 0)
+        expected[(MINUTE - timedelta(minutes=5)).isoformat()] = (1, 1)
+        expected[(MINUTE - timedelta(minutes=1)).isoformat()] = (0, 1)
+        expected[MINUTE.isoformat()] = (1, 0)
         assert _by_minute(shown) == expected
-        assert [since for since, _ in read] == [NOW.replace(second=0) - timedelta(minutes=9), NOW.replace(second=0)]
+        assert [since for since, _ in read] == [MINUTE - timedelta(minutes=9), MINUTE]
 
         # The next refresh reads the current minute only; its new job shows at once.
         read.clear()
         now = NOW + timedelta(seconds=2)
         await _finished(database, now, JobStatus.FAILED)
-        assert _by_minute(await numbers.throughput(10)) == {**expected, NOW.replace(second=0).isoformat(): (1, 1)}
-        assert [since for since, _ in read] == [NOW.replace(second=0)]
+        assert _by_minute(await numbers.throughput(10)) == {**expected, MINUTE.isoformat(): (1, 1)}
+        assert [since for since, _ in read] == [MINUTE]
 
         # Once the current minute has settled it is read once more, whole, and kept.
         read.clear()
-        now = NOW.replace(second=0) + timedelta(minutes=1, seconds=SETTLED_SECONDS + 1)
+        now = MINUTE + timedelta(minutes=1, seconds=SETTLED_SECONDS + 1)
         later = _by_minute(await numbers.throughput(10))
-        assert later[NOW.replace(second=0).isoformat()] == (1, 1)
-        assert len(later) == 10 and (NOW.replace(second=0) - timedelta(minutes=9)).isoformat() not in later
-        assert [since for since, _ in read] == [NOW.replace(second=0), NOW.replace(second=0) + timedelta(minutes=1)]
+        assert later[MINUTE.isoformat()] == (1, 1)
+        assert len(later) == 10 and (MINUTE - timedelta(minutes=9)).isoformat() not in later
+        assert [since for since, _ in read] == [MINUTE, MINUTE + timedelta(minutes=1)]
         read.clear()
         await numbers.throughput(10)
-        assert [since for since, _ in read] == [NOW.replace(second=0) + timedelta(minutes=1)]
+        assert [since for since, _ in read] == [MINUTE + timedelta(minutes=1)]
     finally:
         await database.dispose()

@@ -9,13 +9,15 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from tests.bench import scale
-from tests.bench.procs import asyncpg_dsn
+from tests.bench.http import Connection
+from tests.bench.procs import EchoService, asyncpg_dsn
 from tests.support import migrated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +134,30 @@ def test_the_backlog_benchmark_drains_with_two_nodes(pg_fresh_url: str) -> None:
             await conn.close()
 
     assert asyncio.run(runners()) == {"bench-0", "bench-1"}
+
+
+def test_the_echo_service_answers_after_its_delay(tmp_path: Path) -> None:
+    """``echo.py --delay-ms``: each answer is the request's data, sent that long after the
+    request came (``scale.py backlog --service-ms``: a service that takes time, not CPU)."""
+    service = EchoService(tmp_path, delay_ms=200).start()
+
+    async def calls() -> list[tuple[int, bytes, float]]:
+        connection = Connection("127.0.0.1", service.port)
+        answers = []
+        try:
+            for n in range(2):
+                began = time.perf_counter()
+                status, body = await connection.request(
+                    "POST", "/service_output", json.dumps({"data": {"n": n}}).encode()
+                )
+                answers.append((status, body, time.perf_counter() - began))
+        finally:
+            connection.close()
+        return answers
+
+    try:
+        answers = asyncio.run(calls())
+    finally:
+        service.stop()
+    assert [(status, json.loads(body)) for status, body, _ in answers] == [(200, {"n": 0}), (200, {"n": 1})]
+    assert all(took >= 0.2 for *_, took in answers), answers

@@ -63,6 +63,8 @@ class EchoProtocol(asyncio.Protocol):
 
     #: CPU seconds each ``/service_output`` call spends before answering (``--work-us``).
     work = 0.0
+    #: Seconds each ``/service_output`` answer waits before it is sent (``--delay-ms``).
+    delay = 0.0
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -95,7 +97,14 @@ class EchoProtocol(asyncio.Protocol):
             out.append(self.handle(head, body))
         self.buffer = buffer
         if out and self.transport is not None:
-            self.transport.write(b"".join(out))
+            if EchoProtocol.delay:  # answers of one read leave together, in order
+                asyncio.get_running_loop().call_later(EchoProtocol.delay, self._send, b"".join(out))
+            else:
+                self.transport.write(b"".join(out))
+
+    def _send(self, answers: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answers)
 
     @staticmethod
     def handle(head: bytes, body: bytes) -> bytes:
@@ -132,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
     parser.add_argument("--work-us", type=float, default=0.0, help="CPU µs spent per /service_output call")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="ms each /service_output answer waits")
     args = parser.parse_args(argv)
     EchoProtocol.work = args.work_us / 1e6
+    EchoProtocol.delay = args.delay_ms / 1e3
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop ships with uvicorn[standard]

@@ -112,17 +112,20 @@ def system_busy_cpu() -> float:
 class EchoService:
     """``tests/bench/echo.py`` as its own process."""
 
-    def __init__(self, directory: Path, work_us: float = 0.0) -> None:
+    def __init__(self, directory: Path, work_us: float = 0.0, delay_ms: float = 0.0) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.work_us = work_us
+        self.work_us, self.delay_ms = work_us, delay_ms
         self.log_path = directory / (f"echo-{work_us:g}us.log" if work_us else "echo.log")
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> EchoService:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "tests.bench.echo", "--port", str(self.port), "--work-us", str(self.work_us)],
+                [
+                    *(sys.executable, "-m", "tests.bench.echo", "--port", str(self.port)),
+                    *("--work-us", str(self.work_us), "--delay-ms", str(self.delay_ms)),
+                ],
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

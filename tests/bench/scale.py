@@ -46,6 +46,7 @@ import json
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,20 +111,35 @@ async def build(total: int, ids: str) -> str:
     return url
 
 
+@dataclass(frozen=True)
+class Drain:
+    """How a backlog is drained: ``in_flight``, each node's ``max_concurrent_jobs``;
+    ``service_ms``, how long the echo service takes to answer (``echo.py --delay-ms``)."""
+
+    in_flight: int = MAX_CONCURRENT_JOBS
+    service_ms: float = 0.0
+
+
 class Services:
     """The echo service and ``nodes`` nodes on ``url`` (scheduler on), in a scratch
     directory; the nodes run the code of ``tree`` (a checkout) when given, else of this one."""
 
-    def __init__(self, url: str, containers: int = 10, tree: Path | None = None, nodes: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        containers: int = 10,
+        tree: Path | None = None,
+        nodes: int = 1,
+        drain: Drain | None = None,
+    ) -> None:
+        drain = drain or Drain()
         self.url = url
         self.workdir = Path(tempfile.mkdtemp(prefix="jobnode-scale-"))
-        self.service = EchoService(self.workdir).start()
+        self.service = EchoService(self.workdir, delay_ms=drain.service_ms).start()
         self.nodes: list[NodeProcess] = []
         try:
             for index in range(nodes):
-                config = node_config(
-                    url, self.service.url, containers=containers, max_concurrent_jobs=MAX_CONCURRENT_JOBS
-                )
+                config = node_config(url, self.service.url, containers=containers, max_concurrent_jobs=drain.in_flight)
                 config["scheduler"]["node_id"] = f"bench-{index}"
                 node = NodeProcess(self.workdir, config, name=f"node-{index}")
                 if tree is not None:
@@ -323,7 +339,14 @@ async def watch_dashboard(node: NodeProcess, answers: list[float]) -> None:
 
 
 async def backlog(
-    url: str, pending: int, seconds: float, ids: str, tree: Path | None, nodes: int = 1, dashboard: bool = False
+    url: str,
+    pending: int,
+    seconds: float,
+    ids: str,
+    tree: Path | None,
+    nodes: int = 1,
+    dashboard: bool = False,
+    drain: Drain | None = None,
 ) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
@@ -332,7 +355,8 @@ async def backlog(
         click.echo(f"{pending:,} of {total:,} pending in {time.monotonic() - started:.1f} s", err=True)
     finally:
         await conn.close()
-    services = Services(url, containers=1, tree=tree, nodes=nodes)
+    drain = drain or Drain()
+    services = Services(url, containers=1, tree=tree, nodes=nodes, drain=drain)
     try:
         answers: list[float] = []
         watching = asyncio.create_task(watch_dashboard(services.node, answers)) if dashboard else None
@@ -363,6 +387,8 @@ async def backlog(
         "pending": pending,
         "stored": total,
         "nodes": nodes,
+        "in_flight": drain.in_flight,
+        "service_ms": drain.service_ms,
         "ids": ids,
         "tree": str(tree or ""),
         "window_s": round(cpu["wall"], 2),
@@ -533,6 +559,8 @@ def steady_command(
 @click.option("--tree", type=click.Path(path_type=Path), default=None, help="Run the node of this checkout.")
 @click.option("--nodes", default=1, show_default=True, help="Node processes draining the backlog together.")
 @click.option("--dashboard", is_flag=True, help="An operator watches the dashboard meanwhile (its data every 2 s).")
+@click.option("--in-flight", default=MAX_CONCURRENT_JOBS, show_default=True, help="Each node's max_concurrent_jobs.")
+@click.option("--service-ms", default=0.0, show_default=True, help="How long the echo service takes to answer.")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
 def backlog_command(
     url: str,
@@ -542,10 +570,12 @@ def backlog_command(
     tree: Path | None,
     nodes: int,
     dashboard: bool,
+    in_flight: int,
+    service_ms: float,
     output: Path | None,
 ) -> None:
     for count in _ints(pending):
-        row = asyncio.run(backlog(url, count, seconds, ids, tree, nodes, dashboard))
+        row = asyncio.run(backlog(url, count, seconds, ids, tree, nodes, dashboard, Drain(in_flight, service_ms)))
         _emit({"phase": "backlog", **row}, output)
 
 

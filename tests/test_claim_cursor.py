@@ -5,6 +5,7 @@ by the next claim from the index's start."""
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from datetime import timedelta
 
@@ -93,4 +94,31 @@ async def test_a_claim_after_the_cursor_takes_the_next_free_jobs_when_another_no
         assert [job.id for job in await store.claim(2)] == [late, jobs[2]]
     finally:
         await locker.close()
+        await database.dispose()
+
+
+async def test_the_claim_runs_its_generic_plan_and_is_not_planned_again_at_each_claim(pg_fresh_url):
+    """PostgreSQL plans a prepared statement anew at each execution while its generic plan
+    looks dearer than the custom ones, as the claim's does: the hot pool forces the generic
+    plan (``app.db.direct._SESSION``), the one ``tests/test_statements.py`` checks, and a
+    claim costs no planning."""
+    await migrated(pg_fresh_url)
+    database = Database(pg_fresh_url)
+    try:
+        await _store_pending(database, [timedelta(seconds=60 - n) for n in range(12)])
+        store = JobStore(database, "plan-node", lease_seconds=60)
+        for _ in range(10):
+            assert len(await store.claim(1)) == 1
+        assert database.direct_pool is not None
+        plans = {"generic_plans": 0, "custom_plans": 0}
+        async with contextlib.AsyncExitStack() as held:  # every connection of the pool at once
+            for _ in range(database.direct_pool.size):
+                direct = await held.enter_async_context(database.direct_read())
+                for row in await direct.connection.fetch(  # type: ignore[attr-defined]
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%claimable%'"
+                ):
+                    for key in plans:
+                        plans[key] += row[key]
+        assert plans["custom_plans"] == 0 and plans["generic_plans"] >= 10, plans
+    finally:
         await database.dispose()

@@ -133,17 +133,23 @@ class RowsStatement(Statement):
     def __init__(self, statement: Executable) -> None:
         super().__init__(statement)
         self._sql: tuple[str, tuple[str, ...]] | None = None
+        self._bound: dict[str, Any] = {}
 
     def sqlalchemy_params(self, params: dict[str, Any]) -> dict[str, Any]:
         return params
 
     def asyncpg_args(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        """The call's parameters by name; a parameter the statement binds a value to itself
+        (``bindparam(None, value)``) takes that value."""
         if self._sql is None:
-            state = self._pg_compiled().construct_expanded_state(dict.fromkeys(params))
+            compiled = self._pg_compiled()
+            state = compiled.construct_expanded_state(dict.fromkeys(params))
             assert state.positiontup is not None
             self._sql = state.statement, tuple(state.positiontup)
+            self._bound = {name: bind.effective_value for name, bind in compiled.binds.items() if name not in params}
         sql, names = self._sql
-        return sql, [params[name] for name in names]
+        bound = self._bound
+        return sql, [params[name] if name in params else bound[name] for name in names]
 
 
 def _clause(statement: Executable) -> ClauseElement:

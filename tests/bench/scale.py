@@ -114,10 +114,32 @@ async def build(total: int, ids: str) -> str:
 @dataclass(frozen=True)
 class Drain:
     """How a backlog is drained: ``in_flight``, each node's ``max_concurrent_jobs``;
-    ``service_ms``, how long the echo service takes to answer (``echo.py --delay-ms``)."""
+    ``service_ms``, how long the echo service takes to answer (``echo.py --delay-ms``);
+    ``elsewhere``, jobs running on other nodes meanwhile (``running_elsewhere``)."""
 
     in_flight: int = MAX_CONCURRENT_JOBS
     service_ms: float = 0.0
+    elsewhere: int = 0
+
+
+#: The other nodes ``running_elsewhere`` spreads its jobs over.
+ELSEWHERE_NODES = 50
+
+
+async def running_elsewhere(conn: asyncpg.Connection, running: int) -> None:
+    """``running`` jobs running on ``ELSEWHERE_NODES`` other nodes, leased for an hour, as
+    in a cluster of many nodes, stored after the backlog's ``VACUUM ANALYZE`` (the
+    statistics the planner holds saw none of them, as between two autovacuums). The next
+    ``set_backlog`` cancels them."""
+    await conn.execute(
+        "INSERT INTO jobs (id, client, source, containers, input, requires_proof, status, attempts, stream, "
+        "lease_owner, lease_expires_at, run_after, created_at, started_at) "
+        "SELECT gen_random_uuid(), '2001:db8::' || to_hex(i % 10000), 'offchain', '[\"echo1\"]'::jsonb, "
+        "jsonb_build_object('n', i), false, 'running', 1, false, 'elsewhere-' || (i % $2::int), "
+        "now() + interval '1 hour', now(), now(), now() FROM generate_series(1, $1::bigint) AS i",
+        running,
+        ELSEWHERE_NODES,
+    )
 
 
 class Services:
@@ -349,13 +371,14 @@ async def backlog(
     drain: Drain | None = None,
 ) -> dict[str, Any]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
+    drain = drain or Drain()
     try:
         started = time.monotonic()
         total = await set_backlog(conn, pending, ids)
+        await running_elsewhere(conn, drain.elsewhere)
         click.echo(f"{pending:,} of {total:,} pending in {time.monotonic() - started:.1f} s", err=True)
     finally:
         await conn.close()
-    drain = drain or Drain()
     services = Services(url, containers=1, tree=tree, nodes=nodes, drain=drain)
     try:
         answers: list[float] = []
@@ -389,6 +412,7 @@ async def backlog(
         "nodes": nodes,
         "in_flight": drain.in_flight,
         "service_ms": drain.service_ms,
+        "running_elsewhere": drain.elsewhere,
         "ids": ids,
         "tree": str(tree or ""),
         "window_s": round(cpu["wall"], 2),
@@ -561,6 +585,7 @@ def steady_command(
 @click.option("--dashboard", is_flag=True, help="An operator watches the dashboard meanwhile (its data every 2 s).")
 @click.option("--in-flight", default=MAX_CONCURRENT_JOBS, show_default=True, help="Each node's max_concurrent_jobs.")
 @click.option("--service-ms", default=0.0, show_default=True, help="How long the echo service takes to answer.")
+@click.option("--elsewhere", default=0, show_default=True, help="Jobs running on other nodes meanwhile.")
 @click.option("--output", type=click.Path(path_type=Path), default=None)
 def backlog_command(
     url: str,
@@ -572,10 +597,12 @@ def backlog_command(
     dashboard: bool,
     in_flight: int,
     service_ms: float,
+    elsewhere: int,
     output: Path | None,
 ) -> None:
+    drain = Drain(in_flight, service_ms, elsewhere)
     for count in _ints(pending):
-        row = asyncio.run(backlog(url, count, seconds, ids, tree, nodes, dashboard, Drain(in_flight, service_ms)))
+        row = asyncio.run(backlog(url, count, seconds, ids, tree, nodes, dashboard, drain))
         _emit({"phase": "backlog", **row}, output)
 
 

@@ -38,7 +38,7 @@ from sqlalchemy.sql.selectable import CTE
 
 from app.db.direct import PerDialect, RowsInsert, RowsStatement, Statement
 from app.db.models import DeliveryStatus, Job, JobIdType, JobStatus, JobStep, SeqType, UtcDateTime, WebhookDelivery
-from app.db.statements.status import status_is
+from app.db.statements.status import status_checked, status_is
 
 
 def owned_claims(by_id: bool = False) -> tuple[ColumnElement[bool], ...]:
@@ -238,7 +238,7 @@ def _step_commit(ends: bool) -> RowsStatement:
         Job.id == steps.c.job_id,
         Job.attempts == steps.c.attempt,
         Job.run_after == steps.c.run_after,
-        status_is(JobStatus.RUNNING),
+        status_checked(JobStatus.RUNNING),
         Job.lease_owner == bindparam("node"),
     )
     if ends:

@@ -18,3 +18,12 @@ def status_in(statuses: Sequence[str]) -> ColumnElement[bool]:
 
 def status_is(status: str) -> ColumnElement[bool]:
     return Job.status == bindparam(None, status, literal_execute=True)
+
+
+def status_checked(status: str) -> ColumnElement[bool]:
+    """A status checked on rows found otherwise (by id), as a bound parameter: no partial
+    index of that status can serve it, so PostgreSQL's generic plan reads the rows by
+    their ids instead of every job in that status. With ``status_is``, the step commit's
+    generic plan read all running jobs of all nodes through ``ix_jobs_lease`` (its
+    statistics: a few running jobs) and joined them to the steps by hash."""
+    return Job.status == bindparam(None, status)

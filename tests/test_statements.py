@@ -224,13 +224,7 @@ async def test_each_statement_reads_an_index_on_postgresql(realistic_url, name, 
         realistic_url.replace("postgresql+asyncpg://", "postgresql://"), server_settings=settings
     )
     try:
-        await conn.execute("SET plan_cache_mode = force_generic_plan")
-        await conn.execute(f"PREPARE statement AS {sql}")
-        count = await conn.fetchval(
-            "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = 'statement'"
-        )
-        arguments = f"({', '.join(['NULL'] * count)})" if count else ""
-        plan = "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN EXECUTE statement{arguments}"))
+        plan = await _generic_plan(conn, sql)
     finally:
         await conn.close()
     assert ("Seq Scan" in plan) == (name in FULL_SCANS), plan
@@ -334,27 +328,26 @@ async def test_a_step_commit_reads_its_jobs_by_id_whatever_the_statistics_saw(re
     conn = await asyncpg.connect(
         realistic_url.replace("postgresql+asyncpg://", "postgresql://"), server_settings=direct._SESSION
     )
+    statistics = conn.transaction()  # of no running job, rolled back after
+    await statistics.start()
     try:
-        async with conn.transaction():  # the statistics of no running job, rolled back after
-            await conn.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'")
-            await conn.execute("ANALYZE jobs")
-            await conn.execute("UPDATE jobs SET status = 'running' WHERE lease_owner IS NOT NULL")
-            await conn.execute(f"PREPARE statement AS {_explained()[name]}")
-            count = await conn.fetchval(
-                "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = 'statement'"
-            )
-            plan = "\n".join(
-                row[0] for row in await conn.fetch(f"EXPLAIN EXECUTE statement({', '.join(['NULL'] * count)})")
-            )
-            await conn.execute("DEALLOCATE statement")
-            raise _RolledBack
-    except _RolledBack:
-        pass
+        await conn.execute("UPDATE jobs SET status = 'pending' WHERE status = 'running'")
+        await conn.execute("ANALYZE jobs")
+        await conn.execute("UPDATE jobs SET status = 'running' WHERE lease_owner IS NOT NULL")
+        plan = await _generic_plan(conn, _explained()[name])
     finally:
+        await statistics.rollback()
         await conn.close()
     assert "Scan on uq_jobs_id" in plan or "Scan using uq_jobs_id" in plan, plan
     assert "ix_jobs_lease" not in plan, plan
 
 
-class _RolledBack(Exception):
-    """Leaves a transaction by its rollback."""
+async def _generic_plan(conn: asyncpg.Connection, sql: str) -> str:
+    """``sql``'s generic plan, as a connection that prepared it runs it (``EXPLAIN``)."""
+    await conn.execute("SET plan_cache_mode = force_generic_plan")
+    await conn.execute(f"PREPARE statement AS {sql}")
+    count = await conn.fetchval(
+        "SELECT cardinality(parameter_types) FROM pg_prepared_statements WHERE name = 'statement'"
+    )
+    arguments = f"({', '.join(['NULL'] * count)})" if count else ""
+    return "\n".join(row[0] for row in await conn.fetch(f"EXPLAIN EXECUTE statement{arguments}"))

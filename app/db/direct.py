@@ -331,8 +331,8 @@ async def _reset(connection: asyncpg.Connection) -> None:
 #: Every hot statement is an index lookup by design (``tests/test_statements.py`` EXPLAINs
 #: each, with these settings). asyncpg keeps a prepared statement for the connection's
 #: life, and its generic plan (below), once planned while a fresh database was still
-#: empty, would scan ``job_steps`` for good as it grows; without sequential scans it is always planned on
-#: the indexes. And a hot statement that orders its rows reads them in an index's order
+#: empty, would scan ``job_steps`` for good as it grows; without sequential scans it is
+#: always planned on the indexes. And a hot statement that orders its rows reads them in an index's order
 #: where one has it (a sort only where no index has that order): the claim (``ORDER BY
 #: run_after, seq LIMIT``) was planned, with 10 M jobs stored and 10,000 pending, as a read
 #: of every pending job through ``ix_jobs_unfinished_source`` and a sort of them all (5–8 ms),

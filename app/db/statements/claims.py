@@ -54,7 +54,7 @@ def owned_claims(by_id: bool = False) -> tuple[ColumnElement[bool], ...]:
     return (
         *ids,
         tuple_(Job.id, Job.attempts, Job.run_after).in_(bindparam("claims", expanding=True)),
-        status_is(JobStatus.RUNNING),
+        status_checked(JobStatus.RUNNING),
         Job.lease_owner == bindparam("node"),
     )
 
@@ -310,7 +310,7 @@ FINISH_STEPS = _step_commit(ends=True)
 
 _HELD = (
     Job.id.in_(bindparam("ids", expanding=True)),
-    status_is(JobStatus.RUNNING),
+    status_checked(JobStatus.RUNNING),
     Job.lease_owner == bindparam("node"),
 )
 _LOCKABLE = select(Job.id).where(*_HELD).with_for_update(skip_locked=True).cte("lockable")

@@ -25,5 +25,6 @@ def status_checked(status: str) -> ColumnElement[bool]:
     index of that status can serve it, so PostgreSQL's generic plan reads the rows by
     their ids instead of every job in that status. With ``status_is``, the step commit's
     generic plan read all running jobs of all nodes through ``ix_jobs_lease`` (its
-    statistics: a few running jobs) and joined them to the steps by hash."""
+    statistics: a few running jobs) and joined them to the steps by hash; the writes to
+    the jobs a node holds (``claims.owned_claims``, the renewal's) check it this way too."""
     return Job.status == bindparam(None, status)

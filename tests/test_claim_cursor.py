@@ -5,7 +5,6 @@ by the next claim from the index's start."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from datetime import timedelta
 
@@ -109,16 +108,13 @@ async def test_the_claim_runs_its_generic_plan_and_is_not_planned_again_at_each_
         store = JobStore(database, "plan-node", lease_seconds=60)
         for _ in range(10):
             assert len(await store.claim(1)) == 1
-        assert database.direct_pool is not None
         plans = {"generic_plans": 0, "custom_plans": 0}
-        async with contextlib.AsyncExitStack() as held:  # every connection of the pool at once
-            for _ in range(database.direct_pool.size):
-                direct = await held.enter_async_context(database.direct_read())
-                for row in await direct.connection.fetch(  # type: ignore[attr-defined]
-                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%claimable%'"
-                ):
-                    for key in plans:
-                        plans[key] += row[key]
+        async with database.direct_read(store._claim_lane) as direct:  # the claims' connection
+            for row in await direct.connection.fetch(  # type: ignore[attr-defined]
+                "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE '%claimable%'"
+            ):
+                for key in plans:
+                    plans[key] += row[key]
         assert plans["custom_plans"] == 0 and plans["generic_plans"] >= 10, plans
     finally:
         await database.dispose()

@@ -39,7 +39,7 @@ from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from app.db.direct import AsyncpgPool, DirectConnection, json_dumps, wrap
+from app.db.direct import AsyncpgPool, DirectConnection, Lane, json_dumps, wrap
 from app.db.sqlite_writer import SqliteWriter, sqlite_writer
 
 T = TypeVar("T")
@@ -163,11 +163,16 @@ class Database:
         async with self.reader.connect() as conn:
             yield conn
 
+    def lane(self) -> Lane:
+        """For a serial user of the hot statements (``direct_read``, ``direct_write``):
+        on PostgreSQL its statements keep one connection (``app.db.direct.Lane``)."""
+        return Lane() if self.direct_pool is None else self.direct_pool.lane()
+
     @asynccontextmanager
-    async def direct_read(self) -> AsyncIterator[DirectConnection]:
+    async def direct_read(self, lane: Lane | None = None) -> AsyncIterator[DirectConnection]:
         """A connection for the hot reads (autocommit, like ``read``)."""
         if self.direct_pool is not None:
-            async with self.direct_pool.autocommit() as direct:
+            async with self.direct_pool.autocommit(lane) as direct:
                 yield direct
         else:
             async with self.read() as conn:
@@ -175,7 +180,7 @@ class Database:
 
     @asynccontextmanager
     async def direct_write(
-        self, *, one_statement: bool = False, durable: bool = True
+        self, *, one_statement: bool = False, durable: bool = True, lane: Lane | None = None
     ) -> AsyncIterator[DirectConnection]:
         """One write transaction for the hot writes. ``one_statement``: the caller runs a
         single statement, which PostgreSQL runs as a transaction of its own (no BEGIN and
@@ -184,10 +189,10 @@ class Database:
         any other: its ``synchronous`` is the connection's); a single such statement turns
         the wait off itself (as the claim does: ``statements.claims.UNFLUSHED``)."""
         if self.direct_pool is not None and one_statement:
-            async with self.direct_pool.autocommit() as direct:
+            async with self.direct_pool.autocommit(lane) as direct:
                 yield direct
         elif self.direct_pool is not None:
-            async with self.direct_pool.transaction(flush=durable) as direct:
+            async with self.direct_pool.transaction(flush=durable, lane=lane) as direct:
                 yield direct
         else:
             async with self.write() as conn:
@@ -199,6 +204,7 @@ class Database:
         *,
         one_statement: bool = False,
         durable: bool = True,
+        lane: Lane | None = None,
     ) -> T:
         """``body`` in one hot write transaction (``direct_write``'s, with its options), its
         answer returned once committed. On SQLite the whole transaction is one call to the
@@ -206,7 +212,7 @@ class Database:
         the connection's statements."""
         if self.sqlite_writer is not None:
             return await self.sqlite_writer.run(body, durable)
-        async with self.direct_write(one_statement=one_statement, durable=durable) as conn:
+        async with self.direct_write(one_statement=one_statement, durable=durable, lane=lane) as conn:
             return await body(conn)
 
     async def dispose(self) -> None:

@@ -89,6 +89,9 @@ class JobService:
         self.idempotency_ttl = idempotency_ttl
         self._insert: GroupCommit[NewJobs, Held | None] = GroupCommit(self._insert_batches)
         self._read: GroupCommit[list[str], list[tuple[str, Row]]] = GroupCommit(self._read_batches)
+        #: The two group commits' flushes, each one at a time, keep a connection each.
+        self._insert_lane = database.lane()
+        self._read_lane = database.lane()
         self._unfinished = BacklogCount(self._count_unfinished, lambda counts: sum(counts.values()))
 
     async def submit(self, client: str, requests: Sequence[JobRequest | JobRejected]) -> list[dict[str, Any]]:
@@ -224,7 +227,7 @@ class JobService:
         unclaimed: dict[str, Any] = {}
         try:
             if keyed:
-                async with self.database.direct_write() as conn:
+                async with self.database.direct_write(lane=self._insert_lane) as conn:
                     now = utcnow()
                     held = iter(await claim_keys(conn, self.database, keyed, now, now + self.idempotency_ttl))
                     outcomes = [None if batch.key is None else next(held) for batch in batches]
@@ -246,7 +249,9 @@ class JobService:
                 left = claimed < len(rows)
                 notify = self.signal.notification if left else None
                 await self.database.write_transaction(
-                    lambda conn: conn.insert_many(INSERT_JOBS, rows, notify=notify), one_statement=True
+                    lambda conn: conn.insert_many(INSERT_JOBS, rows, notify=notify),
+                    one_statement=True,
+                    lane=self._insert_lane,
                 )
         except _NothingStored:
             return outcomes
@@ -368,7 +373,7 @@ class JobService:
         read starts after it was asked, so it sees every job committed before."""
         wanted = list(dict.fromkeys(job_id for ids in batches for job_id in ids))
         rows: dict[str, list[Row]] = defaultdict(list)
-        async with self.database.direct_read() as conn:
+        async with self.database.direct_read(self._read_lane) as conn:
             # A job and its steps always come in one statement (one snapshot).
             for chunk in range(0, len(wanted), RESULTS_CHUNK):
                 for row in await conn.fetch(reads.RESULTS, {"ids": wanted[chunk : chunk + RESULTS_CHUNK]}):

@@ -49,6 +49,10 @@ class JobStore:
         self._claim_cursor: tuple[datetime, int] | None = None
         self._last_full_claim = 0.0
         self.full_claim_seconds = FULL_CLAIM_SECONDS
+        #: The claim loop's statements and the step commits' flushes, each one at a time,
+        #: keep a connection each.
+        self._claim_lane = database.lane()
+        self._commit_lane = database.lane()
 
     def claimed_columns(self, now: datetime) -> dict[str, Any]:
         """A new job's columns when its INSERT is its first claim (``app.jobs.handoff``),
@@ -112,7 +116,7 @@ class JobStore:
         steps: dict[str, list[CommittedStep]] = {}
         step_retries: dict[str, dict[int, int]] = {}
         if resumed or retried:
-            async with self.database.direct_read() as conn:
+            async with self.database.direct_read(self._claim_lane) as conn:
                 if resumed:
                     for job_id, position, output, error in await conn.fetch(claims.COMMITTED_STEPS, {"ids": resumed}):
                         steps.setdefault(str(job_id), []).append(CommittedStep(position, output, error))
@@ -151,7 +155,7 @@ class JobStore:
         async def claim(conn: DirectConnection) -> list[Row]:
             return await conn.fetch(statement, {**self.claim_params(limit, utcnow()), **(after or {})})
 
-        return await self.database.write_transaction(claim, one_statement=True, durable=False)
+        return await self.database.write_transaction(claim, one_statement=True, durable=False, lane=self._claim_lane)
 
     async def record_steps(self, results: list[StepResult]) -> list[LeaseLost | None]:
         """Commit the steps of several jobs in one transaction (group commit).
@@ -166,7 +170,9 @@ class JobStore:
             outcomes = {result.ends_job_as for result in results}
             if len(outcomes) == 1 and len(results) <= ENDED_PER_NOTIFY:
                 return await self._record_steps_at_once(results, outcomes.pop(), now)
-        held, deliveries = await self.database.write_transaction(lambda conn: self._commit_steps(conn, results, now))
+        held, deliveries = await self.database.write_transaction(
+            lambda conn: self._commit_steps(conn, results, now), lane=self._commit_lane
+        )
         if deliveries and self.signal is not None:
             self.signal.webhooks_changed()  # this node's delivery service, at once
         return _answers(results, held)
@@ -234,7 +240,7 @@ class JobStore:
                 channel=ENDED_CHANNEL,
                 sender=self.signal.sender,
             )
-        async with self.database.direct_write(one_statement=True) as conn:
+        async with self.database.direct_write(one_statement=True, lane=self._commit_lane) as conn:
             written = await conn.fetch(statement, params)
         held = {(str(row[0]), row[1], row[2]) for row in written}
         if outcome is not None and self.signal is not None and any(row[3] is not None for row in written):
@@ -268,7 +274,7 @@ class JobStore:
 
     async def next_due(self) -> datetime | None:
         """When the earliest pending job is due (``retries.NEXT_DUE``)."""
-        async with self.database.direct_read() as conn:
+        async with self.database.direct_read(self._claim_lane) as conn:
             rows = await conn.fetch(retries.NEXT_DUE, {})
         return rows[0][0] if rows else None
 

@@ -106,9 +106,7 @@ async def test_lanes_keep_at_most_half_the_pool(database: Database) -> None:
         assert (await first.fetch(_PID, {}))[0][0] != (await second.fetch(_PID, {}))[0][0]
 
 
-async def test_closing_the_database_closes_the_lanes_connections_at_once(pg_fresh_url: str) -> None:
-    await migrated(pg_fresh_url)
-    database = Database(pg_fresh_url, pool_size=4)
+async def test_closing_the_database_closes_the_lanes_connections_at_once(database: Database, pg_fresh_url: str) -> None:
     lane = database.lane()
     kept = await _pid(database, lane)
     began = time.monotonic()

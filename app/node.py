@@ -73,6 +73,8 @@ class Node:
             if self.database.is_postgresql
             else None
         )
+        if self.connection is not None:
+            live.hear_ended = self.connection.hear_ended
         self.scheduler = Scheduler(settings, store, ChainRunner(store, self.containers, self.client, live), self.signal)
         self.webhooks = WebhookDeliveries(self.database, self.signal, settings.webhooks)
         self.orphans = OrphanTakeBack(self.database, settings.node_id, settings.scheduler.max_attempts)

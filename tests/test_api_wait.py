@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from app.db import listen
+from app.db.listen import NodeConnection
+from app.jobs import service
 from tests.helpers import assert_error, job, submit
 from tests.operator_support import container, scheduled, wait_for
 
@@ -57,16 +62,52 @@ async def test_invalid_wait_is_a_400(node, client_address):
             assert_error(r, 400, "Invalid parameter", {"name": "wait", "value": value})
 
 
-async def test_waiting_on_one_node_for_a_job_another_node_runs(make_node, host_service, client_address):
+async def test_waiting_on_one_node_for_a_job_another_node_runs(
+    make_node, host_service, client_address, monkeypatch: pytest.MonkeyPatch
+):
+    """On PostgreSQL the waiting node hears the end that the other node announces: with
+    no re-read before the wait's end, the answer can come from nothing else. It hears
+    such announcements only while a read waits for a job run elsewhere, and a linger
+    after (``ENDED_LINGER_SECONDS``): each node's step commits announce every job they
+    end, and hearing them costs a node CPU."""
     slow = host_service("count", DELAY=0.3)
     worker = scheduled(container("remote", slow.url), lease_seconds=30, node_id="worker")
     front = scheduled(container("remote", slow.url), enabled=False, node_id="front")
-    async with make_node(worker), make_node(front) as api, api.client(client_address) as http:
+    async with make_node(worker) as at_worker, make_node(front) as api, api.client(client_address) as http:
+        connection = api.node.connection
+        if connection is not None:
+            monkeypatch.setattr(service, "RECHECK_SECONDS", 60.0)
+            monkeypatch.setattr(listen, "ENDED_LINGER_SECONDS", 0.5)
+        async with at_worker.client(client_address) as worker_http:
+            # A job of the worker's own, waited for there: nobody listens for ends.
+            own = await submit(worker_http, job("remote", data={"job": "own"}))
+            r = await worker_http.get("/api/jobs", params={"id": own, "wait": "20"})
+            assert r.json()[0]["status"] == "success", r.text
         job_id = await submit(http, job("remote", data={"job": "r"}))
         r = await http.get("/api/jobs", params={"id": job_id, "wait": "20"})
         assert r.json() == [
             {"id": job_id, "status": "success", "result": {"container": "remote", "output": {"job": "r"}}}
         ]
+        if connection is not None:
+            assert not at_worker.node.connection.hearing_ended, "the worker's reads waited for its own jobs only"
+            assert await _channels(connection) == {"jobnode_ended"} | _ALWAYS
+            await wait_for(lambda: _not_hearing(connection), timeout=10)  # the linger passed
+            assert await _channels(connection) == _ALWAYS
+
+
+#: The channels a node listens on whatever its clients do.
+_ALWAYS = {"jobnode_jobs", "jobnode_leases", "jobnode_subscriptions", "jobnode_webhooks"}
+
+
+async def _channels(connection: NodeConnection) -> set[str]:
+    """What the server has the node's connection listening to."""
+    async with connection._querying:
+        assert connection._conn is not None
+        return {row[0] for row in await connection._conn.fetch("SELECT pg_listening_channels()")}
+
+
+async def _not_hearing(connection: NodeConnection) -> bool:
+    return not connection.hearing_ended
 
 
 async def test_a_running_job_reads_the_same_from_memory_and_from_the_database(make_node, host_service, client_address):

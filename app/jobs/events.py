@@ -15,7 +15,8 @@ Where events come from (``EventFeed``, one per node):
 * Any other job (queued, run by another node or worker, or given up here): one shared
   reader re-reads ALL such watched jobs in one statement (``reads.RESULTS``) every
   ``RECHECK_SECONDS`` while streams watch them, and at once when a job ended elsewhere
-  (the end NOTIFY of PostgreSQL) or a stream starts. Never a statement per stream.
+  (the end NOTIFY of PostgreSQL, heard from the reader's first read on: ``LiveJobs.
+  hear_elsewhere``) or a stream starts. Never a statement per stream.
 
 The reader is a loop of the feed rather than a service of ``app.maintenance``: it runs
 only while a stream watches a job that is not running here, and stops with the last.
@@ -264,6 +265,9 @@ class EventFeed:
                     watch.update(job_id, snapshot)
         if not job_ids:
             return
+        with contextlib.suppress(TimeoutError):  # their end heard of before they are read
+            async with asyncio.timeout(self.recheck):
+                await self.live.hear_elsewhere()
         try:
             snapshots = await self._read(job_ids)
         except Exception as exc:

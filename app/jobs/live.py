@@ -9,7 +9,8 @@ another node — are read from the database.
 
 A client may also wait for its jobs (``GET /api/jobs?id=…&wait=``): the node wakes it
 when it ends one of them, or when another node or worker announces that it did
-(PostgreSQL NOTIFY), and otherwise re-reads every ``RECHECK_SECONDS``.
+(PostgreSQL NOTIFY, heard only while something here waits for a job not running here:
+``hear_elsewhere``), and otherwise re-reads every ``RECHECK_SECONDS``.
 
 Event streams (``app.jobs.events``) listen to single jobs: a listener hears each step the
 moment it is committed here, the job's end, and a hint to read the database when the job
@@ -24,7 +25,7 @@ of ``scheduler.lease_seconds``) and abandons it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,9 @@ class LiveJobs:
         self._jobs: dict[str, LiveJob] = {}
         self._waiters: dict[str, set[asyncio.Future[EndedJob | None]]] = {}
         self._listeners: dict[str, Listener] = {}
+        #: Starts hearing of jobs ended elsewhere (``NodeConnection.hear_ended``); None
+        #: where nothing announces them (SQLite).
+        self.hear_ended: Callable[[], Awaitable[bool]] | None = None
 
     def listen(self, job_id: str, listener: Listener) -> None:
         """``listener`` hears about the job until ``unlisten`` (one listener per job: the
@@ -117,15 +121,26 @@ class LiveJobs:
                 if not waiter.done():
                     waiter.set_result(final)
 
+    async def hear_elsewhere(self) -> bool:
+        """Before a read of jobs not running here that may then wait for them: their end
+        is announced from now on. True when it was not before (a read made earlier may
+        have missed an end)."""
+        return self.hear_ended is not None and await self.hear_ended()
+
     async def wait_ended(self, job_ids: Iterable[str], timeout: float) -> EndedJob | None:
         """Until one of the jobs ended, or ``timeout`` passed. A job this node ended comes
-        back as it was committed, so the waiting read needs no database read for it."""
+        back as it was committed, so the waiting read needs no database read for it. None
+        at once when the end of a job running elsewhere was not heard of until now: the
+        caller reads again before it waits."""
         waiter: asyncio.Future[EndedJob | None] = asyncio.get_running_loop().create_future()
         ids = list(job_ids)
+        elsewhere = any(job_id not in self._jobs for job_id in ids)
         for job_id in ids:
             self._waiters.setdefault(job_id, set()).add(waiter)
         try:
             async with asyncio.timeout(timeout):
+                if elsewhere and await self.hear_elsewhere():
+                    return None
                 return await waiter
         except TimeoutError:
             return None

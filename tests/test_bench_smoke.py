@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.bench import scale
+from tests.bench import crosstalk, scale
 from tests.bench.http import Connection
 from tests.bench.procs import EchoService, asyncpg_dsn
 from tests.support import migrated
@@ -134,6 +134,15 @@ def test_the_backlog_benchmark_drains_with_two_nodes(pg_fresh_url: str) -> None:
             await conn.close()
 
     assert asyncio.run(runners()) == {"bench-0", "bench-1"}
+
+
+@pytest.mark.slow
+def test_the_crosstalk_benchmark_measures_a_node_hearing_announcements(pg_fresh_url: str) -> None:
+    """``crosstalk.py``: one node's CPU, idle, then while another session announces ended
+    jobs (what each cost is the script's reading, not asserted)."""
+    result = asyncio.run(crosstalk.run(None, 1.0, 100.0, pg_fresh_url))
+    assert result["announcements_per_s"] > 0, result
+    assert result["idle_cpu_ms_per_s"] >= 0 and result["cpu_us_per_announcement"] is not None, result
 
 
 def test_the_echo_service_answers_after_its_delay(tmp_path: Path) -> None:

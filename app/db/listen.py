@@ -130,6 +130,9 @@ class NodeConnection:
                 await conn.add_listener(ENDED_CHANNEL, self._on_notify)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 return  # the connection's own loop notices and reconnects
+            except Exception:  # never the waiting read's failure: its re-reads cover
+                log.exception("LISTEN %s failed", ENDED_CHANNEL)
+                return
             self._hearing_ended = True
 
     async def _unlisten_ended(self, conn: asyncpg.Connection) -> None:

@@ -77,7 +77,7 @@ async def test_waiting_on_one_node_for_a_job_another_node_runs(
         connection = api.node.connection
         if connection is not None:
             monkeypatch.setattr(service, "RECHECK_SECONDS", 60.0)
-            monkeypatch.setattr(listen, "ENDED_LINGER_SECONDS", 0.5)
+            monkeypatch.setattr(listen, "ENDED_LINGER_SECONDS", 3.0)  # the keep-alive checks it every 1 s
         async with at_worker.client(client_address) as worker_http:
             # A job of the worker's own, waited for there: nobody listens for ends.
             own = await submit(worker_http, job("remote", data={"job": "own"}))

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.helpers import assert_error, assert_invalid_request, job, listed, other_address, submit, submit_batch
+from tests.operator_support import wait_for
 
 NOT_FOUND = {"error": "Subscription not found"}
 
@@ -159,6 +160,11 @@ async def test_cancel(make_node, host_service, client_address):
         # While an interval runs: it ends as it would, no interval starts after.
         sub = await submit(http, subscription(1, 100))
         await until(http, sub, lambda d: d["jobs"] != [])
+
+        async def reached_the_service() -> bool:  # claimed and running, not only stored
+            return bool(await asyncio.to_thread(slow.calls))
+
+        await wait_for(reached_the_service)
         cancelled = (await http.delete(f"/api/subscriptions/{sub}")).json()
         assert cancelled["status"] == "cancelled"
         started = cancelled["counts"]["started"]

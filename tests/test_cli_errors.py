@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from tests.support import free_port
 from tests.support import run_jobnode as jobnode
 
-JOB_ID = str(uuid.uuid4())
+JOB_ID = "4b6f7a52-3c1e-4d2a-9f0b-8e5d6c7a1b2c"  # fixed: a test id, the same in every pytest-xdist worker
 #: Every command that opens the database.
 DATABASE_COMMANDS = [
     ["db", "current"],

@@ -12,7 +12,8 @@ from tests.docker_support import TEST_LABELS, new_node_id, service, wait_for
 from tests.helpers import job, submit
 from tests.support import wait_finished
 
-pytestmark = pytest.mark.docker
+# On one pytest-xdist worker, with every test of the Docker Engine (README, Development).
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 
 
 def _config(*containers: dict[str, Any]) -> dict[str, Any]:

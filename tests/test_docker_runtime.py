@@ -40,7 +40,8 @@ from tests.docker_support import (
 )
 from tests.support import free_port
 
-pytestmark = pytest.mark.docker
+# On one pytest-xdist worker, with every test of the Docker Engine (README, Development).
+pytestmark = [pytest.mark.docker, pytest.mark.xdist_group("docker")]
 
 
 @pytest.fixture

@@ -122,6 +122,7 @@ async def forwarding_proxy(path: Path, target: str = ENGINE) -> AsyncIterator[No
 
 
 @pytest.mark.docker
+@pytest.mark.xdist_group("docker")  # with every test of the Docker Engine
 @pytest.mark.slow
 async def test_engine_appearing_is_picked_up(make_node, client_address, tmp_path, caplog):
     """Needs the real engine (reached through a proxy at a path of this test's own);

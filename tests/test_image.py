@@ -29,6 +29,9 @@ import yaml
 from tests.helpers import job
 from tests.support import create_pg_database, drop_pg_database, free_port, unavailable
 
+# On one pytest-xdist worker, with every test of the Docker Engine (README, Development).
+pytestmark = pytest.mark.xdist_group("docker")
+
 ROOT = Path(__file__).resolve().parents[1]
 LABEL = "jobnode.deploy-test=1"
 IMAGE_REPOSITORY = "jobnode-deploy-test/node"

@@ -20,7 +20,8 @@ from tests.conftest import BACKENDS
 from tests.helpers import fresh_database
 from tests.support import free_port
 
-pytestmark = pytest.mark.slow
+# On one pytest-xdist worker: the module's wheel is built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("wheel")]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: What the wheel is built from: the package, its migrations (app/_migrations links to

@@ -9,6 +9,7 @@ import pytest
 
 from app.db import listen
 from app.db.listen import NodeConnection
+from app.db.signal import CHANNEL, ENDED_CHANNEL, LEASE_CHANNEL, SUBSCRIPTIONS_CHANNEL, WEBHOOKS_CHANNEL
 from app.jobs import service
 from tests.helpers import assert_error, job, submit
 from tests.operator_support import container, scheduled, wait_for
@@ -90,13 +91,13 @@ async def test_waiting_on_one_node_for_a_job_another_node_runs(
         ]
         if connection is not None:
             assert not at_worker.node.connection.hearing_ended, "the worker's reads waited for its own jobs only"
-            assert await _channels(connection) == {"jobnode_ended"} | _ALWAYS
+            assert await _channels(connection) == {ENDED_CHANNEL} | _ALWAYS
             await wait_for(lambda: _not_hearing(connection), timeout=10)  # the linger passed
             assert await _channels(connection) == _ALWAYS
 
 
 #: The channels a node listens on whatever its clients do.
-_ALWAYS = {"jobnode_jobs", "jobnode_leases", "jobnode_subscriptions", "jobnode_webhooks"}
+_ALWAYS = {CHANNEL, LEASE_CHANNEL, SUBSCRIPTIONS_CHANNEL, WEBHOOKS_CHANNEL}
 
 
 async def _channels(connection: NodeConnection) -> set[str]:

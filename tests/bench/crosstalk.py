@@ -28,6 +28,7 @@ from typing import Any
 import asyncpg
 import click
 
+from app.db.signal import JobSignal
 from tests.bench.procs import EchoService, NodeProcess, asyncpg_dsn, create_pg_database, drop_pg_database, node_config
 from tests.support import migrated
 
@@ -62,10 +63,11 @@ async def run(tree: Path | None, seconds: float, rate: float, url: str | None = 
         node.start()
         conn = await asyncpg.connect(asyncpg_dsn(url))
         try:
-            payload = json.dumps(["another-node", [str(uuid.uuid4()) for _ in range(IDS_PER_ANNOUNCEMENT)]])
+            ids = [str(uuid.uuid4()) for _ in range(IDS_PER_ANNOUNCEMENT)]
+            ((channel, payload),) = JobSignal("another-node").ended_notifications(ids)
 
             async def announce() -> None:
-                await conn.execute("SELECT pg_notify('jobnode_ended', $1)", payload)
+                await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
 
             await asyncio.sleep(2.0)  # the node's start-up work done
             idle, _ = await _phase(node, seconds, None, rate)

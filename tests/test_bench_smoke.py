@@ -15,7 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.bench import crosstalk, scale
+from tests.bench import crosstalk, scale, wakecost
 from tests.bench.http import Connection
 from tests.bench.procs import EchoService, asyncpg_dsn
 from tests.support import migrated
@@ -143,6 +143,17 @@ def test_the_crosstalk_benchmark_measures_a_node_hearing_announcements(pg_fresh_
     result = asyncio.run(crosstalk.run(None, 1.0, 100.0, pg_fresh_url))
     assert result["announcements_per_s"] > 0, result
     assert result["idle_cpu_ms_per_s"] >= 0 and result["cpu_us_per_announcement"] is not None, result
+
+
+def test_the_wake_cost_benchmark_measures_this_machine() -> None:
+    """``wakecost.py``: what a sleep and a wake-up cost a process here (the figures are the
+    machine's reading, not asserted)."""
+    result = wakecost.measure(round_trips=200, pieces=200)
+    assert result["ping_pong_same_cpu"]["wall_us"] > 0, result
+    if result["cpus"] >= 2:
+        assert result["ping_pong_across_cpus"]["waker_cpu_us"] >= 0, result
+    assert set(result["work_cpu_us_after_sleep"]) == {"0us", "50us", "1000us"}, result
+    assert all(value > 0 for value in result["work_cpu_us_after_sleep"].values()), result
 
 
 def test_the_echo_service_answers_after_its_delay(tmp_path: Path) -> None:

@@ -60,9 +60,13 @@ def count_unavailable(errors: Counter[str]) -> int:
 
 # -- CPU meter -------------------------------------------------------------------------
 
+#: The node's context switches in ``Window.cpu``: a count, not CPU seconds.
+SWITCHES = "node_switches"
+
 
 class Meter:
-    """Reads the CPU counters of every party at a window's edges."""
+    """Reads the CPU counters of every party at a window's edges, and the node's context
+    switches where it counts them (``switches()``: how often its processes slept)."""
 
     def __init__(
         self, node: NodeProcess | None = None, service: EchoService | None = None, db: PgBackends | None = None
@@ -74,6 +78,7 @@ class Meter:
         return {
             "t": time.monotonic(),
             "node": self.node.cpu() if self.node else 0.0,
+            **({SWITCHES: float(self.node.switches())} if hasattr(self.node, "switches") else {}),
             "service": tree_cpu(self.service.pid) if self.service else 0.0,
             **({"db": await self.db.cpu()} if self.db else {}),
             "loadgen": times.user + times.system,
@@ -119,11 +124,12 @@ class Window:
         submits = [s.submit for s in ok if s.submit]
         jobs = self.jobs
         rate = jobs / self.elapsed if self.elapsed > 0 else 0.0
+        cpu = {k: v for k, v in self.cpu.items() if k != SWITCHES}
         per_job = {
-            f"{k}_cpu_ms_per_job": round(v / jobs * 1000, 4) if jobs else None
-            for k, v in self.cpu.items()
-            if k not in ("wall",)
+            f"{k}_cpu_ms_per_job": round(v / jobs * 1000, 4) if jobs else None for k, v in cpu.items() if k != "wall"
         }
+        if SWITCHES in self.cpu:
+            per_job[f"{SWITCHES}_per_job"] = round(self.cpu[SWITCHES] / jobs, 3) if jobs else None
         return {
             "clients": self.clients,
             "warmup_s": round(self.warmup, 2),
@@ -139,10 +145,8 @@ class Window:
             "errors": self.error_count,
             "database_locked_errors": self.locked,
             "error_samples": dict(self.errors.most_common(10)),
-            "cpu_s": {k: round(v, 3) for k, v in self.cpu.items()},
-            "cpu_cores": {
-                k: round(v / self.elapsed, 2) for k, v in self.cpu.items() if k != "wall" and self.elapsed > 0
-            },
+            "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+            "cpu_cores": {k: round(v / self.elapsed, 2) for k, v in cpu.items() if k != "wall" and self.elapsed > 0},
             **per_job,
         }
 

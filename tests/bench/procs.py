@@ -68,6 +68,26 @@ def process_cpu(pid: int, *, children: bool = True) -> float:
     return ticks / CLOCK_TICKS
 
 
+_SWITCH_FIELDS = ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
+
+
+def context_switches(pid: int) -> int:
+    """Context switches of all of ``pid``'s threads, voluntary (it slept) or not (0 once it
+    has exited)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                total += sum(int(line.split()[1]) for line in status if line.startswith(_SWITCH_FIELDS))
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def descendants(pid: int) -> list[int]:
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):

@@ -16,7 +16,9 @@ database's commits per job (``pg_stat_database``, approximate: its counters are 
 about once a second, and they count the jobs stored while the window ran); the share of
 jobs claimed by the claim loop (stored ``pending``, then claimed by an UPDATE) rather
 than in the INSERT that stored them (``app.jobs.handoff``): a job's updates beyond its
-end, renewals included (``pg_stat_user_tables``); and the steps each process ran. ``--profile DIR``
+end, renewals included (``pg_stat_user_tables``); the node's context switches per job
+(how often its processes slept: ``wakecost.py`` says what each sleep costs here); and the
+steps each process ran. ``--profile DIR``
 records each node process with py-spy during the last round's windows (collapsed stacks).
 ``--tree`` runs the node of another checkout (run in that tree), as ``ab.py`` does;
 ``--against OLD`` runs every mode of that checkout too (``old-…``, each on its own
@@ -43,6 +45,7 @@ from tests.bench.procs import (
     NodeProcess,
     PgBackends,
     asyncpg_dsn,
+    context_switches,
     create_pg_database,
     descendants,
     drop_pg_database,
@@ -86,6 +89,12 @@ class Deployment:
 
     def cpu(self) -> float:
         return sum(node.cpu() for node in self.nodes)
+
+    def switches(self) -> int:
+        """The serving processes' context switches, voluntary or not: each a sleep (or a
+        preemption) and a wake-up, which cost a process more than its work alone
+        (``wakecost.py``)."""
+        return sum(context_switches(pid) for pid in self.serving_pids())
 
     def ports(self) -> list[int]:
         return [node.port for node in self.nodes]
@@ -156,6 +165,7 @@ async def _window(
         "service_ms": summary["service_cpu_ms_per_job"],
         #: The whole machine's busy cores in the window (2: nothing left for a second process).
         "busy_cores": summary["cpu_cores"]["system"],
+        "switches_per_job": summary["node_switches_per_job"],
         "errors": summary["errors"],
         "error_samples": summary["error_samples"],
         "p50_ms": summary["latency_p50_ms"],
@@ -210,7 +220,8 @@ async def _run(
                         f"round {round_} {name:>11} {wait_name}: {row['rate']:,.0f} jobs/s, node {row['node_ms']:.3f}"
                         f" ms/job, db {row['db_ms']:.3f}, loadgen {row['loadgen_ms']:.3f},"
                         f" service {row['service_ms']:.3f}, busy cores {row['busy_cores']}, commits/job"
-                        f" {row['commits_per_job']}, claimed by loop {row['claimed_by_loop']}, owners"
+                        f" {row['commits_per_job']}, node context switches/job {row['switches_per_job']},"
+                        f" claimed by loop {row['claimed_by_loop']}, owners"
                         f" {row['owners']}, errors {row['errors']} {row['error_samples'] or ''}"
                     )
         click.echo("mean (min-max) over the rounds:")
@@ -225,7 +236,7 @@ async def _run(
             click.echo(
                 f"{name:>11} {wait_name}: jobs/s {spread('rate')}, node ms/job {spread('node_ms')}, "
                 f"db ms/job {spread('db_ms')}, busy cores {spread('busy_cores')}, "
-                f"commits/job {spread('commits_per_job')}, "
+                f"commits/job {spread('commits_per_job')}, switches/job {spread('switches_per_job')}, "
                 f"claimed by loop {spread('claimed_by_loop')}"
             )
         tracebacks = {mode: d.log().count("Traceback") for mode, d in deployments.items()}

@@ -4,6 +4,7 @@ configured by ``url``, i.e. unmanaged containers), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import insert, select
 
 from app.clock import utcnow
 from app.db.models import Job, JobStep
+from app.jobs.transitions import MAX_CLAIM_POSTGRESQL
 from tests.conftest import BACKENDS
 from tests.helpers import assert_error, fresh_database, job, submit
 from tests.support import RunningNode, free_port, node_settings, serve_node, wait_finished
@@ -242,6 +244,33 @@ async def test_new_jobs_queue_behind_waiting_ones(make_fresh_node, host_service,
         async with node.node.database.read() as conn:
             started = dict((await conn.execute(select(Job.id, Job.started_at).where(Job.id.in_(ids)))).all())
     assert sorted(ids, key=lambda job_id: started[job_id]) == ids
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_backlog_is_claimed_in_claims_of_at_most_16_on_postgresql(
+    backend, tmp_path, host_service, client_address
+):
+    """A node with 40 slots free and 40 jobs waiting takes them in claims of at most 16 on
+    PostgreSQL (``MAX_CLAIM_POSTGRESQL``), one after the other, and runs them all; on SQLite
+    in one. The jobs of one claim share its time as their ``started_at``."""
+    echo = host_service("echo")
+    runs = _config(_container("echo", echo.url, concurrency=64), max_concurrent_jobs=40, poll_interval=60)
+    stores = {**runs, "scheduler": {**runs["scheduler"], "enabled": False}}
+    async with fresh_database(backend, tmp_path) as url:
+        async with serve_node(node_settings(url, stores)) as front, front.client(client_address) as http:
+            batch = [job("echo", data={"i": i}) for i in range(40)]
+            ids = [answer["id"] for answer in (await http.post("/api/jobs/batch", json=batch)).json()]
+        async with serve_node(node_settings(url, runs)) as node, node.client(client_address) as http:
+            results = await wait_finished(http, ids, timeout=20)
+            async with node.node.database.read() as conn:
+                started = (await conn.execute(select(Job.started_at).where(Job.id.in_(ids)))).scalars().all()
+    assert {result["status"] for result in results.values()} == {"success"}
+    claims = sorted(Counter(started).values(), reverse=True)
+    assert sum(claims) == 40
+    if backend == "postgresql":
+        assert claims[0] == MAX_CLAIM_POSTGRESQL and max(claims) <= MAX_CLAIM_POSTGRESQL and len(claims) >= 3, claims
+    else:
+        assert claims == [40], claims
 
 
 async def test_jobs_stored_by_another_node_wake_this_one(postgresql_url, host_service, client_address):

@@ -33,6 +33,15 @@ from app.jobs.values import ClaimedJob, CommittedStep, LeaseLost, StepResult, St
 #: cursor (stored by a node whose clock is behind, or skipped while another node's failed
 #: claim held it locked) waits at most this much longer.
 FULL_CLAIM_SECONDS = 1.0
+#: The most jobs one claim takes on PostgreSQL; a node with more capacity free claims
+#: again at once. A claim's answer waits for the node's event loop, busy with the jobs the
+#: claims before it started, and a claim of more jobs starts a longer burst of them and
+#: takes longer itself: draining a backlog with 64 jobs in flight and 14–15 M stored, claims
+#: of up to 16 jobs were 98.5–99.3 % within 5 ms against 93.9–96.2 % for claims of all
+#: the capacity free (about 28), for about as many jobs a second and 5 % more CPU a job.
+#: Not on SQLite, whose claims take turns with the step commits in its one writer: there
+#: the same cap halved a drain's rate.
+MAX_CLAIM_POSTGRESQL = 16
 
 
 class JobStore:
@@ -53,6 +62,8 @@ class JobStore:
         #: keep a connection each.
         self._claim_lane = database.lane()
         self._commit_lane = database.lane()
+        #: The most jobs one claim asks for (None: all the capacity free).
+        self.max_claim = MAX_CLAIM_POSTGRESQL if database.is_postgresql else None
 
     def claimed_columns(self, now: datetime) -> dict[str, Any]:
         """A new job's columns when its INSERT is its first claim (``app.jobs.handoff``),

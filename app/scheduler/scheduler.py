@@ -101,9 +101,9 @@ class Scheduler:
         return self.config.max_concurrent_jobs - len(self.running) - self._reserved
 
     async def _claim(self) -> tuple[bool, int]:
-        """Claim up to the free capacity and start what came: (full, how many). Full: more
-        may be waiting."""
-        free = self._free()
+        """Claim up to the free capacity (at most the store's ``max_claim``) and start what
+        came: (full, how many). Full: more may be waiting."""
+        free = min(self._free(), self.store.max_claim or self.config.max_concurrent_jobs)
         if free <= 0:
             return True, 0
         self._reserved += free

@@ -247,7 +247,7 @@ async def test_new_jobs_queue_behind_waiting_ones(make_fresh_node, host_service,
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_backlog_is_claimed_in_claims_of_at_most_16_on_postgresql(
+async def test_a_backlog_is_claimed_16_jobs_at_a_time_on_postgresql_all_at_once_on_sqlite(
     backend, tmp_path, host_service, client_address
 ):
     """A node with 40 slots free and 40 jobs waiting takes them in claims of at most 16 on

@@ -278,6 +278,15 @@ def _claims(before: dict[Any, float], after: dict[Any, float]) -> dict[str, Any]
     }
 
 
+async def cancel_leftovers(conn: asyncpg.Connection) -> None:
+    """The jobs an earlier run left pending or running, cancelled: a node claims the oldest
+    first, so a steady window's jobs would otherwise queue behind them (and end none)."""
+    await conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL "
+        "WHERE status IN ('pending', 'running')"
+    )
+
+
 async def set_backlog(conn: asyncpg.Connection, pending: int, ids: str) -> int:
     """Exactly ``pending`` new jobs waiting (one ``echo1`` step, none done: stored jobs made
     pending again would keep their committed steps and end without calling the service),
@@ -285,10 +294,7 @@ async def set_backlog(conn: asyncpg.Connection, pending: int, ids: str) -> int:
     autovacuum would. Their ids of the layout ``ids`` (``stored.ID_LAYOUTS``), each of the
     time the job was queued (``run_after``, 1 µs apart), as if a node had stored them then.
     Returns the jobs stored."""
-    await conn.execute(
-        "UPDATE jobs SET status = 'cancelled', finished_at = now(), lease_owner = NULL, lease_expires_at = NULL "
-        "WHERE status IN ('pending', 'running')"
-    )
+    await cancel_leftovers(conn)
     await conn.execute(
         "INSERT INTO jobs (id, client, source, containers, input, requires_proof, status, attempts, stream, "
         f"run_after, created_at) SELECT {pg_job_id(ids, 'queued')}, '2001:db8::' || to_hex(i % 10000), 'offchain', "
@@ -495,19 +501,20 @@ async def since_vacuum(url: str, pending: int, every: int, nodes: int = 1) -> li
 
 
 async def _fresh_or(url: str | None, compression: str | None) -> tuple[str, bool]:
-    """``url``, or a fresh migrated database; ``compression``: the payload columns' TOAST
-    compression set back (``pglz``: as before migration 0008)."""
+    """``url`` (what an earlier run left pending cancelled), or a fresh migrated database;
+    ``compression``: the payload columns' TOAST compression set back (``pglz``: as before
+    migration 0008)."""
     fresh = url is None
     if url is None:
         url = await create_pg_database("jobnode_scale")
         await migrated(url)
-    if compression is not None:
-        conn = await asyncpg.connect(asyncpg_dsn(url))
-        try:
-            for table, column in PAYLOAD_COLUMNS:
-                await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {compression}")
-        finally:
-            await conn.close()
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        await cancel_leftovers(conn)  # a kept database: what an earlier backlog run left
+        for table, column in PAYLOAD_COLUMNS if compression is not None else ():
+            await conn.execute(f"ALTER TABLE {table} ALTER COLUMN {column} SET COMPRESSION {compression}")
+    finally:
+        await conn.close()
     return url, fresh
 
 

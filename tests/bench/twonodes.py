@@ -169,6 +169,8 @@ async def _window(
         "errors": summary["errors"],
         "error_samples": summary["error_samples"],
         "p50_ms": summary["latency_p50_ms"],
+        #: Polling: each GET a request and a read of its own, paid per job as often as it runs.
+        "polls_per_job": summary["polls_per_job"],
         "commits_per_job": round(commits / stored, 2) if stored else None,
         # A job claimed in its INSERT is updated once (its end), one claimed later twice.
         "claimed_by_loop": round(updates / stored - 1, 3) if stored else None,
@@ -219,7 +221,8 @@ async def _run(
                     click.echo(
                         f"round {round_} {name:>11} {wait_name}: {row['rate']:,.0f} jobs/s, node {row['node_ms']:.3f}"
                         f" ms/job, db {row['db_ms']:.3f}, loadgen {row['loadgen_ms']:.3f},"
-                        f" service {row['service_ms']:.3f}, busy cores {row['busy_cores']}, commits/job"
+                        f" service {row['service_ms']:.3f}, p50 {row['p50_ms']} ms, polls/job {row['polls_per_job']},"
+                        f" busy cores {row['busy_cores']}, commits/job"
                         f" {row['commits_per_job']}, node context switches/job {row['switches_per_job']},"
                         f" claimed by loop {row['claimed_by_loop']}, owners"
                         f" {row['owners']}, errors {row['errors']} {row['error_samples'] or ''}"
@@ -236,6 +239,7 @@ async def _run(
             click.echo(
                 f"{name:>11} {wait_name}: jobs/s {spread('rate')}, node ms/job {spread('node_ms')}, "
                 f"db ms/job {spread('db_ms')}, busy cores {spread('busy_cores')}, "
+                f"p50 ms {spread('p50_ms')}, polls/job {spread('polls_per_job')}, "
                 f"commits/job {spread('commits_per_job')}, switches/job {spread('switches_per_job')}, "
                 f"claimed by loop {spread('claimed_by_loop')}"
             )

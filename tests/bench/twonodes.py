@@ -1,13 +1,14 @@
 """One node process against two (issue 19, item 5): ``server.workers: 2`` behind one port,
 and two separate ``jobnode serve`` nodes on one PostgreSQL database.
 
-    python -m tests.bench.twonodes [--modes one,workers,nodes] [--rounds 2] [--duration 5]
+    python -m tests.bench.twonodes [--modes one,half,workers,nodes,own] [--rounds 2] [--duration 5]
                                    [--wait-mode polling|waiting|both] [--profile DIR] [--tree PATH]
                                    [--against OLD_TREE]
 
 Each mode runs on a fresh PostgreSQL database of its own, all against one echo service
 (1 container, 32 clients, closed loop: POST, then poll every 1 ms or wait with ``&wait=``).
-With two separate nodes the clients are split between them by index, half each; with
+With two separate nodes the clients are split between them by index, half each (``own``:
+twice the clients, as many on each node as ``one`` serves); with
 ``workers`` the kernel spreads the connections over the two processes. The modes are
 measured alternately, round after round (the order reversed every other round), each a
 window after a warm-up. Per window: jobs/s, CPU per job of the node (all its processes,
@@ -55,8 +56,11 @@ from tests.bench.profile import Recorder, summarize
 
 #: ``half``: one process serving half the clients, the load each process of the two-process
 #: modes serves: the same CPU per job there means the extra cost is the smaller load per
-#: process (smaller batches), not the processes meeting each other.
-MODES = ("one", "half", "workers", "nodes")
+#: process (smaller batches), not the processes meeting each other. ``own``: two nodes, each
+#: serving as many clients as ``one`` (a node added with its own load, twice the clients).
+MODES = ("one", "half", "workers", "nodes", "own")
+#: The clients of a mode, for ``--clients`` N.
+CLIENTS = {"half": 0.5, "own": 2.0}
 WAITS = {"polling": 0.001, "waiting": None}
 
 
@@ -67,7 +71,7 @@ class Deployment:
         self, mode: str, url: str, service: EchoService, work: Path, tree: Path | None, label: str = ""
     ) -> None:
         self.mode, self.url = mode, url
-        count = 2 if mode == "nodes" else 1
+        count = 2 if mode in ("nodes", "own") else 1
         workers = 2 if mode == "workers" else 1
         self.nodes: list[NodeProcess] = []
         for index in range(count):
@@ -211,7 +215,7 @@ async def _run(
                             if recorder.start():
                                 recorders.append(recorder)
                     row = await _window(
-                        deployment, service, WAITS[wait_name], clients // 2 if mode == "half" else clients, duration
+                        deployment, service, WAITS[wait_name], round(clients * CLIENTS.get(mode, 1)), duration
                     )
                     for recorder in recorders:
                         if recorder.wait(60):
@@ -254,7 +258,7 @@ async def _run(
 
 
 @click.command()
-@click.option("--modes", default=",".join(MODES), show_default=True, help="one, half, workers, nodes")
+@click.option("--modes", default="one,half,workers,nodes", show_default=True, help="one, half, workers, nodes, own")
 @click.option("--wait-mode", type=click.Choice(["polling", "waiting", "both"]), default="both", show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 256), default=32, show_default=True)

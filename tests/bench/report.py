@@ -131,7 +131,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Mode: **{result['mode']}**. Code: `{_fmt(_get(result, 'code', 'commit'))}`"
         f"{' (app/ has uncommitted changes)' if _get(result, 'code', 'app_dirty') else ''}. "
         f"Machine: {machine.get('cpus')} CPUs, load average at start {machine.get('loadavg')}, "
-        f"Python {machine.get('python')}, {machine.get('database_version')}. "
+        f"Python {machine.get('python')}, {machine.get('database_version')}"
+        f"{'; autovacuum ' + machine['autovacuum'] if machine.get('autovacuum') else ''}. "
         f"Run took {_fmt(result.get('elapsed_s'))} s.",
         "",
         "Load generator: closed-loop clients on one keep-alive connection each (tests/bench/http.py), "

@@ -1,9 +1,15 @@
 """Group commit: concurrent writers share one transaction instead of queueing for their own
 (and concurrent reads one statement: ``JobService`` reads results this way too).
 
-The first write to arrive starts a flush at once (no added latency on an idle node);
-writes that arrive while a flush is in progress wait for the next one and go in
-together. The flush runs in a task of its own, so a caller that is cancelled (a client
+The first write to arrive starts a flush; writes that arrive while a flush is in
+progress wait for the next one and go in together. A flush that would carry fewer than
+``SMALL_FLUSH`` items first lets the event loop turn once more — no timer, no sleep: one
+look at the sockets and the callbacks that brings — so that what arrives meanwhile goes
+in with it. A lightly loaded node otherwise sends a statement, and wakes the database,
+for each item or two: with 16 clients on one process, the turn cut the commits per job
+from 0.65–0.71 to 0.50–0.51 and the node's CPU per job by 8–11 % (SQLite, 32 clients:
+9 %), at no cost in a node's full load or idle latency (README: *Two processes, two
+nodes*). The flush runs in a task of its own, so a caller that is cancelled (a client
 that went away) cannot strand the others of its batch.
 
 Sharing a statement must not mean sharing its fate (SPEC §10): when a flush of several
@@ -29,6 +35,9 @@ from app.db.errors import is_database_unavailable
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: A first flush of fewer items waits one turn of the event loop for company.
+SMALL_FLUSH = 8
+
 #: The flush answers each item in order: its result, or the exception for that item alone.
 Flush = Callable[[list[T]], Awaitable[Sequence[R | BaseException]]]
 
@@ -49,6 +58,8 @@ class GroupCommit(Generic[T, R]):
 
     async def _drain(self) -> None:
         try:
+            if len(self._waiting) < SMALL_FLUSH:
+                await asyncio.sleep(0)  # one more turn of the loop: what it brings joins this flush
             while self._waiting:
                 batch = self._waiting[: self._max_batch]
                 del self._waiting[: self._max_batch]

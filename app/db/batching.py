@@ -9,8 +9,8 @@ in with it. A lightly loaded node otherwise sends a statement, and wakes the dat
 for each item or two: with 16 clients on one process, the turn cut the commits per job
 from 0.67–0.68 to 0.50–0.51 and the node's CPU per job by 8–11 % (SQLite, 32 clients:
 9 %); a fully loaded node and the idle time to result stayed the same within the spread
-(README: *Two processes, two nodes*). The flush runs in a task of its own, so a caller that is cancelled (a client
-that went away) cannot strand the others of its batch.
+(README: *Two processes, two nodes*). The flush runs in a task of its own, so a caller
+that is cancelled (a client that went away) cannot strand the others of its batch.
 
 Sharing a statement must not mean sharing its fate (SPEC §10): when a flush of several
 items fails as a whole, each item is flushed again alone, so that only the item the

@@ -11,6 +11,10 @@ the node is ``{"error": str, "params"?: obj}`` as JSON, so these are too:
   header fields of one request exceed ``MAX_HEADER_BYTES`` (httptools has no limit of
   its own, so a client could make the node buffer any amount of headers).
 
+A response leaves in one send: uvicorn writes its head and its body with a write each,
+and each write to a socket is a system call and, on the other end, a wake-up; the writes
+of one turn of the event loop are joined (``CorkedTransport``) and sent at the next.
+
 httptools is uvicorn's parser when it is installed (it is a dependency); h11 is the
 fallback, with the same JSON 400 and its own limit on a request's head
 (``h11_max_incomplete_event_size``). ``server_options`` gives uvicorn both, and is what
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 import h11
 import msgspec
@@ -52,9 +56,60 @@ class _HeadersTooLarge(Exception):
     """Raised from the parser's header callback; httptools reports it as a parser error."""
 
 
+class CorkedTransport:
+    """A transport whose writes of one turn of the event loop leave in one ``write``.
+
+    Everything but writing and closing is the socket transport's own."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = [data]
+            self._loop.call_soon(self.flush)
+        else:
+            self._pending.append(data)
+
+    def writelines(self, lines: list[bytes]) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending and not self._transport.is_closing():
+            self._transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+
+    def get_write_buffer_size(self) -> int:
+        return self._transport.get_write_buffer_size() + sum(map(len, self._pending or ()))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+class _Corked(asyncio.Protocol):
+    """Puts a connection's writes behind a ``CorkedTransport``."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        corked = CorkedTransport(cast(asyncio.Transport, transport), asyncio.get_running_loop())
+        super().connection_made(cast(asyncio.Transport, corked))
+
+
 if HttpToolsProtocol is not None:
 
-    class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
+    class JsonErrorsHttpToolsProtocol(_Corked, HttpToolsProtocol):
         """uvicorn's httptools protocol with JSON errors and a bound on header bytes."""
 
         _header_bytes = 0
@@ -92,7 +147,7 @@ if HttpToolsProtocol is not None:
             self.transport.close()
 
 
-class JsonErrorsH11Protocol(H11Protocol):
+class JsonErrorsH11Protocol(_Corked, H11Protocol):
     """uvicorn's h11 protocol with the JSON 400."""
 
     def send_400_response(self, msg: str) -> None:

@@ -43,3 +43,16 @@ async def test_a_lone_item_is_flushed_even_when_nothing_else_comes():
     group, flushes = recording()
     assert await asyncio.wait_for(group(7), 1) == 70
     assert flushes == [[7]]
+
+
+async def test_items_arriving_turn_after_turn_join_a_small_flush_for_a_few_turns():
+    """Company that keeps coming, an item a turn, is waited for while it comes, up to three
+    turns (``SMALL_FLUSH_TURNS``): the first four items share a flush, the later ones go
+    in the next."""
+    group, flushes = recording()
+    calls = []
+    for n in range(1, 8):
+        calls.append(asyncio.ensure_future(group(n)))
+        await asyncio.sleep(0)
+    assert await asyncio.gather(*calls) == [n * 10 for n in range(1, 8)]
+    assert flushes == [[1, 2, 3, 4], [5, 6, 7]]

@@ -20,6 +20,7 @@ from tests.support import free_port
 
 #: ``struct tcp_info``'s ``tcpi_data_segs_in`` (Linux 4.6 and later): segments with data.
 DATA_SEGS_IN = 152
+pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_INFO"), reason="counts segments with Linux's TCP_INFO")
 PROTOCOLS = {"httptools": protocol_class(), "h11": JsonErrorsH11Protocol}
 
 

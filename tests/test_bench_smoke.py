@@ -51,6 +51,10 @@ def test_quick_benchmark_on_sqlite_writes_its_report(tmp_path: Path) -> None:
     result = json.loads(report_json.read_text())
     text = report_md.read_text()
     assert "## End to end" in text and "## Targets" in text
+    # The machine's own speed, to compare reports of different machines.
+    speed = result["machine"]["wakecost"]
+    assert speed["ping_pong_same_cpu"]["waker_cpu_us"] > 0 and speed["work_cpu_us_after_sleep"]["0us"] > 0
+    assert "a piece of Python work" in text
 
     assert set(result["raw"]) == {"1", "4"}
     for chain in ("1", "3"):

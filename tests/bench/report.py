@@ -123,6 +123,15 @@ def _p(summary: dict[str, Any] | None, key: str) -> str:
     return f"{_fmt(summary.get(key + '_p50_ms'), 2)} / {_fmt(summary.get(key + '_p99_ms'), 2)}"
 
 
+def _speed(cost: dict[str, Any] | None) -> str:
+    """The machine's own speed (``tests/bench/wakecost.py``), to compare runs across machines."""
+    if not cost:
+        return ""
+    across = (cost.get("ping_pong_across_cpus") or {}).get("waker_cpu_us")
+    work = cost["work_cpu_us_after_sleep"]["0us"]
+    return f"; a wake-up across CPUs {_fmt(across)} µs of CPU, a piece of Python work {_fmt(work)} µs (`wakecost.py`)"
+
+
 def markdown(result: dict[str, Any]) -> str:
     db = result["db"]
     lines = [f"# jobnode benchmark — {db} — {result['date']}", ""]
@@ -132,7 +141,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"{' (app/ has uncommitted changes)' if _get(result, 'code', 'app_dirty') else ''}. "
         f"Machine: {machine.get('cpus')} CPUs, load average at start {machine.get('loadavg')}, "
         f"Python {machine.get('python')}, {machine.get('database_version')}"
-        f"{'; autovacuum ' + machine['autovacuum'] if machine.get('autovacuum') else ''}. "
+        f"{'; autovacuum ' + machine['autovacuum'] if machine.get('autovacuum') else ''}"
+        f"{_speed(machine.get('wakecost'))}. "
         f"Run took {_fmt(result.get('elapsed_s'))} s.",
         "",
         "Load generator: closed-loop clients on one keep-alive connection each (tests/bench/http.py), "

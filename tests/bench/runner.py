@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 
 from app.db.engine import Database
-from tests.bench import burst, load, profile, report, stored
+from tests.bench import burst, load, profile, report, stored, wakecost
 from tests.bench.http import Connection
 from tests.bench.procs import (
     ROOT,
@@ -200,6 +200,9 @@ class DatabaseRun:
                 "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                 "python": platform.python_version(),
                 "kernel": platform.release(),
+                # Runs on machines of one kind differ by half: what a wake-up across CPUs and
+                # a piece of Python work cost here, to compare one report with another.
+                "wakecost": wakecost.measure(*((2_000, 200) if o.quick else (20_000, 1_000))),
             },
             config={
                 "poll_ms": o.poll_ms,

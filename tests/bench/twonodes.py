@@ -258,7 +258,7 @@ async def _run(
 
 
 @click.command()
-@click.option("--modes", default="one,half,workers,nodes", show_default=True, help="one, half, workers, nodes, own")
+@click.option("--modes", default="one,half,workers,nodes", show_default=True, help=", ".join(MODES))
 @click.option("--wait-mode", type=click.Choice(["polling", "waiting", "both"]), default="both", show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=2, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 256), default=32, show_default=True)

@@ -1,13 +1,14 @@
 """Two checkouts' nodes measured alternately on one machine: the comparison to trust when
 runs of the same code differ by a third (see README.md, Performance).
 
-    python -m tests.bench.ab OLD_TREE NEW_TREE [--db postgresql|sqlite] [--rounds 4]
+    python -m tests.bench.ab OLD_TREE NEW_TREE [--db postgresql|sqlite] [--rounds 4] [--workers 1]
 
 Each tree's node (``python -m app.cli serve`` run in that tree, ``NodeProcess.tree``) runs
 on a fresh database of its own against one echo service; each round measures 32 clients
-polling every 1 ms and 32 clients waiting (``&wait=``), 1 container, one node process, a
-5-second window after the warm-up, alternating which tree goes first. Prints a line per
-window and the means with their spread.
+polling every 1 ms and 32 clients waiting (``&wait=``), 1 container, one node process
+(``--workers``: that many behind the port), a 5-second window after the warm-up,
+alternating which tree goes first. Prints a line per window (with the time from submit
+to result, p50 and p99) and the means with their spread.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from tests.bench.procs import (
 MODES = {"polling": 0.001, "waiting": None}
 
 
-async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -> None:
+async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int, workers: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="jobnode-ab-"))
     service = EchoService(work).start()
     nodes: dict[str, NodeProcess] = {}
@@ -43,7 +44,7 @@ async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -
     try:
         for name, tree in trees.items():
             urls[name] = await create_pg_database() if db == "postgresql" else sqlite_url(work / f"{name}.db")
-            node = NodeProcess(work, node_config(urls[name], service.url, containers=1), name=name)
+            node = NodeProcess(work, node_config(urls[name], service.url, containers=1, workers=workers), name=name)
             node.tree = tree
             nodes[name] = node.start()
         for round_ in range(rounds):
@@ -64,7 +65,8 @@ async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -
                     figures.setdefault((name, mode), []).append((s["rate"], s["node_cpu_ms_per_job"]))
                     click.echo(
                         f"round {round_} {name:>4} {mode}: {s['rate']:,.0f} jobs/s, "
-                        f"node {s['node_cpu_ms_per_job']:.3f} ms CPU/job, errors {s['errors']}"
+                        f"node {s['node_cpu_ms_per_job']:.3f} ms CPU/job, submit → result p50 / p99"
+                        f" {s['latency_p50_ms']} / {s['latency_p99_ms']} ms, errors {s['errors']}"
                     )
         for (name, mode), values in figures.items():
             rates, cpus = [v[0] for v in values], [v[1] for v in values]
@@ -87,9 +89,10 @@ async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int) -
 @click.option("--db", type=click.Choice(["postgresql", "sqlite"]), default="postgresql", show_default=True)
 @click.option("--rounds", type=click.IntRange(1, 20), default=4, show_default=True)
 @click.option("--clients", type=click.IntRange(1, 256), default=32, show_default=True)
-def main(old: Path, new: Path, db: str, rounds: int, clients: int) -> None:
+@click.option("--workers", type=click.IntRange(1, 8), default=1, show_default=True, help="Each node's server.workers.")
+def main(old: Path, new: Path, db: str, rounds: int, clients: int, workers: int) -> None:
     """Measure the nodes of two checkouts (OLD, NEW: e.g. `git worktree add`) alternately."""
-    asyncio.run(_compare({"old": old.resolve(), "new": new.resolve()}, db, rounds, clients))
+    asyncio.run(_compare({"old": old.resolve(), "new": new.resolve()}, db, rounds, clients, workers))
 
 
 if __name__ == "__main__":

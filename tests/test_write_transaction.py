@@ -6,6 +6,7 @@ transaction its caller was told failed (queued past its deadline) is never writt
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -125,3 +126,40 @@ async def test_sqlite_a_body_that_waits_for_the_loop_is_refused(sqlite_database:
     with pytest.raises(RuntimeError, match="waited for the event loop"):
         await sqlite_database.write_transaction(waits)
     assert await _stored(sqlite_database) == 0
+
+
+def _hold_write_lock(database: Database) -> sqlite3.Connection:
+    """Another process's write transaction (a worker, a CLI command): the lock, held."""
+    holder = sqlite3.connect(database.url.database or "", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+async def test_sqlite_a_write_waits_for_a_lock_another_process_holds(sqlite_database: Database) -> None:
+    """Held for a while (under the 0.2 s deadline), then released: the write goes through."""
+    holder = _hold_write_lock(sqlite_database)
+    write = asyncio.ensure_future(
+        sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+    )
+    await asyncio.sleep(0.1)
+    assert not write.done()  # waiting for the lock
+    holder.execute("ROLLBACK")
+    holder.close()
+    await asyncio.wait_for(write, 5)
+    assert await _stored(sqlite_database) == 1
+
+
+async def test_sqlite_a_lock_held_past_the_deadline_fails_the_write_and_writes_nothing(
+    sqlite_database: Database,
+) -> None:
+    """A ``TimeoutError`` (the node answers 503), and the writer goes on once it is free."""
+    holder = _hold_write_lock(sqlite_database)
+    try:
+        with pytest.raises(TimeoutError, match="write lock"):
+            await sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert await _stored(sqlite_database) == 0
+    await sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+    assert await _stored(sqlite_database) == 1

@@ -126,8 +126,9 @@ class Database:
                 self.url, pool_size=pool_size, max_overflow=0, pool_timeout=wait, **common
             )
             _take_over_begin(self.reader.sync_engine, None, busy_ms)
-            self.sqlite_writer = sqlite_writer(self.url, statement_timeout, **common)
-            _take_over_begin(self.sqlite_writer.engine, "BEGIN IMMEDIATE", busy_ms)
+            self.sqlite_writer = sqlite_writer(self.url, statement_timeout, busy_wait=wait, **common)
+            # It begins its transactions itself, and waits for the lock its own way.
+            _take_over_begin(self.sqlite_writer.engine, None, 0)
         else:
             connect_args: dict[str, Any] = {}
             if self.url.get_driver_name() == "asyncpg":

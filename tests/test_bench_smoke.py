@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.bench import crosstalk, scale, wakecost
+from tests.bench import crosstalk, load, scale, wakecost
 from tests.bench.http import Connection
-from tests.bench.procs import EchoService, asyncpg_dsn
+from tests.bench.procs import PREEMPTIONS, EchoService, asyncpg_dsn, context_switches
 from tests.support import migrated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +189,35 @@ def test_the_echo_service_answers_after_its_delay(tmp_path: Path) -> None:
     # milliseconds, so an answer can leave up to ~1 ms before 200 ms measured from outside
     # (a CI run saw 199.3 ms); without the delay it would take well under 10 ms.
     assert all(took >= 0.195 for *_, took in answers), answers
+
+
+def test_the_meter_counts_a_process_s_sleeps_and_preemptions() -> None:
+    """``load.Meter``: a node that counts its context switches has them per job in the
+    window's summary, and the preemptions among them (``twonodes.py``: where a split load's
+    extra cost goes)."""
+
+    class Sleeper:
+        """This process as the node: it sleeps between readings, so it switches."""
+
+        def cpu(self) -> float:
+            return time.process_time()
+
+        def switches(self) -> int:
+            return context_switches(os.getpid())
+
+        def preemptions(self) -> int:
+            return context_switches(os.getpid(), PREEMPTIONS)
+
+    async def window() -> load.Window:
+        meter = load.Meter(Sleeper())  # type: ignore[arg-type]
+        start = await meter.read()
+        for _ in range(20):
+            time.sleep(0.001)
+        end = await meter.read()
+        return load.Window(
+            clients=1, elapsed=0.1, samples=[load.Sample(end=0.0, latency=0.0)] * 10, cpu=load.Meter.delta(start, end)
+        )
+
+    summary = asyncio.run(window()).summary()
+    assert summary["node_switches_per_job"] >= 2.0, summary  # 20 sleeps over 10 jobs
+    assert 0 <= summary["node_preempted_per_job"] <= summary["node_switches_per_job"], summary

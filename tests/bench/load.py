@@ -60,13 +60,18 @@ def count_unavailable(errors: Counter[str]) -> int:
 
 # -- CPU meter -------------------------------------------------------------------------
 
-#: The node's context switches in ``Window.cpu``: a count, not CPU seconds.
+#: The node's context switches in ``Window.cpu``: a count, not CPU seconds; and those of
+#: them that were preemptions (the process was runnable, another took its core).
 SWITCHES = "node_switches"
+PREEMPTED = "node_preempted"
+#: Each count, and the method of the node that reads it where the node counts it.
+COUNTS = {SWITCHES: "switches", PREEMPTED: "preemptions"}
 
 
 class Meter:
     """Reads the CPU counters of every party at a window's edges, and the node's context
-    switches where it counts them (``switches()``: how often its processes slept)."""
+    switches where it counts them (``switches()``: how often its processes slept or were
+    preempted; ``preemptions()``: how often they were preempted)."""
 
     def __init__(
         self, node: NodeProcess | None = None, service: EchoService | None = None, db: PgBackends | None = None
@@ -78,7 +83,7 @@ class Meter:
         return {
             "t": time.monotonic(),
             "node": self.node.cpu() if self.node else 0.0,
-            **({SWITCHES: float(self.node.switches())} if hasattr(self.node, "switches") else {}),
+            **{key: float(getattr(self.node, name)()) for key, name in COUNTS.items() if hasattr(self.node, name)},
             "service": tree_cpu(self.service.pid) if self.service else 0.0,
             **({"db": await self.db.cpu()} if self.db else {}),
             "loadgen": times.user + times.system,
@@ -124,12 +129,12 @@ class Window:
         submits = [s.submit for s in ok if s.submit]
         jobs = self.jobs
         rate = jobs / self.elapsed if self.elapsed > 0 else 0.0
-        cpu = {k: v for k, v in self.cpu.items() if k != SWITCHES}
+        cpu = {k: v for k, v in self.cpu.items() if k not in COUNTS}
         per_job = {
             f"{k}_cpu_ms_per_job": round(v / jobs * 1000, 4) if jobs else None for k, v in cpu.items() if k != "wall"
         }
-        if SWITCHES in self.cpu:
-            per_job[f"{SWITCHES}_per_job"] = round(self.cpu[SWITCHES] / jobs, 3) if jobs else None
+        for key in COUNTS.keys() & self.cpu.keys():
+            per_job[f"{key}_per_job"] = round(self.cpu[key] / jobs, 3) if jobs else None
         return {
             "clients": self.clients,
             "warmup_s": round(self.warmup, 2),

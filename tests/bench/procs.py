@@ -69,11 +69,12 @@ def process_cpu(pid: int, *, children: bool = True) -> float:
 
 
 _SWITCH_FIELDS = ("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")
+PREEMPTIONS = ("nonvoluntary_ctxt_switches:",)
 
 
-def context_switches(pid: int) -> int:
+def context_switches(pid: int, fields: tuple[str, ...] = _SWITCH_FIELDS) -> int:
     """Context switches of all of ``pid``'s threads, voluntary (it slept) or not (0 once it
-    has exited)."""
+    has exited); only the involuntary ones (it was preempted) with ``fields=PREEMPTIONS``."""
     total = 0
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
@@ -82,7 +83,7 @@ def context_switches(pid: int) -> int:
     for task in tasks:
         try:
             with open(f"/proc/{pid}/task/{task}/status") as status:
-                total += sum(int(line.split()[1]) for line in status if line.startswith(_SWITCH_FIELDS))
+                total += sum(int(line.split()[1]) for line in status if line.startswith(fields))
         except (OSError, ValueError, IndexError):
             continue
     return total

@@ -18,7 +18,8 @@ about once a second, and they count the jobs stored while the window ran); the s
 jobs claimed by the claim loop (stored ``pending``, then claimed by an UPDATE) rather
 than in the INSERT that stored them (``app.jobs.handoff``): a job's updates beyond its
 end, renewals included (``pg_stat_user_tables``); the node's context switches per job
-(how often its processes slept: ``wakecost.py`` says what each sleep costs here); and the
+(how often its processes slept or were preempted: ``wakecost.py`` says what each sleep costs
+here), and the preemptions among them; and the
 steps each process ran. ``--profile DIR``
 records each node process with py-spy during the last round's windows (collapsed stacks).
 ``--tree`` runs the node of another checkout (run in that tree), as ``ab.py`` does;
@@ -42,6 +43,7 @@ import click
 from tests.bench import load
 from tests.bench.http import Connection
 from tests.bench.procs import (
+    PREEMPTIONS,
     EchoService,
     NodeProcess,
     PgBackends,
@@ -99,6 +101,12 @@ class Deployment:
         preemption) and a wake-up, which cost a process more than its work alone
         (``wakecost.py``)."""
         return sum(context_switches(pid) for pid in self.serving_pids())
+
+    def preemptions(self) -> int:
+        """Those of the switches where a process was runnable and another took its core: on
+        2 cores shared with the database, the service and the load generator, most of them
+        once two node processes share the load."""
+        return sum(context_switches(pid, PREEMPTIONS) for pid in self.serving_pids())
 
     def ports(self) -> list[int]:
         return [node.port for node in self.nodes]
@@ -170,6 +178,7 @@ async def _window(
         #: The whole machine's busy cores in the window (2: nothing left for a second process).
         "busy_cores": summary["cpu_cores"]["system"],
         "switches_per_job": summary["node_switches_per_job"],
+        "preempted_per_job": summary["node_preempted_per_job"],
         "errors": summary["errors"],
         "error_samples": summary["error_samples"],
         "p50_ms": summary["latency_p50_ms"],
@@ -227,7 +236,8 @@ async def _run(
                         f" ms/job, db {row['db_ms']:.3f}, loadgen {row['loadgen_ms']:.3f},"
                         f" service {row['service_ms']:.3f}, p50 {row['p50_ms']} ms, polls/job {row['polls_per_job']},"
                         f" busy cores {row['busy_cores']}, commits/job"
-                        f" {row['commits_per_job']}, node context switches/job {row['switches_per_job']},"
+                        f" {row['commits_per_job']}, node context switches/job {row['switches_per_job']}"
+                        f" (preempted {row['preempted_per_job']}),"
                         f" claimed by loop {row['claimed_by_loop']}, owners"
                         f" {row['owners']}, errors {row['errors']} {row['error_samples'] or ''}"
                     )
@@ -245,6 +255,7 @@ async def _run(
                 f"db ms/job {spread('db_ms')}, busy cores {spread('busy_cores')}, "
                 f"p50 ms {spread('p50_ms')}, polls/job {spread('polls_per_job')}, "
                 f"commits/job {spread('commits_per_job')}, switches/job {spread('switches_per_job')}, "
+                f"preempted/job {spread('preempted_per_job')}, "
                 f"claimed by loop {spread('claimed_by_loop')}"
             )
         tracebacks = {mode: d.log().count("Traceback") for mode, d in deployments.items()}

@@ -153,12 +153,16 @@ def test_the_crosstalk_benchmark_measures_a_node_hearing_announcements(pg_fresh_
 def test_the_wake_cost_benchmark_measures_this_machine() -> None:
     """``wakecost.py``: what a sleep and a wake-up cost a process here (the figures are the
     machine's reading, not asserted)."""
-    result = wakecost.measure(round_trips=200, pieces=200)
+    result = wakecost.measure(round_trips=200, pieces=200, trials=2)
     assert result["ping_pong_same_cpu"]["wall_us"] > 0, result
     if result["cpus"] >= 2:
         assert result["ping_pong_across_cpus"]["waker_cpu_us"] >= 0, result
     assert set(result["work_cpu_us_after_sleep"]) == {"0us", "50us", "1000us"}, result
     assert all(value > 0 for value in result["work_cpu_us_after_sleep"].values()), result
+    if result["cpus"] >= 2:
+        beside = result["work_cpu_us_beside"]
+        assert beside["other_cpu_idle"] > 0 and beside["other_cpu_busy"] > 0, result
+        assert len(beside["busy_over_idle_by_trial"]) == 2, result
 
 
 def test_the_echo_service_answers_after_its_delay(tmp_path: Path) -> None:

@@ -22,6 +22,10 @@ end, renewals included (``pg_stat_user_tables``); the node's context switches pe
 here), and the preemptions among them; and the
 steps each process ran. ``--profile DIR``
 records each node process with py-spy during the last round's windows (collapsed stacks).
+``--count-calls``
+counts each node process's Python calls in each window instead (``callcount/``: cProfile,
+so the windows' speed and CPU are not the node's then): the calls a job takes, which say
+whether a process at half load does more work per job or the same work dearer.
 ``--tree`` runs the node of another checkout (run in that tree), as ``ab.py`` does;
 ``--against OLD`` runs every mode of that checkout too (``old-…``, each on its own
 database), alternately with this one's (``new-…``): a change measured against the commit
@@ -31,6 +35,8 @@ before it.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -61,6 +67,8 @@ from tests.bench.profile import Recorder, summarize
 #: process (smaller batches), not the processes meeting each other. ``own``: two nodes, each
 #: serving as many clients as ``one`` (a node added with its own load, twice the clients).
 MODES = ("one", "half", "workers", "nodes", "own")
+#: Put on the nodes' ``PYTHONPATH`` for ``--count-calls``.
+CALL_COUNTER = Path(__file__).with_name("callcount")
 #: The clients of a mode, for ``--clients`` N.
 CLIENTS = {"half": 0.5, "own": 2.0}
 WAITS = {"polling": 0.001, "waiting": None}
@@ -70,9 +78,18 @@ class Deployment:
     """The node processes of one mode, on their database; CPU summed over all of them."""
 
     def __init__(
-        self, mode: str, url: str, service: EchoService, work: Path, tree: Path | None, label: str = ""
+        self,
+        mode: str,
+        url: str,
+        service: EchoService,
+        work: Path,
+        tree: Path | None,
+        label: str = "",
+        count_calls: bool = False,
     ) -> None:
         self.mode, self.url = mode, url
+        #: Where each serving process writes its count of calls (``--count-calls``), or None.
+        self.calls: Path | None = work / f"calls-{label}{mode}" if count_calls else None
         count = 2 if mode in ("nodes", "own") else 1
         workers = 2 if mode == "workers" else 1
         self.nodes: list[NodeProcess] = []
@@ -82,6 +99,11 @@ class Deployment:
             node = NodeProcess(work, config, name=f"{label}{mode}-{index}")
             if tree is not None:
                 node.tree = tree
+            if self.calls is not None:
+                node.env = {
+                    "PYTHONPATH": f"{CALL_COUNTER}{os.pathsep}{node.tree}",
+                    "JOBNODE_BENCH_CALLS": str(self.calls),
+                }
             self.nodes.append(node)
 
     def start(self) -> Deployment:
@@ -121,6 +143,41 @@ class Deployment:
     def log(self) -> str:
         return "".join(node.log() for node in self.nodes)
 
+    def count_calls(self, on: bool) -> None:
+        """Starts (or stops, and has each process write its count of) counting calls."""
+        for pid in self.serving_pids():
+            os.kill(pid, signal.SIGUSR1 if on else signal.SIGUSR2)
+
+    async def counted_calls(self) -> int:
+        """The calls the serving processes counted, once each has written its count."""
+        assert self.calls is not None
+        files = [self.calls.with_name(f"{self.calls.name}.{pid}") for pid in self.serving_pids()]
+        for _ in range(100):
+            if all(f.exists() for f in files):
+                break
+            await asyncio.sleep(0.1)
+        total = sum(int(f.read_text()) for f in files)
+        for f in files:
+            f.unlink()
+        return total
+
+
+class CallCountingMeter(load.Meter):
+    """Counts the node's calls between the window's two readings (``--count-calls``)."""
+
+    def __init__(self, deployment: Deployment, *args: Any) -> None:
+        super().__init__(*args)
+        self.deployment, self.counting = deployment, False
+
+    async def read(self) -> dict[str, float]:
+        if self.counting:
+            self.deployment.count_calls(False)
+        reading = await super().read()
+        if not self.counting:
+            self.deployment.count_calls(True)
+        self.counting = not self.counting
+        return reading
+
 
 async def _counters(url: str) -> dict[str, int]:
     """The database's commits, and the jobs table's inserts and updates (``pg_stat_*``)."""
@@ -150,7 +207,8 @@ async def _runners(url: str, since_seq: int) -> tuple[int, dict[str, int]]:
 async def _window(
     deployment: Deployment, service: EchoService, wait: float | None, clients: int, duration: float
 ) -> dict[str, Any]:
-    meter = load.Meter(deployment, service, PgBackends(deployment.url))  # type: ignore[arg-type]
+    parties = (deployment, service, PgBackends(deployment.url))
+    meter = load.Meter(*parties) if deployment.calls is None else CallCountingMeter(deployment, *parties)  # type: ignore[arg-type]
     ports = deployment.ports()
     top, _ = await _runners(deployment.url, 0)
     before = await _counters(deployment.url)
@@ -167,6 +225,7 @@ async def _window(
     await asyncio.sleep(1.2)  # pg_stat_database's counters are flushed about once a second
     after = await _counters(deployment.url)
     _, owners = await _runners(deployment.url, top)
+    calls = await deployment.counted_calls() if deployment.calls is not None else None
     stored = after["inserts"] - before["inserts"]
     commits, updates = after["commits"] - before["commits"], after["updates"] - before["updates"]
     return {
@@ -188,6 +247,7 @@ async def _window(
         # A job claimed in its INSERT is updated once (its end), one claimed later twice.
         "claimed_by_loop": round(updates / stored - 1, 3) if stored else None,
         "owners": owners,
+        "calls_per_job": round(calls / window.jobs, 1) if calls is not None and window.jobs else None,
     }
 
 
@@ -199,6 +259,7 @@ async def _run(
     duration: float,
     profile: Path | None,
     trees: dict[str, Path | None],
+    count_calls: bool = False,
 ) -> None:
     work = Path(tempfile.mkdtemp(prefix="jobnode-twonodes-"))
     service = EchoService(work).start()
@@ -209,7 +270,7 @@ async def _run(
         for mode in modes:
             for label, tree in trees.items():
                 url = await create_pg_database()
-                deployments[f"{label}{mode}"] = Deployment(mode, url, service, work, tree, label).start()
+                deployments[f"{label}{mode}"] = Deployment(mode, url, service, work, tree, label, count_calls).start()
         for round_ in range(rounds):
             order = names if round_ % 2 == 0 else list(reversed(names))
             for name in order:
@@ -231,6 +292,7 @@ async def _run(
                             top = summarize(recorder.output, top=12)
                             click.echo(f"  profile {recorder.output.name}: {top['samples']} samples")
                     figures.setdefault((name, wait_name), []).append(row)
+                    calls = f" Python calls/job {row['calls_per_job']}," if count_calls else ""
                     click.echo(
                         f"round {round_} {name:>11} {wait_name}: {row['rate']:,.0f} jobs/s, node {row['node_ms']:.3f}"
                         f" ms/job, db {row['db_ms']:.3f}, loadgen {row['loadgen_ms']:.3f},"
@@ -238,7 +300,7 @@ async def _run(
                         f" busy cores {row['busy_cores']}, commits/job"
                         f" {row['commits_per_job']}, node context switches/job {row['switches_per_job']}"
                         f" (preempted {row['preempted_per_job']}),"
-                        f" claimed by loop {row['claimed_by_loop']}, owners"
+                        f" claimed by loop {row['claimed_by_loop']},{calls} owners"
                         f" {row['owners']}, errors {row['errors']} {row['error_samples'] or ''}"
                     )
         click.echo("mean (min-max) over the rounds:")
@@ -255,7 +317,7 @@ async def _run(
                 f"db ms/job {spread('db_ms')}, busy cores {spread('busy_cores')}, "
                 f"p50 ms {spread('p50_ms')}, polls/job {spread('polls_per_job')}, "
                 f"commits/job {spread('commits_per_job')}, switches/job {spread('switches_per_job')}, "
-                f"preempted/job {spread('preempted_per_job')}, "
+                f"preempted/job {spread('preempted_per_job')}, Python calls/job {spread('calls_per_job')}, "
                 f"claimed by loop {spread('claimed_by_loop')}"
             )
         tracebacks = {mode: d.log().count("Traceback") for mode, d in deployments.items()}
@@ -282,6 +344,9 @@ async def _run(
     default=None,
     help="another checkout (e.g. the previous commit, `git worktree add`): each mode of both, alternately",
 )
+@click.option(
+    "--count-calls", is_flag=True, help="count each node's Python calls per job (cProfile: its speed is not the node's)"
+)
 def main(
     modes: str,
     wait_mode: str,
@@ -291,6 +356,7 @@ def main(
     profile: Path | None,
     tree: Path | None,
     against: Path | None,
+    count_calls: bool,
 ) -> None:
     """One node process against two (workers, or two nodes on one database), alternately."""
     chosen = [m for m in modes.split(",") if m]
@@ -299,7 +365,7 @@ def main(
     waits = list(WAITS) if wait_mode == "both" else [wait_mode]
     new = tree.resolve() if tree else None
     trees: dict[str, Path | None] = {"old-": against.resolve(), "new-": new} if against else {"": new}
-    asyncio.run(_run(chosen, waits, rounds, clients, duration, profile, trees))
+    asyncio.run(_run(chosen, waits, rounds, clients, duration, profile, trees, count_calls))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """``Database.write_transaction``: a hot write transaction as one body, on SQLite one call to
 the writer's thread (``app.db.sqlite_writer``). What a caller sees: the body's answer once
 committed; a body that fails writes nothing and the next one goes through; on SQLite a
-transaction its caller was told failed (queued past its deadline) is never written."""
+transaction its caller was told failed (queued past its deadline) is never written, and a
+cold write (``Database.write``: maintenance, operator actions) takes its turn among the hot
+ones and waits for another process's lock as they do."""
 
 from __future__ import annotations
 
@@ -9,13 +11,13 @@ import asyncio
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select, text
 
-from app.db.direct import DirectConnection, Statement
+from app.db.direct import DirectConnection, Statement, wrap
 from app.db.engine import Database
 from app.db.models import Job
 from app.db.statements.submits import INSERT_JOBS
@@ -128,6 +130,75 @@ async def test_sqlite_a_body_that_waits_for_the_loop_is_refused(sqlite_database:
     assert await _stored(sqlite_database) == 0
 
 
+async def _cold_insert(database: Database, row: dict[str, object] | None = None) -> None:
+    async with database.write() as conn:
+        await wrap(conn).insert_many(INSERT_JOBS, [row or _row()])
+
+
+async def _hot_insert(database: Database) -> None:
+    await database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+
+
+WRITES = {"hot": _hot_insert, "cold": _cold_insert}
+
+
+async def test_sqlite_a_cold_write_takes_its_turn_among_the_hot_ones(tmp_path: Path) -> None:
+    """Hot transactions back to back, each holding the lock 10 ms: a cold write asked among
+    them runs after those asked before it and before those asked after it (through SQLite's
+    busy handler it found the lock free only once they had all ended)."""
+    order: list[int | str] = []
+
+    def hot(n: int) -> Callable[[DirectConnection], Awaitable[None]]:
+        async def body(conn: DirectConnection) -> None:
+            await conn.insert_many(INSERT_JOBS, [_row()])
+            time.sleep(0.01)
+            order.append(n)
+
+        return body
+
+    async def cold(database: Database) -> None:
+        async with database.write() as conn:
+            await wrap(conn).insert_many(INSERT_JOBS, [_row()])
+            order.append("cold")
+
+    async for database in _opened(f"sqlite+aiosqlite:///{tmp_path / 'turns.db'}", 5.0):
+        writes = [asyncio.ensure_future(database.write_transaction(hot(n))) for n in range(3)]
+        writes.append(asyncio.ensure_future(cold(database)))
+        writes += [asyncio.ensure_future(database.write_transaction(hot(n))) for n in range(3, 6)]
+        await asyncio.wait_for(asyncio.gather(*writes), 10)
+        assert order == [0, 1, 2, "cold", 3, 4, 5]
+        assert await _stored(database) == 7
+
+
+async def test_sqlite_a_cold_write_waits_its_turn_only_until_its_deadline(sqlite_database: Database) -> None:
+    """The hot writer busy past the 0.2 s deadline: the cold write fails (503), writes
+    nothing, and goes through once the writer is free."""
+
+    async def slow(conn: DirectConnection) -> None:
+        await conn.insert_many(INSERT_JOBS, [_row()])
+        time.sleep(0.5)
+
+    first = asyncio.ensure_future(sqlite_database.write_transaction(slow))
+    await asyncio.sleep(0.05)
+    with pytest.raises(TimeoutError, match="writer was busy"):
+        await _cold_insert(sqlite_database)
+    await first
+    assert await _stored(sqlite_database) == 1
+    await _cold_insert(sqlite_database)
+    assert await _stored(sqlite_database) == 2
+
+
+async def test_sqlite_a_hot_write_inside_a_cold_one_is_refused(sqlite_database: Database) -> None:
+    """It would wait for the turn its own caller holds: refused at once, nothing written."""
+    with pytest.raises(RuntimeError, match="wait for itself"):
+        async with sqlite_database.write() as conn:
+            await wrap(conn).insert_many(INSERT_JOBS, [_row()])
+            await _hot_insert(sqlite_database)
+    assert await _stored(sqlite_database) == 0
+    await _hot_insert(sqlite_database)
+    assert await _stored(sqlite_database) == 1
+
+
 def _hold_write_lock(database: Database) -> sqlite3.Connection:
     """Another process's write transaction (a worker, a CLI command): the lock, held."""
     holder = sqlite3.connect(database.url.database or "", isolation_level=None)
@@ -135,12 +206,11 @@ def _hold_write_lock(database: Database) -> sqlite3.Connection:
     return holder
 
 
-async def test_sqlite_a_write_waits_for_a_lock_another_process_holds(sqlite_database: Database) -> None:
+@pytest.mark.parametrize("kind", WRITES)
+async def test_sqlite_a_write_waits_for_a_lock_another_process_holds(sqlite_database: Database, kind: str) -> None:
     """Held for a while (under the 0.2 s deadline), then released: the write goes through."""
     holder = _hold_write_lock(sqlite_database)
-    write = asyncio.ensure_future(
-        sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
-    )
+    write = asyncio.ensure_future(WRITES[kind](sqlite_database))
     await asyncio.sleep(0.1)
     assert not write.done()  # waiting for the lock
     holder.execute("ROLLBACK")
@@ -149,17 +219,19 @@ async def test_sqlite_a_write_waits_for_a_lock_another_process_holds(sqlite_data
     assert await _stored(sqlite_database) == 1
 
 
+@pytest.mark.parametrize("kind", WRITES)
 async def test_sqlite_a_lock_held_past_the_deadline_fails_the_write_and_writes_nothing(
-    sqlite_database: Database,
+    sqlite_database: Database, kind: str
 ) -> None:
-    """A ``TimeoutError`` (the node answers 503), and the writer goes on once it is free."""
+    """A ``TimeoutError`` (the node answers 503), and the writer goes on once it is free
+    (SQLite's busy handler gave the cold writer "database is locked")."""
     holder = _hold_write_lock(sqlite_database)
     try:
         with pytest.raises(TimeoutError, match="write lock"):
-            await sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+            await WRITES[kind](sqlite_database)
     finally:
         holder.execute("ROLLBACK")
         holder.close()
     assert await _stored(sqlite_database) == 0
-    await sqlite_database.write_transaction(lambda conn: conn.insert_many(INSERT_JOBS, [_row()]))
+    await WRITES[kind](sqlite_database)
     assert await _stored(sqlite_database) == 1

@@ -38,9 +38,10 @@ import msgspec
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from app.db.direct import AsyncpgPool, DirectConnection, Lane, json_dumps, wrap
-from app.db.sqlite_writer import SqliteWriter, sqlite_writer
+from app.db.sqlite_writer import SqliteWriter, begin_immediate, sqlite_writer
 
 T = TypeVar("T")
 
@@ -49,6 +50,9 @@ PG_COLD_POOL_SIZE = 4
 #: Without a deadline (``statement_timeout=None``): how long to wait for a pooled
 #: connection, and SQLite's busy timeout.
 UNBOUNDED_WAIT_SECONDS = 30.0
+#: Seconds between the cold writer's tries of ``BEGIN IMMEDIATE`` while another process
+#: holds SQLite's write lock: the event loop's timers count whole milliseconds.
+COLD_BUSY_PAUSE = 0.001
 #: The client gives the server this much longer than its own ``statement_timeout``: a
 #: server that answers cancels the statement itself and the connection stays usable.
 CLIENT_MARGIN_SECONDS = 0.5
@@ -67,20 +71,30 @@ def _sqlite_pragmas(dbapi_connection: Any, busy_timeout_ms: int) -> None:
     cursor.close()
 
 
-def _take_over_begin(engine: Engine, begin_sql: str | None, busy_timeout_ms: int) -> None:
-    """SQLAlchemy's documented recipe: let us emit BEGIN instead of the driver
-    (``None``: emit nothing, every statement commits by itself)."""
+def _take_over_begin(engine: Engine, busy_timeout_ms: int) -> None:
+    """SQLAlchemy's documented recipe: the driver emits no BEGIN (every statement commits
+    by itself, unless ``_begin_immediate`` begins the transaction)."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         _sqlite_pragmas(dbapi_connection, busy_timeout_ms)
 
-    if begin_sql is not None:
 
-        @event.listens_for(engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin_sql)
+def _begin_immediate(engine: Engine, busy_wait: float) -> None:
+    """The cold writer's transactions begin with ``BEGIN IMMEDIATE``, tried again every
+    ``COLD_BUSY_PAUSE`` while another process holds the write lock (its connection has no
+    busy timeout), as the hot writer does: SQLite's busy handler sleeps up to 100 ms
+    between tries, and rarely found the lock free between another process's hot
+    transactions (``server.workers: 2``, 32 clients: an operator's cancel up to 2.2 s)."""
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        cursor = conn.connection.dbapi_connection.cursor()
+        try:
+            begin_immediate(cursor, busy_wait, (COLD_BUSY_PAUSE,), lambda pause: await_only(asyncio.sleep(pause)))
+        finally:
+            cursor.close()
 
 
 def _terminate_on_timeout(engine: AsyncEngine) -> None:
@@ -121,14 +135,15 @@ class Database:
         if self.dialect == "sqlite":
             busy_ms = int(wait * 1000)
             self.writer = create_async_engine(self.url, pool_size=1, max_overflow=0, pool_timeout=wait, **common)
-            _take_over_begin(self.writer.sync_engine, "BEGIN IMMEDIATE", busy_ms)
+            # The writers wait for another process's write lock their own way.
+            _take_over_begin(self.writer.sync_engine, 0)
+            _begin_immediate(self.writer.sync_engine, wait)
             self.reader = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=0, pool_timeout=wait, **common
             )
-            _take_over_begin(self.reader.sync_engine, None, busy_ms)
+            _take_over_begin(self.reader.sync_engine, busy_ms)
             self.sqlite_writer = sqlite_writer(self.url, statement_timeout, busy_wait=wait, **common)
-            # It begins its transactions itself, and waits for the lock its own way.
-            _take_over_begin(self.sqlite_writer.engine, None, 0)
+            _take_over_begin(self.sqlite_writer.engine, 0)
         else:
             connect_args: dict[str, Any] = {}
             if self.url.get_driver_name() == "asyncpg":
@@ -154,9 +169,14 @@ class Database:
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
-        """One write transaction, committed on exit."""
-        async with self.writer.begin() as conn:
-            yield conn
+        """One write transaction, committed on exit. On SQLite it takes its turn among the
+        hot writer's transactions (``SqliteWriter.turn``)."""
+        if self.sqlite_writer is None:
+            async with self.writer.begin() as conn:
+                yield conn
+        else:
+            async with self.sqlite_writer.turn(), self.writer.begin() as conn:
+                yield conn
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

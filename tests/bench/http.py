@@ -88,10 +88,15 @@ def _expire(waiter: asyncio.Future[tuple[int, bytes]], timeout: float) -> None:
 class Connection:
     """One keep-alive connection; ``request`` is not re-entrant (one client, one request)."""
 
-    def __init__(self, host: str, port: int, local_address: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, local_address: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         self.host, self.port, self.local_address = host, port, local_address
         self._protocol: _Protocol | None = None
-        self._host_header = f"Host: {host}:{port}\r\n".encode()
+        #: ``Host``, and ``headers`` (an operator's token, say), sent with every request.
+        self._host_header = "".join(
+            f"{name}: {value}\r\n" for name, value in {"Host": f"{host}:{port}", **(headers or {})}.items()
+        ).encode()
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()

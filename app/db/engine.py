@@ -5,7 +5,7 @@ beside a writer) and a single writer connection whose transactions start with
 ``BEGIN IMMEDIATE``, so that writes queue in the pool instead of failing with
 "database is locked" halfway through a read-then-write transaction. The hot writes
 (``write_transaction``) have a writer connection of their own, each transaction one call to
-its thread (``app.db.sqlite_writer``); the two writers take turns through SQLite's lock.
+its thread (``app.db.sqlite_writer``); a cold write takes its turn in that thread's queue.
 
 Reads run in autocommit: every API read is one statement (a consistent snapshot by
 itself), so a BEGIN/ROLLBACK pair would only add two round trips to each of them.
@@ -21,7 +21,8 @@ Every call has a deadline (``statement_timeout``), so that a database that hangs
 frozen proxy or network: connections open, no answer) gives 503 within seconds instead
 of waiting for TCP to give up: waiting for a pooled connection, each statement and
 COMMIT on the client (asyncpg's ``command_timeout``), the same on the server
-(``statement_timeout``, which stops the work there too), and SQLite's busy timeout. A
+(``statement_timeout``, which stops the work there too), and on SQLite the wait for another
+process's lock (the writers' ``BEGIN IMMEDIATE`` tries, the readers' busy timeout). A
 connection whose call timed out is terminated, never reset or rolled back: on a peer
 that hangs, those would hang as well. ``None`` (migrations) means no deadline.
 """

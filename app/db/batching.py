@@ -79,7 +79,7 @@ class GroupCommit(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._enough is not None and len(self._waiting) >= self._last_size:
-            _release(self._enough)
+            release(self._enough)
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
         return await future
@@ -125,7 +125,7 @@ class GroupCommit(Generic[T, R]):
             return
         loop = asyncio.get_running_loop()
         self._enough = loop.create_future()
-        timer = loop.call_later(PATIENCE_SECONDS, _release, self._enough)
+        timer = loop.call_later(PATIENCE_SECONDS, release, self._enough)
         try:
             await self._enough
         finally:
@@ -148,6 +148,7 @@ class GroupCommit(Generic[T, R]):
         return results
 
 
-def _release(future: asyncio.Future[None]) -> None:
+def release(future: asyncio.Future[None]) -> None:
+    """Ends a wait, unless it has ended already (by a timer, or given up by its waiter)."""
     if not future.done():
         future.set_result(None)

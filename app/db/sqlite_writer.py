@@ -52,6 +52,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import URL, Connection, Result
 from sqlalchemy.sql import Executable
 
+from app.db.batching import release
 from app.db.direct import DirectConnection, wrap
 
 T = TypeVar("T")
@@ -151,7 +152,7 @@ class SqliteWriter:
 
         def stand_aside() -> None:
             if not over.is_set():
-                loop.call_soon_threadsafe(_stood_aside, standing)
+                loop.call_soon_threadsafe(release, standing)
                 over.wait(self.busy_wait)
 
         loop.run_in_executor(self._thread, stand_aside)
@@ -202,11 +203,6 @@ def begin_immediate(driver: Any, busy_wait: float, pauses: Sequence[float], slee
             break
         sleep(pause)
     raise TimeoutError("another process held the SQLite write lock for longer than database.statement_timeout")
-
-
-def _stood_aside(standing: asyncio.Future[None]) -> None:
-    if not standing.done():  # its caller may have given up waiting
-        standing.set_result(None)
 
 
 def sqlite_writer(url: URL, queue_timeout: float | None, busy_wait: float, **engine_options: Any) -> SqliteWriter:

@@ -26,10 +26,9 @@ from collections import Counter
 from pathlib import Path
 
 import click
-import msgspec
 
 from tests.bench import load
-from tests.bench.http import Connection, json_body
+from tests.bench.http import Connection
 from tests.bench.procs import (
     EchoService,
     NodeProcess,
@@ -75,16 +74,11 @@ def _cold_summary(answers: list[tuple[int, float]]) -> str:
 async def _ended_job(port: int) -> str:
     connection = Connection("127.0.0.1", port)
     try:
-        _, body = await connection.request("POST", "/api/jobs", json_body({"containers": ["echo1"], "data": {}}))
-        job_id = str(msgspec.json.decode(body)["id"])
-        for _ in range(500):
-            _, body = await connection.request("GET", f"/api/jobs?id={job_id}")
-            if msgspec.json.decode(body)[0]["status"] != "running":
-                return job_id
-            await asyncio.sleep(0.01)
+        job_id = await load.submit_job(connection, ["echo1"], {})
+        await load.wait_result(connection, job_id, None)
     finally:
         connection.close()
-    raise RuntimeError("the job to cancel did not end")
+    return job_id
 
 
 async def _compare(trees: dict[str, Path], db: str, rounds: int, clients: int, workers: int, cold: bool) -> None:
